@@ -1,0 +1,38 @@
+"""Where vmctl keeps things. Everything lives under two roots the user can move with env variables.
+
+- state (`VMCTL_STATE_DIR`, default `$XDG_STATE_HOME/vmctl` or `~/.local/state/vmctl`): per-environment
+  keys, console logs, state files, the embedded libvirt root. Created 0700.
+- cache (`VMCTL_CACHE_DIR`, default `$XDG_CACHE_HOME/vmctl` or `~/.cache/vmctl`): guest images and
+  container disk images, keyed by content hash, safe to delete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+GUEST_IMAGES_DIR = PROJECT_ROOT / "guest_images"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def state_root() -> Path:
+    explicit = os.environ.get("VMCTL_STATE_DIR")
+    return Path(explicit) if explicit else _xdg("XDG_STATE_HOME", ".local/state") / "vmctl"
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("VMCTL_CACHE_DIR")
+    return Path(explicit) if explicit else _xdg("XDG_CACHE_HOME", ".cache") / "vmctl"
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700: it holds keys and state."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path

@@ -1,0 +1,70 @@
+"""One way to run a program: argv lists only (never a shell), logged in debug mode, failures reported once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from vmctl.errors import CommandFailed, HostError
+
+log = logging.getLogger("vmctl.run")
+
+Arg = str | os.PathLike[str]
+
+
+def which(program: str, *, package: str | None = None) -> str:
+    """Return the path of `program`, or fail naming the Debian package that provides it."""
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if not found:
+        hint = f"install it with `apt-get install {package or program}`"
+        raise HostError(f"`{program}` is not installed", hint=hint)
+    return found
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `argv` and return the completed process; raise CommandFailed on a non-zero exit when `check`."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            cwd=cwd,
+            env=full_env,
+            timeout=timeout,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            check=False,
+        )
+    except FileNotFoundError as e:
+        raise HostError(f"`{args[0]}` is not installed") from e
+    except subprocess.TimeoutExpired as e:
+        raise CommandFailed(f"`{shlex.join(args)}` did not finish within {timeout:.0f} s") from e
+    if check and proc.returncode != 0:
+        tail = (proc.stderr or b"").decode(errors="replace").strip().splitlines()[-8:]
+        detail = "\n    ".join(tail)
+        raise CommandFailed(
+            f"`{shlex.join(args)}` failed with exit code {proc.returncode}" + (f":\n    {detail}" if tail else "")
+        )
+    return proc
+
+
+def output(argv: Sequence[Arg], **kwargs: object) -> str:
+    """Run `argv` and return its stdout as text."""
+    proc = run(argv, **kwargs)  # type: ignore[arg-type]
+    return proc.stdout.decode(errors="replace")
