@@ -1,0 +1,687 @@
+"""The environment file: one table of settings drives parsing, defaults, errors and the README reference.
+
+Parsing ends in frozen dataclasses (`Environment`, `MachineSpec`, `ServiceSpec`); nothing after this
+module sees raw YAML. Every error names the file, line and key path, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, NoReturn
+
+from vmctl import cmdline
+from vmctl.errors import SpecError
+from vmctl.yamlpos import Document, KeyPath, dotted, load
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
+
+
+class Accel(StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class Isolation(StrEnum):
+    MICROVM = "microvm"
+    CONTAINER = "container"
+
+
+class Restart(StrEnum):
+    NO = "no"
+    ON_FAILURE = "on-failure"
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A published port: `host_ip:host_port` on the host to `target` in the guest or container."""
+
+    target: int
+    host_port: int | None = None  # None: a free port is picked at `up`
+    host_ip: str = "127.0.0.1"
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    name: str
+    path: Path | None = None  # an existing image file, attached as is
+    size_mib: int | None = None  # or a fresh sparse scratch disk of this size, per instance
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    source: Path
+    target: str
+    readonly: bool = True
+
+
+@dataclass(frozen=True)
+class HealthcheckSpec:
+    test: tuple[str, ...]  # argv run inside the container
+    interval: float = 2.0
+    timeout: float = 5.0
+    retries: int = 5
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    vcpus: int = 1
+    memory_mib: int = 256
+    image: str = "default"
+    kernel: Path | None = None  # None: the guest image's kernel
+    initrd: Path | None = None
+    cmdline: tuple[str, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    accel: Accel = Accel.AUTO
+    uri: str | None = None  # None: the environment's connection
+    dedicated_to: str | None = None  # set when this VM exists only to run one service
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    user: str | None = None
+    ports: tuple[PortSpec, ...] = ()
+    volumes: tuple[VolumeSpec, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    healthcheck: HealthcheckSpec | None = None
+    restart: Restart = Restart.NO
+    isolation: Isolation = Isolation.MICROVM
+    machine: str | None = None  # the VM it runs in (a declared one, or its dedicated one)
+    read_only: bool = True
+    privileged: bool = False
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    file: Path
+    base_dir: Path
+    uri: str | None
+    machines: tuple[MachineSpec, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def machine(self, name: str) -> MachineSpec | None:
+        return next((m for m in self.machines if m.name == name), None)
+
+    def service(self, name: str) -> ServiceSpec | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def services_on(self, machine: str) -> tuple[ServiceSpec, ...]:
+        return tuple(s for s in self.services if s.machine == machine)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parsing context and the settings table
+
+
+class Ctx:
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.base_dir = doc.file.resolve().parent
+
+    def fail(self, path: KeyPath, message: str, hint: str | None = None) -> NoReturn:
+        raise SpecError(message, hint=hint, where=self.doc.where(path))
+
+
+Parser = Callable[[Any, KeyPath, Ctx], Any]
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    parse: Parser
+    default: Any
+    kind: str  # what the README shows as the value type
+    help: str
+
+
+def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
+                defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parse a mapping against `table`: unknown keys are errors with a did-you-mean hint."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        ctx.fail(path, f"must be a mapping of settings, not {_typename(value)}")
+    known = {s.key: s for s in table}
+    for key in value:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
+            ctx.fail((*path, key), f"unknown key `{key}`", hint)
+    out: dict[str, Any] = {}
+    for s in table:
+        if s.key in value:
+            out[s.key] = s.parse(value[s.key], (*path, s.key), ctx)
+        elif defaults is not None and s.key in defaults:
+            out[s.key] = defaults[s.key]
+        elif s.default is REQUIRED:
+            ctx.fail(path, f"missing required key `{s.key}` ({s.help})")
+        else:
+            out[s.key] = s.default
+    return out
+
+
+def _typename(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value parsers: each takes (value, key path, context) and returns a typed value or fails.
+
+
+def p_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        ctx.fail(path, f"invalid name {value!r}", f"names use {NAME_RULE}")
+    return value
+
+
+def p_str(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if not isinstance(value, str) or not value:
+        ctx.fail(path, f"must be a non-empty string, not {_typename(value)}")
+    if any(ord(c) < 0x20 for c in value):
+        ctx.fail(path, "must not contain control characters (newlines, tabs, ...)")
+    return value
+
+
+def p_bool(value: Any, path: KeyPath, ctx: Ctx) -> bool:
+    if not isinstance(value, bool):
+        ctx.fail(path, f"must be true or false, not {value!r}")
+    return value
+
+
+def p_int(lo: int, hi: int) -> Parser:
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            ctx.fail(path, f"must be a whole number from {lo} to {hi}, not {value!r}")
+        return value
+
+    return parse
+
+
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
+_UNITS_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "": 1}
+
+
+def p_size_mib(lo: int, hi: int) -> Parser:
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
+        m = _SIZE.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
+        mib = int(int(m.group(1)) * _UNITS_MIB[m.group(2).upper()]) if m else -1
+        if not lo <= mib <= hi:
+            ctx.fail(path, f"invalid size {value!r}",
+                     f"write a size like `256M` or `1G` (bare numbers are MiB), from {lo}M to {hi}M")
+        return mib
+
+    return parse
+
+
+_DURATION = re.compile(r"^(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+def p_duration(value: Any, path: KeyPath, ctx: Ctx) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _DURATION.match(value) if isinstance(value, str) and value else None
+    if not m or not any(m.groups()):
+        ctx.fail(path, f"invalid duration {value!r}", "write durations like `500ms`, `5s` or `1m30s`")
+    minutes, seconds, millis = m.groups()
+    return int(minutes or 0) * 60 + float(seconds or 0) + int(millis or 0) / 1000
+
+
+def p_enum(enum: type[StrEnum]) -> Parser:
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> StrEnum:
+        if value is False and "no" in enum._value2member_map_:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
+        try:
+            return enum(value)
+        except ValueError:
+            ctx.fail(path, f"invalid value {value!r}", f"use one of: {', '.join(e.value for e in enum)}")
+
+    return parse
+
+
+def p_file(value: Any, path: KeyPath, ctx: Ctx) -> Path:
+    text = p_str(value, path, ctx)
+    resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
+    if not resolved.is_file():
+        ctx.fail(path, f"file `{text}` does not exist (looked for `{resolved}`)",
+                 "paths are relative to the environment file's folder")
+    return resolved
+
+
+def p_dir(value: Any, path: KeyPath, ctx: Ctx) -> Path:
+    text = p_str(value, path, ctx)
+    resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
+    if not resolved.is_dir():
+        ctx.fail(path, f"folder `{text}` does not exist (looked for `{resolved}`)",
+                 "paths are relative to the environment file's folder")
+    return resolved
+
+
+_URI = re.compile(r"^[a-z][a-z0-9+]*:(//[^\s]*)?$")
+
+
+def p_uri(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    text = p_str(value, path, ctx)
+    if not _URI.match(text):
+        ctx.fail(path, f"invalid libvirt URI {text!r}", "use e.g. `qemu:///system` or `qemu+ssh://host/system`")
+    return text
+
+
+def p_argv(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    """A command: a list of strings (taken as is) or a string (split like a shell would, never run by one)."""
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as e:
+            ctx.fail(path, f"cannot split command {value!r}: {e}", "use a list of strings instead")
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        argv = list(value)
+    else:
+        ctx.fail(path, f"must be a string or a list of strings, not {_typename(value)}")
+    if not argv:
+        ctx.fail(path, "must not be empty")
+    return tuple(argv)
+
+
+def p_cmdline(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        ctx.fail(path, f"must be a string or a list of strings, not {_typename(value)}")
+    try:
+        return cmdline.user_tokens(value)
+    except cmdline.CmdlineError as e:
+        ctx.fail(path, e.message, e.hint)
+
+
+_PORT = re.compile(r"^(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp))?$")
+
+
+def p_ports(value: Any, path: KeyPath, ctx: Ctx) -> tuple[PortSpec, ...]:
+    if not isinstance(value, list):
+        ctx.fail(path, f"must be a list of port strings, not {_typename(value)}")
+    out = []
+    for i, item in enumerate(value):
+        m = _PORT.match(str(item)) if isinstance(item, str | int) and not isinstance(item, bool) else None
+        if not m:
+            ctx.fail((*path, i), f"invalid port {item!r}",
+                     'write "HOST:GUEST" (e.g. "8080:80"), "GUEST" for a free host port, or "IP:HOST:GUEST"')
+        ip = m["ip"] or "127.0.0.1"
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            ctx.fail((*path, i), f"invalid host address {ip!r} in port {item!r}", "use an IPv4 address")
+        host = int(m["host"]) if m["host"] else None
+        target = int(m["target"])
+        for number in (host, target):
+            if number is not None and not 1 <= number <= 65535:
+                ctx.fail((*path, i), f"port {number} in {item!r} is out of range", "ports are 1-65535")
+        out.append(PortSpec(target=target, host_port=host, host_ip=ip, proto=m["proto"] or "tcp"))
+    return tuple(out)
+
+
+def p_disks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[DiskSpec, ...]:
+    if not isinstance(value, list):
+        ctx.fail(path, f"must be a list of disks, not {_typename(value)}")
+    disks = []
+    for i, item in enumerate(value):
+        item_path = (*path, i)
+        if isinstance(item, str):
+            item = {"path": item}
+        raw = parse_table(DISK_SETTINGS, item, item_path, ctx)
+        if (raw["path"] is None) == (raw["size"] is None):
+            ctx.fail(item_path, "a disk needs exactly one of `path` (an existing image) or `size` (a new scratch disk)")
+        name = raw["name"] or (raw["path"].stem if raw["path"] else f"disk{i}")
+        name = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:20] or f"disk{i}"
+        disks.append(DiskSpec(name=name, path=raw["path"], size_mib=raw["size"], readonly=raw["readonly"]))
+    names = [d.name for d in disks]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            ctx.fail((*path, i), f"two disks are named `{name}`", "give each disk a distinct `name`")
+    return tuple(disks)
+
+
+def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, Any]]
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        pairs = [tuple(v.split("=", 1)) if "=" in v else (v, None) for v in value]
+    else:
+        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {_typename(value)}")
+    out = []
+    for key, val in pairs:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            ctx.fail((*path, key), f"invalid variable name {key!r}", "use letters, digits and `_`")
+        if val is None or isinstance(val, dict | list):
+            ctx.fail((*path, key), f"`{key}` needs a plain value", 'write KEY: "value"')
+        text = str(val).lower() if isinstance(val, bool) else str(val)
+        if "\0" in text:
+            ctx.fail((*path, key), "values must not contain NUL bytes")
+        out.append((key, text))
+    return tuple(out)
+
+
+def p_abs_path(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    text = p_str(value, path, ctx)
+    if not text.startswith("/") or "/../" in f"{text}/":
+        ctx.fail(path, f"{text!r} must be an absolute path without `..`")
+    return text
+
+
+def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else p_str(value, path, ctx)
+    if not re.match(r"^\d+(:\d+)?$", text):
+        ctx.fail(path, f"invalid user {value!r}", 'write a numeric "UID" or "UID:GID" (e.g. "1000:1000")')
+    return text
+
+
+def p_volumes(value: Any, path: KeyPath, ctx: Ctx) -> tuple[VolumeSpec, ...]:
+    if not isinstance(value, list):
+        ctx.fail(path, f"must be a list of `SOURCE:TARGET[:ro|rw]` strings, not {_typename(value)}")
+    out = []
+    for i, item in enumerate(value):
+        parts = item.split(":") if isinstance(item, str) else []
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            ctx.fail((*path, i), f"invalid volume {item!r}", 'write "./host-folder:/path/in/container[:ro|rw]"')
+        source = p_dir(parts[0], (*path, i), ctx)
+        target = p_abs_path(parts[1], (*path, i), ctx)
+        out.append(VolumeSpec(source=source, target=target, readonly=len(parts) == 2 or parts[2] == "ro"))
+    return tuple(out)
+
+
+def p_depends_on(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    if isinstance(value, dict):
+        value = list(value)
+    if not isinstance(value, list):
+        ctx.fail(path, f"must be a list of service names, not {_typename(value)}")
+    return tuple(p_name(v, (*path, i), ctx) for i, v in enumerate(value))
+
+
+def p_healthcheck(value: Any, path: KeyPath, ctx: Ctx) -> HealthcheckSpec:
+    raw = parse_table(HEALTHCHECK_SETTINGS, value, path, ctx)
+    return HealthcheckSpec(test=raw["test"], interval=raw["interval"], timeout=raw["timeout"],
+                           retries=raw["retries"], start_period=raw["start_period"])
+
+
+def p_healthcheck_test(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    """compose forms: ["CMD", argv...], ["CMD-SHELL", "line"] or a string (run by the image's /bin/sh)."""
+    if isinstance(value, str):
+        return ("/bin/sh", "-c", value)
+    argv = p_argv(value, path, ctx)
+    if argv[0] == "CMD" and len(argv) > 1:
+        return argv[1:]
+    if argv[0] == "CMD-SHELL" and len(argv) == 2:
+        return ("/bin/sh", "-c", argv[1])
+    ctx.fail(path, f"invalid healthcheck test {value!r}", 'use ["CMD", "prog", "arg"] or ["CMD-SHELL", "line"]')
+
+
+def p_vm(value: Any, path: KeyPath, ctx: Ctx) -> Any:
+    """Checked here; merged with `defaults` when the dedicated VM is built, so the raw mapping is kept."""
+    parse_table(VM_SETTINGS, value, path, ctx)
+    return value
+
+
+def p_libvirt(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return parse_table(LIBVIRT_SETTINGS, value, path, ctx)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tables. The README's reference is generated from these (`vmctl schema --markdown`).
+
+DISK_SETTINGS = (
+    Setting("path", p_file, None, "path", "an existing raw disk image to attach"),
+    Setting("size", p_size_mib(1, 1024 * 1024), None, "size", "size of a new, empty scratch disk"),
+    Setting("readonly", p_bool, False, "bool", "attach read-only"),
+    Setting("name", p_name, None, "name", "the disk's serial inside the guest (/sys/block/vdX/serial)"),
+)
+
+VM_SETTINGS = (
+    Setting("vcpus", p_int(1, 64), 1, "int", "virtual CPUs"),
+    Setting("memory", p_size_mib(32, 256 * 1024), 256, "size", "guest RAM, e.g. `256M`, `1G`"),
+    Setting("image", p_name, "default", "name", "guest image recipe under guest_images/"),
+    Setting("kernel", p_file, None, "path", "kernel to boot (default: the guest image's)"),
+    Setting("initrd", p_file, None, "path", "initramfs (default: the guest image's)"),
+    Setting("cmdline", p_cmdline, (), "string|list", "extra kernel arguments"),
+    Setting("accel", p_enum(Accel), Accel.AUTO, "auto|kvm|tcg", "accelerator; auto probes KVM, else TCG"),
+    Setting("uri", p_uri, None, "uri", "this machine's own libvirt URI (default: the environment's)"),
+)
+
+MACHINE_SETTINGS = (
+    *VM_SETTINGS,
+    Setting("disks", p_disks, (), "list", "extra virtio disks: a path, or {path|size, readonly, name}"),
+    Setting("ports", p_ports, (), "list", 'forwarded ports "HOST:GUEST" or "GUEST", bound to 127.0.0.1'),
+)
+
+HEALTHCHECK_SETTINGS = (
+    Setting("test", p_healthcheck_test, REQUIRED, "list|string", 'e.g. ["CMD", "wget", "-q", "-O-", "URL"]'),
+    Setting("interval", p_duration, 2.0, "duration", "time between checks"),
+    Setting("timeout", p_duration, 5.0, "duration", "time one check may take"),
+    Setting("retries", p_int(1, 1000), 5, "int", "failures in a row before the service is unhealthy"),
+    Setting("start_period", p_duration, 0.0, "duration", "grace time before failures count"),
+)
+
+SERVICE_SETTINGS = (
+    Setting("image", p_str, REQUIRED, "string", "docker-archive or OCI archive/layout path, or a local image"),
+    Setting("command", p_argv, None, "list|string", "overrides the image's CMD"),
+    Setting("entrypoint", p_argv, None, "list|string", "overrides the image's ENTRYPOINT"),
+    Setting("environment", p_environment, (), "mapping|list", "environment variables"),
+    Setting("working_dir", p_abs_path, None, "path", "working directory in the container"),
+    Setting("user", p_user, None, "UID[:GID]", "numeric user to run as"),
+    Setting("ports", p_ports, (), "list", 'published ports "HOST:CONTAINER", bound to 127.0.0.1'),
+    Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]", read-only by default'),
+    Setting("depends_on", p_depends_on, (), "list", "services started (and healthy) before this one"),
+    Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
+    Setting("restart", p_enum(Restart), Restart.NO, '"no"|on-failure', "restart policy"),
+    Setting("isolation", p_enum(Isolation), Isolation.MICROVM, "microvm|container",
+            "a dedicated microVM, or a plain container on the host"),
+    Setting("machine", p_name, None, "name", "run inside this declared machine instead of a dedicated VM"),
+    Setting("vm", p_vm, None, "mapping", "resources of the dedicated microVM (vcpus, memory, kernel, ...)"),
+    Setting("read_only", p_bool, True, "bool", "mount the container's root filesystem read-only"),
+    Setting("privileged", p_bool, False, "bool", "all capabilities and devices (weakens isolation)"),
+)
+
+LIBVIRT_SETTINGS = (
+    Setting("uri", p_uri, None, "uri", "libvirt connection (default: an embedded driver, no daemon)"),
+)
+
+
+def p_machines(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return _named_mapping(value, path, ctx, "machines")
+
+
+def p_services(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return _named_mapping(value, path, ctx, "services")
+
+
+def _named_mapping(value: Any, path: KeyPath, ctx: Ctx, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {_typename(value)}")
+    for name in value:
+        p_name(name, (*path, name), ctx)
+    return value
+
+
+ENV_SETTINGS = (
+    Setting("name", p_name, None, "name", "environment name (default: the file's folder)"),
+    Setting("libvirt", p_libvirt, None, "mapping", "`uri`: the libvirt connection"),
+    Setting("defaults", lambda v, p, c: v, None, "mapping", "machine settings every machine starts from"),
+    Setting("machines", p_machines, None, "mapping", "name -> machine settings"),
+    Setting("services", p_services, None, "mapping", "name -> container service settings"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# From the document to the Environment
+
+
+def load_environment(file: Path, *, name_override: str | None = None) -> Environment:
+    doc = load(file)
+    ctx = Ctx(doc)
+    top = parse_table(ENV_SETTINGS, doc.data, (), ctx)
+    defaults = parse_table(MACHINE_SETTINGS, top["defaults"], ("defaults",), ctx)
+    machines = [_machine(name, raw, ctx, defaults) for name, raw in (top["machines"] or {}).items()]
+    services = [_service(name, raw, ctx, defaults) for name, raw in (top["services"] or {}).items()]
+    machines += [_dedicated_vm(s, raw, defaults, ctx)
+                 for s, raw in zip(services, (top["services"] or {}).values(), strict=True)
+                 if s.isolation is Isolation.MICROVM and s.machine is None]
+    services = [replace(s, machine=s.name) if s.isolation is Isolation.MICROVM and s.machine is None else s
+                for s in services]
+    machines = [_with_service_ports(m, services) for m in machines]
+    env = Environment(
+        name=name_override or top["name"] or folder_name(file),
+        file=file.resolve(),
+        base_dir=ctx.base_dir,
+        uri=(top["libvirt"] or {}).get("uri"),
+        machines=tuple(machines),
+        services=tuple(services),
+        lines={dotted(k): v for k, v in doc.lines.items()},
+    )
+    _check_references(env, ctx)
+    _check_port_conflicts(env, ctx)
+    return env
+
+
+def folder_name(file: Path) -> str:
+    raw = file.resolve().parent.name.lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:32].strip("-")
+    return name or "default"
+
+
+def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> MachineSpec:
+    v = parse_table(MACHINE_SETTINGS, raw, ("machines", name), ctx, defaults)
+    return MachineSpec(name=name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
+                       kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], disks=v["disks"],
+                       ports=v["ports"], accel=v["accel"], uri=v["uri"])
+
+
+def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
+    path = ("services", name)
+    v = parse_table(SERVICE_SETTINGS, raw, path, ctx)
+    if v["isolation"] is Isolation.CONTAINER and (v["machine"] or v["vm"]):
+        key = "machine" if v["machine"] else "vm"
+        ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",
+                 "remove it, or use `isolation: microvm`")
+    if v["machine"] and v["vm"]:
+        ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
+                 "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
+    return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
+                       environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
+                       ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],
+                       healthcheck=v["healthcheck"], restart=v["restart"], isolation=v["isolation"],
+                       machine=v["machine"], read_only=v["read_only"], privileged=v["privileged"])
+
+
+def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any],
+                  ctx: Ctx) -> MachineSpec:
+    v = parse_table(VM_SETTINGS, raw.get("vm"), ("services", service.name, "vm"), ctx, defaults)
+    return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
+                       kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
+                       uri=v["uri"], dedicated_to=service.name)
+
+
+def _with_service_ports(machine: MachineSpec, services: Sequence[ServiceSpec]) -> MachineSpec:
+    """A service in a VM shares the guest's network stack, so its ports are forwards of its machine."""
+    extra = tuple(p for s in services if s.machine == machine.name for p in s.ports)
+    return replace(machine, ports=machine.ports + extra) if extra else machine
+
+
+def _check_references(env: Environment, ctx: Ctx) -> None:
+    declared = {m.name for m in env.machines if m.dedicated_to is None}
+    for s in env.services:
+        if s.name in declared:
+            ctx.fail(("services", s.name), f"`{s.name}` is both a machine and a service",
+                     "machines and services share one namespace (so `exec NAME` is unambiguous): rename one")
+        if s.machine and s.machine != s.name and s.machine not in declared:
+            ctx.fail(("services", s.name, "machine"), f"unknown machine `{s.machine}`",
+                     _did_you_mean(s.machine, declared, "machines"))
+        for i, dep in enumerate(s.depends_on):
+            if env.service(dep) is None:
+                ctx.fail(("services", s.name, "depends_on", i), f"unknown service `{dep}`",
+                         _did_you_mean(dep, [x.name for x in env.services], "services"))
+    cycle = _find_cycle({s.name: s.depends_on for s in env.services})
+    if cycle:
+        ctx.fail(("services", cycle[0], "depends_on"), f"`depends_on` cycle: {' -> '.join(cycle)}",
+                 "remove one of these dependencies")
+
+
+def _did_you_mean(word: str, choices: Any, what: str) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean `{close[0]}`?" if close else f"declared {what}: {', '.join(sorted(choices)) or 'none'}"
+
+
+def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _check_port_conflicts(env: Environment, ctx: Ctx) -> None:
+    seen: dict[tuple[str, int, str], str] = {}
+    owners = [(("machines", m.name, "ports"), p) for m in env.machines if m.dedicated_to is None for p in m.ports]
+    owners += [(("services", s.name, "ports"), p) for s in env.services for p in s.ports]
+    for path, port in owners:
+        if port.host_port is None:
+            continue
+        key = (port.host_ip, port.host_port, port.proto)
+        if key in seen:
+            ctx.fail(path, f"host port {port.host_ip}:{port.host_port}/{port.proto} is already used by {seen[key]}",
+                     "every published host port must be distinct")
+        seen[key] = f"`{dotted(path)}`"
+
+
+def topological_services(env: Environment) -> list[ServiceSpec]:
+    """Services in `depends_on` order (dependencies first), stable by declaration order."""
+    done: list[str] = []
+
+    def add(name: str) -> None:
+        if name in done:
+            return
+        svc = env.service(name)
+        assert svc is not None
+        for dep in svc.depends_on:
+            add(dep)
+        done.append(name)
+
+    for s in env.services:
+        add(s.name)
+    by_name = {s.name: s for s in env.services}
+    return [by_name[name] for name in done]

@@ -1,0 +1,94 @@
+"""Line-aware YAML loading: plain Python values plus the line of every key, and no duplicate keys.
+
+PyYAML silently keeps the last of two equal keys and forgets where values came from; an error that
+names `file:line: key` needs both, so this walks the composed node tree itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vmctl.errors import SpecError, Where
+
+KeyPath = tuple[str | int, ...]
+
+
+def dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass
+class Document:
+    """A loaded file: its data and a line for every key path seen."""
+
+    file: Path
+    data: Any
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def where(self, path: KeyPath) -> Where:
+        """The nearest known line for `path` (walking up to a parent when needed)."""
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        return Where(str(self.file), self.lines.get(probe), dotted(path) or None)
+
+
+def load(file: Path) -> Document:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(
+            f"environment file `{file}` does not exist",
+            hint="pass one with `-f FILE`, or create `vmctl.yaml` (see examples/quickstart.yaml)",
+        ) from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise SpecError(f"`{file}` is not a UTF-8 text file ({e.__class__.__name__})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        raise SpecError(
+            f"invalid YAML: {e.problem}", where=Where(str(file), line), hint="check indentation and quoting"
+        ) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"invalid YAML: {e}", where=Where(str(file))) from None
+    doc = Document(file, None)
+    doc.data = {} if node is None else _convert(node, (), doc)
+    return doc
+
+
+def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise SpecError("YAML merge keys (`<<`) are not supported", where=doc.where(path))
+            if not isinstance(key, str):
+                where = Where(str(doc.file), key_node.start_mark.line + 1, dotted(path))
+                raise SpecError(f"key `{key}` must be a string", where=where)
+            child = (*path, key)
+            if key in out:
+                raise SpecError(
+                    f"duplicate key `{key}` (first at line {doc.lines[child]})",
+                    where=Where(str(doc.file), key_node.start_mark.line + 1, dotted(child)),
+                    hint="each key may appear once; remove or rename one of them",
+                )
+            doc.lines[child] = key_node.start_mark.line + 1
+            out[key] = _convert(value_node, child, doc)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, (*path, i), doc) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return yaml.constructor.SafeConstructor().construct_object(node)
