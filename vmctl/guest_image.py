@@ -1,0 +1,515 @@
+"""Guest images: a Debian kernel plus an initramfs (busybox, dropbear, crun, our init), built once per recipe.
+
+Recipe: `guest_images/<name>/recipe.yaml`. Init: `templates/guest/init.sh.j2` (the guest contract is in
+docs/design.md). Cache: `cache_root()/guest/<name>` is a symlink to `<name>.<digest>/`, which holds
+`vmlinuz`, the initramfs and `manifest.json`. The digest covers the recipe, the init template, this
+builder's format and the candidate versions of the packages (`apt-cache policy`), so a new kernel in
+the archive, or an edit to the recipe or the init, makes a new image. A build is made in a temporary
+directory beside the cache and switched in with one atomic rename of the symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from vmctl.errors import HostError, UsageError
+from vmctl.paths import GUEST_IMAGES_DIR, TEMPLATES_DIR, cache_root
+from vmctl.runner import output, run, which
+
+FORMAT = 1  # bump when the builder changes what it puts into an image
+INIT_TEMPLATE = TEMPLATES_DIR / "guest" / "init.sh.j2"
+MANIFEST = "manifest.json"
+KERNEL_FILE = "vmlinuz"
+COMPRESSIONS = {"none": "initramfs.cpio", "gzip": "initramfs.cpio.gz"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    name: str
+    kernel: Path
+    initrd: Path
+    kernel_release: str
+    digest: str
+    directory: Path
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    kernel: str
+    packages: tuple[str, ...]
+    binaries: tuple[str, ...]
+    modules: tuple[str, ...]
+    compression: str
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+
+_RECIPE_KEYS: dict[str, str] = {
+    "kernel": "a Debian meta package name such as `linux-image-cloud-amd64`",
+    "packages": "a list of Debian package names",
+    "binaries": "a list of paths inside the unpacked packages, such as `usr/bin/crun`",
+    "modules": "a list of kernel module names, such as `virtio_net`",
+    "compression": "`none` or `gzip`",
+}
+
+
+def recipe_path(name: str) -> Path:
+    return GUEST_IMAGES_DIR / name / "recipe.yaml"
+
+
+def _str_list(value: object, key: str, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(f"{where}: `{key}` must be {_RECIPE_KEYS[key]}, got {value!r}")
+    return tuple(value)
+
+
+def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
+    """Validate a recipe's YAML text into a Recipe; unknown or missing keys are errors."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: a recipe is a mapping of {', '.join(_RECIPE_KEYS)}")
+    unknown = sorted(set(data) - set(_RECIPE_KEYS))
+    missing = [k for k in _RECIPE_KEYS if k not in data]
+    if unknown or missing:
+        raise UsageError(f"{where}: unknown keys {unknown}, missing keys {missing}",
+                         hint=f"the keys are {', '.join(f'`{k}`' for k in _RECIPE_KEYS)}")
+    for key in ("kernel", "compression"):
+        if not isinstance(data[key], str):
+            raise UsageError(f"{where}: `{key}` must be {_RECIPE_KEYS[key]}, got {data[key]!r}")
+    if data["compression"] not in COMPRESSIONS:
+        raise UsageError(f"{where}: `compression` must be {_RECIPE_KEYS['compression']}")
+    binaries = _str_list(data["binaries"], "binaries", where)
+    if any(b.startswith("/") or ".." in Path(b).parts for b in binaries):
+        raise UsageError(f"{where}: `binaries` are relative paths inside the packages, got {binaries}")
+    return Recipe(name=name, path=Path(where), kernel=data["kernel"],
+                  packages=_str_list(data["packages"], "packages", where), binaries=binaries,
+                  modules=_str_list(data["modules"], "modules", where), compression=data["compression"])
+
+
+def load_recipe(name: str) -> Recipe:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise UsageError(f"`{name}` is not a guest image name", hint="use lowercase letters, digits, - and _")
+    path = recipe_path(name)
+    if not path.is_file():
+        raise UsageError(f"no guest image recipe `{name}`", hint=f"expected {path}")
+    return parse_recipe(name, path.read_text(), str(path))
+
+
+# ---------------------------------------------------------------------------------------------- digest
+
+def compute_digest(recipe_text: str, template_text: str, versions: Mapping[str, str]) -> str:
+    """Content hash of everything an image is made from."""
+    h = hashlib.sha256()
+    for part in (f"format={FORMAT}", recipe_text, template_text,
+                 *(f"{pkg}={ver}" for pkg, ver in sorted(versions.items()))):
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
+
+
+def _show_candidates(packages: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Package -> fields (Version, Depends) of its candidate version, from one `apt-cache show` call
+    (`--no-all-versions` shows the candidate that `apt-cache policy` names). Unknown packages are absent."""
+    text = output([which("apt-cache", package="apt"), "show", "--no-all-versions", *packages], check=False)
+    found: dict[str, dict[str, str]] = {}
+    for paragraph in text.split("\n\n"):
+        fields = dict(re.findall(r"^(Package|Version|Depends): (.*)$", paragraph, re.MULTILINE))
+        if "Package" in fields and "Version" in fields:
+            found.setdefault(fields["Package"], fields)
+    return found
+
+
+def kernel_dependency(depends: str) -> tuple[str, str] | None:
+    """(`linux-image-<release>`, version) out of a kernel meta package's Depends field."""
+    match = re.search(r"\b(linux-image-\d[^\s,(]*)\s*\(=\s*([^)\s]+)\)", depends)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _apt_fingerprint() -> str:
+    """Changes whenever apt's idea of a candidate can: package lists, dpkg status, pinning."""
+    h = hashlib.sha256()
+    places = [Path("/var/lib/dpkg/status"), Path("/etc/apt/preferences"),
+              *sorted(Path("/var/lib/apt/lists").glob("*")), *sorted(Path("/etc/apt/preferences.d").glob("*"))]
+    for path in places:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            h.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def resolve_versions(recipe: Recipe) -> dict[str, str] | None:
+    """Package -> candidate version for the kernel (meta package and the `linux-image-<release>` it
+    depends on) and the recipe's packages; None if apt does not know one of them."""
+    shown = _show_candidates([recipe.kernel, *recipe.packages])
+    if recipe.kernel not in shown or not all(p in shown for p in recipe.packages):
+        return None
+    kernel = kernel_dependency(shown[recipe.kernel].get("Depends", ""))
+    if kernel is None:
+        return None
+    versions = {name: fields["Version"] for name, fields in shown.items()}
+    versions[kernel[0]] = kernel[1]
+    return versions
+
+
+def kernel_package(versions: Mapping[str, str]) -> str:
+    """The `linux-image-<release>` package among resolved versions (not the meta package)."""
+    names = [p for p in versions if re.fullmatch(r"linux-image-\d.*", p)]
+    if len(names) != 1:
+        raise HostError(f"expected one versioned kernel package, found {names}")
+    return names[0]
+
+
+def _current_digest(recipe: Recipe, versions: Mapping[str, str]) -> str:
+    return compute_digest(recipe.path.read_text(), INIT_TEMPLATE.read_text(), versions)
+
+
+# ---------------------------------------------------------------------------------------------- modules
+
+def _module_name(path: str) -> str:
+    return Path(path).name.split(".ko")[0].replace("-", "_")
+
+
+def parse_modules_dep(text: str) -> dict[str, list[str]]:
+    """modules.dep -> {module path: [dependency paths]}."""
+    deps: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            module, rest = line.split(":", 1)
+            deps[module.strip()] = rest.split()
+    return deps
+
+
+def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Sequence[str]) -> list[str]:
+    """Paths of `wanted` modules and everything they need, each after all of its dependencies."""
+    by_name = {_module_name(path): path for path in deps}
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(path: str) -> None:
+        if path in order:
+            return
+        if path in visiting:
+            raise HostError(f"modules.dep has a dependency cycle through `{path}`")
+        visiting.add(path)
+        for dep in deps.get(path, ()):
+            visit(dep)
+        visiting.discard(path)
+        order.append(path)
+
+    for name in wanted:
+        path = by_name.get(name.replace("-", "_"))
+        if path is None:
+            raise UsageError(f"kernel module `{name}` is not in this kernel's modules.dep",
+                             hint="it may be built in (see the kernel's config) or misspelled")
+        visit(path)
+    return order
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+def render_init(image_name: str, kernel_release: str, modules: Sequence[str],
+                template_text: str | None = None) -> str:
+    # Shell uses `${#var}`: Jinja comments are `{## ... ##}` here, not `{# ... #}`.
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+                             comment_start_string="{##", comment_end_string="##}")
+    template = env.from_string(template_text if template_text is not None else INIT_TEMPLATE.read_text())
+    return template.render(image_name=image_name, kernel_release=kernel_release, modules=list(modules))
+
+
+# ---------------------------------------------------------------------------------------------- cpio
+
+class Cpio:
+    """An initramfs as a newc cpio archive, built in memory: every entry owned by root, mtime 0, no
+    root privileges needed (device nodes included). Parents are added before their children."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, bytes, int]] = {}  # path -> (mode, data, rdev)
+
+    def dir(self, path: str, mode: int = 0o755) -> None:
+        parts = Path(path.strip("/")).parts
+        for i in range(1, len(parts) + 1):
+            self._entries.setdefault("/".join(parts[:i]), (stat.S_IFDIR | 0o755, b"", 0))
+        self._entries["/".join(parts)] = (stat.S_IFDIR | mode, b"", 0)
+
+    def _add(self, path: str, mode: int, data: bytes, rdev: int = 0) -> None:
+        path = path.strip("/")
+        parent = str(Path(path).parent)
+        if parent != "." and parent not in self._entries:
+            self.dir(parent)
+        self._entries[path] = (mode, data, rdev)
+
+    def file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._add(path, stat.S_IFREG | mode, data)
+
+    def symlink(self, path: str, target: str) -> None:
+        self._add(path, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, path: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._add(path, stat.S_IFCHR | mode, b"", os.makedev(major, minor))
+
+    def __contains__(self, path: str) -> bool:
+        return path.strip("/") in self._entries
+
+    def serialize(self) -> bytes:
+        chunks: list[bytes] = []
+        for ino, path in enumerate(sorted(self._entries), start=1):
+            mode, data, rdev = self._entries[path]
+            chunks.append(self._record(path, ino, mode, data, rdev))
+        chunks.append(self._record("TRAILER!!!", 0, 0, b"", 0))
+        return b"".join(chunks)
+
+    @staticmethod
+    def _record(name: str, ino: int, mode: int, data: bytes, rdev: int) -> bytes:
+        encoded = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data), 0, 0,
+                  os.major(rdev), os.minor(rdev), len(encoded), 0)
+        header = b"070701" + b"".join(f"{f:08x}".encode() for f in fields)
+        head = header + encoded
+        return head + b"\0" * (-len(head) % 4) + data + b"\0" * (-len(data) % 4)
+
+
+# ---------------------------------------------------------------------------------------------- build steps
+
+def _download(versions: Mapping[str, str], packages: Sequence[str], into: Path) -> None:
+    argv = [which("apt-get", package="apt"), "download"]
+    if os.geteuid() == 0:
+        argv += ["-o", "APT::Sandbox::User=root"]  # the temporary directory is not open to `_apt`
+    run([*argv, *(f"{p}={versions[p]}" for p in packages)], cwd=into, timeout=900)
+
+
+def _unpack(debs: Path, root: Path) -> None:
+    dpkg_deb = which("dpkg-deb", package="dpkg")
+    for deb in sorted(debs.glob("*.deb")):
+        run([dpkg_deb, "-x", deb, root])
+
+
+def _kernel_release(root: Path) -> str:
+    releases = sorted(p.name for p in (root / "lib" / "modules").iterdir())
+    if len(releases) != 1:
+        raise HostError(f"expected one kernel in the packages, found {releases}")
+    return releases[0]
+
+
+def _shared_libraries(binary: Path) -> list[Path]:
+    """Libraries (and the dynamic loader) that `ldd` finds for `binary`; none for a static binary."""
+    proc = run([which("ldd", package="libc-bin"), binary], check=False)
+    text = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0 or "statically linked" in text:
+        return []
+    libs: list[Path] = []
+    for line in text.splitlines():
+        if "not found" in line:
+            raise HostError(f"`{binary.name}` needs `{line.split()[0]}`, which this host does not have",
+                            hint="install the Debian package that provides it (the image takes the "
+                                 "host's copy of each shared library)")
+        match = re.search(r"(/\S+) \(0x", line)
+        if match:
+            libs.append(Path(match.group(1)))
+    return libs
+
+
+def _add_base(cpio: Cpio) -> None:
+    for d in ("proc", "sys", "dev", "run", "tmp", "var/log", "etc/dropbear", "usr/sbin", "sbin"):
+        cpio.dir(d)
+    cpio.dir("root", 0o700)
+    cpio.dir("tmp", 0o1777)
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3, 0o666)
+    cpio.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    cpio.file("etc/group", b"root:x:0:\ntty:x:5:\n")
+    cpio.file("etc/shells", b"/bin/sh\n")
+
+
+def _add_busybox(cpio: Cpio, busybox: Path) -> None:
+    for applet in output([busybox, "--list-full"]).split():
+        if applet not in cpio and applet != "linuxrc":
+            cpio.symlink(applet, "/bin/busybox")
+
+
+def _add_binaries(cpio: Cpio, root: Path, binaries: Sequence[str]) -> None:
+    libraries: dict[str, Path] = {}
+    for rel in binaries:
+        source = root / rel
+        if not source.is_file():
+            raise UsageError(f"the recipe's binary `{rel}` is not in the unpacked packages")
+        cpio.file(rel, source.read_bytes(), 0o755)
+        for lib in _shared_libraries(source):
+            libraries[str(lib)] = lib
+    for name, lib in sorted(libraries.items()):
+        cpio.file(name, lib.resolve().read_bytes(), 0o755)
+
+
+def _build_initramfs(recipe: Recipe, root: Path, release: str, modules: Sequence[str]) -> bytes:
+    cpio = Cpio()
+    _add_base(cpio)
+    _add_binaries(cpio, root, recipe.binaries)
+    if "bin/busybox" in cpio:
+        _add_busybox(cpio, root / "bin" / "busybox")
+    for module in modules:
+        cpio.file(f"lib/modules/{release}/{module}", (root / "lib" / "modules" / release / module).read_bytes())
+    cpio.file("init", render_init(recipe.name, release, modules).encode(), 0o755)
+    data = cpio.serialize()
+    return gzip.compress(data, compresslevel=6, mtime=0) if recipe.compression == "gzip" else data
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def image_dir(name: str = "default") -> Path:
+    return cache_root() / "guest" / name
+
+
+def _read_manifest(directory: Path) -> dict[str, object] | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _from_manifest(name: str, directory: Path, manifest: Mapping[str, object]) -> GuestImage | None:
+    initrd, release, digest = manifest.get("initrd"), manifest.get("kernel_release"), manifest.get("digest")
+    if not (isinstance(initrd, str) and isinstance(release, str) and isinstance(digest, str)):
+        return None
+    image = GuestImage(name=name, kernel=directory / KERNEL_FILE, initrd=directory / initrd,
+                       kernel_release=release, digest=digest, directory=directory)
+    return image if image.kernel.is_file() and image.initrd.is_file() else None
+
+
+def find_guest_image(name: str = "default") -> GuestImage | None:
+    """The cached image of recipe `name` if its inputs are unchanged; never builds (nor runs apt-get).
+
+    Candidate versions are asked of apt (~0.5 s here) only when apt's state changed since the build."""
+    recipe = load_recipe(name)
+    directory = image_dir(name).resolve()
+    manifest = _read_manifest(directory)
+    if manifest is None:
+        return None
+    image = _from_manifest(name, directory, manifest)
+    if image is None:
+        return None
+    packages = manifest.get("packages")
+    if manifest.get("apt_fingerprint") == _apt_fingerprint() and isinstance(packages, dict):
+        versions: Mapping[str, str] | None = {str(k): str(v) for k, v in packages.items()}
+    else:
+        versions = resolve_versions(recipe)
+    if versions is None:
+        return None
+    return image if image.digest == _current_digest(recipe, versions) else None
+
+
+@contextlib.contextmanager
+def _build_lock(name: str) -> Iterator[None]:
+    lock_path = cache_root() / "guest" / f".{name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _versions_or_update(recipe: Recipe, progress: Progress) -> dict[str, str]:
+    versions = resolve_versions(recipe)
+    if versions is None:
+        progress("updating the package lists (apt-get update)")
+        run([which("apt-get", package="apt"), "update"], timeout=900)
+        versions = resolve_versions(recipe)
+    if versions is None:
+        raise HostError(f"apt knows no candidate for the packages of guest image `{recipe.name}`",
+                        hint="check /etc/apt/sources.list and run `apt-get update`")
+    return versions
+
+
+def _make_image(recipe: Recipe, versions: Mapping[str, str], fingerprint: str, out: Path,
+                progress: Progress) -> dict[str, object]:
+    """Download, unpack and assemble the image into the empty directory `out`; return the manifest."""
+    started = time.monotonic()
+    kernel_pkg = kernel_package(versions)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as tmp:
+        work = Path(tmp)
+        (work / "debs").mkdir()
+        progress("downloading packages")
+        _download(versions, [kernel_pkg, *recipe.packages], work / "debs")
+        progress("unpacking")
+        _unpack(work / "debs", work / "root")
+        release = _kernel_release(work / "root")
+        progress("resolving kernel modules (depmod)")
+        run([which("depmod", package="kmod"), "-b", work / "root", release])
+        deps = parse_modules_dep((work / "root" / "lib" / "modules" / release / "modules.dep").read_text())
+        modules = module_load_order(deps, recipe.modules)
+        progress("writing initramfs")
+        initrd = _build_initramfs(recipe, work / "root", release, modules)
+        (out / COMPRESSIONS[recipe.compression]).write_bytes(initrd)
+        shutil.copyfile(work / "root" / "boot" / f"vmlinuz-{release}", out / KERNEL_FILE)
+    return {
+        "format": FORMAT, "name": recipe.name, "digest": _current_digest(recipe, versions),
+        "apt_fingerprint": fingerprint,
+        "kernel_release": release, "packages": dict(sorted(versions.items())),
+        "modules": [_module_name(m) for m in modules], "compression": recipe.compression,
+        "initrd": COMPRESSIONS[recipe.compression], "build_seconds": round(time.monotonic() - started, 2),
+        "sizes": {"kernel": (out / KERNEL_FILE).stat().st_size, "initrd": len(initrd)},
+    }
+
+
+def _install(name: str, built: Path, digest: str) -> Path:
+    """Move `built` to `<name>.<digest>` and point the `<name>` symlink at it atomically."""
+    final = built.parent / f"{name}.{digest[:16]}"
+    if final.exists():
+        shutil.rmtree(final)
+    built.rename(final)
+    tmp_link = built.parent / f".{name}.link-{os.getpid()}"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(final.name)
+    tmp_link.replace(image_dir(name))
+    for old in built.parent.glob(f"{name}.*"):
+        if old != final and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def build_guest_image(name: str = "default", *, force: bool = False,
+                      progress: Progress = lambda _msg: None) -> GuestImage:
+    """Build (or reuse) the guest image of recipe `name`; report each step through `progress`."""
+    recipe = load_recipe(name)
+    with _build_lock(name):
+        if not force and (cached := find_guest_image(name)):
+            progress("guest image is up to date")
+            return cached
+        progress("resolving package versions")
+        versions = _versions_or_update(recipe, progress)
+        fingerprint = _apt_fingerprint()
+        parent = image_dir(name).parent
+        for stale in parent.glob(f".{name}.build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        built = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=parent))
+        try:
+            manifest = _make_image(recipe, versions, fingerprint, built, progress)
+            (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            built.chmod(0o755)
+            final = _install(name, built, str(manifest["digest"]))
+        except BaseException:
+            shutil.rmtree(built, ignore_errors=True)
+            raise
+    progress("guest image ready")
+    image = _from_manifest(name, final, manifest)
+    if image is None:
+        raise HostError(f"the guest image just built in {final} is incomplete")
+    return image
