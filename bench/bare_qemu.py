@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmctl.guest_image import KERNEL_CMDLINE
 from vmctl.runner import which
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
-BASE_CMDLINE = ("console=ttyS0", "reboot=k", "panic=-1", "quiet")
 _LINE = re.compile(r"^(VMCTL-[A-Z-]+)(.*)$")
 
 
@@ -37,7 +37,7 @@ _LINE = re.compile(r"^(VMCTL-[A-Z-]+)(.*)$")
 
 def kernel_cmdline(hostname: str, sshkey_b64: str, *, probe: bool = False, extra: Sequence[str] = ()) -> str:
     """The guest contract's kernel command line (what vmctl's render stage produces)."""
-    args = [*BASE_CMDLINE, f"vmctl.hostname={hostname}", f"vmctl.sshkey={sshkey_b64}", *extra]
+    args = [*KERNEL_CMDLINE, f"vmctl.hostname={hostname}", f"vmctl.sshkey={sshkey_b64}", *extra]
     if probe:
         args.append("vmctl.probe=1")
     return " ".join(args)

@@ -38,6 +38,12 @@ MANIFEST = "manifest.json"
 KERNEL_FILE = "vmlinuz"
 COMPRESSIONS = {"none": "initramfs.cpio", "gzip": "initramfs.cpio.gz"}
 
+# The kernel command line to boot these images with (before the vmctl.* settings and user extras).
+# Measured under TCG here: `cryptomgr.notests` saves ~0.25 s (crypto self-tests at boot),
+# `tsc=reliable no_timer_check` ~0.1 s; `quiet` keeps the serial console (slow under TCG) short.
+KERNEL_CMDLINE = ("console=ttyS0", "reboot=k", "panic=-1", "quiet",
+                  "cryptomgr.notests", "tsc=reliable", "no_timer_check")
+
 Progress = Callable[[str], None]
 
 
