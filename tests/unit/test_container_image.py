@@ -1,0 +1,143 @@
+"""container_image: source detection and resolution, config parsing, mountpoints, sizing (no tools run)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmctl import container_image as ci
+from vmctl.errors import UsageError
+
+
+def make_tar(path: Path, names: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as t:
+        for name, data in names.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_detects_docker_and_oci_archives(tmp_path: Path) -> None:
+    docker = make_tar(tmp_path / "d.tar", {"manifest.json": b"[]", "abc/layer.tar": b"x" * 600})
+    oci = make_tar(tmp_path / "o.tar", {"./oci-layout": b"{}", "./index.json": b"{}", "blobs/sha256/a": b"1"})
+    assert ci.detect_archive(docker) == "docker-archive:"
+    assert ci.detect_archive(oci) == "oci-archive:"
+
+
+@pytest.mark.parametrize("kind", ["neither", "truncated", "garbage", "only-index"])
+def test_unusable_archives_are_usage_errors_naming_the_path(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x.tar"
+    if kind == "neither":
+        make_tar(path, {"hello.txt": b"hi"})
+    elif kind == "only-index":
+        make_tar(path, {"index.json": b"{}"})
+    elif kind == "truncated":
+        full = make_tar(tmp_path / "full.tar", {"manifest.json": b"[]", "big": b"y" * 100_000})
+        path.write_bytes(full.read_bytes()[:50_000])
+    else:
+        path.write_bytes(b"\x00\x01not a tar" * 100)
+    with pytest.raises(UsageError) as err:
+        ci.detect_archive(path)
+    assert str(path) in err.value.message and err.value.hint
+
+
+def test_resolve_paths_relative_to_base_dir(tmp_path: Path) -> None:
+    make_tar(tmp_path / "web.tar", {"manifest.json": b"[]"})
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text("{}")
+    (layout / "index.json").write_text("{}")
+    assert ci.resolve_source("web.tar", tmp_path) == f"docker-archive:{tmp_path}/web.tar"
+    assert ci.resolve_source("./layout", tmp_path) == f"oci:{tmp_path}/layout"
+    assert ci.resolve_source("layout:v2", tmp_path) == f"oci:{tmp_path}/layout:v2"
+    assert ci.resolve_source("docker-archive:web.tar", tmp_path) == f"docker-archive:{tmp_path}/web.tar"
+    with pytest.raises(UsageError):
+        ci.resolve_source("oci-archive:web.tar", tmp_path)  # it is a docker archive
+    with pytest.raises(UsageError) as err:
+        ci.resolve_source("images/missing.tar", tmp_path)
+    assert "missing.tar" in err.value.message
+    (tmp_path / "notlayout").mkdir()
+    with pytest.raises(UsageError):
+        ci.resolve_source("./notlayout", tmp_path)
+    with pytest.raises(UsageError):
+        ci.resolve_source("", tmp_path)
+
+
+def test_names_go_to_the_registry_when_no_engine_has_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    assert ci.resolve_source("busybox", tmp_path) == "docker://busybox:latest"
+    assert ci.resolve_source("quay.io/x/y:1.2", tmp_path) == "docker://quay.io/x/y:1.2"
+    assert ci.resolve_source("docker-daemon:web:1", tmp_path) == "docker-daemon:web:1"
+    assert ci.resolve_source("docker://alpine:3", tmp_path) == "docker://alpine:3"
+
+
+def test_image_config_from_json() -> None:
+    blob: dict[str, Any] = {
+        "config": {
+            "Entrypoint": ["/e"],
+            "Cmd": None,
+            "Env": ["A=1"],
+            "WorkingDir": "/w",
+            "User": "1000",
+            "ExposedPorts": {"80/tcp": {}, "53/udp": {}},
+        }
+    }
+    c = ci.image_config_from_json(blob)
+    assert c == ci.ImageConfig(("/e",), (), ("A=1",), "/w", "1000", ("53/udp", "80/tcp"))
+    assert ci.image_config_from_json({}) == ci.ImageConfig()
+
+
+def test_add_mountpoints_replaces_symlinked_etc_files(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    (tmp_path / "etc" / "hosts").write_text("keep\n")
+    ci.add_mountpoints(tmp_path)
+    for d in ("proc", "sys", "dev", "tmp", "run"):
+        assert (tmp_path / d).is_dir()
+    resolv = tmp_path / "etc" / "resolv.conf"
+    assert resolv.is_file() and not resolv.is_symlink()
+    assert (tmp_path / "etc" / "hosts").read_text() == "keep\n"
+
+
+def test_tree_size_and_ext4_headroom(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x" * 10_000)
+    (tmp_path / "l").symlink_to("d/f")
+    size, files, dirs = ci.tree_size(tmp_path)
+    assert (files, dirs) == (2, 2) and size == 10_000 + len("d/f")
+    small = ci.ext4_size_bytes(size, files, dirs)
+    assert small % 2**20 == 0 and small >= size + 16 * 2**20
+    assert ci.ext4_size_bytes(100 * 2**20, 1000, 100) > 115 * 2**20
+
+
+def test_memo_is_keyed_by_file_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCTL_CACHE_DIR", str(tmp_path / "cache"))
+    tar = make_tar(tmp_path / "a.tar", {"manifest.json": b"[]"})
+    source = f"docker-archive:{tar}"
+    assert ci._memo_get(source) is None
+    ci._memo_put(source, "sha256:" + "0" * 64)
+    assert ci._memo_get(source) == "sha256:" + "0" * 64
+    make_tar(tar, {"manifest.json": b"[1]", "other": b"changed"})
+    assert ci._memo_get(source) is None
+    assert ci._memo_get("docker://x:1") is None
+
+
+def test_cache_entry_round_trip(tmp_path: Path) -> None:
+    entry = tmp_path / "e"
+    (entry / "rootfs").mkdir(parents=True)
+    (entry / "disk.ext4").write_bytes(b"")
+    config = ci.ImageConfig(("/e",), ("c",), ("A=1",), "/", "", ("80/tcp",))
+    digest = "sha256:" + "1" * 64
+    meta = {"format": ci.CACHE_FORMAT, "digest": digest, "size_bytes": 5, "config": config.__dict__}
+    (entry / "image.json").write_text(json.dumps(meta))
+    got = ci._load_entry("ref", digest, entry)
+    assert got is not None and got.config == config and got.size_bytes == 5
+    assert ci._load_entry("ref", "sha256:" + "2" * 64, entry) is None
+    (entry / "image.json").write_text("{broken")
+    assert ci._load_entry("ref", digest, entry) is None
