@@ -68,3 +68,15 @@ def output(argv: Sequence[Arg], **kwargs: object) -> str:
     """Run `argv` and return its stdout as text."""
     proc = run(argv, **kwargs)  # type: ignore[arg-type]
     return proc.stdout.decode(errors="replace")
+
+
+def spawn(argv: Sequence[Arg], *, stdout: int | None = subprocess.DEVNULL, stderr: int | None = subprocess.PIPE,
+          new_session: bool = False) -> subprocess.Popen[bytes]:
+    """Start `argv` in the background (no shell); the caller owns the process."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s &", shlex.join(args))
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                start_new_session=new_session)
+    except FileNotFoundError as e:
+        raise HostError(f"`{args[0]}` is not installed") from e

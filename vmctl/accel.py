@@ -1,0 +1,126 @@
+"""Which accelerator can run our guests here: a real boot under KVM, not a guess from /dev/kvm.
+
+/dev/kvm can exist and KVM_CREATE_VM succeed while a standard kernel still cannot run (a PVM host
+module, or `-cpu host` refused). So the probe boots the guest image under KVM with
+`vmctl.probe=1`, which makes the init print `VMCTL-PROBE-OK` and power off. Only that line counts.
+The answer is cached per host boot, QEMU binary and guest image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vmctl import render
+from vmctl.errors import HostError
+from vmctl.paths import cache_root
+from vmctl.runner import spawn, which
+from vmctl.spec import Accel
+
+PROBE_TIMEOUT = 12.0  # a KVM guest reaches its init in well under a second; TCG is never probed
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+
+
+@dataclass(frozen=True)
+class AccelReport:
+    kvm_usable: bool
+    reason: str  # why KVM is or is not usable, in one sentence
+    kvm_module: str | None  # kvm_intel, kvm_amd, kvm_pvm...
+    probe_seconds: float | None
+    key: str  # what the cached answer depends on
+
+    def choose(self, requested: Accel, machine: str = "") -> str:
+        """The accelerator to use: "kvm" or "tcg". Forcing KVM where it cannot work is an error, not a hang."""
+        if requested is Accel.TCG:
+            return "tcg"
+        if self.kvm_usable:
+            return "kvm"
+        if requested is Accel.KVM:
+            who = f"machine `{machine}` asks for" if machine else "you asked for"
+            raise HostError(f"{who} KVM (`accel: kvm`), but KVM cannot run the guest on this host: {self.reason}",
+                            hint="use `accel: auto` (falls back to TCG emulation) or `accel: tcg`")
+        return "tcg"
+
+
+def kvm_module() -> str | None:
+    for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
+        if Path("/sys/module", name).exists():
+            return name
+    return None
+
+
+def _cache_key(kernel: Path, initrd: Path) -> str:
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    qemu = Path(which("qemu-system-x86_64", package="qemu-system-x86"))
+    parts = [boot_id, str(qemu.stat().st_mtime_ns)]
+    parts += [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (kernel, initrd)]
+    return "|".join(parts)
+
+
+def host_report(kernel: Path, initrd: Path, *, refresh: bool = False) -> AccelReport:
+    cache = cache_root() / "accel.json"
+    key = _cache_key(kernel, initrd)
+    if not refresh and cache.exists():
+        try:
+            cached = AccelReport(**json.loads(cache.read_text()))
+            if cached.key == key:
+                return cached
+        except (ValueError, TypeError):
+            pass
+    report = probe(kernel, initrd, key)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(report)))
+    tmp.replace(cache)
+    return report
+
+
+def probe(kernel: Path, initrd: Path, key: str = "") -> AccelReport:
+    module = kvm_module()
+    if not Path("/dev/kvm").exists():
+        return AccelReport(False, "there is no /dev/kvm (no KVM module, or virtualization is off)", module, None, key)
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return AccelReport(False, "/dev/kvm is not accessible to this user (add yourself to group `kvm`)",
+                           module, None, key)
+    ok, why, seconds = _boot_under_kvm(kernel, initrd)
+    if ok:
+        return AccelReport(True, f"a probe guest booted under KVM in {seconds:.2f} s", module, seconds, key)
+    if module == "kvm_pvm":
+        why += " (the host's KVM is kvm_pvm, which only runs PVM-enabled guest kernels)"
+    return AccelReport(False, why, module, seconds, key)
+
+
+def _boot_under_kvm(kernel: Path, initrd: Path) -> tuple[bool, str, float]:
+    qemu = which("qemu-system-x86_64", package="qemu-system-x86")
+    cmdline = render.kernel_cmdline("probe", "AAAA", probe=True)
+    with tempfile.TemporaryDirectory(prefix="vmctl-probe-") as tmp:
+        log = Path(tmp) / "console.log"
+        argv = [qemu, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "128", "-smp", "1",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                *(["-bios", str(QBOOT)] if QBOOT.exists() else []),
+                "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+                "-serial", f"file:{log}"]
+        start = time.monotonic()
+        proc = spawn(argv, stderr=subprocess.PIPE)
+        try:
+            while time.monotonic() - start < PROBE_TIMEOUT:
+                if log.exists() and b"VMCTL-PROBE-OK" in log.read_bytes():
+                    return True, "ok", time.monotonic() - start
+                if proc.poll() is not None:
+                    err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
+                    last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
+                    return False, f"QEMU refused to start a KVM guest: {last}", time.monotonic() - start
+                time.sleep(0.05)
+            return (False, f"a probe guest under KVM did not reach its init within {PROBE_TIMEOUT:.0f} s",
+                    time.monotonic() - start)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()

@@ -1,0 +1,85 @@
+"""The guest's serial console, written by QEMU into a file: readiness, timestamps, tails for errors."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmctl.errors import GuestError
+
+INIT_RE = re.compile(r"VMCTL-INIT uptime=(?P<up>[\d.]+)")
+READY_RE = re.compile(r"VMCTL-READY uptime=(?P<up>[\d.]+) hostkey=(?P<key>ssh-ed25519 [A-Za-z0-9+/]+=*)")
+PROBE_RE = re.compile(r"VMCTL-PROBE-OK")
+FAIL_RE = re.compile(r"VMCTL-FAIL step=(?P<step>\S+)")
+PANIC_RE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
+
+
+@dataclass
+class Boot:
+    """What the console showed during one boot, with host-clock stamps (monotonic seconds)."""
+
+    first_byte: float | None = None
+    init_seen: float | None = None
+    ready_seen: float | None = None
+    guest_init_uptime: float | None = None
+    guest_ready_uptime: float | None = None
+    hostkey: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        data = path.read_bytes()[-16384:]
+    except FileNotFoundError:
+        return "(no console output)"
+    text = data.decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:]) or "(no console output)"
+
+
+def wait_ready(path: Path, *, machine: str, timeout: float, alive: Callable[[], bool],
+               offset: int = 0, poll: float = 0.02) -> Boot:
+    """Follow the console file from `offset` until the READY line; fail fast on FAIL, panic or a dead VM."""
+    boot = Boot()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    pos = offset
+    next_alive_check = 0.0
+    while True:
+        now = time.monotonic()
+        try:
+            with path.open("rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            pos += len(chunk)
+            buf += chunk
+            if boot.first_byte is None:
+                boot.first_byte = now
+            text = buf.decode(errors="replace")
+            if boot.init_seen is None and (m := INIT_RE.search(text)):
+                boot.init_seen, boot.guest_init_uptime = now, float(m["up"])
+            if m := READY_RE.search(text):
+                boot.ready_seen, boot.guest_ready_uptime, boot.hostkey = now, float(m["up"]), m["key"]
+                return boot
+            if m := FAIL_RE.search(text):
+                raise _failed(machine, path, f"the guest init failed at step `{m['step']}`")
+            if m := PANIC_RE.search(text):
+                raise _failed(machine, path, f"the guest kernel panicked ({m.group(0).strip()})")
+        if now >= deadline:
+            raise _failed(machine, path, f"the guest did not become ready within {timeout:.0f} s",
+                          hint="raise `--timeout`; under TCG a boot is CPU-bound and slower on a busy host")
+        if now >= next_alive_check:
+            next_alive_check = now + 0.25
+            if not alive():
+                raise _failed(machine, path, "the VM stopped before it became ready")
+        time.sleep(poll)
+
+
+def _failed(machine: str, path: Path, why: str, hint: str | None = None) -> GuestError:
+    return GuestError(f"machine `{machine}`: {why}. Last console lines ({path}):\n{tail(path)}",
+                      hint=hint or f"see the whole console with `vmctl logs {machine}`")

@@ -1,0 +1,227 @@
+"""libvirt: one connection per command, the embedded driver by default, domains tagged by environment.
+
+The embedded driver (`qemu:///embed?root=DIR`) runs libvirt's QEMU driver inside this process, so no
+daemon is needed. QEMU outlives the process; the next `open` of the same root re-attaches to it.
+Only one process may hold a root at a time, which the per-environment lock in `state` guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from vmctl.errors import HostError
+from vmctl.render import XMLNS
+
+_loop_started = False
+_loop_lock = threading.Lock()
+
+# Run QEMU as the invoking user, and log its stdio to a file: the embedded driver has no virtlogd.
+# Without `user`, libvirt probes QEMU's capabilities as another user, sees /dev/kvm differently from
+# this process and throws its capability cache away on every call (seconds each time).
+EMBED_QEMU_CONF = 'stdio_handler = "file"\nuser = "+{uid}"\ngroup = "+{gid}"\n'
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "stopping",
+    libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+
+def embed_uri(root: Path) -> str:
+    return f"qemu:///embed?root={root}"
+
+
+def is_embedded(uri: str) -> bool:
+    return uri.startswith("qemu:///embed")
+
+
+def _ensure_event_loop() -> None:
+    """The embedded driver needs libvirt's event loop running in this process."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def _quiet_errors() -> None:
+    # libvirt prints every error to stderr by default; vmctl reports them itself, once.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def prepare_embed_root(root: Path, shared_cache: Path | None = None) -> None:
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    conf = root / "etc" / "qemu.conf"
+    text = EMBED_QEMU_CONF.format(uid=os.getuid(), gid=os.getgid())
+    if not conf.exists() or conf.read_text() != text:
+        conf.write_text(text)
+    if shared_cache is not None:
+        # QEMU's capability probe costs seconds; share its cache between environments' roots.
+        shared_cache.mkdir(parents=True, exist_ok=True)
+        link = root / "cache" / "qemu"
+        link.parent.mkdir(exist_ok=True)
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(shared_cache)
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    state: str
+    reason: int
+    environment: str | None
+    machine: str | None
+
+
+class Hypervisor:
+    """A libvirt connection with the few operations vmctl needs."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.conn: Any = None
+
+    def __enter__(self) -> Hypervisor:
+        _quiet_errors()
+        if is_embedded(self.uri):
+            _ensure_event_loop()
+        try:
+            self.conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise HostError(
+                f"cannot connect to libvirt at `{self.uri}`: {e.get_error_message()}",
+                hint="check `--connect`/`libvirt.uri`; for qemu:///system start the daemon (`libvirtd -d`)",
+            ) from None
+        if is_embedded(self.uri):
+            self._settle()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self.conn.close()
+            self.conn = None
+
+    def _settle(self, timeout: float = 10.0) -> None:
+        """Wait until the embedded driver has re-attached to QEMU processes it finds running.
+
+        Re-attaching runs asynchronously after `open`; a domain that is still being reconnected holds
+        a job, so a query job (memory stats) only succeeds once it is done.
+        """
+        deadline = time.monotonic() + timeout
+        for dom in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            while time.monotonic() < deadline:
+                try:
+                    if not dom.isActive():
+                        break
+                    dom.memoryStats()
+                    break
+                except libvirt.libvirtError:
+                    time.sleep(0.05)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Any | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def info(self, dom: Any) -> DomainInfo:
+        state, reason = dom.state()
+        env, machine = _tags(dom)
+        return DomainInfo(dom.name(), STATE_NAMES.get(state, "unknown"), reason, env, machine)
+
+    def domains_of(self, environment: str) -> list[Any]:
+        """Domains tagged with `environment` in their vmctl metadata; never another environment's."""
+        return [d for d in self.conn.listAllDomains() if _tags(d)[0] == environment]
+
+    def capabilities(self) -> str:
+        return str(self.conn.getCapabilities())
+
+    def versions(self) -> dict[str, str]:
+        def fmt(v: int) -> str:
+            return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+        return {"libvirt": fmt(self.conn.getLibVersion()), "qemu": fmt(self.conn.getVersion())}
+
+    # -- changes -----------------------------------------------------------------------------------
+
+    def define(self, xml: str) -> Any:
+        try:
+            return self.conn.defineXML(xml)
+        except libvirt.libvirtError as e:
+            raise HostError(f"libvirt refused the domain definition: {e.get_error_message()}") from None
+
+    def start(self, dom: Any) -> None:
+        try:
+            dom.create()
+        except libvirt.libvirtError as e:
+            raise HostError(f"cannot start `{dom.name()}`: {e.get_error_message()}") from None
+
+    def remove(self, dom: Any) -> None:
+        """Stop (hard) and undefine; tolerant of a domain that is already gone or stopped."""
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+        try:
+            dom.undefine()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+
+
+def _tags(dom: Any) -> tuple[str | None, str | None]:
+    try:
+        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, XMLNS)
+    except libvirt.libvirtError:
+        return None, None
+    root = ET.fromstring(text)
+    env = root.find("{*}environment")
+    machine = root.find("{*}machine")
+    return (env.text if env is not None else None, machine.text if machine is not None else None)
+
+
+def qemu_pid(domain_name: str) -> int | None:
+    """The host PID of a local domain's QEMU, found by its `-name guest=NAME,` argument."""
+    needle = f"guest={domain_name},".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(a.startswith(needle) for a in argv):
+            return int(entry.name)
+    return None
+
+
+@contextlib.contextmanager
+def connect(uri: str) -> Iterator[Hypervisor]:
+    with Hypervisor(uri) as hv:
+        yield hv

@@ -1,0 +1,128 @@
+"""Domain XML and kernel command lines, from a resolved machine plan through autoescaped templates.
+
+Pure functions: no libvirt, no I/O beyond reading templates, so `vmctl render` and the tests can show
+exactly what `up` would define.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jinja2
+
+from vmctl import cmdline
+from vmctl.paths import TEMPLATES_DIR
+
+XMLNS = "https://github.com/vmctl/vmctl/xmlns/instance/1"
+DOMAIN_PREFIX = "vmctl"
+GUEST_NET = "10.0.2.15"  # QEMU user-mode networking's default guest address
+
+# Firecracker-style arguments: serial console, no reboot loop on panic, quiet boot (console speed
+# matters under TCG), and no probing of hardware a microVM does not have.
+BASE_KERNEL_ARGS = ("console=ttyS0", "reboot=k", "panic=-1", "quiet", "i8042.noaux", "i8042.nomux",
+                    "i8042.nopnp", "i8042.dumbkbd", "random.trust_cpu=on")
+
+
+@dataclass(frozen=True)
+class DiskView:
+    path: str
+    dev: str
+    serial: str
+    readonly: bool
+    format: str = "raw"
+    cache: str = "none"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A host port forwarded into the guest by QEMU's user-mode network."""
+
+    host_ip: str
+    host_port: int
+    guest_port: int
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class DomainView:
+    """Everything the domain template needs, already resolved and validated."""
+
+    environment: str
+    environment_file: str
+    machine: str
+    domain_type: str  # "kvm" or "qemu" (TCG)
+    accel: str  # "kvm" or "tcg"
+    memory_mib: int
+    vcpus: int
+    kernel: str
+    initrd: str | None
+    cmdline: str
+    console_log: str
+    emulator: str
+    loader: str | None
+    forwards: tuple[Forward, ...]
+    disks: tuple[DiskView, ...] = ()
+    machine_type: str = "q35"
+    tb_cache_mib: int = 64
+    dac_label: str | None = None
+    xmlns: str = XMLNS
+
+    @property
+    def domain_name(self) -> str:
+        return domain_name(self.environment, self.machine)
+
+    @property
+    def qemu_args(self) -> list[str]:
+        return netdev_args(self.forwards)
+
+
+def domain_name(environment: str, machine: str) -> str:
+    return f"{DOMAIN_PREFIX}-{environment}-{machine}"
+
+
+def netdev_args(forwards: Sequence[Forward]) -> list[str]:
+    """QEMU user-mode networking with host forwards (libvirt 9.0 has no <portForward> for it).
+
+    Values are integers and validated IPv4 addresses, so QEMU's comma syntax cannot be broken into.
+    The address 0x10 avoids libvirt's own pcie-root-port in slot 1.
+    """
+    fwd = "".join(f",hostfwd={f.proto}:{f.host_ip}:{int(f.host_port)}-:{int(f.guest_port)}" for f in forwards)
+    return ["-netdev", f"user,id=vmctl0{fwd}", "-device", "virtio-net-pci,netdev=vmctl0,bus=pcie.0,addr=0x10"]
+
+
+def kernel_cmdline(hostname: str, ssh_key_blob: str, extra: Sequence[str] = (), *, probe: bool = False) -> str:
+    """The guest contract (docs/design.md): settings travel as `vmctl.*` kernel arguments."""
+    tokens = [*BASE_KERNEL_ARGS, f"vmctl.hostname={hostname}", f"vmctl.sshkey={ssh_key_blob}"]
+    if probe:
+        tokens.append("vmctl.probe=1")
+    return cmdline.join([*tokens, *extra])
+
+
+def disk_dev(index: int) -> str:
+    """vda, vdb, ... vdz, vdaa: the target names libvirt expects."""
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return f"vd{letters}"
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=True,  # every value is XML text; nothing from YAML may become markup
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def render_template(name: str, **values: object) -> str:
+    return _templates().get_template(name).render(**values)
+
+
+def render_domain(view: DomainView) -> str:
+    return render_template("domain/domain.xml.j2", vm=view)

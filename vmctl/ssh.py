@@ -1,0 +1,197 @@
+"""SSH to guests with paramiko: the environment's key, and the guest's host key pinned, never auto-accepted."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import select
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import paramiko
+
+from vmctl.errors import GuestError
+
+GUEST_USER = "root"
+
+
+def hostkey_from_line(line: str) -> paramiko.PKey:
+    kind, blob = line.split()[:2]
+    if kind != "ssh-ed25519":
+        raise GuestError(f"unexpected host key type `{kind}`")
+    return paramiko.Ed25519Key(data=base64.b64decode(blob))
+
+
+class Guest:
+    """An SSH connection to one guest through its forwarded port on 127.0.0.1."""
+
+    def __init__(self, *, name: str, port: int, hostkey: str, key_file: Path, host: str = "127.0.0.1") -> None:
+        self.name, self.host, self.port = name, host, port
+        self.hostkey = hostkey_from_line(hostkey)
+        self.key_file = key_file
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 20.0) -> Guest:
+        """Connect, retrying while the forward or the SSH server is not yet answering."""
+        deadline = time.monotonic() + timeout
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key_file))
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            host_id = f"[{self.host}]:{self.port}"
+            client.get_host_keys().add(host_id, self.hostkey.get_name(), self.hostkey)
+            try:
+                client.connect(self.host, self.port, username=GUEST_USER, pkey=pkey, timeout=5,
+                               banner_timeout=5, auth_timeout=5, allow_agent=False, look_for_keys=False)
+                self.client = client
+                return self
+            except paramiko.BadHostKeyException as e:
+                client.close()
+                raise GuestError(
+                    f"machine `{self.name}`: the SSH host key does not match the one the guest announced on "
+                    f"its console (got {e.key.get_fingerprint().hex()}); refusing to connect",
+                    hint="someone else may be answering on this port; run `vmctl down` and `vmctl up`",
+                ) from None
+            except paramiko.SSHException as e:
+                if "not found in known_hosts" in str(e):
+                    raise GuestError(f"machine `{self.name}`: unknown SSH host key; refusing to connect") from None
+                last = e
+            except OSError as e:
+                last = e
+            client.close()
+            time.sleep(0.1)
+        raise GuestError(f"machine `{self.name}`: no SSH connection to {self.host}:{self.port} ({last})",
+                         hint=f"check `vmctl status` and `vmctl logs {self.name}`")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def __enter__(self) -> Guest:
+        return self if self.client else self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _channel(self, argv: Sequence[str], *, pty: bool = False) -> paramiko.Channel:
+        assert self.client is not None, "connect() first"
+        transport = self.client.get_transport()
+        assert transport is not None
+        chan = transport.open_session()
+        if pty:
+            cols, rows = os.get_terminal_size() if sys.stdout.isatty() else (80, 24)
+            chan.get_pty(term=os.environ.get("TERM", "xterm"), width=cols, height=rows)
+        # SSH carries one command string, run by the guest's shell: quote every argument so that
+        # the guest sees exactly this argv, whatever the values contain.
+        chan.exec_command(shlex.join(argv))
+        return chan
+
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None,
+            check: bool = False) -> tuple[int, bytes, bytes]:
+        """Run argv in the guest; return (exit code, stdout, stderr)."""
+        chan = self._channel(argv)
+        chan.settimeout(timeout)
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        try:
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                else:
+                    select.select([chan], [], [], 0.05)
+        except TimeoutError:
+            chan.close()
+            raise GuestError(f"machine `{self.name}`: `{shlex.join(argv)}` did not finish within {timeout} s") from None
+        code = chan.recv_exit_status()
+        chan.close()
+        if check and code != 0:
+            detail = err.decode(errors="replace").strip()[-800:]
+            raise GuestError(f"machine `{self.name}`: `{shlex.join(argv)}` failed with exit code {code}: {detail}")
+        return code, bytes(out), bytes(err)
+
+    def stream(self, argv: Sequence[str], out: BinaryIO, err: BinaryIO, *, stdin: BinaryIO | None = None) -> int:
+        """Run argv, copying its output as it comes; return its exit code."""
+        chan = self._channel(argv)
+        if stdin is None:
+            chan.shutdown_write()
+        stdin_open = stdin is not None
+        while True:
+            readers: list[Any] = [chan]
+            if stdin_open:
+                readers.append(stdin)
+            ready, _, _ = select.select(readers, [], [], 0.1)
+            if stdin_open and stdin in ready:
+                data = os.read(stdin.fileno(), 65536)  # type: ignore[union-attr]
+                if data:
+                    chan.sendall(data)
+                else:
+                    chan.shutdown_write()
+                    stdin_open = False
+            while chan.recv_ready():
+                out.write(chan.recv(65536))
+                out.flush()
+            while chan.recv_stderr_ready():
+                err.write(chan.recv_stderr(65536))
+                err.flush()
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+        code = chan.recv_exit_status()
+        chan.close()
+        return code
+
+    def interactive(self, argv: Sequence[str] | None = None) -> int:
+        """A real terminal: raw mode locally, a pty in the guest, window size passed on."""
+        assert self.client is not None
+        transport = self.client.get_transport()
+        assert transport is not None
+        chan = transport.open_session()
+        cols, rows = os.get_terminal_size() if sys.stdin.isatty() else (80, 24)
+        chan.get_pty(term=os.environ.get("TERM", "xterm"), width=cols, height=rows)
+        if argv:
+            chan.exec_command(shlex.join(argv))
+        else:
+            chan.invoke_shell()
+        with _raw_terminal():
+            while True:
+                ready, _, _ = select.select([chan, sys.stdin], [], [])
+                if chan in ready:
+                    data = chan.recv(65536)
+                    if not data:
+                        break
+                    os.write(sys.stdout.fileno(), data)
+                if sys.stdin in ready:
+                    data = os.read(sys.stdin.fileno(), 4096)
+                    if not data:
+                        chan.shutdown_write()
+                    else:
+                        chan.sendall(data)
+        return chan.recv_exit_status()
+
+
+@contextlib.contextmanager
+def _raw_terminal() -> Iterator[None]:
+    if not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setraw(sys.stdin.fileno())
+        yield
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
