@@ -91,7 +91,7 @@ def probe(kernel: Path, initrd: Path, key: str = "") -> AccelReport:
     if ok:
         return AccelReport(True, f"a probe guest booted under KVM in {seconds:.2f} s", module, seconds, key)
     if module == "kvm_pvm":
-        why += " (the host's KVM is kvm_pvm, which only runs PVM-enabled guest kernels)"
+        why = f"the host's KVM is kvm_pvm, which runs only PVM-enabled guest kernels; {why}"
     return AccelReport(False, why, module, seconds, key)
 
 
@@ -114,7 +114,8 @@ def _boot_under_kvm(kernel: Path, initrd: Path) -> tuple[bool, str, float]:
                 if proc.poll() is not None:
                     err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
                     last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
-                    return False, f"QEMU refused to start a KVM guest: {last}", time.monotonic() - start
+                    last = last.removeprefix("qemu-system-x86_64: ")[-100:]
+                    return False, f"QEMU could not run a KVM guest ({last})", time.monotonic() - start
                 time.sleep(0.05)
             return (False, f"a probe guest under KVM did not reach its init within {PROBE_TIMEOUT:.0f} s",
                     time.monotonic() - start)

@@ -17,9 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import libvirt
+from vmctl.paths import private_dir, state_root
 
-from vmctl.errors import HostError
+# libvirt logs warnings to stderr from the moment it is imported (the embedded driver runs in this
+# process); send its log to a file instead, before the import.
+if "LIBVIRT_LOG_OUTPUTS" not in os.environ:
+    os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{private_dir(state_root()) / 'libvirt.log'}"
+
+import libvirt  # noqa: E402
+
+from vmctl.errors import HostError  # noqa: E402
 from vmctl.render import XMLNS
 
 _loop_started = False
@@ -67,7 +74,7 @@ def _ensure_event_loop() -> None:
 
 
 def _quiet_errors() -> None:
-    # libvirt prints every error to stderr by default; vmctl reports them itself, once.
+    # libvirt prints every error to stderr; vmctl reports failures itself, once.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 

@@ -28,14 +28,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def resolve(machine: str, ports: Iterable[PortSpec]) -> list[Forward]:
-    """Concrete forwards: fixed host ports must be free now; `GUEST`-only ports get a free one."""
+def resolve(machine: str, ports: Iterable[PortSpec], *, check: bool = True) -> list[Forward]:
+    """Concrete forwards: fixed host ports must be free now (`check`); `GUEST`-only ports get a free one."""
     out = []
     for p in ports:
         if p.host_port is None:
             out.append(Forward(p.host_ip, free_port(p.host_ip), p.target, p.proto))
             continue
-        if not port_is_free(p.host_ip, p.host_port, p.proto):
+        if check and not port_is_free(p.host_ip, p.host_port, p.proto):
             raise HostError(
                 f"machine `{machine}`: host port {p.host_ip}:{p.host_port}/{p.proto} is already in use",
                 hint="stop what listens there (`ss -ltnp`), or pick another host port in `ports`",

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 import jinja2
 
 from vmctl import cmdline
+from vmctl.guest_image import KERNEL_CMDLINE
 from vmctl.paths import TEMPLATES_DIR
 
 XMLNS = "https://github.com/vmctl/vmctl/xmlns/instance/1"
 DOMAIN_PREFIX = "vmctl"
 GUEST_NET = "10.0.2.15"  # QEMU user-mode networking's default guest address
 
-# Firecracker-style arguments: serial console, no reboot loop on panic, quiet boot (console speed
-# matters under TCG), and no probing of hardware a microVM does not have.
-BASE_KERNEL_ARGS = ("console=ttyS0", "reboot=k", "panic=-1", "quiet", "i8042.noaux", "i8042.nomux",
-                    "i8042.nopnp", "i8042.dumbkbd", "random.trust_cpu=on")
+# The guest image's arguments (serial console, no reboot loop on panic, quiet boot: console output is
+# slow under TCG, no crypto self-tests), plus Firecracker's: no probing for a PS/2 controller a
+# microVM does not have.
+BASE_KERNEL_ARGS = (*KERNEL_CMDLINE, "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Per-environment state on the host: a 0700 folder with a lock, the SSH key pair and `state.json`.
 
+`state_root()/locks/<environment>.lock` (flock): one vmctl command changes an environment at a time.
 Layout under `state_root()/envs/<environment>/`:
-  lock                 flock: one vmctl command changes an environment at a time
   id_ed25519(.pub)     the environment's SSH key (0600)
   state.json           what `up` created, written atomically (write, fsync, rename)
   libvirt/             the embedded libvirt root (domains, QEMU logs, pidfiles)
@@ -153,8 +153,9 @@ class EnvDir:
     @contextlib.contextmanager
     def lock(self, *, wait: float = 600.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
         """Hold the environment's lock; wait for another vmctl command that holds it, up to `wait`."""
-        self.create()
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # The lock lives outside the environment's folder, which `down` removes while holding it.
+        locks = private_dir(self.path.parent.parent / "locks")
+        fd = os.open(locks / f"{self.environment}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             deadline = time.monotonic() + wait
             told = False

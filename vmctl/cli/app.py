@@ -1,0 +1,73 @@
+"""The object every command gets through `ctx.obj`: options, the loaded environment, output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from vmctl.errors import VmctlError
+from vmctl.lifecycle import Project
+from vmctl.progress import Progress, json_renderer, plain_renderer, quiet_renderer
+from vmctl.spec import Environment, load_environment
+
+
+@dataclass
+class App:
+    file: Path
+    project_name: str | None = None
+    connect: str | None = None
+    progress_mode: str = "auto"
+    debug: bool = False
+    _project: Project | None = field(default=None, repr=False)
+
+    @property
+    def progress(self) -> Progress:
+        mode = self.progress_mode
+        renderer = {"json": json_renderer(sys.stderr), "quiet": quiet_renderer}.get(mode, plain_renderer(sys.stderr))
+        return Progress(renderer)
+
+    def environment(self) -> Environment:
+        return self.project().env
+
+    def project(self) -> Project:
+        if self._project is None:
+            env = load_environment(self.file, name_override=self.project_name)
+            self._project = Project(env=env, progress=self.progress, connect=self.connect)
+        return self._project
+
+    # -- output -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def print_json(data: Any) -> None:
+        click.echo(json.dumps(data, indent=2, default=str))
+
+    @staticmethod
+    def abort(message: str, code: int = 1, hint: str | None = None) -> NoReturn:
+        raise VmctlError(message, hint=hint) if code == 1 else _coded(message, code, hint)
+
+
+def _coded(message: str, code: int, hint: str | None) -> VmctlError:
+    err = VmctlError(message, hint=hint)
+    err.exit_code = code
+    return err
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned table, the way `docker compose ps` prints one."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["   ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def strip_dashes(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """`vmctl exec NAME -- CMD`: click passes the `--` through when unknown options are allowed."""
+    return argv[1:] if argv[:1] == ("--",) else argv
+
+
+pass_app = click.make_pass_decorator(App)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import click
+
+from vmctl import doctor
+from vmctl.cli.app import App, pass_app
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-probe", is_flag=True, help="Do not boot a probe guest under KVM.")
+@pass_app
+def command(app: App, as_json: bool, no_probe: bool) -> None:
+    """Report what this host offers: KVM (by a real probe boot) or TCG, libvirt, QEMU, tools, cgroups."""
+    rep = doctor.report(probe=not no_probe)
+    if as_json:
+        app.print_json(rep)
+        return
+    kvm = rep["kvm"]
+    click.echo(f"accelerator:  {rep['accel'].upper()}  ({kvm['reason']})")
+    click.echo(f"kvm module:   {kvm['module'] or '-'}   /dev/kvm: {'yes' if kvm['dev_kvm'] else 'no'}")
+    versions = rep.get("versions", {})
+    click.echo(f"libvirt:      {versions.get('libvirt', '?')} (embedded driver {rep['libvirt_embedded']})")
+    click.echo(f"qemu:         {versions.get('qemu', '?')}")
+    host = rep["host"]
+    click.echo(f"host:         {host['cpu']}, {host['cpus']} CPUs, {host['memory_mib']} MiB, kernel {host['kernel']}, "
+               f"cgroups {host['cgroups']}")
+    image = rep["guest_image"]
+    click.echo(f"guest image:  {image['kernel_release'] + ' ' + image['digest'][:12] if image else 'not built'}")
+    for name, path in rep["tools"].items():
+        click.echo(f"  {'✔' if path else '✘'} {name:<20} {path or 'apt-get install ' + doctor.TOOLS[name]}")

@@ -1,0 +1,84 @@
+"""`vmctl`: the root command, global options and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from vmctl import __version__
+from vmctl.cli import (
+    cmd_doctor,
+    cmd_down,
+    cmd_exec,
+    cmd_image,
+    cmd_logs,
+    cmd_render,
+    cmd_ssh,
+    cmd_status,
+    cmd_up,
+)
+from vmctl.cli.app import App
+from vmctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, VmctlError
+
+EPILOG = """\b
+Examples:
+  vmctl -f examples/quickstart.yaml up          boot the machines, wait until SSH answers
+  vmctl -f examples/quickstart.yaml status      one line per machine (--json for scripts)
+  vmctl exec worker -- uname -r                 run a command in a guest
+  vmctl down                                    remove everything the environment created
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error (bad file, flag or name), 130 interrupted.
+"""
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-f", "--file", "file", type=click.Path(path_type=Path), default=Path("vmctl.yaml"),
+              show_default=True, help="Environment file.")
+@click.option("-p", "--project-name", help="Environment name (default: `name` in the file, else its folder).")
+@click.option("-c", "--connect", metavar="URI", help="libvirt URI (default: an embedded driver, no daemon).")
+@click.option("--progress", type=click.Choice(["auto", "plain", "json", "quiet"]), default="auto",
+              help="How progress is shown on stderr.")
+@click.option("--debug", is_flag=True, help="Log every command vmctl runs, and show tracebacks.")
+@click.version_option(__version__, prog_name="vmctl")
+@click.pass_context
+def cli(ctx: click.Context, file: Path, project_name: str | None, connect: str | None, progress: str,
+        debug: bool) -> None:
+    """Run containers inside real microVMs (libvirt + QEMU/KVM, TCG where KVM cannot run the guest)."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+    ctx.obj = App(file=file, project_name=project_name, connect=connect, progress_mode=progress, debug=debug)
+
+
+for module in (cmd_up, cmd_down, cmd_status, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image):
+    cli.add_command(module.command)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except VmctlError as e:
+        click.echo(f"error: {e.render()}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: what this command had started was rolled back", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(EXIT_RUNTIME)
+    except Exception as e:  # a bug: say so plainly, trace only on request
+        if debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", err=True)
+        sys.exit(EXIT_RUNTIME)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,380 @@
+"""`up`, `down` and `status` for the machines of an environment.
+
+`up` keeps every side effect on one ExitStack: if any machine fails (or Ctrl-C arrives), what this
+`up` created is removed in reverse order and the state file says so. State is saved before each
+domain is started, so even a SIGKILL leaves enough for `down` to find and remove everything
+(domains are also found by their libvirt metadata tag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmctl import accel, console, guest_image, ports, render
+from vmctl.errors import GuestError, HostError, UsageError, VmctlError
+from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid
+from vmctl.paths import state_root
+from vmctl.progress import Progress
+from vmctl.runner import which
+from vmctl.spec import Environment, MachineSpec
+from vmctl.ssh import Guest
+from vmctl.state import EnvDir, EnvState, ForwardState, MachineState
+
+QBOOT = Path("/usr/share/qemu/qboot.rom")
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass
+class Project:
+    """An environment file together with where its state lives and how to reach libvirt."""
+
+    env: Environment
+    progress: Progress
+    connect: str | None = None  # --connect, overrides the file's libvirt.uri
+    envdir: EnvDir = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.envdir = EnvDir(self.env.name)
+
+    def uri_for(self, machine: MachineSpec) -> str:
+        uri = machine.uri or self.connect or self.env.uri
+        return uri or embed_uri(self.envdir.libvirt_root)
+
+    def uris(self) -> list[str]:
+        return sorted({self.uri_for(m) for m in self.env.machines})
+
+    @contextlib.contextmanager
+    def hypervisors(self) -> Iterator[dict[str, Hypervisor]]:
+        """One connection per distinct URI of the environment's machines."""
+        with contextlib.ExitStack() as stack:
+            out = {}
+            for uri in self.uris():
+                if is_embedded(uri):
+                    prepare_embed_root(self.envdir.libvirt_root, state_root() / "libvirt-cache")
+                out[uri] = stack.enter_context(Hypervisor(uri))
+            yield out
+
+    def select(self, names: Sequence[str]) -> list[MachineSpec]:
+        if not names:
+            return list(self.env.machines)
+        unknown = [n for n in names if self.env.machine(n) is None]
+        if unknown:
+            known = ", ".join(m.name for m in self.env.machines) or "none"
+            raise UsageError(f"unknown machine `{unknown[0]}` in {self.env.file}", hint=f"machines: {known}")
+        return [m for m in self.env.machines if m.name in names]
+
+
+# ------------------------------------------------------------------------------------------------
+# boot files and accelerator
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kernel: Path
+    initrd: Path | None
+    kernel_release: str | None
+
+
+def ensure_images(project: Project, machines: Sequence[MachineSpec]) -> dict[str, guest_image.GuestImage]:
+    images = {}
+    for name in sorted({m.image for m in machines}):
+        found = guest_image.find_guest_image(name)
+        if found is None:
+            project.progress.working(f"image {name}", "building the guest image (first use)")
+            found = guest_image.build_guest_image(name, progress=project.progress.callback(f"image {name}"))
+            project.progress.done(f"image {name}", f"built ({found.kernel_release})")
+        images[name] = found
+    return images
+
+
+def boot_files(machine: MachineSpec, image: guest_image.GuestImage) -> BootFiles:
+    if machine.kernel is None:
+        return BootFiles(image.kernel, machine.initrd or image.initrd, image.kernel_release)
+    return BootFiles(machine.kernel, machine.initrd or image.initrd, None)
+
+
+def accel_report(images: dict[str, guest_image.GuestImage]) -> accel.AccelReport:
+    image = images.get("default") or next(iter(images.values()))
+    return accel.host_report(image.kernel, image.initrd)
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering
+
+
+def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_name: str,
+                forwards: Sequence[render.Forward], ssh_port: int) -> render.DomainView:
+    uri = project.uri_for(machine)
+    mdir = project.envdir.machine_dir(machine.name)
+    return render.DomainView(
+        environment=project.env.name,
+        environment_file=str(project.env.file),
+        machine=machine.name,
+        domain_type="kvm" if accel_name == "kvm" else "qemu",
+        accel=accel_name,
+        memory_mib=machine.memory_mib,
+        vcpus=machine.vcpus,
+        kernel=str(files.kernel),
+        initrd=str(files.initrd) if files.initrd else None,
+        cmdline=render.kernel_cmdline(machine.name, project.envdir.ssh_key_blob(), machine.cmdline),
+        console_log=str(mdir / "console.log"),
+        emulator=which("qemu-system-x86_64", package="qemu-system-x86"),
+        loader=str(QBOOT) if QBOOT.exists() else None,
+        forwards=(render.Forward("127.0.0.1", ssh_port, 22), *forwards),
+        disks=tuple(_disk_views(project, machine)),
+        dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
+    )
+
+
+def _disk_views(project: Project, machine: MachineSpec) -> Iterator[render.DiskView]:
+    mdir = project.envdir.machine_dir(machine.name)
+    for i, disk in enumerate(machine.disks):
+        path = disk.path
+        if path is None:
+            path = mdir / f"disk-{disk.name}.raw"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("wb") as f:
+                    f.truncate((disk.size_mib or 1) * 1024 * 1024)
+        yield render.DiskView(str(path), render.disk_dev(i), disk.name, disk.readonly)
+
+
+# ------------------------------------------------------------------------------------------------
+# up
+
+
+def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT) -> EnvState:
+    machines = project.select(names)
+    envdir = project.envdir
+    with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
+        state = envdir.load(str(project.env.file))
+        state.file = str(project.env.file)
+        images = ensure_images(project, machines)
+        report = accel_report(images)
+        chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
+        if "tcg" in chosen.values() and report.kvm_module:
+            project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+        created: list[str] = []
+        try:
+            with project.hypervisors() as hvs, contextlib.ExitStack() as rollback:
+                jobs = []
+                for m in machines:
+                    hv = hvs[project.uri_for(m)]
+                    if _is_ready(hv, state, m):
+                        project.progress.done(m.name, "already running")
+                        continue
+                    created.append(m.name)
+                    jobs.append(_prepare(project, state, hv, m, boot_files(m, images[m.image]), chosen[m.name],
+                                         rollback))
+                envdir.save(state)
+                _boot_all(project, hvs, jobs, state, timeout)
+                envdir.save(state)
+                rollback.pop_all()
+        except BaseException:
+            # The ExitStack has removed the domains; forget them and their files too.
+            for name in created:
+                state.machines.pop(name, None)
+                shutil.rmtree(envdir.machine_dir(name), ignore_errors=True)
+            envdir.save(state)
+            raise
+        return state
+
+
+def _boot_all(project: Project, hvs: dict[str, Hypervisor], jobs: Sequence[tuple[MachineSpec, Any, float]],
+              state: EnvState, timeout: float) -> None:
+    """Boot machines concurrently; Ctrl-C or one failure cancels the others' waits at once."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = [pool.submit(_boot, project, hvs[project.uri_for(m)], m, dom, t_define, state.machines[m.name],
+                               timeout, cancel) for m, dom, t_define in jobs]
+        try:
+            for f in as_completed(futures):
+                if f.exception() is not None:
+                    cancel.set()
+        except BaseException:
+            cancel.set()
+            raise
+    errors = [e for f in futures if (e := f.exception()) is not None and not isinstance(e, Cancelled)]
+    if errors:
+        first = errors[0]
+        raise first if isinstance(first, VmctlError) else GuestError(f"{type(first).__name__}: {first}")
+
+
+class Cancelled(Exception):
+    """Another machine failed, or the user pressed Ctrl-C: stop waiting."""
+
+
+def _is_ready(hv: Hypervisor, state: EnvState, m: MachineSpec) -> bool:
+    dom = hv.lookup(render.domain_name(state.environment, m.name))
+    ms = state.machines.get(m.name)
+    return dom is not None and dom.isActive() and ms is not None and ms.hostkey is not None
+
+
+def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, files: BootFiles,
+             accel_name: str, rollback: contextlib.ExitStack) -> tuple[MachineSpec, Any, float]:
+    """Define the domain (replacing a stale one) and record it in state before it starts."""
+    name = render.domain_name(project.env.name, m.name)
+    stale = hv.lookup(name)
+    if stale is not None:
+        hv.remove(stale)
+    mdir = project.envdir.machine_dir(m.name)
+    mdir.mkdir(parents=True, exist_ok=True)
+    (mdir / "console.log").unlink(missing_ok=True)
+    forwards = ports.resolve(m.name, m.ports)
+    ssh_port = ports.free_port()
+    view = domain_view(project, m, files, accel_name, forwards, ssh_port)
+    t0 = time.monotonic()
+    dom = hv.define(render.render_domain(view))
+    t_defined = time.monotonic()
+    rollback.callback(_remove_quietly, hv, dom)
+    state.machines[m.name] = MachineState(
+        name=m.name, domain=name, uri=hv.uri, accel=accel_name, ssh_port=ssh_port,
+        forwards=[ForwardState(f.host_ip, f.host_port, f.guest_port, f.proto) for f in forwards],
+        memory_mib=m.memory_mib, vcpus=m.vcpus, kernel_release=files.kernel_release,
+        timeline={"defined": round(t_defined - t0, 4)},
+    )
+    return m, dom, t0
+
+
+def _remove_quietly(hv: Hypervisor, dom: Any) -> None:
+    with contextlib.suppress(Exception):
+        hv.remove(dom)
+
+
+def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: float, ms: MachineState,
+          timeout: float, cancel: threading.Event) -> None:
+    """Start one domain and wait until its guest is ready and answers SSH with the announced key.
+
+    The timeline holds host-clock seconds since the definition began, for each phase.
+    """
+    progress = project.progress
+    progress.working(m.name, f"booting ({ms.accel}, {m.vcpus} vCPU, {m.memory_mib} MiB)")
+    log = project.envdir.machine_dir(m.name) / "console.log"
+    t0 = time.monotonic()
+    hv.start(dom)
+    t_started = time.monotonic()
+    try:
+        def alive() -> bool:
+            if cancel.is_set():
+                raise Cancelled()
+            return bool(dom.isActive())
+
+        boot = console.wait_ready(log, machine=m.name, timeout=timeout, alive=alive)
+        ms.hostkey = boot.hostkey
+        with Guest(name=m.name, port=ms.ssh_port, hostkey=boot.hostkey or "", key_file=project.envdir.key_file):
+            t_ssh = time.monotonic()
+    except Cancelled:
+        progress.error(m.name, "cancelled")
+        raise
+    except VmctlError:
+        progress.error(m.name, "failed")
+        raise
+    ms.timeline.update({k: round(v - t_define, 4) for k, v in {
+        "start_called": t0, "qemu_started": t_started, "first_console_byte": boot.first_byte, "init": boot.init_seen,
+        "ready": boot.ready_seen, "ssh": t_ssh}.items() if v is not None})
+    ms.guest = {k: v for k, v in {"init_uptime": boot.guest_init_uptime,
+                                  "ready_uptime": boot.guest_ready_uptime}.items() if v is not None}
+    ms.boot_seconds = round(t_ssh - t0, 4)
+    progress.done(m.name, f"ready in {ms.boot_seconds:.2f}s (ssh 127.0.0.1:{ms.ssh_port})")
+
+
+# ------------------------------------------------------------------------------------------------
+# down
+
+
+def down(project: Project) -> list[str]:
+    """Remove every domain tagged with this environment, on every URI it uses, and its files."""
+    removed: list[str] = []
+    envdir = project.envdir
+    with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
+        state = envdir.load(str(project.env.file))
+        uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
+        for uri in sorted(uris):
+            if is_embedded(uri) and not envdir.libvirt_root.exists():
+                continue
+            try:
+                with Hypervisor(uri) as hv:
+                    for dom in hv.domains_of(project.env.name):
+                        name = dom.name()
+                        project.progress.working(name, "stopping")
+                        hv.remove(dom)
+                        removed.append(name)
+                        project.progress.done(name, "removed")
+            except HostError:
+                if not is_embedded(uri):
+                    raise
+        shutil.rmtree(envdir.path, ignore_errors=True)
+    return removed
+
+
+# ------------------------------------------------------------------------------------------------
+# status
+
+
+@dataclass
+class MachineStatus:
+    name: str
+    state: str
+    accel: str | None
+    uri: str
+    ssh: dict[str, Any] | None
+    ports: list[dict[str, Any]]
+    boot_seconds: float | None
+    vcpus: int
+    memory_mib: int
+    kernel_release: str | None = None
+    pid: int | None = None
+    timeline: dict[str, float] = field(default_factory=dict)
+    guest: dict[str, float] = field(default_factory=dict)
+    dedicated_to: str | None = None
+
+
+def status(project: Project) -> list[MachineStatus]:
+    """Every declared machine, also those never started (`absent`), from libvirt's view and the state."""
+    state = project.envdir.load(str(project.env.file)) if project.envdir.state_file.exists() else None
+    live: dict[str, str] = {}
+    if state and state.machines:
+        with contextlib.suppress(HostError), project.hypervisors() as hvs:
+            for m in project.env.machines:
+                dom = hvs[project.uri_for(m)].lookup(render.domain_name(project.env.name, m.name))
+                if dom is not None:
+                    live[m.name] = hvs[project.uri_for(m)].info(dom).state
+    rows = []
+    for m in project.env.machines:
+        ms = state.machines.get(m.name) if state else None
+        st = live.get(m.name, "absent")
+        if st == "running" and (ms is None or ms.hostkey is None):
+            st = "starting"
+        rows.append(MachineStatus(
+            name=m.name, state=st, accel=ms.accel if ms else None, uri=project.uri_for(m),
+            ssh={"host": "127.0.0.1", "port": ms.ssh_port} if ms and st != "absent" else None,
+            ports=[{"host_ip": f.host_ip, "host_port": f.host_port, "guest_port": f.guest_port, "proto": f.proto}
+                   for f in (ms.forwards if ms else [])],
+            boot_seconds=ms.boot_seconds if ms else None, vcpus=m.vcpus, memory_mib=m.memory_mib,
+            kernel_release=ms.kernel_release if ms else None,
+            pid=qemu_pid(ms.domain) if ms and st in ("running", "starting") else None,
+            timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
+        ))
+    return rows
+
+
+def guest(project: Project, name: str) -> Guest:
+    """A connected SSH session to a running machine, its host key pinned from state."""
+    m = project.env.machine(name)
+    if m is None:
+        raise UsageError(f"unknown machine `{name}`",
+                         hint=f"machines: {', '.join(x.name for x in project.env.machines) or 'none'}")
+    state = project.envdir.load(str(project.env.file))
+    ms = state.machines.get(name)
+    if ms is None or ms.hostkey is None:
+        raise VmctlError(f"machine `{name}` is not running", hint="start it with `vmctl up`")
+    return Guest(name=name, port=ms.ssh_port, hostkey=ms.hostkey, key_file=project.envdir.key_file).connect()
