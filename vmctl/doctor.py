@@ -11,7 +11,7 @@ from typing import Any
 from vmctl import accel, guest_image
 from vmctl.errors import VmctlError
 from vmctl.hypervisor import Hypervisor, embed_uri, prepare_embed_root
-from vmctl.paths import state_root
+from vmctl.paths import runtime_root, state_root
 
 TOOLS = {  # program -> Debian package
     "qemu-system-x86_64": "qemu-system-x86", "virt-xml-validate": "libxml2-utils", "crun": "crun",
@@ -51,7 +51,7 @@ def report(*, probe: bool = True) -> dict[str, Any]:
         kvm.update(usable=None, reason="not probed: build the guest image first (`vmctl image build`)")
     out["kvm"] = kvm
     out["accel"] = "kvm" if kvm["usable"] else "tcg"
-    root = state_root() / "doctor-libvirt"
+    root = runtime_root() / "libvirt" / "doctor"
     try:
         prepare_embed_root(root, state_root() / "libvirt-cache")
         with Hypervisor(embed_uri(root)) as hv:

@@ -313,6 +313,7 @@ def down(project: Project) -> list[str]:
                 if not is_embedded(uri):
                     raise
         shutil.rmtree(envdir.path, ignore_errors=True)
+        shutil.rmtree(envdir.libvirt_root, ignore_errors=True)
     return removed
 
 

@@ -31,6 +31,19 @@ def cache_root() -> Path:
     return Path(explicit) if explicit else _xdg("XDG_CACHE_HOME", ".cache") / "vmctl"
 
 
+def runtime_root() -> Path:
+    """Short-lived, short paths (`VMCTL_RUNTIME_DIR`, default /run/vmctl for root, else
+    $XDG_RUNTIME_DIR/vmctl): libvirt puts UNIX sockets under the embedded root, and a socket path
+    may not exceed 108 bytes, which a path under ~/.local/state easily would."""
+    explicit = os.environ.get("VMCTL_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit)
+    if os.getuid() == 0:
+        return Path("/run/vmctl")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "vmctl" if xdg else Path(f"/tmp/vmctl-{os.getuid()}")
+
+
 def private_dir(path: Path) -> Path:
     """Create `path` (and parents) and make it 0700: it holds keys and state."""
     path.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 Layout under `state_root()/envs/<environment>/`:
   id_ed25519(.pub)     the environment's SSH key (0600)
   state.json           what `up` created, written atomically (write, fsync, rename)
-  libvirt/             the embedded libvirt root (domains, QEMU logs, pidfiles)
+The embedded libvirt root (domains, QEMU logs, sockets) is under `runtime_root()`, where paths are short.
   machines/<name>/     console.log, scratch disks, container bundles
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmctl.errors import VmctlError
-from vmctl.paths import private_dir, state_root
+from vmctl.paths import private_dir, runtime_root, state_root
 
 STATE_VERSION = 1
 
@@ -99,7 +100,9 @@ class EnvDir:
 
     @property
     def libvirt_root(self) -> Path:
-        return self.path / "libvirt"
+        """The embedded libvirt root: under the short runtime folder, named by a hash of this folder."""
+        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:12]
+        return runtime_root() / "libvirt" / digest
 
     @property
     def key_file(self) -> Path:
