@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vmctl import cmdline
-from vmctl.errors import SpecError
+from vmctl.errors import SpecError, UsageError
+from vmctl.paths import GUEST_IMAGES_DIR
 from vmctl.yamlpos import Document, KeyPath, dotted, load
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -162,7 +163,8 @@ def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping of settings, not {_typename(value)}")
+        ctx.fail(path, f"must be a mapping of settings, not {_typename(value)}",
+                 f"write `key: value` lines; known keys: {', '.join(s.key for s in table)}")
     known = {s.key: s for s in table}
     for key in value:
         if key not in known:
@@ -172,11 +174,16 @@ def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
     out: dict[str, Any] = {}
     for s in table:
         if s.key in value:
-            out[s.key] = s.parse(value[s.key], (*path, s.key), ctx)
+            try:
+                out[s.key] = s.parse(value[s.key], (*path, s.key), ctx)
+            except SpecError as e:
+                if e.hint is None:  # the table says what the setting takes: that is the fix
+                    e.hint = f"`{s.key}` takes {s.kind}: {s.help}"
+                raise
         elif defaults is not None and s.key in defaults:
             out[s.key] = defaults[s.key]
         elif s.default is REQUIRED:
-            ctx.fail(path, f"missing required key `{s.key}` ({s.help})")
+            ctx.fail(path, f"missing required key `{s.key}` ({s.help})", f"add `{s.key}:` ({s.kind})")
         else:
             out[s.key] = s.default
     return out
@@ -195,6 +202,16 @@ def p_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         ctx.fail(path, f"invalid name {value!r}", f"names use {NAME_RULE}")
     return value
+
+
+def p_image(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    name = p_name(value, path, ctx)
+    if not (GUEST_IMAGES_DIR / name / "recipe.yaml").is_file():
+        recipes = sorted(p.name for p in GUEST_IMAGES_DIR.iterdir() if (p / "recipe.yaml").is_file()) \
+            if GUEST_IMAGES_DIR.is_dir() else []
+        ctx.fail(path, f"no guest image recipe `{name}` (looked for `{GUEST_IMAGES_DIR / name / 'recipe.yaml'}`)",
+                 _did_you_mean(name, recipes, "recipes"))
+    return name
 
 
 def p_str(value: Any, path: KeyPath, ctx: Ctx) -> str:
@@ -459,7 +476,7 @@ DISK_SETTINGS = (
 VM_SETTINGS = (
     Setting("vcpus", p_int(1, 64), 1, "int", "virtual CPUs"),
     Setting("memory", p_size_mib(32, 256 * 1024), 256, "size", "guest RAM, e.g. `256M`, `1G`"),
-    Setting("image", p_name, "default", "name", "guest image recipe under guest_images/"),
+    Setting("image", p_image, "default", "name", "guest image recipe under guest_images/"),
     Setting("kernel", p_file, None, "path", "kernel to boot (default: the guest image's)"),
     Setting("initrd", p_file, None, "path", "initramfs (default: the guest image's)"),
     Setting("cmdline", p_cmdline, (), "string|list", "extra kernel arguments"),
@@ -538,6 +555,10 @@ ENV_SETTINGS = (
 
 
 def load_environment(file: Path, *, name_override: str | None = None) -> Environment:
+    if name_override is not None and not NAME_RE.match(name_override):
+        # The name becomes a folder, a lock file and libvirt domain names: never a path or markup.
+        raise UsageError(f"invalid environment name {name_override!r} (from `-p/--project-name`)",
+                         hint=f"names use {NAME_RULE}")
     doc = load(file)
     ctx = Ctx(doc)
     top = parse_table(ENV_SETTINGS, doc.data, (), ctx)
@@ -559,6 +580,9 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
         services=tuple(services),
         lines={dotted(k): v for k, v in doc.lines.items()},
     )
+    if not env.machines and not env.services:
+        ctx.fail((), "the environment declares no machines and no services",
+                 "add a `machines:` or `services:` mapping (see examples/quickstart.yaml)")
     _check_references(env, ctx)
     _check_port_conflicts(env, ctx)
     return env

@@ -6,6 +6,8 @@ names `file:line: key` needs both, so this walks the composed node tree itself.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,23 @@ import yaml
 from vmctl.errors import SpecError, Where
 
 KeyPath = tuple[str | int, ...]
+MAX_VALUES = 100_000  # YAML aliases can expand a small file exponentially ("billion laughs")
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def dotted(path: KeyPath) -> str:
+    """`machines.web.ports[0]`; a key that is not plain is shown quoted (`machines["a<b"]`), never raw,
+    so a hostile key cannot forge a path or put control characters on the user's terminal."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
     return out
 
 
@@ -31,6 +44,7 @@ class Document:
     file: Path
     data: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
+    values: int = 0
 
     def where(self, path: KeyPath) -> Where:
         """The nearest known line for `path` (walking up to a parent when needed)."""
@@ -49,7 +63,8 @@ def load(file: Path) -> Document:
             hint="pass one with `-f FILE`, or create `vmctl.yaml` (see examples/quickstart.yaml)",
         ) from None
     except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise SpecError(f"`{file}` is not a UTF-8 text file ({e.__class__.__name__})") from None
+        raise SpecError(f"`{file}` is not a UTF-8 text file ({e.__class__.__name__})",
+                        hint="pass a YAML environment file with `-f FILE`") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
@@ -58,7 +73,7 @@ def load(file: Path) -> Document:
             f"invalid YAML: {e.problem}", where=Where(str(file), line), hint="check indentation and quoting"
         ) from None
     except yaml.YAMLError as e:
-        raise SpecError(f"invalid YAML: {e}", where=Where(str(file))) from None
+        raise SpecError(f"invalid YAML: {e}", where=Where(str(file)), hint="check indentation and quoting") from None
     doc = Document(file, None)
     doc.data = {} if node is None else _convert(node, (), doc)
     return doc
@@ -66,15 +81,25 @@ def load(file: Path) -> Document:
 
 def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
+    doc.values += 1
+    if doc.values > MAX_VALUES:
+        raise SpecError(f"the file expands to more than {MAX_VALUES} values (YAML aliases?)", where=doc.where(path),
+                        hint="write the values out instead of repeating `*alias` references")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError("a key must be a plain string, not a list or mapping",
+                                where=Where(str(doc.file), key_node.start_mark.line + 1, dotted(path) or None),
+                                hint="write `name: value`")
             key = _scalar(key_node)
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise SpecError("YAML merge keys (`<<`) are not supported", where=doc.where(path))
+                raise SpecError("YAML merge keys (`<<`) are not supported", where=doc.where(path),
+                                hint="write the settings out, or put shared machine settings under `defaults`")
             if not isinstance(key, str):
                 where = Where(str(doc.file), key_node.start_mark.line + 1, dotted(path))
-                raise SpecError(f"key `{key}` must be a string", where=where)
+                raise SpecError(f"key {key!r} must be a string", where=where,
+                                hint=f'quote it: "{key}"')
             child = (*path, key)
             if key in out:
                 raise SpecError(
