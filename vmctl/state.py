@@ -128,6 +128,7 @@ class EnvDir:
         return EnvState.from_json(raw)
 
     def save(self, state: EnvState) -> None:
+        self.create()
         write_atomic(self.state_file, json.dumps(state.to_json(), indent=2, sort_keys=True).encode())
 
     # -- key --------------------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class EnvDir:
             key = serialization.load_ssh_private_key(self.key_file.read_bytes(), password=None)
             assert isinstance(key, Ed25519PrivateKey)
             return key
+        self.create()
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
@@ -187,13 +189,24 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` so that `path` is either the old or the new content, never a torn mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        os.close(dir_fd)
 
 
 def known_environments(root: Path | None = None) -> list[str]:
