@@ -155,6 +155,7 @@ class Setting:
     default: Any
     kind: str  # what the README shows as the value type
     help: str
+    shown: str | None = None  # how the README shows the default, when `str(default)` would mislead
 
 
 def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
@@ -475,7 +476,7 @@ DISK_SETTINGS = (
 
 VM_SETTINGS = (
     Setting("vcpus", p_int(1, 64), 1, "int", "virtual CPUs"),
-    Setting("memory", p_size_mib(32, 256 * 1024), 256, "size", "guest RAM, e.g. `256M`, `1G`"),
+    Setting("memory", p_size_mib(32, 256 * 1024), 256, "size", "guest RAM, e.g. `256M`, `1G`", shown="256M"),
     Setting("image", p_image, "default", "name", "guest image recipe under guest_images/"),
     Setting("kernel", p_file, None, "path", "kernel to boot (default: the guest image's)"),
     Setting("initrd", p_file, None, "path", "initramfs (default: the guest image's)"),
