@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmctl import accel, console, guest_image, ports, render
+from vmctl import accel, console, guest_image, ports, render, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid
 from vmctl.paths import state_root
 from vmctl.progress import Progress
 from vmctl.runner import which
-from vmctl.spec import Environment, MachineSpec
+from vmctl.spec import Environment, MachineSpec, ServiceSpec
 from vmctl.ssh import Guest
 from vmctl.state import EnvDir, EnvState, ForwardState, MachineState
 
@@ -62,6 +62,16 @@ class Project:
                     prepare_embed_root(self.envdir.libvirt_root, state_root() / "libvirt-cache")
                 out[uri] = stack.enter_context(Hypervisor(uri))
             yield out
+
+    def select_with_services(self, names: Sequence[str]) -> tuple[list[MachineSpec], list[ServiceSpec]]:
+        """`up NAME...`: a name is a machine (with its services) or a service (with its machine)."""
+        if not names:
+            return list(self.env.machines), list(self.env.services)
+        services = {s.name for s in self.env.services if s.name in names or s.machine in names}
+        machine_names = [n for n in names if self.env.service(n) is None]
+        machine_names += [s.machine for s in self.env.services if s.name in services and s.machine]
+        machines = self.select(sorted(set(machine_names))) if machine_names else []
+        return machines, [s for s in self.env.services if s.name in services]
 
     def select(self, names: Sequence[str]) -> list[MachineSpec]:
         if not names:
@@ -112,7 +122,8 @@ def accel_report(images: dict[str, guest_image.GuestImage]) -> accel.AccelReport
 
 
 def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_name: str,
-                forwards: Sequence[render.Forward], ssh_port: int) -> render.DomainView:
+                forwards: Sequence[render.Forward], ssh_port: int,
+                image_disks: Sequence[tuple[str, Path]] = ()) -> render.DomainView:
     uri = project.uri_for(machine)
     mdir = project.envdir.machine_dir(machine.name)
     return render.DomainView(
@@ -130,12 +141,14 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         emulator=which("qemu-system-x86_64", package="qemu-system-x86"),
         loader=str(QBOOT) if QBOOT.exists() else None,
         forwards=(render.Forward("127.0.0.1", ssh_port, 22), *forwards),
-        disks=tuple(_disk_views(project, machine)),
+        disks=tuple(_disk_views(project, machine, image_disks)),
         dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
     )
 
 
-def _disk_views(project: Project, machine: MachineSpec) -> Iterator[render.DiskView]:
+def _disk_views(project: Project, machine: MachineSpec,
+                image_disks: Sequence[tuple[str, Path]] = ()) -> Iterator[render.DiskView]:
+    """The machine's own disks, then the container images its services use (read-only, shared)."""
     mdir = project.envdir.machine_dir(machine.name)
     for i, disk in enumerate(machine.disks):
         path = disk.path
@@ -146,23 +159,28 @@ def _disk_views(project: Project, machine: MachineSpec) -> Iterator[render.DiskV
                 with path.open("wb") as f:
                     f.truncate((disk.size_mib or 1) * 1024 * 1024)
         yield render.DiskView(str(path), render.disk_dev(i), disk.name, disk.readonly)
+    for j, (serial, image_path) in enumerate(image_disks, start=len(machine.disks)):
+        yield render.DiskView(str(image_path), render.disk_dev(j), serial, readonly=True)
 
 
 # ------------------------------------------------------------------------------------------------
 # up
 
 
-def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT) -> EnvState:
-    machines = project.select(names)
+def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT,
+       wait: bool = True) -> EnvState:
+    """Boot the machines, then start the services in `depends_on` order; roll everything back on failure.
+
+    Services' images are prepared before any boot: each distinct image's ext4 disk is attached
+    read-only to every machine that runs it."""
+    machines, services = project.select_with_services(names)
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
         state.file = str(project.env.file)
+        service_images = workloads.prepare_images(project.env, services, project.progress)
         images = ensure_images(project, machines)
-        report = accel_report(images)
-        chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
-        if "tcg" in chosen.values() and report.kvm_module:
-            project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+        chosen = _choose_accels(project, machines, images)
         created: list[str] = []
         try:
             with project.hypervisors() as hvs, contextlib.ExitStack() as rollback:
@@ -173,11 +191,14 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                         project.progress.done(m.name, "already running")
                         continue
                     created.append(m.name)
+                    disks = workloads.image_disks(project.env, m.name, service_images)
                     jobs.append(_prepare(project, state, hv, m, boot_files(m, images[m.image]), chosen[m.name],
-                                         rollback))
+                                         rollback, disks))
                 envdir.save(state)
                 _boot_all(project, hvs, jobs, state, timeout)
                 envdir.save(state)
+                workloads.start_services(project.env, envdir, state, service_images, project.progress,
+                                         timeout=timeout, wait=wait)
                 rollback.pop_all()
         except BaseException:
             # The ExitStack has removed the domains; forget them and their files too.
@@ -187,6 +208,17 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
             envdir.save(state)
             raise
         return state
+
+
+def _choose_accels(project: Project, machines: Sequence[MachineSpec],
+                   images: dict[str, guest_image.GuestImage]) -> dict[str, str]:
+    if not machines:
+        return {}
+    report = accel_report(images)
+    chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
+    if "tcg" in chosen.values() and report.kvm_module:
+        project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+    return chosen
 
 
 def _boot_all(project: Project, hvs: dict[str, Hypervisor], jobs: Sequence[tuple[MachineSpec, Any, float]],
@@ -220,7 +252,8 @@ def _is_ready(hv: Hypervisor, state: EnvState, m: MachineSpec) -> bool:
 
 
 def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, files: BootFiles,
-             accel_name: str, rollback: contextlib.ExitStack) -> tuple[MachineSpec, Any, float]:
+             accel_name: str, rollback: contextlib.ExitStack,
+             image_disks: Sequence[tuple[str, Path]] = ()) -> tuple[MachineSpec, Any, float]:
     """Define the domain (replacing a stale one) and record it in state before it starts."""
     name = render.domain_name(project.env.name, m.name)
     stale = hv.lookup(name)
@@ -231,7 +264,7 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     (mdir / "console.log").unlink(missing_ok=True)
     forwards = ports.resolve(m.name, m.ports)
     ssh_port = ports.free_port()
-    view = domain_view(project, m, files, accel_name, forwards, ssh_port)
+    view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks)
     t0 = time.monotonic()
     dom = hv.define(render.render_domain(view))
     t_defined = time.monotonic()
@@ -297,6 +330,7 @@ def down(project: Project) -> list[str]:
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
+        removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
         for uri in sorted(uris):
             if is_embedded(uri) and not envdir.libvirt_root.exists():

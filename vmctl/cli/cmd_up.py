@@ -8,14 +8,18 @@ from vmctl.cli.app import App, pass_app
 
 @click.command("up", epilog="""\b
 Examples:
-  vmctl up                      build the guest image on first use, boot every machine, wait for SSH
-  vmctl -f env.yaml up worker   only the machine `worker`
+  vmctl up                      boot every machine, start every service, wait until all are ready
+  vmctl -f env.yaml up worker   only the machine `worker` (and the services that run in it)
+  vmctl up web                  only the service `web` (and its microVM)
+  vmctl up --no-wait            return once services are started, without waiting for healthchecks
   vmctl up --timeout 300        allow slow (TCG) boots more time""")
-@click.argument("machines", nargs=-1)
+@click.argument("names", nargs=-1)
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=lifecycle.DEFAULT_TIMEOUT, show_default=True,
-              help="Seconds each machine may take to become ready.")
+              help="Seconds each machine may take to become ready, and all services to become healthy.")
+@click.option("--no-wait", is_flag=True, help="Do not wait for services to be running or healthy.")
 @pass_app
-def command(app: App, machines: tuple[str, ...], timeout: float) -> None:
-    """Create and boot the environment's machines; return when every guest answers SSH."""
+def command(app: App, names: tuple[str, ...], timeout: float, no_wait: bool) -> None:
+    """Boot the machines and start the services; return when every guest answers SSH and every
+    service runs (or is healthy, when it has a healthcheck). A failure rolls back what this `up` made."""
     project = app.project()
-    lifecycle.up(project, machines, timeout=timeout)
+    lifecycle.up(project, names, timeout=timeout, wait=not no_wait)

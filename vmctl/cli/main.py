@@ -16,6 +16,7 @@ from vmctl.cli import (
     cmd_exec,
     cmd_image,
     cmd_logs,
+    cmd_ps,
     cmd_render,
     cmd_ssh,
     cmd_status,
@@ -28,6 +29,8 @@ EPILOG = """\b
 Examples:
   vmctl -f examples/quickstart.yaml up          boot the machines, wait until SSH answers
   vmctl -f examples/quickstart.yaml status      one line per machine (--json for scripts)
+  vmctl -f examples/quickstart.yaml ps          one line per service (--json for scripts)
+  vmctl exec web -- cat /etc/hostname           run a command in a service's container
   vmctl exec worker -- uname -r                 run a command in a guest
   vmctl down                                    remove everything the environment created
 
@@ -52,7 +55,7 @@ def cli(ctx: click.Context, file: Path, project_name: str | None, connect: str |
     ctx.obj = App(file=file, project_name=project_name, connect=connect, progress_mode=progress, debug=debug)
 
 
-for module in (cmd_up, cmd_down, cmd_status, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image):
+for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image):
     cli.add_command(module.command)
 
 

@@ -1,0 +1,145 @@
+#!/bin/sh
+# vmctl service helper inside a guest (busybox sh). Uploaded by vmctl/guest_container.py to
+# /run/vmctl/supervise.sh over SSH at `up`; not part of the guest image. Every argument is a
+# validated name (service `[a-z0-9-]`, disk serial `img-HEX`) and is only ever used quoted.
+#
+#   prepare NAME SERIAL   mount the image disk with <serial>SERIAL</serial> read-only (once per guest),
+#                         overlay it with a writable tmpfs layer at /run/vmctl/svc/NAME/rootfs, and
+#                         unpack the bundle (config.json, etc/) that comes as a tar on stdin
+#   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid
+#   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log, the exit
+#                         code recorded; restarts after a non-zero exit when RESTART is on-failure
+#   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
+#   stop NAME GRACE       SIGTERM, SIGKILL after GRACE seconds, delete, unmount, remove the folder
+#
+# Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/), rootfs/ (the overlay), rw/
+# (tmpfs: upper, work), container.log, state (starting|running|restarting|exited), exit_code,
+# restarts, started, supervisor.pid, and `stopping` while a stop is in progress.
+
+SELF=/run/vmctl/supervise.sh
+SVC_ROOT=/run/vmctl/svc
+IMG_ROOT=/run/vmctl/images
+
+die() {
+    echo "supervise: $*" >&2
+    exit 1
+}
+
+is_mounted() {
+    grep -q "^[^ ]* $1 " /proc/mounts
+}
+
+# /sys/block/vdX/serial holds the libvirt <serial> of each virtio disk.
+find_disk() {
+    local block serial
+    for block in /sys/block/vd*; do
+        [ -r "$block/serial" ] || continue
+        read -r serial < "$block/serial"
+        if [ "$serial" = "$1" ]; then
+            echo "/dev/${block##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+mount_image() {
+    local img dev
+    img="$IMG_ROOT/$1"
+    is_mounted "$img" && return 0
+    dev="$(find_disk "$1")" || die "no disk with serial $1 is attached (was the machine booted before this image was used? \`vmctl down\` and \`up\`)"
+    mkdir -p "$img" || die "cannot create $img"
+    mount -t ext4 -o ro,noload "$dev" "$img" || die "cannot mount $dev (serial $1) read-only"
+}
+
+prepare() {
+    local dir
+    dir="$SVC_ROOT/$1"
+    [ ! -e "$dir" ] || stop "$1" 0
+    mount_image "$2"
+    mkdir -p "$dir/rw" "$dir/rootfs" "$dir/bundle" || die "cannot create $dir"
+    mount -t tmpfs -o mode=0755 tmpfs "$dir/rw" || die "cannot mount the writable layer of $1"
+    mkdir -p "$dir/rw/upper" "$dir/rw/work"
+    mount -t overlay overlay -o "lowerdir=$IMG_ROOT/$2,upperdir=$dir/rw/upper,workdir=$dir/rw/work" "$dir/rootfs" \
+        || die "cannot mount the overlay root of $1"
+    tar -x -f - -C "$dir/bundle" || die "cannot unpack the bundle of $1"
+    : > "$dir/container.log"
+    echo starting > "$dir/state"
+}
+
+start() {
+    local dir tries
+    dir="$SVC_ROOT/$1"
+    [ -f "$dir/bundle/config.json" ] || die "service $1 is not prepared"
+    setsid sh "$SELF" supervise "$1" "$2" < /dev/null > /dev/null 2>&1 &
+    tries=0
+    until [ -s "$dir/supervisor.pid" ]; do
+        tries=$((tries + 1))
+        [ "$tries" -le 500 ] || die "the supervisor of $1 did not start"
+        usleep 10000
+    done
+}
+
+supervise() {
+    local dir restarts code up _rest
+    dir="$SVC_ROOT/$1"
+    echo $$ > "$dir/supervisor.pid"
+    restarts=0
+    while :; do
+        read -r up _rest < /proc/uptime
+        echo "$up" > "$dir/started"
+        echo running > "$dir/state"
+        crun run --bundle "$dir/bundle" "$1" < /dev/null >> "$dir/container.log" 2>&1
+        code=$?
+        echo "$code" > "$dir/exit_code"
+        crun delete -f "$1" > /dev/null 2>&1
+        [ ! -e "$dir/stopping" ] || break
+        [ "$2" = on-failure ] && [ "$code" -ne 0 ] || break
+        restarts=$((restarts + 1))
+        echo "$restarts" > "$dir/restarts"
+        echo restarting > "$dir/state"
+        sleep 1
+    done
+    echo exited > "$dir/state"
+}
+
+status() {
+    local dir key
+    dir="$SVC_ROOT/$1"
+    if [ ! -d "$dir" ]; then
+        echo state=absent
+        return 0
+    fi
+    for key in state exit_code restarts started; do
+        [ ! -r "$dir/$key" ] || echo "$key=$(cat "$dir/$key")"
+    done
+}
+
+stop() {
+    local dir ticks pid m
+    dir="$SVC_ROOT/$1"
+    [ -d "$dir" ] || return 0
+    touch "$dir/stopping"
+    crun kill "$1" TERM > /dev/null 2>&1
+    ticks=0
+    while [ "$(cat "$dir/state" 2> /dev/null)" = running ] && [ "$ticks" -lt $(($2 * 10)) ]; do
+        usleep 100000
+        ticks=$((ticks + 1))
+    done
+    crun kill "$1" KILL > /dev/null 2>&1
+    read -r pid < "$dir/supervisor.pid" 2> /dev/null && kill "$pid" 2> /dev/null
+    crun delete -f "$1" > /dev/null 2>&1
+    for m in "$dir/rootfs" "$dir/rw"; do
+        ! is_mounted "$m" || umount "$m" || die "cannot unmount $m"
+    done
+    rm -rf "$dir"
+}
+
+case "$1" in
+    prepare) [ $# -eq 3 ] || die "usage: prepare NAME SERIAL"; prepare "$2" "$3" ;;
+    start) [ $# -eq 3 ] || die "usage: start NAME RESTART"; start "$2" "$3" ;;
+    supervise) supervise "$2" "$3" ;;
+    status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
+    stop) [ $# -eq 3 ] || die "usage: stop NAME GRACE"; stop "$2" "$3" ;;
+    *) die "unknown command: $1" ;;
+esac

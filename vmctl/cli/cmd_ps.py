@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from vmctl import workloads
+from vmctl.cli.app import App, pass_app, table
+
+
+def _ports(row: workloads.ServiceRow) -> str:
+    return ", ".join(f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.proto}" for p in row.ports)
+
+
+def _state(row: workloads.ServiceRow) -> str:
+    if row.state == "exited" and row.exit_code is not None:
+        return f"exited ({row.exit_code})"
+    return row.state
+
+
+@click.command("ps", epilog="""\b
+Examples:
+  vmctl ps
+  vmctl ps --json | jq '.services[] | {name, state, ports}'""")
+@click.option("--json", "as_json", is_flag=True, help='Print JSON: {"services": [...]}.')
+@pass_app
+def command(app: App, as_json: bool) -> None:
+    """Show every service: where it runs (machine, isolation), its state and its published ports."""
+    project = app.project()
+    state = project.envdir.load(str(project.env.file))
+    rows = workloads.rows(project.env, project.envdir, state)
+    if as_json:
+        app.print_json({"services": [asdict(r) for r in rows]})
+        return
+    click.echo(table(["NAME", "MACHINE", "ISOLATION", "STATE", "PORTS"],
+                     [[r.name, r.machine or "-", r.isolation, _state(r), _ports(r) or "-"] for r in rows]))

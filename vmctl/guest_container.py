@@ -1,0 +1,148 @@
+"""Containers inside a guest: crun driven over SSH, one small supervisor script per guest.
+
+The host does the thinking: it generates `config.json` with `oci_spec.make_config` (the same generator
+the host runtime uses) and sends it, with the container's /etc files, as a tar on the SSH channel's
+stdin. The guest only runs `templates/guest/supervise.sh`, uploaded at each start, with validated names
+as arguments (argv lists, quoted by `Guest.run`; no shell line is built from user values).
+
+In the guest, per service (see supervise.sh): the image's ext4 disk (found by its `<serial>`) mounted
+read-only once at /run/vmctl/images/SERIAL, an overlay with a tmpfs upper layer at
+/run/vmctl/svc/NAME/rootfs, `crun run` in the foreground under a supervisor that records exit codes and
+restarts on failure, and the output in /run/vmctl/svc/NAME/container.log.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shlex
+import sys
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from vmctl.container_image import PreparedImage
+from vmctl.errors import GuestError, UsageError
+from vmctl.oci_spec import ContainerRequest, etc_files, make_config
+from vmctl.paths import TEMPLATES_DIR
+from vmctl.spec import ServiceSpec
+from vmctl.ssh import Guest
+
+SCRIPT_SOURCE = TEMPLATES_DIR / "guest" / "supervise.sh"
+SCRIPT = "/run/vmctl/supervise.sh"
+SVC_ROOT = "/run/vmctl/svc"
+SERIAL_PREFIX = "img-"
+SERIAL_HEX = 16  # virtio-blk serials hold at most 20 bytes
+STOP_GRACE_SECONDS = 5
+_SERIAL = re.compile(rf"{SERIAL_PREFIX}[0-9a-f]{{{SERIAL_HEX}}}")
+
+
+@dataclass(frozen=True)
+class Live:
+    """What a runtime reports about one container right now."""
+
+    state: str  # starting, running, restarting, exited, absent
+    exit_code: int | None = None
+    restarts: int = 0
+
+
+def image_serial(digest: str) -> str:
+    """The disk serial of an image in every guest: `img-` + 16 hex digits of its manifest digest."""
+    return SERIAL_PREFIX + digest.split(":", 1)[-1][:SERIAL_HEX]
+
+
+def service_dir(name: str) -> str:
+    return f"{SVC_ROOT}/{name}"
+
+
+def bundle_tar(req: ContainerRequest) -> bytes:
+    """config.json plus etc/{hostname,hosts,resolv.conf}, as the tar `supervise.sh prepare` unpacks."""
+    files = {"config.json": json.dumps(make_config(req), indent=1) + "\n"}
+    files |= {f"etc/{k}": v for k, v in etc_files(req.hostname, address=None).items()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def parse_status(text: str) -> Live:
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    code = fields.get("exit_code", "")
+    restarts = fields.get("restarts", "0")
+    return Live(state=fields.get("state", "absent"), exit_code=int(code) if code.isdigit() else None,
+                restarts=int(restarts) if restarts.isdigit() else 0)
+
+
+class GuestRuntime:
+    """crun in one guest, through an open SSH connection (`Guest`)."""
+
+    isolation = "microvm"
+    share_network = True  # the container uses the guest's network stack: guest port == container port
+
+    def __init__(self, guest: Guest) -> None:
+        self.guest = guest
+        self._uploaded = False
+
+    def rootfs(self, name: str, image: PreparedImage) -> str:
+        return f"{service_dir(name)}/rootfs"
+
+    def etc_dir(self, name: str) -> str | None:
+        return f"{service_dir(name)}/bundle/etc"
+
+    def _helper(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> str:
+        if not self._uploaded:
+            self.guest.run(["sh", "-c", 'mkdir -p /run/vmctl && cat > "$1" && chmod 0755 "$1"', "sh", SCRIPT],
+                           stdin=SCRIPT_SOURCE.read_bytes(), timeout=30, check=True)
+            self._uploaded = True
+        _, out, _ = self.guest.run(["sh", SCRIPT, *args], stdin=stdin, timeout=timeout, check=True)
+        return out.decode(errors="replace")
+
+    def container_name(self, service: str) -> str:
+        return service  # one guest belongs to one environment: the service name is unique in it
+
+    def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
+              ports: Sequence[object] = ()) -> None:
+        """Prepare the bundle and the overlay root, then start the supervised `crun run`.
+
+        `ports` are already forwarded by the VM (the container shares the guest's network)."""
+        serial = image_serial(image.digest)
+        if not _SERIAL.fullmatch(serial):
+            raise UsageError(f"invalid image digest `{image.digest}`")
+        self._helper("prepare", req.name, serial, stdin=bundle_tar(req))
+        self._helper("start", req.name, svc.restart.value)
+
+    def live(self, name: str) -> Live:
+        return parse_status(self._helper("status", name))
+
+    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
+             timeout: float | None = None) -> tuple[int, bytes]:
+        """`crun exec` in the container; (exit code, output). Not captured: streams to this terminal."""
+        cmd = ["crun", "exec", name, *argv]
+        if timeout is not None:
+            cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
+        if not capture:
+            stdin = None if sys.stdin.isatty() or sys.stdin.closed else sys.stdin.buffer
+            return self.guest.stream(cmd, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin), b""
+        try:
+            code, out, err = self.guest.run(cmd, timeout=None if timeout is None else timeout + 10)
+        except GuestError as e:
+            return 124, str(e).encode()
+        return code, out + err
+
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
+        argv = ["tail", "-n", str(tail) if tail is not None else "+1"]
+        argv += ["-f"] if follow else []
+        code = self.guest.stream([*argv, f"{service_dir(name)}/container.log"], out, out)
+        if code != 0:
+            raise GuestError(f"cannot read the log of `{name}` in machine `{self.guest.name}` "
+                             f"(`{shlex.join(argv)}` exited {code})")
+
+    def stop(self, name: str, grace: float = STOP_GRACE_SECONDS) -> None:
+        self._helper("stop", name, str(max(0, math.ceil(grace))), timeout=grace + 30)

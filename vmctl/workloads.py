@@ -1,0 +1,486 @@
+"""Services: compose-shaped containers, in a microVM (crun in the guest) or on the host (runc).
+
+Both isolations share one mechanism: `container_request` turns a service and its image into one
+`oci_spec.ContainerRequest` (the same generator on both sides, so a comparison differs only by the VM
+boundary), and a `Runtime` (`GuestRuntime` in guest_container.py, `HostServiceRuntime` here over
+host_container.HostRuntime) starts it, reports on it, runs `exec`, shows its log and stops it.
+
+`start_services` starts services in `depends_on` order, waits for each to run (or to be healthy when
+it has a healthcheck) and records them in `EnvState.services`; `rows` is the one row model for
+`ps` and `ps --json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+from vmctl import ports as host_ports
+from vmctl.container_image import PreparedImage, prepare_image
+from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
+from vmctl.guest_container import GuestRuntime, Live, image_serial
+from vmctl.host_container import HostRuntime, PortForward
+from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
+from vmctl.progress import Progress
+from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
+from vmctl.ssh import Guest
+from vmctl.state import EnvDir, EnvState
+
+HOST = "host"  # the runtime key of `isolation: container` services
+LOG_TAIL_ON_FAILURE = 12
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    host_ip: str
+    host_port: int
+    container_port: int
+    proto: str = "tcp"
+
+
+@dataclass
+class ServiceRow:
+    """One service for `ps` (the table and `--json` alike)."""
+
+    name: str
+    machine: str | None
+    isolation: str
+    state: str
+    image: str
+    ports: list[PublishedPort]
+    started_seconds: float | None
+    exit_code: int | None
+
+
+class Runtime(Protocol):
+    """What runs containers: crun in one guest, or runc on the host. Methods take the service name."""
+
+    isolation: str
+    share_network: bool
+
+    def container_name(self, service: str) -> str: ...
+    def rootfs(self, name: str, image: PreparedImage) -> str: ...
+    def etc_dir(self, name: str) -> str | None: ...
+    def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
+              ports: Sequence[PublishedPort]) -> None: ...
+    def live(self, name: str) -> Live: ...
+    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
+             timeout: float | None = None) -> tuple[int, bytes]: ...
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None: ...
+    def stop(self, name: str, grace: float = ...) -> None: ...
+
+
+class ServiceFailed(GuestError):
+    """A service did not start, exited with an error, or stayed unhealthy."""
+
+
+# ------------------------------------------------------------------------------------------------
+# the host runtime
+
+
+class HostServiceRuntime:
+    """`isolation: container`: runc on the host (host_container.HostRuntime), one folder per service."""
+
+    isolation = "container"
+    share_network = False
+
+    def __init__(self, environment: str, services_dir: Path) -> None:
+        self.environment = environment
+        self.services_dir = services_dir
+        self.host = HostRuntime()
+
+    def container_name(self, service: str) -> str:
+        return f"{self.environment}.{service}"  # `.` never occurs in names: no clash between environments
+
+    def cdir(self, name: str) -> Path:
+        return self.services_dir / name
+
+    def rootfs(self, name: str, image: PreparedImage) -> str:
+        return str(image.rootfs)  # the overlay's lower layer; HostRuntime mounts the overlay
+
+    def etc_dir(self, name: str) -> str | None:
+        return None  # HostRuntime writes and binds them itself
+
+    def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
+              ports: Sequence[PublishedPort]) -> None:
+        forwards = [PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports]
+        self.host.start(req, self.cdir(svc.name), ports=forwards)
+
+    def live(self, name: str) -> Live:
+        st = self.host.state(self.container_name(name))
+        if st is None:
+            return Live("absent")
+        return Live({"created": "starting", "stopped": "exited"}.get(st.status, st.status))
+
+    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
+             timeout: float | None = None) -> tuple[int, bytes]:
+        try:
+            proc = self.host.exec(self.container_name(name), argv, capture=capture, timeout=timeout)
+        except CommandFailed as e:  # timed out
+            return 124, e.message.encode()
+        return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
+
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
+        copy_file(self.cdir(name) / "container.log", out, tail=tail, follow=follow)
+
+    def stop(self, name: str, grace: float = 5.0) -> None:
+        self.host.stop(self.container_name(name), self.cdir(name), grace=grace)
+
+    def names(self) -> list[str]:
+        """Services of this environment that runc knows, or that left a folder behind."""
+        prefix = f"{self.environment}."
+        known = {p.name[len(prefix):] for p in self.host.runc_root.glob(f"{prefix}*")} if \
+            self.host.runc_root.is_dir() else set()
+        known |= {p.name for p in self.services_dir.iterdir()} if self.services_dir.is_dir() else set()
+        return sorted(known)
+
+
+# ------------------------------------------------------------------------------------------------
+# one request for both sides
+
+
+def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) -> ContainerRequest:
+    """The service as an OCI request: compose's command/entrypoint/env merging over the image config."""
+    cfg = image.config
+    image_user = cfg.user if cfg.user.replace(":", "").isdigit() else ""
+    return ContainerRequest(
+        name=runtime.container_name(svc.name),
+        args=merge_command(svc.entrypoint, svc.command, cfg),
+        env=merge_env(cfg.env, [f"{k}={v}" for k, v in svc.environment]),
+        cwd=svc.working_dir or cfg.working_dir or "/",
+        user=svc.user or image_user,
+        hostname=svc.name,
+        rootfs=runtime.rootfs(svc.name, image),
+        readonly_rootfs=svc.read_only,
+        mounts=_mounts(svc, runtime),
+        privileged=svc.privileged,
+        share_host_network=runtime.share_network,
+        cgroups_path=f"/vmctl/{runtime.container_name(svc.name)}",
+        etc_dir=runtime.etc_dir(svc.name),
+    )
+
+
+def _mounts(svc: ServiceSpec, runtime: Runtime) -> tuple[BindMount, ...]:
+    if svc.volumes and runtime.isolation == "microvm":
+        raise UsageError(
+            f"service `{svc.name}`: `volumes` are not supported for microVM services yet",
+            hint="the guest image has no 9p/virtiofs driver yet; use `isolation: container`, or bake the "
+                 "files into the image")
+    return tuple(BindMount(str(v.source), v.target, v.readonly) for v in svc.volumes)
+
+
+def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: Progress) -> dict[str, PreparedImage]:
+    """Each distinct image once: service name -> its prepared image (rootfs + ext4 disk, cached by digest)."""
+    by_ref: dict[str, PreparedImage] = {}
+    for ref in sorted({s.image for s in services}):
+        progress.working(f"image {ref}", "preparing")
+        by_ref[ref] = prepare_image(ref, env.base_dir, progress=progress.callback(f"image {ref}"))
+        progress.done(f"image {ref}", by_ref[ref].digest[:19])
+    return {s.name: by_ref[s.image] for s in services}
+
+
+def image_disks(env: Environment, machine: str, images: Mapping[str, PreparedImage]) -> list[tuple[str, Path]]:
+    """(serial, ext4 path) of each distinct image a machine's services use: attached read-only."""
+    disks = {image_serial(images[s.name].digest): images[s.name].disk
+             for s in env.services_on(machine) if s.name in images}
+    return sorted(disks.items())
+
+
+# ------------------------------------------------------------------------------------------------
+# runtimes for one command
+
+
+class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
+    """The runtimes a command needs, opened on first use (one SSH connection per machine)."""
+
+    def __init__(self, env: Environment, envdir: EnvDir, state: EnvState) -> None:
+        self.env, self.envdir, self.state = env, envdir, state
+        self._open: dict[str, Runtime] = {}
+        self._guests: list[Guest] = []
+
+    def for_service(self, svc: ServiceSpec) -> Runtime:
+        key = HOST if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name
+        if key not in self._open:
+            self._open[key] = self.host() if key == HOST else self._guest_runtime(key)
+        return self._open[key]
+
+    def host(self) -> HostServiceRuntime:
+        return HostServiceRuntime(self.env.name, self.envdir.path / "services")
+
+    def _guest_runtime(self, machine: str) -> GuestRuntime:
+        ms = self.state.machines.get(machine)
+        if ms is None or ms.hostkey is None:
+            raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
+        guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file)
+        self._guests.append(guest.connect())
+        return GuestRuntime(guest)
+
+    def __exit__(self, *exc: object) -> None:
+        for guest in self._guests:
+            guest.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# starting
+
+
+def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Mapping[str, PreparedImage],
+                   progress: Progress, *, timeout: float, wait: bool = True) -> None:
+    """Start the services in `images` in `depends_on` order. If one fails (or Ctrl-C), the ones this
+    call started are stopped again, in reverse order, while their connections are still open."""
+    deadline = time.monotonic() + timeout
+    with Runtimes(env, envdir, state) as runtimes, contextlib.ExitStack() as rollback:
+        for svc in topological_services(env):
+            if svc.name not in images:
+                continue
+            rt = runtimes.for_service(svc)
+            if svc.name in state.services and rt.live(svc.name).state == "running":
+                progress.done(svc.name, "already running")
+                continue
+            rollback.callback(_forget, envdir, state, svc.name)
+            _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback)
+            if wait:
+                wait_ready(svc, rt, progress, deadline)
+        rollback.pop_all()
+
+
+def _start_one(svc: ServiceSpec, image: PreparedImage, rt: Runtime, state: EnvState, envdir: EnvDir,
+               progress: Progress, rollback: contextlib.ExitStack) -> None:
+    where = f"in `{svc.machine}`" if rt.isolation == "microvm" else "on the host (runc)"
+    progress.working(svc.name, f"starting {where}")
+    published = published_ports(svc, state)
+    req = container_request(svc, image, rt)
+    state.services[svc.name] = {
+        "name": svc.name, "isolation": svc.isolation.value, "machine": svc.machine, "image": svc.image,
+        "digest": image.digest, "container": req.name, "ports": [asdict(p) for p in published],
+    }
+    envdir.save(state)  # before the start: `down` finds it even if this process dies
+    rollback.callback(_stop_quietly, rt, svc.name)
+    t0 = time.monotonic()
+    rt.start(req, svc, image, published)
+    state.services[svc.name].update(started_at=time.time(), start_seconds=round(time.monotonic() - t0, 4))
+    envdir.save(state)
+
+
+def _forget(envdir: EnvDir, state: EnvState, name: str) -> None:
+    state.services.pop(name, None)
+    with contextlib.suppress(OSError):
+        envdir.save(state)
+
+
+def _stop_quietly(rt: Runtime, name: str) -> None:
+    with contextlib.suppress(Exception):
+        rt.stop(name, 0)
+
+
+def published_ports(svc: ServiceSpec, state: EnvState) -> list[PublishedPort]:
+    """Host ports of a service: its machine's forwards (microVM), or ports resolved now (host)."""
+    if svc.isolation is Isolation.CONTAINER:
+        return [PublishedPort(f.host_ip, f.host_port, f.guest_port, f.proto)
+                for f in host_ports.resolve(svc.name, svc.ports)]
+    ms = state.machines.get(svc.machine or svc.name)
+    wanted = {(p.target, p.proto) for p in svc.ports}
+    return [PublishedPort(f.host_ip, f.host_port, f.guest_port, f.proto)
+            for f in (ms.forwards if ms else []) if (f.guest_port, f.proto) in wanted]
+
+
+# ------------------------------------------------------------------------------------------------
+# waiting: running, or healthy
+
+
+def wait_ready(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: float) -> None:
+    """Return when `svc` runs (or has finished with exit code 0), or is healthy when it has a healthcheck."""
+    t0 = time.monotonic()
+    live = _wait_started(svc, rt, deadline)
+    if svc.healthcheck is not None and live.state == "running":
+        _wait_healthy(svc, rt, progress, deadline)
+        progress.done(svc.name, f"healthy in {time.monotonic() - t0:.2f}s")
+    elif live.state == "exited":
+        progress.done(svc.name, f"exited 0 in {time.monotonic() - t0:.2f}s")
+    else:
+        progress.done(svc.name, f"running in {time.monotonic() - t0:.2f}s")
+
+
+def _wait_started(svc: ServiceSpec, rt: Runtime, deadline: float) -> Live:
+    while True:
+        live = rt.live(svc.name)
+        if live.state == "exited" and live.exit_code not in (0, None):
+            _fail(svc, rt, f"exited with code {live.exit_code}")
+        if live.state in ("running", "exited"):
+            return live
+        if live.state == "absent":
+            _fail(svc, rt, "disappeared right after it was started")
+        if time.monotonic() > deadline:
+            _fail(svc, rt, f"did not start in time (state `{live.state}`)")
+        time.sleep(POLL_SECONDS)
+
+
+def _wait_healthy(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: float) -> None:
+    hc = svc.healthcheck
+    assert hc is not None
+    grace_until = time.monotonic() + hc.start_period
+    failures = 0
+    while True:
+        code, out = rt.exec(svc.name, hc.test, capture=True, timeout=hc.timeout)
+        if code == 0:
+            return
+        live = rt.live(svc.name)
+        if live.state not in ("running", "starting", "restarting"):
+            _fail(svc, rt, f"stopped (state `{live.state}`, exit code {live.exit_code}) before it was healthy")
+        if time.monotonic() >= grace_until:
+            failures += 1
+            progress.working(svc.name, f"waiting to be healthy ({failures}/{hc.retries} checks failed)")
+        detail = out.decode(errors="replace").strip()[-200:] or f"exit code {code}"
+        if failures >= hc.retries:
+            _fail(svc, rt, f"is unhealthy: its healthcheck failed {failures} times in a row (last: {detail})")
+        if time.monotonic() + hc.interval > deadline:
+            _fail(svc, rt, f"was not healthy before the timeout (last check: {detail})")
+        time.sleep(hc.interval)
+
+
+def _fail(svc: ServiceSpec, rt: Runtime, what: str) -> None:
+    raise ServiceFailed(f"service `{svc.name}` {what}\n{last_log_lines(svc.name, rt)}",
+                        hint=f"the environment was rolled back; check `{svc.name}`'s command and image")
+
+
+def last_log_lines(name: str, rt: Runtime, count: int = LOG_TAIL_ON_FAILURE) -> str:
+    buf = io.BytesIO()
+    try:
+        rt.logs(name, cast(BinaryIO, PrefixWriter(buf, name)), tail=count, follow=False)
+    except Exception as e:  # the log is a courtesy: never hide the real failure behind it
+        return f"  (its log could not be read: {e})"
+    text = buf.getvalue().decode(errors="replace").rstrip()
+    return f"  last log lines:\n{text}" if text else "  (its log is empty)"
+
+
+# ------------------------------------------------------------------------------------------------
+# ps, exec, logs, stop
+
+
+def rows(env: Environment, envdir: EnvDir, state: EnvState) -> list[ServiceRow]:
+    """Every declared service, live where it runs, `absent` where it does not."""
+    out = []
+    with Runtimes(env, envdir, state) as runtimes:
+        for svc in env.services:
+            rec = state.services.get(svc.name)
+            live = _live_or_unknown(runtimes, svc) if rec else Live("absent")
+            started = rec.get("started_at") if rec else None
+            out.append(ServiceRow(
+                name=svc.name, machine=svc.machine, isolation=svc.isolation.value, state=live.state,
+                image=svc.image, ports=[PublishedPort(**p) for p in rec.get("ports", [])] if rec else [],
+                started_seconds=round(time.time() - started, 1) if started and live.state != "absent" else None,
+                exit_code=live.exit_code,
+            ))
+    return out
+
+
+def _live_or_unknown(runtimes: Runtimes, svc: ServiceSpec) -> Live:
+    try:
+        return runtimes.for_service(svc).live(svc.name)
+    except VmctlError:
+        return Live("unknown")
+
+
+def service_runtime(runtimes: Runtimes, env: Environment, name: str) -> tuple[ServiceSpec, Runtime]:
+    svc = env.service(name)
+    if svc is None:
+        raise UsageError(f"unknown service `{name}`")
+    if name not in runtimes.state.services:
+        raise VmctlError(f"service `{name}` is not running", hint="start it with `vmctl up`")
+    return svc, runtimes.for_service(svc)
+
+
+def exec_service(env: Environment, envdir: EnvDir, state: EnvState, name: str, argv: Sequence[str]) -> int:
+    """Run argv inside the service's container, attached to this terminal; its exit code."""
+    with Runtimes(env, envdir, state) as runtimes:
+        svc, rt = service_runtime(runtimes, env, name)
+        live = rt.live(svc.name)
+        if live.state != "running":
+            code = f", exit code {live.exit_code}" if live.exit_code is not None else ""
+            raise VmctlError(f"service `{name}` is not running (state `{live.state}`{code})",
+                             hint=f"see `vmctl logs {name}`; `vmctl up` starts it again")
+        code, _ = rt.exec(svc.name, argv, capture=False)
+        return code
+
+
+def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, out: BinaryIO, *,
+                 tail: int | None, follow: bool) -> None:
+    """The container's output, each line prefixed `NAME  | ` like compose."""
+    with Runtimes(env, envdir, state) as runtimes:
+        svc, rt = service_runtime(runtimes, env, name)
+        width = max(len(s.name) for s in env.services)
+        writer = PrefixWriter(out, svc.name.ljust(width))
+        try:
+            rt.logs(svc.name, cast(BinaryIO, writer), tail=tail, follow=follow)
+        finally:
+            writer.close()
+
+
+def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progress: Progress) -> list[str]:
+    """Stop every host container of the environment (from state, and any runc still knows of)."""
+    names = {n for n, rec in state.services.items() if rec.get("isolation") == Isolation.CONTAINER.value}
+    if not names and not any(s.isolation is Isolation.CONTAINER for s in env.services):
+        return []
+    rt = Runtimes(env, envdir, state).host()
+    stopped = []
+    for name in sorted(names | set(rt.names())):
+        progress.working(name, "stopping (runc)")
+        rt.stop(name)
+        progress.done(name, "removed")
+        stopped.append(name)
+    return stopped
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+class PrefixWriter:
+    """A binary stream that prefixes each line with `prefix  | ` (partial lines wait for their end)."""
+
+    def __init__(self, out: BinaryIO | io.BytesIO, prefix: str) -> None:
+        self.out, self.prefix, self.pending = out, f"{prefix} | ".encode(), b""
+
+    def write(self, data: bytes) -> int:
+        lines = (self.pending + data).split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            self.out.write(self.prefix + line + b"\n")
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.pending:
+            self.out.write(self.prefix + self.pending + b"\n")
+            self.pending = b""
+        self.out.flush()
+
+
+def copy_file(path: Path, out: BinaryIO, *, tail: int | None, follow: bool,
+              sleep: Callable[[float], Any] = time.sleep) -> None:
+    """Print a log file (its last `tail` lines), then, with `follow`, what is appended (until Ctrl-C)."""
+    with path.open("rb") as f:
+        data = f.read()
+        if tail is not None:
+            data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+        out.write(data)
+        out.flush()
+        while follow:
+            chunk = f.read()
+            if chunk:
+                out.write(chunk)
+                out.flush()
+            else:
+                sleep(0.1)
+
+
+def iter_rows_json(rows_: Sequence[ServiceRow]) -> Iterator[dict[str, Any]]:
+    return (asdict(r) for r in rows_)
