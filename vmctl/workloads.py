@@ -402,11 +402,11 @@ def exec_service(env: Environment, envdir: EnvDir, state: EnvState, name: str, a
         svc, rt = service_runtime(runtimes, env, name)
         live = rt.live(svc.name)
         if live.state != "running":
-            code = f", exit code {live.exit_code}" if live.exit_code is not None else ""
-            raise VmctlError(f"service `{name}` is not running (state `{live.state}`{code})",
+            detail = f", exit code {live.exit_code}" if live.exit_code is not None else ""
+            raise VmctlError(f"service `{name}` is not running (state `{live.state}`{detail})",
                              hint=f"see `vmctl logs {name}`; `vmctl up` starts it again")
-        code, _ = rt.exec(svc.name, argv, capture=False)
-        return code
+        exit_code, _ = rt.exec(svc.name, argv, capture=False)
+        return exit_code
 
 
 def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, out: BinaryIO, *,
