@@ -20,6 +20,7 @@ KeyPath = tuple[str | int, ...]
 MAX_VALUES = 100_000  # YAML aliases can expand a small file exponentially ("billion laughs")
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -85,6 +86,9 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
     if doc.values > MAX_VALUES:
         raise SpecError(f"the file expands to more than {MAX_VALUES} values (YAML aliases?)", where=doc.where(path),
                         hint="write the values out instead of repeating `*alias` references")
+    if isinstance(node, yaml.CollectionNode) and node.tag not in _PLAIN_TAGS:
+        raise SpecError(f"invalid YAML value: unsupported tag `{node.tag}`", where=doc.where(path),
+                        hint="write plain strings, numbers, lists and mappings")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -92,10 +96,10 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
                 raise SpecError("a key must be a plain string, not a list or mapping",
                                 where=Where(str(doc.file), key_node.start_mark.line + 1, dotted(path) or None),
                                 hint="write `name: value`")
-            key = _scalar(key_node)
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise SpecError("YAML merge keys (`<<`) are not supported", where=doc.where(path),
                                 hint="write the settings out, or put shared machine settings under `defaults`")
+            key = _scalar(key_node, doc, path)
             if not isinstance(key, str):
                 where = Where(str(doc.file), key_node.start_mark.line + 1, dotted(path))
                 raise SpecError(f"key {key!r} must be a string", where=where,
@@ -112,8 +116,13 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, i), doc) for i, item in enumerate(node.value)]
-    return _scalar(node)
+    return _scalar(node, doc, path)
 
 
-def _scalar(node: yaml.Node) -> Any:
-    return yaml.constructor.SafeConstructor().construct_object(node)
+def _scalar(node: yaml.Node, doc: Document, path: KeyPath) -> Any:
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node)
+    except yaml.YAMLError as e:  # an unknown `!!tag`, a bad `!!binary`...
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"invalid YAML value: {problem}", hint="write plain strings, numbers, lists and mappings",
+                        where=Where(str(doc.file), node.start_mark.line + 1, dotted(path) or None)) from None

@@ -1,0 +1,181 @@
+"""Helpers for the reliability tests: a fresh vmctl state folder per test, and ways to see what a vmctl
+command left on the host, attributed to that folder (other engineers boot VMs on the same host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VMCTL, listening_ports
+from vmctl import lifecycle
+
+# `vmctl.preflight.check` is written; `lifecycle.up` must call it before anything is created.
+PREFLIGHT_WIRED = "preflight" in inspect.getsource(lifecycle)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A state folder of this test's own: subprocesses (`run_vmctl`) inherit it through the environment."""
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(path))
+    return path
+
+
+def qemu_of(state: Path) -> dict[int, str]:
+    """QEMU processes started for this state folder (their argv names files inside it), pid -> argv."""
+    out = {}
+    needle = str(state).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in argv.split(b"\0")[0] and needle in argv:
+            out[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace")[:200]
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                out.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return out
+
+
+def listening_ports_of(pids: set[int]) -> set[int]:
+    """TCP ports in LISTEN state held by these processes (matched by socket inode in /proc/net/tcp*)."""
+    inodes = set().union(*(socket_inodes(p) for p in pids)) if pids else set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.fixture(scope="module", autouse=True)
+def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """tests/conftest.py's audit, attributed to this test run (other engineers boot VMs on the same host):
+    QEMU processes whose argv names a file under this run's temp folder, and the ports they or pytest hold."""
+    base = tmp_path_factory.getbasetemp()
+
+    def snap() -> dict[str, set[int]]:
+        pids = set(qemu_of(base))
+        return {"qemu processes": pids, "listening ports": listening_ports_of(pids | {os.getpid()})}
+
+    before = snap()
+    yield
+    after = snap()
+    leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    for pid in after["qemu processes"] - before["qemu processes"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not leaks, f"this test module left things behind: {leaks}"
+
+
+def defined_domains(state: Path) -> list[str]:
+    """Domains the embedded libvirt drivers under `state` have defined (persistent XML), for every environment."""
+    return sorted(p.stem for p in state.glob("envs/*/libvirt/etc/qemu/*.xml"))
+
+
+def env_folders(state: Path) -> list[str]:
+    envs = state / "envs"
+    return sorted(p.name for p in envs.iterdir()) if envs.is_dir() else []
+
+
+def leftovers(state: Path) -> dict[str, object]:
+    """Everything a fully cleaned-up state folder must not have: QEMU, domains, environment folders."""
+    found: dict[str, object] = {"qemu": qemu_of(state), "domains": defined_domains(state),
+                                "env folders": env_folders(state)}
+    return {k: v for k, v in found.items() if v}
+
+
+def wait_until(what: str, predicate: Callable[[], object], timeout: float, poll: float = 0.02) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def write_env(folder: Path, text: str, name: str = "vmctl.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def one_machine(env: str, *, memory: str = "128M", extra: str = "") -> str:
+    return f"name: {env}\nmachines:\n  m1:\n    memory: {memory}\n{extra}"
+
+
+@dataclass
+class Spawned:
+    proc: subprocess.Popen[str]
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+def spawn_vmctl(*args: str) -> Spawned:
+    """The real CLI as a child we can signal: its own process group, so a kill reaches only it."""
+    proc = subprocess.Popen([*VMCTL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return Spawned(proc)
+
+
+def kill(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
+    """Signal vmctl itself (not its group: QEMU, once started, belongs to libvirt and must survive a crash)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    proc.communicate(timeout=60)
+
+
+def state_json(state: Path, env: str) -> dict[str, object] | None:
+    path = state / "envs" / env / "state.json"
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def listening(port: int) -> bool:
+    return port in listening_ports()
+
+
+@pytest.fixture
+def no_leftover_qemu(state_dir: Path) -> Iterator[None]:
+    """Belt and braces for VM tests: whatever a test leaves, kill its QEMU (by pid, ours only) and fail it."""
+    yield
+    stray = qemu_of(state_dir)
+    for pid in stray:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not stray, f"QEMU left running: {stray}"
