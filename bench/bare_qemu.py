@@ -43,9 +43,15 @@ def kernel_cmdline(hostname: str, sshkey_b64: str, *, probe: bool = False, extra
     return " ".join(args)
 
 
-def machine_args(accel: str = "tcg") -> list[str]:
+def machine_args(accel: str = "tcg", tb_size_mib: int | None = None) -> list[str]:
+    """q35 with qboot; `tb_size_mib` sizes TCG's translation cache as libvirt's `<tb-cache>` does
+    (`-accel tcg,tb-size=N`); None keeps QEMU's default (1 GiB of address space here)."""
     firmware = ["-bios", str(QBOOT)] if QBOOT.is_file() else []
-    return ["-machine", f"q35,accel={accel}", *firmware, "-nodefaults", "-no-user-config", "-display", "none"]
+    if tb_size_mib is not None and accel == "tcg":
+        machine = ["-machine", "q35", "-accel", f"tcg,tb-size={int(tb_size_mib)}"]
+    else:
+        machine = ["-machine", f"q35,accel={accel}"]
+    return [*machine, *firmware, "-nodefaults", "-no-user-config", "-display", "none"]
 
 
 def resource_args(memory_mib: int = 256, cpus: int = 1) -> list[str]:
@@ -72,10 +78,12 @@ def entropy_args() -> list[str]:
 
 
 def qemu_argv(kernel: Path, initrd: Path, cmdline: str, *, ssh_port: int, memory_mib: int = 256,
-              cpus: int = 1, accel: str = "tcg") -> list[str]:
-    return [which("qemu-system-x86_64", package="qemu-system-x86"), *machine_args(accel),
+              cpus: int = 1, accel: str = "tcg", tb_size_mib: int | None = None, rng: bool = True) -> list[str]:
+    """`kernel` may be a bzImage or an uncompressed ELF `vmlinux` with a PVH note (QEMU then enters it
+    through PVH, skipping real-mode setup and decompression)."""
+    return [which("qemu-system-x86_64", package="qemu-system-x86"), *machine_args(accel, tb_size_mib),
             *resource_args(memory_mib, cpus), *boot_args(kernel, initrd, cmdline), *console_args(),
-            *network_args(ssh_port), *entropy_args()]
+            *network_args(ssh_port), *(entropy_args() if rng else [])]
 
 
 def free_port() -> int:
@@ -167,11 +175,13 @@ def start(argv: Sequence[str], ssh_port: int) -> BareVm:
 
 @contextlib.contextmanager
 def running_vm(kernel: Path, initrd: Path, hostname: str, sshkey_b64: str, *, probe: bool = False,
-               extra: Sequence[str] = (), memory_mib: int = 256) -> Iterator[BareVm]:
+               extra: Sequence[str] = (), memory_mib: int = 256, tb_size_mib: int | None = None,
+               rng: bool = True) -> Iterator[BareVm]:
     """A QEMU booting the image, killed on exit whatever happens."""
     port = free_port()
     cmdline = kernel_cmdline(hostname, sshkey_b64, probe=probe, extra=extra)
-    vm = start(qemu_argv(kernel, initrd, cmdline, ssh_port=port, memory_mib=memory_mib), port)
+    vm = start(qemu_argv(kernel, initrd, cmdline, ssh_port=port, memory_mib=memory_mib, tb_size_mib=tb_size_mib,
+                         rng=rng), port)
     try:
         yield vm
     finally:
@@ -204,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="bench.bare_qemu", description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="default")
+    parser.add_argument("--kernel", type=Path, help="boot this kernel (bzImage or PVH vmlinux) instead of the image's")
+    parser.add_argument("--initrd", type=Path, help="boot this initramfs instead of the image's")
+    parser.add_argument("--tb-size", type=int, help="TCG translation cache in MiB (QEMU's default if not given)")
+    parser.add_argument("--memory", type=int, default=256, help="guest RAM in MiB")
     parser.add_argument("--probe", action="store_true", help="boot with vmctl.probe=1 and wait for power-off")
     parser.add_argument("--show-command", action="store_true", help="print the QEMU argv and exit")
     parser.add_argument("--json", action="store_true")
@@ -212,18 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     image = build_guest_image(args.image, progress=lambda m: print(f"guest image: {m}", file=sys.stderr))
+    kernel, initrd = args.kernel or image.kernel, args.initrd or image.initrd
     key = throwaway_key_blob()
     if args.show_command:
         cmdline = kernel_cmdline("bench", key, probe=args.probe, extra=args.extra)
-        print(shlex.join(qemu_argv(image.kernel, image.initrd, cmdline, ssh_port=free_port())))
+        print(shlex.join(qemu_argv(kernel, initrd, cmdline, ssh_port=free_port(), memory_mib=args.memory,
+                                   tb_size_mib=args.tb_size)))
         return 0
-    with running_vm(image.kernel, image.initrd, "bench", key, probe=args.probe, extra=args.extra) as vm:
+    with running_vm(kernel, initrd, "bench", key, probe=args.probe, extra=args.extra, memory_mib=args.memory,
+                    tb_size_mib=args.tb_size) as vm:
         marker = vm.wait_for("VMCTL-PROBE-OK" if args.probe else "VMCTL-READY", timeout=args.timeout)
         if args.probe:
             vm.process.wait(timeout=args.timeout)
         result: dict[str, object] = {"accel": "tcg", "outcome": marker, **vm.timings(),
                                      "wall_exit_s": time.monotonic() - vm.started if args.probe else None,
-                                     "initrd_bytes": os.path.getsize(image.initrd)}
+                                     "initrd_bytes": os.path.getsize(initrd)}
         console = [line for line in vm.console if line.startswith("VMCTL-")]
     if args.json:
         print(json.dumps(result))

@@ -1,5 +1,8 @@
 """Guest images: a Debian kernel plus an initramfs (busybox, dropbear, crun, our init), built once per recipe.
 
+A recipe may instead name a kernel of our own (`kernel_build: <name>`, see vmctl/kernel_build.py): the
+image then holds that `vmlinux` (booted through PVH) and an init that loads no modules.
+
 Recipe: `guest_images/<name>/recipe.yaml`. Init: `templates/guest/init.sh.j2` (the guest contract is in
 docs/design.md). Cache: `cache_root()/guest/<name>` is a symlink to `<name>.<digest>/`, which holds
 `vmlinuz`, the initramfs and `manifest.json`. The digest covers the recipe, the init template, this
@@ -28,6 +31,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from vmctl import kernel_build
 from vmctl.errors import HostError, UsageError
 from vmctl.paths import GUEST_IMAGES_DIR, TEMPLATES_DIR, cache_root
 from vmctl.runner import output, run, which
@@ -61,17 +65,19 @@ class GuestImage:
 class Recipe:
     name: str
     path: Path
-    kernel: str
+    kernel: str  # Debian meta package; "" when the kernel is built (`kernel_build`)
     packages: tuple[str, ...]
     binaries: tuple[str, ...]
     modules: tuple[str, ...]
     compression: str
+    kernel_build: str | None = None  # a kernel of our own (vmctl/kernel_build.py), everything built in
 
 
 # ---------------------------------------------------------------------------------------------- recipe
 
 _RECIPE_KEYS: dict[str, str] = {
     "kernel": "a Debian meta package name such as `linux-image-cloud-amd64`",
+    "kernel_build": "the name of a kernel config fragment `guest_images/<name>/kernel.config`",
     "packages": "a list of Debian package names",
     "binaries": "a list of paths inside the unpacked packages, such as `usr/bin/crun`",
     "modules": "a list of kernel module names, such as `virtio_net`",
@@ -94,8 +100,10 @@ def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise UsageError(f"{where}: a recipe is a mapping of {', '.join(_RECIPE_KEYS)}")
-    unknown = sorted(set(data) - set(_RECIPE_KEYS))
-    missing = [k for k in _RECIPE_KEYS if k not in data]
+    if "kernel_build" in data:
+        return _parse_built_kernel_recipe(name, data, where)
+    unknown = sorted(set(data) - set(_RECIPE_KEYS) | ({"kernel_build"} & set(data)))
+    missing = [k for k in _RECIPE_KEYS if k not in data and k != "kernel_build"]
     if unknown or missing:
         raise UsageError(f"{where}: unknown keys {unknown}, missing keys {missing}",
                          hint=f"the keys are {', '.join(f'`{k}`' for k in _RECIPE_KEYS)}")
@@ -110,6 +118,27 @@ def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
     return Recipe(name=name, path=Path(where), kernel=data["kernel"],
                   packages=_str_list(data["packages"], "packages", where), binaries=binaries,
                   modules=_str_list(data["modules"], "modules", where), compression=data["compression"])
+
+
+def _parse_built_kernel_recipe(name: str, data: dict[str, object], where: str) -> Recipe:
+    """A recipe whose kernel is built from a config fragment: no `kernel`, no `modules` (all built in)."""
+    keys = ("kernel_build", "packages", "binaries", "compression")
+    unknown = sorted(set(data) - set(keys))
+    missing = [k for k in keys if k not in data]
+    if unknown or missing:
+        raise UsageError(f"{where}: unknown keys {unknown}, missing keys {missing}",
+                         hint=f"with `kernel_build` the keys are {', '.join(f'`{k}`' for k in keys)} "
+                              "(the kernel has no modules)")
+    kernel_build, compression = data["kernel_build"], data["compression"]
+    if not isinstance(kernel_build, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", kernel_build):
+        raise UsageError(f"{where}: `kernel_build` must be {_RECIPE_KEYS['kernel_build']}, got {kernel_build!r}")
+    if not isinstance(compression, str) or compression not in COMPRESSIONS:
+        raise UsageError(f"{where}: `compression` must be {_RECIPE_KEYS['compression']}")
+    binaries = _str_list(data["binaries"], "binaries", where)
+    if any(b.startswith("/") or ".." in Path(b).parts for b in binaries):
+        raise UsageError(f"{where}: `binaries` are relative paths inside the packages, got {binaries}")
+    return Recipe(name=name, path=Path(where), kernel="", packages=_str_list(data["packages"], "packages", where),
+                  binaries=binaries, modules=(), compression=compression, kernel_build=kernel_build)
 
 
 def load_recipe(name: str) -> Recipe:
@@ -165,7 +194,13 @@ def _apt_fingerprint() -> str:
 
 def resolve_versions(recipe: Recipe) -> dict[str, str] | None:
     """Package -> candidate version for the kernel (meta package and the `linux-image-<release>` it
-    depends on) and the recipe's packages; None if apt does not know one of them."""
+    depends on) and the recipe's packages; None if apt does not know one of them. A recipe with a built
+    kernel has the kernel's digest (`kernel-build:<name>`) instead of the kernel packages."""
+    if recipe.kernel_build is not None:
+        shown = _show_candidates(recipe.packages)
+        if not all(p in shown for p in recipe.packages):
+            return None
+        return _with_built_kernel(recipe, {name: fields["Version"] for name, fields in shown.items()})
     shown = _show_candidates([recipe.kernel, *recipe.packages])
     if recipe.kernel not in shown or not all(p in shown for p in recipe.packages):
         return None
@@ -175,6 +210,16 @@ def resolve_versions(recipe: Recipe) -> dict[str, str] | None:
     versions = {name: fields["Version"] for name, fields in shown.items()}
     versions[kernel[0]] = kernel[1]
     return versions
+
+
+def _with_built_kernel(recipe: Recipe, versions: Mapping[str, str]) -> dict[str, str] | None:
+    """`versions` with the built kernel's current digest (its source, fragment and builder) in it."""
+    assert recipe.kernel_build is not None
+    digest = kernel_build.current_digest(recipe.kernel_build)
+    if digest is None:
+        return None
+    return {**{k: v for k, v in versions.items() if not k.startswith("kernel-build:")},
+            f"kernel-build:{recipe.kernel_build}": digest}
 
 
 def kernel_package(versions: Mapping[str, str]) -> str:
@@ -396,7 +441,10 @@ def _from_manifest(name: str, directory: Path, manifest: Mapping[str, object]) -
     initrd, release, digest = manifest.get("initrd"), manifest.get("kernel_release"), manifest.get("digest")
     if not (isinstance(initrd, str) and isinstance(release, str) and isinstance(digest, str)):
         return None
-    image = GuestImage(name=name, kernel=directory / KERNEL_FILE, initrd=directory / initrd,
+    kernel = manifest.get("kernel", KERNEL_FILE)  # a built kernel is `vmlinux`
+    if not isinstance(kernel, str) or "/" in kernel:
+        return None
+    image = GuestImage(name=name, kernel=directory / kernel, initrd=directory / initrd,
                        kernel_release=release, digest=digest, directory=directory)
     return image if image.kernel.is_file() and image.initrd.is_file() else None
 
@@ -415,7 +463,10 @@ def find_guest_image(name: str = "default") -> GuestImage | None:
         return None
     packages = manifest.get("packages")
     if manifest.get("apt_fingerprint") == _apt_fingerprint() and isinstance(packages, dict):
-        versions: Mapping[str, str] | None = {str(k): str(v) for k, v in packages.items()}
+        stored = {str(k): str(v) for k, v in packages.items()}
+        # a built kernel's fragment may have changed without apt noticing
+        versions: Mapping[str, str] | None = (stored if recipe.kernel_build is None
+                                              else _with_built_kernel(recipe, stored))
     else:
         versions = resolve_versions(recipe)
     if versions is None:
@@ -442,6 +493,31 @@ def _versions_or_update(recipe: Recipe, progress: Progress) -> dict[str, str]:
         raise HostError(f"apt knows no candidate for the packages of guest image `{recipe.name}`",
                         hint="check /etc/apt/sources.list and run `apt-get update`")
     return versions
+
+
+def _make_image_with_built_kernel(recipe: Recipe, kernel: kernel_build.BuiltKernel, versions: Mapping[str, str],
+                                  fingerprint: str, out: Path, progress: Progress) -> dict[str, object]:
+    """As `_make_image`, with the kernel from `kernel_build`: its vmlinux, and an init loading no modules."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as tmp:
+        work = Path(tmp)
+        (work / "debs").mkdir()
+        progress("downloading packages")
+        _download(versions, recipe.packages, work / "debs")
+        progress("unpacking")
+        _unpack(work / "debs", work / "root")
+        progress("writing initramfs")
+        initrd = _build_initramfs(recipe, work / "root", kernel.release, ())
+        (out / COMPRESSIONS[recipe.compression]).write_bytes(initrd)
+        shutil.copyfile(kernel.vmlinux, out / kernel_build.KERNEL_FILE)
+    return {
+        "format": FORMAT, "name": recipe.name, "digest": _current_digest(recipe, versions),
+        "apt_fingerprint": fingerprint, "kernel": kernel_build.KERNEL_FILE,
+        "kernel_release": kernel.release, "kernel_build": {"name": kernel.name, "digest": kernel.digest},
+        "packages": dict(sorted(versions.items())), "modules": [], "compression": recipe.compression,
+        "initrd": COMPRESSIONS[recipe.compression], "build_seconds": round(time.monotonic() - started, 2),
+        "sizes": {"kernel": (out / kernel_build.KERNEL_FILE).stat().st_size, "initrd": len(initrd)},
+    }
 
 
 def _make_image(recipe: Recipe, versions: Mapping[str, str], fingerprint: str, out: Path,
@@ -499,6 +575,10 @@ def build_guest_image(name: str = "default", *, force: bool = False,
         if not force and (cached := find_guest_image(name)):
             progress("guest image is up to date")
             return cached
+        kernel = None
+        if recipe.kernel_build is not None:
+            progress(f"kernel `{recipe.kernel_build}` (built from source on first use)")
+            kernel = kernel_build.build_kernel(recipe.kernel_build, progress=progress)
         progress("resolving package versions")
         versions = _versions_or_update(recipe, progress)
         fingerprint = _apt_fingerprint()
@@ -507,7 +587,10 @@ def build_guest_image(name: str = "default", *, force: bool = False,
             shutil.rmtree(stale, ignore_errors=True)
         built = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=parent))
         try:
-            manifest = _make_image(recipe, versions, fingerprint, built, progress)
+            if kernel is not None:
+                manifest = _make_image_with_built_kernel(recipe, kernel, versions, fingerprint, built, progress)
+            else:
+                manifest = _make_image(recipe, versions, fingerprint, built, progress)
             (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             built.chmod(0o755)
             final = _install(name, built, str(manifest["digest"]))

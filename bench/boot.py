@@ -1,0 +1,212 @@
+"""Boot benchmark (issues 2 and 6): `vmctl up` vs a bare QEMU, per kernel, side by side in one run.
+
+For each kernel variant, `--runs` times, interleaved (variant A, B, ..., then again): `vmctl up` of one
+machine to SSH-ready through the real CLI, then a bare `qemu-system-x86_64` (bench/bare_qemu.py) booting
+the same kernel and initramfs to the same `VMCTL-READY` line. While each machine idles after READY, its
+QEMU's memory is split into guest RAM touched, TCG cache and QEMU's own overhead (bench/vmstats.py).
+Then `--parallel` machines are brought up by one `vmctl up`, beside the floor: the CPU-seconds the boots
+cost (every QEMU, and the vmctl process) divided by the host's cores.
+
+Variants: `cloud` (Debian cloud kernel, bzImage: real-mode setup + decompression), `cloud-pvh` (the same
+kernel's vmlinux extracted from the bzImage, entered through PVH), `minimal` (our own kernel,
+guest_images/minimal, PVH vmlinux, no modules).
+
+    .venv/bin/python -m bench.boot                     # cloud + minimal, 5 runs, 10 in parallel
+    .venv/bin/python -m bench.boot --variants cloud,cloud-pvh,minimal --runs 7 --json
+    .venv/bin/python -m bench.boot --tb-cache 32 --parallel 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import bare_qemu
+from bench.vmstats import Scratch, cpu_seconds, domain_pid, fmt, median, memory_of, scratch, table, timed_up
+from vmctl import kernel_build
+from vmctl.guest_image import GuestImage, build_guest_image
+from vmctl.paths import cache_root
+
+SETTLE = 2.0  # seconds of idling after READY before memory is read
+DEFAULT_TB_MIB = 64  # what templates/domain/domain.xml.j2 gives libvirt's <tb-cache>
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    image: GuestImage
+    kernel: Path  # what both vmctl and bare QEMU boot
+
+    def machine(self, memory_mib: int) -> dict[str, object]:
+        spec: dict[str, object] = {"image": self.image.name, "memory": f"{memory_mib}M", "accel": "tcg"}
+        if self.kernel != self.image.kernel:
+            spec["kernel"] = str(self.kernel)
+        return spec
+
+
+def variants(names: Sequence[str], progress: bool = True) -> list[Variant]:
+    def say(msg: str) -> None:
+        if progress:
+            print(f"bench: {msg}", file=sys.stderr)
+
+    out = []
+    for name in names:
+        image = build_guest_image("minimal" if name == "minimal" else "default", progress=say)
+        kernel = image.kernel
+        if name == "cloud-pvh":
+            kernel = cache_root() / "bench" / f"vmlinux-{image.kernel_release}"
+            kernel.parent.mkdir(parents=True, exist_ok=True)
+            if not kernel.is_file():
+                kernel_build.extract_vmlinux(image.kernel, kernel)
+        elif name not in ("cloud", "minimal"):
+            raise SystemExit(f"unknown variant `{name}` (cloud, cloud-pvh, minimal)")
+        out.append(Variant(name, image, kernel))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- one boot each
+
+def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, object]:
+    env = f"bench-{v.name}"
+    file = s.write_env(env, {"m": v.machine(memory_mib)})
+    try:
+        wall = timed_up(s, file)
+        machine = s.machines(file)[0]
+        timeline = machine["timeline"]
+        pid = domain_pid(f"vmctl-{env}-m")
+        time.sleep(SETTLE)
+        memory = memory_of(pid, memory_mib, tb_mib).as_dict() if pid else {}
+    finally:
+        s.vmctl(file, "down")
+    return {"variant": v.name, "run": run, "up_wall_s": round(wall, 3), "boot_s": machine["boot_seconds"],
+            "ready_s": timeline.get("ready"), "ssh_s": timeline.get("ssh"),
+            "guest_ready_uptime_s": machine["guest"].get("ready_uptime"), **memory}
+
+
+def bare_boot(v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, object]:
+    key = bare_qemu.throwaway_key_blob()
+    with bare_qemu.running_vm(v.kernel, v.image.initrd, "bench", key, memory_mib=memory_mib,
+                              tb_size_mib=tb_mib) as vm:
+        if vm.wait_for("VMCTL-READY", timeout=120) != "VMCTL-READY":
+            raise RuntimeError(f"bare boot of {v.name} failed: {vm.console[-10:]}")
+        time.sleep(SETTLE)
+        memory = memory_of(vm.process.pid, memory_mib, tb_mib).as_dict()
+        timings = vm.timings()
+    return {"variant": v.name, "run": run, "bare_ready_s": timings["wall_ready_s"],
+            "bare_guest_ready_uptime_s": timings["uptime_ready_s"],
+            **{f"bare_{k}": val for k, val in memory.items()}}
+
+
+# ---------------------------------------------------------------------------------------------- parallel
+
+def parallel_up(s: Scratch, v: Variant, count: int, memory_mib: int) -> dict[str, object]:
+    env = f"bench-par-{v.name}"
+    file = s.write_env(env, {f"m{i}": v.machine(memory_mib) for i in range(count)})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        wall = timed_up(s, file, timeout=600)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pids = [domain_pid(f"vmctl-{env}-m{i}") for i in range(count)]
+        qemu_cpu = sum(cpu_seconds(p) for p in pids if p)
+        boots = [m["boot_seconds"] for m in s.machines(file)]
+    finally:
+        s.vmctl(file, "down", timeout=600)
+    vmctl_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    cores = os.cpu_count() or 1
+    floor = (qemu_cpu + vmctl_cpu) / cores
+    return {"variant": v.name, "machines": count, "wall_s": round(wall, 2), "cores": cores,
+            "qemu_cpu_s": round(qemu_cpu, 2), "vmctl_cpu_s": round(vmctl_cpu, 2), "floor_s": round(floor, 2),
+            "wall_over_floor": round(wall / floor, 2) if floor else None,
+            "slowest_boot_s": max(b for b in boots if b is not None)}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def summarize(rows: Sequence[dict[str, object]], names: Sequence[str]) -> list[dict[str, object]]:
+    out = []
+    for name in names:
+        mine = [r for r in rows if r["variant"] == name]
+
+        def med(key: str, rows_: Sequence[dict[str, object]] = mine) -> float | None:
+            return median([float(str(r[key])) for r in rows_ if r.get(key) is not None])
+
+        ready, bare, wall = med("ready_s"), med("bare_ready_s"), med("up_wall_s")
+        out.append({"variant": name, "runs": len([r for r in mine if "up_wall_s" in r]),
+                    "up_wall_s": wall, "up_ready_s": ready, "up_ssh_s": med("ssh_s"),
+                    "guest_ready_uptime_s": med("guest_ready_uptime_s"), "bare_ready_s": bare,
+                    "ratio_ready": ready / bare if ready and bare else None,
+                    "ratio_wall": wall / bare if wall and bare else None,
+                    "pss_mib": med("pss_mib"), "guest_ram_mib": med("guest_ram_touched_mib"),
+                    "tcg_cache_mib": med("tcg_cache_mib"), "overhead_mib": med("qemu_overhead_mib"),
+                    "bare_pss_mib": med("bare_pss_mib"), "bare_overhead_mib": med("bare_qemu_overhead_mib")})
+    return out
+
+
+def render(summary: Sequence[dict[str, object]], parallel: Sequence[dict[str, object]], accel: str,
+           tb_mib: int, memory_mib: int) -> str:
+    def f(row: dict[str, object], key: str, digits: int = 2, suffix: str = "") -> str:
+        value = row.get(key)
+        return fmt(float(str(value)) if value is not None else None, digits, suffix)
+
+    head = ["variant", "runs", "up wall", "up->READY", "up->SSH", "bare->READY", "ready/bare", "wall/bare",
+            "guest uptime@READY", "PSS", "guest RAM", "TCG cache", "QEMU overhead", "bare overhead"]
+    rows = [[str(r["variant"]), str(r["runs"]), f(r, "up_wall_s", 2, "s"), f(r, "up_ready_s", 2, "s"),
+             f(r, "up_ssh_s", 2, "s"), f(r, "bare_ready_s", 2, "s"), f(r, "ratio_ready", 2, "x"),
+             f(r, "ratio_wall", 2, "x"), f(r, "guest_ready_uptime_s", 2, "s"), f(r, "pss_mib", 0, "M"),
+             f(r, "guest_ram_mib", 0, "M"), f(r, "tcg_cache_mib", 0, "M"), f(r, "overhead_mib", 0, "M"),
+             f(r, "bare_overhead_mib", 0, "M")] for r in summary]
+    text = [f"accelerator = {accel}; guest RAM {memory_mib} MiB; tb-cache {tb_mib} MiB; medians", "",
+            table(head, rows)]
+    if parallel:
+        text += ["", table(["parallel", "machines", "wall", "QEMU CPU", "vmctl CPU", "cores", "floor", "wall/floor",
+                            "slowest boot"],
+                           [[str(p["variant"]), str(p["machines"]), f(p, "wall_s", 2, "s"), f(p, "qemu_cpu_s", 2, "s"),
+                             f(p, "vmctl_cpu_s", 2, "s"), str(p["cores"]), f(p, "floor_s", 2, "s"),
+                             f(p, "wall_over_floor", 2, "x"), f(p, "slowest_boot_s", 2, "s")] for p in parallel])]
+    return "\n".join(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.boot", description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="cloud,minimal", help="comma list of cloud, cloud-pvh, minimal")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--memory", type=int, default=256, help="guest RAM in MiB")
+    parser.add_argument("--tb-cache", type=int, default=DEFAULT_TB_MIB,
+                        help="TCG cache (MiB) for the bare boots and the memory split; vmctl's comes from its "
+                             "domain template")
+    parser.add_argument("--parallel", type=int, default=10, help="machines in the parallel `up` (0: skip)")
+    parser.add_argument("--parallel-variants", default="minimal,cloud")
+    parser.add_argument("--json", action="store_true", help="print every run and the summary as JSON")
+    args = parser.parse_args(argv)
+
+    names = [n for n in args.variants.split(",") if n]
+    chosen = variants(names)
+    rows: list[dict[str, object]] = []
+    parallel: list[dict[str, object]] = []
+    with scratch() as s:
+        for run in range(args.runs):
+            for v in chosen:
+                print(f"bench: run {run + 1}/{args.runs} {v.name}", file=sys.stderr)
+                rows.append(vmctl_boot(s, v, run, args.memory, args.tb_cache))
+                rows.append(bare_boot(v, run, args.memory, args.tb_cache))
+        if args.parallel:
+            for v in variants([n for n in args.parallel_variants.split(",") if n], progress=False):
+                print(f"bench: {args.parallel} x {v.name} in parallel", file=sys.stderr)
+                parallel.append(parallel_up(s, v, args.parallel, args.memory))
+    summary = summarize(rows, names)
+    if args.json:
+        print(json.dumps({"accel": "tcg", "runs": rows, "summary": summary, "parallel": parallel}, indent=1))
+    else:
+        print(render(summary, parallel, "tcg", args.tb_cache, args.memory))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

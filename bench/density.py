@@ -1,0 +1,104 @@
+"""Density benchmark (issue 6): start N idle microVMs with one `vmctl up`, for growing N, until a host
+memory budget would be exceeded; report the start time and the host memory (PSS) per VM as N grows.
+
+Each N is a fresh environment of N machines (`--memory` MiB each, default 64, the `minimal` image by
+default), brought up in parallel by the real CLI, left idle `--settle` seconds, measured (every QEMU's
+PSS split into guest RAM touched, TCG cache and QEMU's own, see bench/vmstats.py) and taken down. The next
+N runs only if N x (PSS per VM so far) fits in the budget.
+
+    .venv/bin/python -m bench.density 4G                        # N = 1, 5, 10: a few minutes under TCG
+    .venv/bin/python -m bench.density 12G --counts 1,5,10,20,30,40,50 --json    # the full curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+from bench.vmstats import Scratch, domain_pid, fmt, memory_of, scratch, table, timed_up
+from vmctl.guest_image import build_guest_image
+
+
+def parse_size_mib(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([MG]i?B?)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a size such as 4G or 3000M")
+    unit = (match.group(2) or "M")[0].upper()
+    return int(match.group(1)) * (1024 if unit == "G" else 1)
+
+
+def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, settle: float,
+            timeout: float) -> dict[str, object]:
+    env = f"density-{count}"
+    machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg"}
+    file = s.write_env(env, {f"d{i}": machine for i in range(count)})
+    try:
+        wall = timed_up(s, file, timeout=timeout)
+        boots = [float(m["boot_seconds"]) for m in s.machines(file) if m.get("boot_seconds") is not None]
+        time.sleep(settle)
+        pids = [domain_pid(f"vmctl-{env}-d{i}") for i in range(count)]
+        mems = [memory_of(p, memory_mib, tb_mib) for p in pids if p]
+    finally:
+        s.vmctl(file, "down", timeout=timeout)
+    total = sum(m.pss for m in mems)
+    return {"machines": count, "measured": len(mems), "up_wall_s": round(wall, 2),
+            "boot_median_s": round(statistics.median(boots), 2) if boots else None,
+            "boot_max_s": round(max(boots), 2) if boots else None,
+            "pss_total_mib": round(total, 1), "pss_per_vm_mib": round(total / len(mems), 1) if mems else None,
+            "guest_ram_per_vm_mib": round(statistics.mean(m.guest_ram for m in mems), 1) if mems else None,
+            "tcg_cache_per_vm_mib": round(statistics.mean(m.tcg_cache for m in mems), 1) if mems else None,
+            "overhead_per_vm_mib": round(statistics.mean(m.overhead for m in mems), 1) if mems else None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.density", description=__doc__.splitlines()[0])
+    parser.add_argument("budget", type=parse_size_mib, help="host memory the VMs may use, e.g. 4G")
+    parser.add_argument("--counts", default="1,5,10", help="machine counts to try, ascending (full: ...,50)")
+    parser.add_argument("--memory", type=int, default=64, help="guest RAM per VM in MiB")
+    parser.add_argument("--image", default="minimal", help="guest image recipe")
+    parser.add_argument("--tb-cache", type=int, default=64, help="the domain template's <tb-cache> in MiB")
+    parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before measuring")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    counts = sorted({int(c) for c in args.counts.split(",") if c})
+    build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
+    rows: list[dict[str, object]] = []
+    per_vm = float(args.memory)  # a first guess before anything was measured
+    with scratch() as s:
+        for count in counts:
+            if count * per_vm > args.budget:
+                print(f"density: stop before {count} VMs: ~{count * per_vm:.0f} MiB > budget {args.budget} MiB",
+                      file=sys.stderr)
+                break
+            print(f"density: {count} VMs", file=sys.stderr)
+            row = measure(s, args.image, count, args.memory, args.tb_cache, args.settle, args.timeout)
+            rows.append(row)
+            per_vm = float(str(row["pss_per_vm_mib"] or per_vm))
+    if args.json:
+        print(json.dumps({"accel": "tcg", "budget_mib": args.budget, "memory_mib": args.memory, "rows": rows},
+                         indent=1))
+        return 0
+
+    def f(row: dict[str, object], key: str, digits: int = 1, suffix: str = "") -> str:
+        value = row.get(key)
+        return fmt(float(str(value)) if value is not None else None, digits, suffix)
+
+    print(f"accelerator = tcg; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
+    print(table(["VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
+                 "TCG cache/VM", "QEMU overhead/VM"],
+                [[str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
+                  f(r, "boot_max_s", 2, "s"), f(r, "pss_total_mib", 0, "M"), f(r, "pss_per_vm_mib", 1, "M"),
+                  f(r, "guest_ram_per_vm_mib", 1, "M"), f(r, "tcg_cache_per_vm_mib", 1, "M"),
+                  f(r, "overhead_per_vm_mib", 1, "M")] for r in rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Shared by the boot and density benchmarks: run the real `vmctl` CLI in a scratch state folder, find
+the QEMU process of a domain, and split its memory into guest RAM, TCG code cache and QEMU's own.
+
+Memory comes from /proc/PID/smaps: the guest's RAM is QEMU's anonymous mapping of exactly the guest's
+size (its Rss = guest pages touched so far), the TCG translation cache is the mapping of the tb-size;
+the rest of the PSS (`smaps_rollup`) is QEMU's own overhead (code, heap, device state, ROM copies of
+the kernel and initrd).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+def qemu_pids() -> dict[int, str]:
+    """pid -> cmdline (NUL-separated args joined by spaces) of every qemu-system process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and b"qemu-system" in args[0]:
+            found[int(entry.name)] = b" ".join(args).decode(errors="replace")
+    return found
+
+
+def domain_pid(domain: str) -> int | None:
+    """The QEMU libvirt started for `domain` (`-name guest=NAME,...`)."""
+    for pid, cmdline in qemu_pids().items():
+        if f"guest={domain}," in cmdline:
+            return pid
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+@dataclass(frozen=True)
+class Memory:
+    """MiB. `overhead` = pss - guest_ram (it includes the TCG cache, also shown on its own)."""
+
+    pss: float
+    guest_ram: float
+    tcg_cache: float
+
+    @property
+    def overhead(self) -> float:
+        return self.pss - self.guest_ram
+
+    def as_dict(self) -> dict[str, float]:
+        return {"pss_mib": round(self.pss, 1), "guest_ram_touched_mib": round(self.guest_ram, 1),
+                "tcg_cache_mib": round(self.tcg_cache, 1), "qemu_overhead_mib": round(self.overhead, 1)}
+
+
+_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
+
+
+def parse_smaps(text: str) -> list[dict[str, object]]:
+    """smaps text -> [{"size_kib", "name", "Rss", "Pss", ...}] (kB values as ints)."""
+    maps: list[dict[str, object]] = []
+    for line in text.splitlines():
+        if match := _HEADER.match(line):
+            maps.append({"size_kib": (int(match.group(2), 16) - int(match.group(1), 16)) // 1024,
+                         "name": match.group(3)})
+        elif maps and (field := re.match(r"^(\w+):\s+(\d+) kB", line)):
+            maps[-1][field.group(1)] = int(field.group(2))
+    return maps
+
+
+def split_memory(maps: Sequence[Mapping[str, object]], rollup_pss_kib: int, guest_mib: int,
+                 tb_mib: int | None) -> Memory:
+    """Find the guest RAM (anonymous, the guest's size) and TCG cache (anonymous, tb-size) mappings."""
+    def pss_of(size_mib: int | None) -> float:
+        if size_mib is None:
+            return 0.0
+        for m in maps:
+            size = int(str(m["size_kib"]))
+            if not m["name"] and abs(size - size_mib * 1024) <= 4096:  # QEMU adds/removes guard pages
+                return int(str(m.get("Pss", 0))) / 1024
+        return 0.0
+
+    return Memory(pss=rollup_pss_kib / 1024, guest_ram=pss_of(guest_mib),
+                  tcg_cache=pss_of(tb_mib) if tb_mib != guest_mib else 0.0)
+
+
+def memory_of(pid: int, guest_mib: int, tb_mib: int | None) -> Memory:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    pss = int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    return split_memory(parse_smaps(Path(f"/proc/{pid}/smaps").read_text()), pss, guest_mib, tb_mib)
+
+
+# ---------------------------------------------------------------------------------------------- vmctl CLI
+
+@dataclass
+class Scratch:
+    """A scratch vmctl state folder (the image cache stays shared) and environment files in it."""
+
+    directory: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "VMCTL_STATE_DIR": str(self.directory / "state")}
+
+    def write_env(self, name: str, machines: Mapping[str, Mapping[str, object]]) -> Path:
+        path = self.directory / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "machines": dict(machines)}, sort_keys=False))
+        return path
+
+    def vmctl(self, file: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "vmctl", "-f", str(file), "--progress", "plain", *args]
+        proc = subprocess.run(argv, cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"vmctl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc
+
+    def machines(self, file: Path) -> list[dict[str, Any]]:
+        """`vmctl status --json`'s machines."""
+        data = json.loads(self.vmctl(file, "status", "--json").stdout)
+        return list(data["machines"])
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[Scratch]:
+    with tempfile.TemporaryDirectory(prefix="vmctl-bench-") as tmp:
+        yield Scratch(Path(tmp))
+
+
+def timed_up(s: Scratch, file: Path, timeout: float = 300) -> float:
+    started = time.monotonic()
+    s.vmctl(file, "up", "--timeout", str(timeout))
+    return time.monotonic() - started
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines)
