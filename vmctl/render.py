@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jinja2
+import markupsafe
 
 from vmctl import cmdline
 from vmctl.guest_image import KERNEL_CMDLINE
@@ -111,11 +112,23 @@ def disk_dev(index: int) -> str:
     return f"vd{letters}"
 
 
+_WHITESPACE_REFS = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+
+
+def _xml_text(value: object) -> object:
+    """Escape as autoescape does, and also tabs and newlines: an XML parser turns them into spaces inside an
+    attribute value (`<source file="...">`), so a path holding one would silently name another file."""
+    if value is None or isinstance(value, markupsafe.Markup | int | float | bool):
+        return value
+    return markupsafe.Markup(str(markupsafe.escape(value)).translate(_WHITESPACE_REFS))
+
+
 @functools.cache
 def _templates() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=True,  # every value is XML text; nothing from YAML may become markup
+        finalize=_xml_text,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
