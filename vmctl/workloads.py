@@ -303,6 +303,8 @@ def wait_ready(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: floa
         progress.done(svc.name, f"healthy in {time.monotonic() - t0:.2f}s")
     elif live.state == "exited":
         progress.done(svc.name, f"exited 0 in {time.monotonic() - t0:.2f}s")
+    elif live.state == "restarting":
+        progress.warn(svc.name, f"restarting (exit code {live.exit_code}, restart: on-failure)")
     else:
         progress.done(svc.name, f"running in {time.monotonic() - t0:.2f}s")
 
@@ -312,7 +314,7 @@ def _wait_started(svc: ServiceSpec, rt: Runtime, deadline: float) -> Live:
         live = rt.live(svc.name)
         if live.state == "exited" and live.exit_code not in (0, None):
             _fail(svc, rt, f"exited with code {live.exit_code}")
-        if live.state in ("running", "exited"):
+        if live.state in ("running", "exited", "restarting"):
             return live
         if live.state == "absent":
             _fail(svc, rt, "disappeared right after it was started")

@@ -1,0 +1,199 @@
+"""Services end to end through the real CLI: a tiny image in a microVM (crun in the guest) and as a plain
+runc container on the host. Real VMs under TCG here, real crun and runc; nothing is mocked.
+
+One environment at a time: the failing-healthcheck environment first (it must roll back and leave
+nothing), then one module-scoped environment shared by the other tests and removed at the end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import qemu_pids, run_vmctl, runc_containers
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
+missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root"),
+    pytest.mark.skipif(bool(missing), reason=f"missing tools: {missing}"),
+]
+
+GOOD = """\
+name: svc-good
+machines:
+  box: {memory: 256M}
+services:
+  web:
+    image: ./web.tar
+    machine: box
+    environment: {GREETING: from-the-vm}
+    ports: ["8080"]
+    healthcheck: {test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"], interval: 500ms}
+  crasher:
+    image: ./web.tar
+    machine: box
+    entrypoint: ["sh", "-c", "echo attempt; exit 3"]
+    restart: on-failure
+  plain:
+    image: ./web.tar
+    isolation: container
+    environment: {GREETING: from-the-host}
+    ports: ["8080"]
+    depends_on: [web]
+"""
+
+BAD = """\
+name: svc-bad
+services:
+  ok:
+    image: ./web.tar
+    isolation: container
+  sick:
+    image: ./web.tar
+    depends_on: [ok]
+    healthcheck: {test: ["CMD", "false"], interval: 200ms, retries: 2}
+"""
+
+
+def _load_build_images() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_images", REPO / "examples" / "build_images.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("services")
+    _load_build_images().build_tiny_image(path)
+    return path
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    file = folder / f"{name}.yaml"
+    file.write_text(text)
+    return file
+
+
+def _state(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((Path(os.environ["VMCTL_STATE_DIR"]) / "envs" / name / "state.json").read_text())
+    return data
+
+
+def _of_env(env: str) -> tuple[list[int], list[str]]:
+    """QEMU processes and runc containers that belong to environment `env`."""
+    qemus = [p for p in qemu_pids() if f"vmctl-{env}-".encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return qemus, [c for c in runc_containers() if c.startswith(f"{env}.")]
+
+
+def test_failing_healthcheck_fails_up_cleanly(folder: Path) -> None:
+    file = _write(folder, "bad", BAD)
+    up = run_vmctl("-f", str(file), "up", "--timeout", "120")
+    try:
+        assert up.returncode == 1, up.stderr
+        assert "service `sick` is unhealthy" in up.stderr
+        assert "sick | web: hello from sick" in up.stderr  # its last log lines
+        assert _of_env("svc-bad") == ([], [])
+        ps = json.loads(run_vmctl("-f", str(file), "ps", "--json").stdout)
+        assert {s["name"]: s["state"] for s in ps["services"]} == {"ok": "absent", "sick": "absent"}
+    finally:
+        run_vmctl("-f", str(file), "down")
+
+
+@pytest.fixture(scope="module")
+def good(folder: Path) -> Iterator[Path]:
+    file = _write(folder, "good", GOOD)
+    up = run_vmctl("-f", str(file), "up", "--timeout", "180")
+    try:
+        assert up.returncode == 0, up.stderr
+        yield file
+    finally:
+        down = run_vmctl("-f", str(file), "down")
+        assert down.returncode == 0, down.stderr
+        assert _of_env("svc-good") == ([], [])
+
+
+def _ps(file: Path) -> dict[str, dict[str, Any]]:
+    out = run_vmctl("-f", str(file), "ps", "--json")
+    assert out.returncode == 0, out.stderr
+    return {s["name"]: s for s in json.loads(out.stdout)["services"]}
+
+
+def _exec(file: Path, name: str, *argv: str) -> tuple[int, str]:
+    out = run_vmctl("-f", str(file), "exec", name, "--", *argv)
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_ps_rows(good: Path) -> None:
+    rows = _ps(good)
+    assert rows["web"]["state"] == "running" and rows["web"]["machine"] == "box"
+    assert rows["web"]["isolation"] == "microvm" and rows["plain"]["isolation"] == "container"
+    assert rows["plain"]["machine"] is None and rows["plain"]["state"] == "running"
+    assert rows["web"]["ports"][0]["container_port"] == 8080
+    assert rows["web"]["ports"][0]["host_ip"] == "127.0.0.1"
+    table = run_vmctl("-f", str(good), "ps").stdout.splitlines()
+    assert table[0].split() == ["NAME", "MACHINE", "ISOLATION", "STATE", "PORTS"]
+
+
+def test_published_ports_answer_with_env_and_hostname(good: Path) -> None:
+    rows = _ps(good)
+    for name, greeting in (("web", "from-the-vm"), ("plain", "from-the-host")):
+        port = rows[name]["ports"][0]["host_port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            body = r.read().decode()
+        assert f"hostname: {name}" in body and f"greeting: {greeting}" in body
+
+
+def test_kernel_is_the_guests_or_the_hosts(good: Path) -> None:
+    code, vm_kernel = _exec(good, "web", "uname", "-r")
+    assert code == 0 and vm_kernel.strip() != os.uname().release
+    code, host_kernel = _exec(good, "plain", "uname", "-r")
+    assert code == 0 and host_kernel.strip() == os.uname().release
+    code, machine_kernel = _exec(good, "box", "uname", "-r")
+    assert code == 0 and machine_kernel.strip() == vm_kernel.strip()
+
+
+def test_exec_hostname_env_and_exit_codes(good: Path) -> None:
+    for name in ("web", "plain"):
+        assert _exec(good, name, "cat", "/etc/hostname") == (0, f"{name}\n")
+        code, env = _exec(good, name, "env")
+        assert code == 0 and "GREETING=from-the-" in env
+        assert _exec(good, name, "sh", "-c", "exit 7")[0] == 7
+
+
+def test_read_only_root(good: Path) -> None:
+    for name in ("web", "plain"):
+        code, out = _exec(good, name, "touch", "/x")
+        assert code != 0 and "Read-only" in out
+
+
+def test_logs_are_prefixed(good: Path) -> None:
+    out = run_vmctl("-f", str(good), "logs", "web")
+    assert out.returncode == 0 and "web     | web: from-the-vm from web" in out.stdout
+    out = run_vmctl("-f", str(good), "logs", "-n", "1", "plain")
+    assert out.stdout.startswith("plain   | web: from-the-host from plain")
+
+
+def test_depends_on_order(good: Path) -> None:
+    services = _state("svc-good")["services"]
+    assert services["web"]["started_at"] < services["plain"]["started_at"]
+
+
+def test_restart_on_failure(good: Path) -> None:
+    row = _ps(good)["crasher"]
+    assert row["exit_code"] == 3
+    out = run_vmctl("-f", str(good), "logs", "crasher").stdout
+    assert out.count("crasher | attempt") >= 2  # restarted at least once

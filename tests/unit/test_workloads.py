@@ -1,0 +1,162 @@
+"""The pure parts of services: one request for both runtimes, the guest bundle, status parsing, ports, disks."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from vmctl import lifecycle, render
+from vmctl.container_image import ImageConfig, PreparedImage
+from vmctl.errors import UsageError
+from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_status
+from vmctl.progress import Progress, quiet_renderer
+from vmctl.spec import load_environment
+from vmctl.ssh import Guest
+from vmctl.state import EnvState, ForwardState, MachineState
+from vmctl.workloads import PrefixWriter, PublishedPort, container_request, copy_file, image_disks, published_ports
+
+ENV = """\
+name: unit
+machines:
+  box: {}
+services:
+  web:
+    image: ./web.tar
+    machine: box
+    command: ["httpd", "-f"]
+    environment: {GREETING: hi, PATH: /bin}
+    ports: ["8080"]
+    read_only: false
+  solo:
+    image: ./web.tar
+    ports: ["9000:90"]
+  plain:
+    image: ./web.tar
+    isolation: container
+    volumes: ["./data:/data"]
+    depends_on: [web]
+"""
+
+
+@pytest.fixture()
+def env_file(tmp_path: Path) -> Path:
+    (tmp_path / "web.tar").write_bytes(b"")
+    (tmp_path / "data").mkdir()
+    file = tmp_path / "env.yaml"
+    file.write_text(ENV)
+    return file
+
+
+def _image(digest: str = "sha256:" + "ab" * 32) -> PreparedImage:
+    config = ImageConfig(entrypoint=("/bin/web-start",), env=("PATH=/usr/bin", "A=1"), user="nobody")
+    return PreparedImage("./web.tar", digest, Path("/cache/rootfs"), Path("/cache/disk.ext4"), config, 1)
+
+
+def _guest_runtime() -> GuestRuntime:
+    blob = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    return GuestRuntime(Guest(name="box", port=1, hostkey=blob, key_file=Path("/nonexistent")))
+
+
+def test_request_merges_service_over_image(env_file: Path) -> None:
+    env = load_environment(env_file)
+    svc = env.service("web")
+    assert svc is not None
+    req = container_request(svc, _image(), _guest_runtime())
+    assert req.args == ("/bin/web-start", "httpd", "-f")  # compose: command replaces CMD, keeps ENTRYPOINT
+    assert req.env == ("PATH=/bin", "A=1", "GREETING=hi")
+    assert req.hostname == "web" and req.name == "web"
+    assert req.rootfs == "/run/vmctl/svc/web/rootfs" and req.etc_dir == "/run/vmctl/svc/web/bundle/etc"
+    assert req.share_host_network and not req.readonly_rootfs
+    assert req.user == ""  # a user name in the image cannot be resolved: root, like the image would be
+
+
+def test_microvm_volumes_are_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "web.tar").write_bytes(b"")
+    (tmp_path / "d").mkdir()
+    file = tmp_path / "env.yaml"
+    file.write_text("services:\n  v:\n    image: ./web.tar\n    volumes: ['./d:/d']\n")
+    svc = load_environment(file).service("v")
+    assert svc is not None
+    with pytest.raises(UsageError, match="volumes"):
+        container_request(svc, _image(), _guest_runtime())
+
+
+def test_bundle_tar_holds_config_and_etc() -> None:
+    from vmctl.oci_spec import ContainerRequest
+
+    req = ContainerRequest(name="web", args=("sh",), env=(), cwd="/", user="", hostname="web",
+                           rootfs="/run/vmctl/svc/web/rootfs", share_host_network=True,
+                           etc_dir="/run/vmctl/svc/web/bundle/etc")
+    with tarfile.open(fileobj=io.BytesIO(bundle_tar(req))) as tar:
+        names = sorted(tar.getnames())
+        config = json.loads(tar.extractfile("config.json").read())  # type: ignore[union-attr]
+        hostname = tar.extractfile("etc/hostname").read()  # type: ignore[union-attr]
+    assert names == ["config.json", "etc/hostname", "etc/hosts", "etc/resolv.conf"]
+    assert config["hostname"] == "web" and hostname == b"web\n"
+    assert {"type": "network"} not in config["linux"]["namespaces"]  # the guest's network stack
+
+
+def test_parse_status_and_serial() -> None:
+    live = parse_status("state=restarting\nexit_code=3\nrestarts=2\nstarted=12.5\n")
+    assert (live.state, live.exit_code, live.restarts) == ("restarting", 3, 2)
+    assert parse_status("state=absent\n").exit_code is None
+    serial = image_serial("sha256:" + "0123456789abcdef" * 4)
+    assert serial == "img-0123456789abcdef" and len(serial) <= 20
+
+
+def test_published_ports_come_from_the_machine_forwards(env_file: Path) -> None:
+    env = load_environment(env_file)
+    state = EnvState("unit", str(env_file))
+    state.machines["box"] = MachineState("box", "d", "u", "tcg", 2222, forwards=[
+        ForwardState("127.0.0.1", 40000, 8080), ForwardState("127.0.0.1", 40001, 22222)])
+    web = env.service("web")
+    assert web is not None
+    assert published_ports(web, state) == [PublishedPort("127.0.0.1", 40000, 8080)]
+
+
+def test_image_disks_dedupe_and_render_valid_xml(env_file: Path, tmp_path: Path) -> None:
+    env = load_environment(env_file)
+    images = {"web": _image(), "solo": _image()}
+    disks = image_disks(env, "box", images)
+    assert disks == [("img-abababababababab", Path("/cache/disk.ext4"))]
+    project = lifecycle.Project(env=env, progress=Progress(quiet_renderer))
+    machine = env.machine("box")
+    assert machine is not None
+    files = lifecycle.BootFiles(tmp_path / "vmlinuz", None, None)
+    xml = render.render_domain(lifecycle.domain_view(project, machine, files, "tcg", [], 2222, disks))
+    assert "<serial>img-abababababababab</serial>" in xml and "<readonly/>" in xml
+    if shutil.which("virt-xml-validate"):
+        (tmp_path / "d.xml").write_text(xml)
+        subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], check=True, capture_output=True)
+
+
+def test_select_with_services(env_file: Path) -> None:
+    project = lifecycle.Project(env=load_environment(env_file), progress=Progress(quiet_renderer))
+    machines, services = project.select_with_services(["plain"])
+    assert machines == [] and [s.name for s in services] == ["plain"]
+    machines, services = project.select_with_services(["box"])
+    assert [m.name for m in machines] == ["box"] and [s.name for s in services] == ["web"]
+    machines, services = project.select_with_services(["solo"])
+    assert [m.name for m in machines] == ["solo"] and [s.name for s in services] == ["solo"]
+
+
+def test_prefix_writer_and_copy_file(tmp_path: Path) -> None:
+    out = io.BytesIO()
+    writer = PrefixWriter(out, "web  ")
+    writer.write(b"one\ntw")
+    writer.write(b"o\nthree")
+    writer.close()
+    assert out.getvalue() == b"web   | one\nweb   | two\nweb   | three\n"
+    log = tmp_path / "log"
+    log.write_bytes(b"a\nb\nc\n")
+    tail = io.BytesIO()
+    copy_file(log, tail, tail=2, follow=False)  # type: ignore[arg-type]
+    assert tail.getvalue() == b"b\nc\n"
