@@ -79,6 +79,9 @@ def split(line: str) -> list[str]:
 
 def user_tokens(value: str | Sequence[str]) -> tuple[str, ...]:
     """A `cmdline` setting: a string is split on spaces (quotes group), a list is taken as tokens."""
+    if isinstance(value, str) and value.count('"') % 2:
+        raise CmdlineError(f"kernel arguments {value!r} have an unbalanced double quote",
+                           hint='quote a value with spaces as key="a b", or write `cmdline` as a list')
     tokens = split(value) if isinstance(value, str) else list(value)
     for token in tokens:
         check_user_karg(token)

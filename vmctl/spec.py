@@ -681,7 +681,12 @@ def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 def _check_port_conflicts(env: Environment, ctx: Ctx) -> None:
     seen: dict[tuple[str, int, str], str] = {}
-    owners = [(("machines", m.name, "ports"), p) for m in env.machines if m.dedicated_to is None for p in m.ports]
+    def own_ports(m: MachineSpec) -> tuple[PortSpec, ...]:  # without those merged in from its services
+        merged = sum(len(s.ports) for s in env.services_on(m.name))
+        return m.ports[:len(m.ports) - merged]
+
+    owners = [(("machines", m.name, "ports"), p) for m in env.machines if m.dedicated_to is None
+              for p in own_ports(m)]
     owners += [(("services", s.name, "ports"), p) for s in env.services for p in s.ports]
     for path, port in owners:
         if port.host_port is None:

@@ -1,0 +1,308 @@
+"""The environment file: defaults, and for every setting of the table one good value and one error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vmctl import spec
+from vmctl.errors import SpecError, UsageError
+from vmctl.spec import Accel, Isolation, PortSpec, Restart
+
+
+def load(tmp_path: Path, text: str, **kw: Any) -> spec.Environment:
+    file = tmp_path / "vmctl.yaml"
+    file.write_text(text)
+    return spec.load_environment(file, **kw)
+
+
+def fails(tmp_path: Path, text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        load(tmp_path, text)
+    err = info.value
+    assert err.hint, f"no hint for: {err.render()}"
+    assert err.where is not None and err.where.file.endswith("vmctl.yaml")
+    return err
+
+
+def machine_with(tmp_path: Path, key: str, value: Any) -> spec.MachineSpec:
+    text = yaml.safe_dump({"name": "t", "machines": {"m1": {key: value}}})
+    m = load(tmp_path, text).machine("m1")
+    assert m is not None
+    return m
+
+
+def service_with(tmp_path: Path, key: str, value: Any) -> spec.ServiceSpec:
+    settings = {"image": "x.tar", key: value} if key != "image" else {"image": value}
+    text = yaml.safe_dump({"name": "t", "services": {"s1": settings}})
+    s = load(tmp_path, text).service("s1")
+    assert s is not None
+    return s
+
+
+# ---------------------------------------------------------------------------------------------- defaults
+
+
+def test_machine_defaults(tmp_path: Path) -> None:
+    env = load(tmp_path, "machines:\n  m1:\n")
+    m = env.machines[0]
+    assert (m.vcpus, m.memory_mib, m.image, m.kernel, m.initrd, m.cmdline, m.disks, m.ports, m.accel, m.uri) == (
+        1, 256, "default", None, None, (), (), (), Accel.AUTO, None)
+    assert env.name == spec.folder_name(tmp_path / "vmctl.yaml")
+    assert env.uri is None and env.services == ()
+
+
+def test_service_defaults(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  web: {image: x.tar}\n")
+    s = env.services[0]
+    assert (s.command, s.entrypoint, s.environment, s.restart, s.isolation, s.read_only, s.privileged) == (
+        None, None, (), Restart.NO, Isolation.MICROVM, True, False)
+    assert s.machine == "web"  # its own dedicated VM, named after it
+    vm = env.machine("web")
+    assert vm is not None and vm.dedicated_to == "web" and vm.memory_mib == 256
+
+
+def test_defaults_apply_and_machines_override(tmp_path: Path) -> None:
+    env = load(tmp_path, "defaults: {vcpus: 2, memory: 512M}\nmachines:\n  a: {}\n  b: {memory: 1G}\n")
+    a, b = env.machines
+    assert (a.vcpus, a.memory_mib, b.vcpus, b.memory_mib) == (2, 512, 2, 1024)
+
+
+def test_lines_are_recorded(tmp_path: Path) -> None:
+    env = load(tmp_path, "name: t\nmachines:\n  m1:\n    vcpus: 2\n")
+    assert env.lines["machines.m1.vcpus"] == 4 and env.lines["name"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- every machine key
+
+MACHINE_GOOD: list[tuple[str, Any, str, Any]] = [
+    ("vcpus", 4, "vcpus", 4),
+    ("memory", "1G", "memory_mib", 1024),
+    ("memory", "512MiB", "memory_mib", 512),
+    ("memory", 300, "memory_mib", 300),
+    ("image", "default", "image", "default"),
+    ("cmdline", "quiet foo=\"a b\"", "cmdline", ("quiet", "foo=a b")),
+    ("cmdline", ["quiet", "x=1"], "cmdline", ("quiet", "x=1")),
+    ("accel", "tcg", "accel", Accel.TCG),
+    ("accel", "kvm", "accel", Accel.KVM),
+    ("uri", "qemu:///system", "uri", "qemu:///system"),
+    ("ports", ["8080:80", "53/udp", "127.0.0.2:9000:90"], "ports",
+     (PortSpec(80, 8080), PortSpec(53, None, proto="udp"), PortSpec(90, 9000, "127.0.0.2"))),
+]
+
+MACHINE_BAD: list[tuple[str, Any, str]] = [
+    ("vcpus", 0, "whole number from 1 to 64"),
+    ("vcpus", 65, "whole number"),
+    ("vcpus", "2", "whole number"),
+    ("vcpus", True, "whole number"),
+    ("memory", "16M", "invalid size"),
+    ("memory", "lots", "invalid size"),
+    ("memory", [1], "invalid size"),
+    ("memory", "300T", "invalid size"),
+    ("image", "Bad", "invalid name"),
+    ("image", "nosuch", "no guest image recipe"),
+    ("kernel", "./missing", "does not exist"),
+    ("kernel", 5, "non-empty string"),
+    ("initrd", "", "non-empty string"),
+    ("initrd", "a\nb", "control characters"),
+    ("cmdline", 5, "string or a list of strings"),
+    ("cmdline", ["rdinit=/x"], "cannot be overridden"),
+    ("cmdline", 'x="unterminated', "unbalanced double quote"),
+    ("accel", "hvf", "use one of"),
+    ("uri", "nope", "invalid libvirt URI"),
+    ("uri", "qemu:///system with space", "invalid libvirt URI"),
+    ("ports", "80", "must be a list"),
+    ("ports", ["0:80"], "out of range"),
+    ("ports", [True], "invalid port"),
+    ("ports", ["a:b:c:d"], "invalid port"),
+    ("ports", ["80/sctp"], "invalid port"),
+    ("disks", "x.img", "must be a list of disks"),
+    ("disks", [{}], "exactly one of"),
+    ("disks", [{"size": "1G", "bogus": 1}], "unknown key `bogus`"),
+    ("disks", [{"size": "1G", "readonly": "yes"}], "true or false"),
+    ("disks", [{"size": "0"}], "invalid size"),
+    ("disks", [{"size": "1G", "name": "x"}, {"size": "1G", "name": "x"}], "two disks are named"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "attr", "want"), MACHINE_GOOD)
+def test_machine_setting_parses(tmp_path: Path, key: str, value: Any, attr: str, want: Any) -> None:
+    assert getattr(machine_with(tmp_path, key, value), attr) == want
+
+
+@pytest.mark.parametrize(("key", "value", "message"), MACHINE_BAD)
+def test_machine_setting_errors(tmp_path: Path, key: str, value: Any, message: str) -> None:
+    text = yaml.safe_dump({"name": "t", "machines": {"m1": {key: value}}})
+    err = fails(tmp_path, text)
+    assert message in err.render()
+    assert err.where is not None and err.where.key is not None and err.where.key.startswith(f"machines.m1.{key}")
+    assert err.where.line is not None
+
+
+def test_every_machine_setting_is_covered() -> None:
+    covered = {k for k, *_ in MACHINE_GOOD} | {k for k, *_ in MACHINE_BAD}
+    assert {s.key for s in spec.MACHINE_SETTINGS} <= covered
+
+
+def test_files_and_disks(tmp_path: Path) -> None:
+    (tmp_path / "k").write_text("kernel")
+    (tmp_path / "data.img").write_text("")
+    env = load(tmp_path, "machines:\n  m1:\n    kernel: ./k\n    initrd: k\n"
+                         "    disks: [data.img, {size: 2G, name: scratch, readonly: true}]\n")
+    m = env.machines[0]
+    assert m.kernel == m.initrd == (tmp_path / "k").resolve()
+    assert m.disks == (spec.DiskSpec("data", (tmp_path / "data.img").resolve()),
+                       spec.DiskSpec("scratch", None, 2048, True))
+
+
+# ---------------------------------------------------------------------------------------------- every service key
+
+SERVICE_GOOD: list[tuple[str, Any, str, Any]] = [
+    ("image", "./web.tar", "image", "./web.tar"),
+    ("command", "sh -c 'echo hi'", "command", ("sh", "-c", "echo hi")),
+    ("entrypoint", ["/bin/x", "--y"], "entrypoint", ("/bin/x", "--y")),
+    ("environment", {"A": 1, "B": True}, "environment", (("A", "1"), ("B", "true"))),
+    ("environment", ["A=1", "B=x=y"], "environment", (("A", "1"), ("B", "x=y"))),
+    ("working_dir", "/srv", "working_dir", "/srv"),
+    ("user", 1000, "user", "1000"),
+    ("user", "1000:100", "user", "1000:100"),
+    ("ports", ["8080:80"], "ports", (PortSpec(80, 8080),)),
+    ("restart", "on-failure", "restart", Restart.ON_FAILURE),
+    ("restart", False, "restart", Restart.NO),  # a bare `no` in YAML 1.1
+    ("isolation", "container", "isolation", Isolation.CONTAINER),
+    ("read_only", False, "read_only", False),
+    ("privileged", True, "privileged", True),
+]
+
+SERVICE_BAD: list[tuple[str, Any, str]] = [
+    ("image", "", "non-empty string"),
+    ("command", [], "must not be empty"),
+    ("command", "a 'b", "cannot split command"),
+    ("entrypoint", [1], "string or a list of strings"),
+    ("environment", {"1A": "x"}, "invalid variable name"),
+    ("environment", {"A": None}, "needs a plain value"),
+    ("environment", {"A": "x\0y"}, "NUL"),
+    ("environment", 5, "mapping or a list"),
+    ("working_dir", "relative", "absolute path"),
+    ("working_dir", "/a/../b", "absolute path"),
+    ("user", "root", "invalid user"),
+    ("ports", ["x"], "invalid port"),
+    ("volumes", ["nope:/x"], "does not exist"),
+    ("volumes", ["a"], "invalid volume"),
+    ("volumes", "a:b", "must be a list"),
+    ("depends_on", "other", "list of service names"),
+    ("depends_on", ["Bad"], "invalid name"),
+    ("healthcheck", {"test": 5}, "string or a list"),
+    ("healthcheck", {"test": ["NOPE"]}, "invalid healthcheck test"),
+    ("healthcheck", {"test": "true", "interval": "soon"}, "invalid duration"),
+    ("healthcheck", {"test": "true", "retries": 0}, "whole number"),
+    ("healthcheck", {}, "missing required key `test`"),
+    ("restart", "always", "use one of"),
+    ("isolation", "vm", "use one of"),
+    ("machine", "Bad!", "invalid name"),
+    ("vm", {"memroy": "1G"}, "did you mean `memory`"),
+    ("vm", "big", "mapping of settings"),
+    ("read_only", "yes", "true or false"),
+    ("privileged", 1, "true or false"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "attr", "want"), SERVICE_GOOD)
+def test_service_setting_parses(tmp_path: Path, key: str, value: Any, attr: str, want: Any) -> None:
+    assert getattr(service_with(tmp_path, key, value), attr) == want
+
+
+@pytest.mark.parametrize(("key", "value", "message"), SERVICE_BAD)
+def test_service_setting_errors(tmp_path: Path, key: str, value: Any, message: str) -> None:
+    settings = {"image": "x.tar", key: value} if key != "image" else {"image": value}
+    err = fails(tmp_path, yaml.safe_dump({"name": "t", "services": {"s1": settings}}))
+    assert message in err.render()
+    assert err.where is not None and err.where.key is not None and err.where.key.startswith("services.s1")
+
+
+def test_every_service_setting_is_covered() -> None:
+    covered = {k for k, *_ in SERVICE_GOOD} | {k for k, *_ in SERVICE_BAD}
+    assert {s.key for s in spec.SERVICE_SETTINGS} <= covered
+
+
+def test_healthcheck_forms_and_durations(tmp_path: Path) -> None:
+    s = service_with(tmp_path, "healthcheck", {"test": ["CMD-SHELL", "curl x"], "interval": "1m30s",
+                                                "timeout": "500ms", "start_period": 2})
+    assert s.healthcheck == spec.HealthcheckSpec(("/bin/sh", "-c", "curl x"), 90.0, 0.5, 5, 2.0)
+    s = service_with(tmp_path, "healthcheck", {"test": ["CMD", "wget", "-q"]})
+    assert s.healthcheck is not None and s.healthcheck.test == ("wget", "-q")
+
+
+def test_service_in_machine_shares_its_ports(tmp_path: Path) -> None:
+    env = load(tmp_path, "machines: {w: {ports: ['81:80']}}\nservices:\n  s: {image: x, machine: w, ports: ['82:8']}\n")
+    w = env.machine("w")
+    assert w is not None and [p.host_port for p in w.ports] == [81, 82]
+    err = fails(tmp_path, "machines: {w: {ports: ['81:80']}}\n"
+                          "services:\n  s: {image: x, machine: w, ports: ['81:8']}\n")
+    assert "already used by `machines.w.ports`" in err.message
+
+
+def test_container_service_refuses_vm_settings(tmp_path: Path) -> None:
+    err = fails(tmp_path, "services:\n  s: {image: x, isolation: container, vm: {memory: 1G}}\n")
+    assert "does not apply" in err.message
+
+
+def test_topological_order(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  c: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [a]}\n"
+                         "  a: {image: x}\n")
+    assert [s.name for s in spec.topological_services(env)] == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------------------------------------- file-level
+
+
+def test_unknown_key_suggests(tmp_path: Path) -> None:
+    err = fails(tmp_path, "machines:\n  m1: {vcpu: 2}\n")
+    assert err.hint == "did you mean `vcpus`?"
+    assert err.where is not None and (err.where.line, err.where.key) == (2, "machines.m1.vcpu")
+
+
+def test_unknown_key_without_a_close_match_lists_keys(tmp_path: Path) -> None:
+    err = fails(tmp_path, "machines:\n  m1: {zzzzzz: 2}\n")
+    assert err.hint is not None and err.hint.startswith("known keys: ")
+
+
+def test_error_render_names_file_line_key_and_hint(tmp_path: Path) -> None:
+    err = fails(tmp_path, "name: t\nmachines:\n  m1:\n    vcpus: 99\n")
+    assert err.render() == (f"{tmp_path / 'vmctl.yaml'}:4: `machines.m1.vcpus`: must be a whole number from 1 to 64, "
+                            "not 99\n  hint: `vcpus` takes int: virtual CPUs")
+
+
+def test_hostile_keys_are_quoted_in_key_paths(tmp_path: Path) -> None:
+    err = fails(tmp_path, 'machines:\n  "a\\nb\\u001b[2J": {}\n')
+    assert err.where is not None and err.where.key == 'machines["a\\nb\\u001b[2J"]'
+    assert "\n" not in str(err.where) and "\x1b" not in err.render()
+
+
+def test_project_name_override_is_validated(tmp_path: Path) -> None:
+    assert load(tmp_path, "machines: {m1: {}}\n", name_override="other").name == "other"
+    for bad in ("../x", "a/b", "A", "x" * 40, "", "a b", "<x>"):
+        with pytest.raises(UsageError, match="--project-name"):
+            load(tmp_path, "machines: {m1: {}}\n", name_override=bad)
+
+
+def test_folder_name_is_always_a_valid_name(tmp_path: Path) -> None:
+    for folder in ("My Project!", "ünï", "---", "a" * 80):
+        file = tmp_path / folder / "vmctl.yaml"
+        file.parent.mkdir()
+        assert spec.NAME_RE.match(spec.folder_name(file))
+
+
+def test_duplicate_keys_name_both_lines(tmp_path: Path) -> None:
+    err = fails(tmp_path, "machines:\n  m1: {}\n  m1: {}\n")
+    assert "first at line 2" in err.message and err.where is not None and err.where.line == 3
+
+
+def test_alias_bomb_is_refused_fast(tmp_path: Path) -> None:
+    rows = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    rows += [f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
+    err = fails(tmp_path, "\n".join(rows) + "\n")
+    assert "expands to more than" in err.message
