@@ -1,0 +1,94 @@
+"""The CLI through its real entry point: help of every command, `render`, and `status --json` before `up`."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import click
+import pytest
+
+from tests.conftest import run_vmctl
+from vmctl.cli.main import cli
+
+
+def commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            out += commands(command, (*prefix, name))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
+@pytest.fixture
+def env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VMCTL_STATE_DIR", str(tmp_path / "state"))
+    file = tmp_path / "proj" / "vmctl.yaml"
+    file.parent.mkdir()
+    file.write_text("name: clitest\nmachines:\n  a: {memory: 64M, ports: ['18090:80']}\n  b: {vcpus: 1}\n"
+                    "services:\n  web: {image: x.tar}\n")
+    return file
+
+
+@pytest.mark.parametrize("path", commands(), ids=lambda p: " ".join(p) or "vmctl")
+def test_help(path: tuple[str, ...]) -> None:
+    """`--help` works without an environment file, and shows the command's own text."""
+    result = run_vmctl("-f", "/nonexistent/vmctl.yaml", *path, "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: ")
+    assert result.stderr == ""
+
+
+def test_version() -> None:
+    result = run_vmctl("--version", timeout=60)
+    assert result.returncode == 0 and "vmctl" in result.stdout
+
+
+def test_status_json_before_up_shows_every_machine_absent(env_file: Path, tmp_path: Path) -> None:
+    result = run_vmctl("-f", str(env_file), "status", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["environment"] == "clitest" and data["file"] == str(env_file)
+    assert {m["name"]: m["state"] for m in data["machines"]} == {"a": "absent", "b": "absent", "web": "absent"}
+    assert all(m["ssh"] is None and m["pid"] is None for m in data["machines"])
+    assert not (tmp_path / "state" / "envs" / "clitest").exists(), "status must not create anything"
+
+
+def test_status_table_before_up(env_file: Path) -> None:
+    result = run_vmctl("-f", str(env_file), "status", timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "SSH", "PORTS", "BOOT"]
+    assert [line.split()[:2] for line in lines[1:]] == [["a", "absent"], ["b", "absent"], ["web", "absent"]]
+
+
+def test_render_prints_one_domain_per_machine(env_file: Path, tmp_path: Path) -> None:
+    result = run_vmctl("-f", str(env_file), "render", "a", "--accel", "tcg", timeout=60)
+    assert result.returncode == 0, result.stderr
+    root = ET.fromstring(result.stdout)
+    assert root.findtext("name") == "vmctl-clitest-a" and root.get("type") == "qemu"
+    assert root.findtext("memory") == "64"
+    assert "hostfwd=tcp:127.0.0.1:18090-:80" in result.stdout
+    every = run_vmctl("-f", str(env_file), "render", timeout=60)
+    assert every.returncode == 0 and every.stdout.count("<domain ") == 3
+    assert not (tmp_path / "state" / "envs" / "clitest" / "libvirt").exists(), "render must not touch libvirt"
+
+
+def test_render_unknown_machine_is_a_usage_error(env_file: Path) -> None:
+    result = run_vmctl("-f", str(env_file), "render", "zzz", timeout=60)
+    assert result.returncode == 2 and "unknown machine `zzz`" in result.stderr
+    assert "hint: machines: a, b, web" in result.stderr
+
+
+def test_down_before_up_is_a_no_op(env_file: Path, tmp_path: Path) -> None:
+    result = run_vmctl("-f", str(env_file), "down", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "state" / "envs" / "clitest").exists()
+
+
+def test_logs_before_up(env_file: Path) -> None:
+    result = run_vmctl("-f", str(env_file), "logs", "a", timeout=60)
+    assert result.returncode == 2 and "no console log yet" in result.stderr and "vmctl up" in result.stderr
