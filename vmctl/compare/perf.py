@@ -1,0 +1,111 @@
+"""Workload performance inside each sandbox, from the tools in the project's own `tools` image.
+
+Each benchmark is an argv run inside the sandbox (or, for the network, a client on the host talking
+to a server in the sandbox through the published port) and a parser that turns its output into one
+number. Ratios to the plain container are added by `results.with_ratios`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmctl.compare.sandboxes import Instance
+from vmctl.errors import VmctlError
+from vmctl.runner import run, which
+
+IPERF_PORT = 5201
+
+
+@dataclass(frozen=True)
+class Bench:
+    workload: str
+    metric: str
+    unit: str
+    describe: str
+    measure: Callable[[Instance, float], float]
+
+
+def _in(inst: Instance, argv: list[str], timeout: float) -> str:
+    res = inst.exec(argv, timeout=timeout)
+    if res.code != 0:
+        raise VmctlError(f"`{' '.join(argv[:3])} ...` failed in {inst.sandbox} (exit {res.code}): "
+                         f"{(res.err or res.out).strip()[-300:]}")
+    return res.out + res.err
+
+
+def parse_stress_bogo(text: str, stressor: str) -> float:
+    """bogo ops/s (real time) from `stress-ng --metrics-brief`."""
+    for line in text.splitlines():
+        m = re.search(rf"\] {stressor}\s+(\d+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+([\d.]+)", line)
+        if m:
+            return float(m.group(2))
+    raise VmctlError(f"no `{stressor}` metrics in stress-ng output: {text.strip()[-300:]}")
+
+
+def parse_memrate(text: str, method: str = "memset") -> float:
+    m = re.search(rf"memrate\s+([\d.]+) {method} MB per sec", text)
+    if not m:
+        raise VmctlError(f"no memrate `{method}` rate in stress-ng output: {text.strip()[-300:]}")
+    return float(m.group(1))
+
+
+def parse_fio_iops(text: str) -> float:
+    start = text.find("{")
+    data = json.loads(text[start:])
+    job = data["jobs"][0]
+    return float(job["read"]["iops"]) + float(job["write"]["iops"])
+
+
+def parse_iperf_bps(text: str) -> float:
+    data = json.loads(text)
+    if "error" in data:
+        raise VmctlError(f"iperf3: {data['error']}")
+    return float(data["end"]["sum_received"]["bits_per_second"])
+
+
+def cpu(inst: Instance, seconds: float) -> float:
+    argv = ["stress-ng", "--cpu", "1", "--cpu-method", "int64", "--timeout", f"{seconds:g}s", "--metrics-brief"]
+    return parse_stress_bogo(_in(inst, ["sh", "-c", 'cd /tmp && exec "$@"', "sh", *argv], seconds * 10 + 60), "cpu")
+
+
+def memory(inst: Instance, seconds: float) -> float:
+    argv = ["stress-ng", "--memrate", "1", "--memrate-bytes", "4M", "--timeout", f"{seconds:g}s", "--metrics"]
+    return parse_memrate(_in(inst, ["sh", "-c", 'cd /tmp && exec "$@"', "sh", *argv], seconds * 10 + 60))
+
+
+def file_io(inst: Instance, seconds: float) -> float:
+    argv = ["fio", "--name=cmp", "--directory=/tmp", "--size=32M", "--rw=randrw", "--bs=4k", "--ioengine=psync",
+            "--thread", f"--runtime={seconds:g}", "--time_based", "--output-format=json"]
+    try:
+        return parse_fio_iops(_in(inst, argv, seconds * 10 + 60))
+    finally:
+        inst.exec(["rm", "-f", "/tmp/cmp.0.0"], timeout=30)
+
+
+def network(inst: Instance, seconds: float) -> float:
+    host_port = inst.ports.get(IPERF_PORT)
+    if host_port is None:
+        raise VmctlError(f"{inst.sandbox}: port {IPERF_PORT} is not published (add it to the service's ports)")
+    _in(inst, ["sh", "-c", f"iperf3 -s -1 -p {IPERF_PORT} < /dev/null > /dev/null 2>&1 &"], 60)
+    client = [which("iperf3"), "-c", "127.0.0.1", "-p", str(host_port), "-t", f"{seconds:g}", "-J"]
+    deadline = time.monotonic() + 30
+    while True:
+        proc = run(client, check=False, timeout=seconds * 10 + 60)
+        text = proc.stdout.decode(errors="replace")
+        if proc.returncode == 0:
+            return parse_iperf_bps(text)
+        if time.monotonic() > deadline:
+            raise VmctlError(f"iperf3 to {inst.sandbox} through 127.0.0.1:{host_port} failed: {text[-300:]}")
+        time.sleep(0.3)
+
+
+BENCHES = (
+    Bench("cpu", "cpu_bogo_ops_per_s", "bogo-ops/s", "stress-ng --cpu 1 --cpu-method int64", cpu),
+    Bench("memory", "memory_mb_per_s", "MB/s", "stress-ng --memrate (memset, 4 MiB buffer)", memory),
+    Bench("file_io", "fio_iops", "IOPS", "fio 4k random read+write, psync, on the sandbox's /tmp", file_io),
+    Bench("network", "iperf3_bits_per_s", "bit/s", "iperf3 from the host through the published port", network),
+)

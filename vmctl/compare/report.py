@@ -1,0 +1,247 @@
+"""Views of one Report: a terminal table (one column per sandbox), JSON, CSV and a self-contained HTML
+page with matplotlib plots embedded as base64 PNG (templates/report/index.html.j2)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from vmctl.compare.results import Report, Row
+from vmctl.paths import TEMPLATES_DIR
+
+SHARED, ISOLATED, UNKNOWN = "SHARED", "isolated", "?"
+METRIC_LABELS = {
+    ("start", "start_seconds"): "start: cold start to first output",
+    ("idle", "memory_mib"): "memory idle (PSS, host processes)",
+    ("peak", "memory_mib"): "memory at peak (PSS)",
+    ("idle", "cgroup_memory_mib"): "memory idle (cgroup charge)",
+    ("peak", "cgroup_memory_mib"): "memory at peak (cgroup charge)",
+    ("config", "guest_ram_mib"): "guest RAM configured",
+    ("disk", "image_mib"): "disk: image",
+    ("disk", "boot_files_mib"): "disk: guest kernel+initramfs",
+    ("disk", "writable_mib"): "disk: writable, per instance",
+}
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "bit/s":
+        return f"{value / 1e9:.2f} Gbit/s" if value >= 1e9 else f"{value / 1e6:.1f} Mbit/s"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if abs(value) >= 1000:
+        return f"{value:,.0f} {unit}"
+    if abs(value) < 10:
+        return f"{value:.2f} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def cell(r: Row) -> str:
+    text = _fmt(r.median, r.unit)
+    if len(r.samples) > 1:
+        text += f" ±{r.spread * 100:.0f}%"
+    if r.ratio is not None and r.higher_is_better:
+        text += f" ({r.ratio:.2f}x)"
+    return text
+
+
+def label(r: Row) -> str:
+    return METRIC_LABELS.get((r.workload, r.metric), f"{r.workload}: {r.metric}")
+
+
+def verdict_text(shared: bool | None) -> str:
+    return UNKNOWN if shared is None else SHARED if shared else ISOLATED
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def metric_grid(report: Report) -> tuple[list[str], list[list[str]]]:
+    sandboxes = report.sandboxes
+    keys = list(dict.fromkeys((r.workload, r.metric) for r in report.results))
+    grid = []
+    for workload, metric in keys:
+        by = {r.sandbox: r for r in report.rows(workload=workload, metric=metric)}
+        first = next(iter(by.values()))
+        grid.append([label(first), *(cell(by[s]) if s in by else "-" for s in sandboxes)])
+    return ["measurement", *sandboxes], grid
+
+
+def isolation_grid(report: Report) -> tuple[list[str], list[list[str]]]:
+    columns = list(dict.fromkeys(v.sandbox for v in report.isolation))
+    probes = list(dict.fromkeys(v.probe for v in report.isolation))
+    found = {(v.probe, v.sandbox): v for v in report.isolation}
+    grid = [[p, *(verdict_text(found[(p, c)].shared_with_host) if (p, c) in found else "-" for c in columns)]
+            for p in probes]
+    return ["probe", *columns], grid
+
+
+def terminal(report: Report) -> str:
+    out = []
+    banner = report.banner()
+    if banner:
+        out += ["!" * 100, f"!! {banner}", "!" * 100, ""]
+    host = report.host
+    out.append(f"accelerator: {report.accel.upper()} ({report.accel_reason})")
+    out.append(f"host: {host.get('cpu')} x{host.get('cpus')}, kernel {host.get('kernel')}, "
+               f"cgroups {host.get('cgroups')}")
+    out.append("versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
+    out.append(f"runs: {report.runs} (+1 warm-up, excluded); ratios (Nx) are to the plain container (runc); "
+               "±% is the spread (max-min)/median")
+    if report.results:
+        out += ["", _table(*metric_grid(report))]
+        phases = [r for r in report.rows(metric="start_seconds", workload="start") if r.phases]
+        for r in phases:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in r.phases.items())
+            out.append(f"  {r.sandbox} start phases (s): {parts}")
+            if r.note:
+                out.append(f"  {r.sandbox} {r.note}")
+    if report.isolation:
+        out += ["", "isolation (SHARED = the sandbox reached the host's own; see --json for evidence):",
+                _table(*isolation_grid(report))]
+    for key, why in report.skipped.items():
+        out.append(f"skipped {key}: {why}")
+    return "\n".join(out)
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2)
+
+
+CSV_FIELDS = ("workload", "sandbox", "metric", "unit", "median", "min", "max", "spread", "ratio", "accel",
+              "samples", "note")
+
+
+def to_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_FIELDS)
+    for r in report.results:
+        data = r.to_json()
+        data["samples"] = " ".join(str(s) for s in r.samples)
+        writer.writerow([data.get(k, "") for k in CSV_FIELDS])
+    for v in report.isolation:
+        writer.writerow(["isolation", v.sandbox, v.probe, "", int(bool(v.shared_with_host)) if v.shared_with_host
+                         is not None else "", "", "", "", "", report.accel, "", v.evidence])
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------- plots
+
+
+def _png(draw: Callable[[Any], None], size: tuple[float, float] = (7.5, 3.6)) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_start(report: Report) -> str | None:
+    rows = [r for r in report.rows(workload="start", metric="start_seconds")]
+    if not rows:
+        return None
+
+    def draw(ax: Any) -> None:
+        phases = list(dict.fromkeys(p for r in rows for p in r.phases))
+        bottoms = [0.0] * len(rows)
+        names = [r.sandbox for r in rows]
+        for phase in phases:
+            values = [r.phases.get(phase, 0.0) for r in rows]
+            ax.barh(names, values, left=bottoms, label=phase)
+            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+        ax.set_xlabel(f"seconds (median of {report.runs} runs)")
+        ax.set_title("Cold start to first output, by phase")
+        ax.legend(fontsize=7, loc="lower right")
+
+    return _png(draw)
+
+
+def plot_footprint(report: Report) -> str | None:
+    idle = {r.sandbox: r.median for r in report.rows(workload="idle", metric="memory_mib")}
+    peak = {r.sandbox: r.median for r in report.rows(workload="peak", metric="memory_mib")}
+    ram = {r.sandbox: r.median for r in report.rows(metric="guest_ram_mib")}
+    if not idle:
+        return None
+
+    def draw(ax: Any) -> None:
+        names = list(idle)
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [idle[n] for n in names], width=0.4, label="idle")
+        ax.bar([x + 0.2 for x in xs], [peak.get(n, 0) for n in names], width=0.4, label="peak")
+        for i, n in enumerate(names):
+            if n in ram:
+                ax.plot([i - 0.45, i + 0.45], [ram[n]] * 2, "k--", linewidth=1)
+                ax.annotate(f"guest RAM {ram[n]:.0f}", (i, ram[n]), fontsize=7, ha="center", va="bottom")
+        ax.set_xticks(list(xs), names)
+        ax.set_ylabel("MiB (PSS of the sandbox's host processes)")
+        ax.set_title("Host memory per sandbox")
+        ax.legend(fontsize=8)
+
+    return _png(draw)
+
+
+def plot_perf(report: Report) -> str | None:
+    rows = [r for r in report.results if r.higher_is_better and r.ratio is not None]
+    if not rows:
+        return None
+
+    def draw(ax: Any) -> None:
+        workloads = list(dict.fromkeys(r.workload for r in rows))
+        sandboxes = list(dict.fromkeys(r.sandbox for r in rows))
+        width = 0.8 / max(1, len(sandboxes))
+        for j, s in enumerate(sandboxes):
+            vals = [next((r.ratio or 0.0 for r in rows if r.workload == w and r.sandbox == s), 0.0) for w in workloads]
+            ax.bar([i + j * width for i in range(len(workloads))], vals, width=width, label=s)
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set_xticks([i + width * (len(sandboxes) - 1) / 2 for i in range(len(workloads))], workloads)
+        ax.set_ylabel("ratio to runc (higher is better)")
+        ax.set_title("Workload performance" + (" — microVM under TCG emulation" if report.emulated else ""))
+        ax.legend(fontsize=8)
+
+    return _png(draw)
+
+
+def html(report: Report) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "report"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    headers, grid = metric_grid(report)
+    iso_headers, iso_grid = isolation_grid(report)
+    evidence = {(v.probe, v.sandbox): v.evidence for v in report.isolation}
+    meaning = {v.probe: v.meaning for v in report.isolation}
+    return env.get_template("index.html.j2").render(
+        report=report, data=report.to_json(), headers=headers, grid=grid, iso_headers=iso_headers,
+        iso_grid=iso_grid, evidence=evidence, meaning=meaning,
+        plots={"Start time": plot_start(report), "Footprint": plot_footprint(report),
+               "Performance": plot_perf(report)},
+    )
+
+
+def write_all(report: Report, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"index.html": html(report), "compare.json": to_json(report) + "\n", "compare.csv": to_csv(report)}
+    paths = {}
+    for name, text in files.items():
+        (out / name).write_text(text)
+        paths[name] = out / name
+    return paths
