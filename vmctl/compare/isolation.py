@@ -167,6 +167,9 @@ def judge(host: HostView, seen: Mapping[str, str], sandbox: str) -> list[Verdict
         same = md5 == host.block_md5
         text = (f"read device {host.block_dev}: its first {DISK_READ} bytes "
                 f"{'match' if same else 'differ from'} the host's root disk")
+    elif not same_kernel:
+        same, text = False, (f"device {host.block_dev} in the guest kernel is a guest disk: "
+                             f"{seen.get('block.error', 'no answer')}")
     elif host.block_md5 is None and not seen.get("block.error", "").startswith("mknod"):
         same, text = None, (f"device {host.block_dev}: {seen.get('block.error', 'no answer')}; undecided: the host "
                             "itself cannot read its root disk here (vmctl runs in an outer sandbox)")

@@ -32,22 +32,30 @@ from vmctl.hypervisor import qemu_pid
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import DiskSpec, Environment, MachineSpec, PortSpec, ServiceSpec
 from vmctl.ssh import Guest
+from vmctl.state import MachineState
 
 MACHINE = "sandbox"
+ENV_NAME = "vmctl-compare"  # one environment (one embedded libvirt root) for every instance: libvirt
+# opens one embedded root per process
 BOOT_TIMEOUT = 180.0
 
 
-def environment(workload: Workload, env_name: str, base_dir: Path) -> Environment:
+def environment(workload: Workload, env_name: str, base_dir: Path, count: int = 1) -> Environment:
+    """`count` identical machines `sandbox-0`... with the image disk attached read-only."""
     disk = DiskSpec(name=image_serial(workload.image.digest), path=workload.image.disk, readonly=True)
-    machine = MachineSpec(name=MACHINE, vcpus=workload.vcpus, memory_mib=workload.memory_mib, disks=(disk,),
-                          ports=tuple(PortSpec(target=p) for p in workload.ports))
+    machines = tuple(MachineSpec(name=f"{MACHINE}-{i}", vcpus=workload.vcpus, memory_mib=workload.memory_mib,
+                                 disks=(disk,), ports=tuple(PortSpec(target=p) for p in workload.ports))
+                     for i in range(count))
     return Environment(name=env_name, file=base_dir / "compare.yaml", base_dir=base_dir, uri=None,
-                       machines=(machine,))
+                       machines=machines)
 
 
 class MicroVMInstance(Instance):
-    def __init__(self, project: lifecycle.Project, guest: Guest, workload: Workload, container: str) -> None:
+    def __init__(self, project: lifecycle.Project, guest: Guest, workload: Workload, container: str,
+                 machine: str = f"{MACHINE}-0") -> None:
         self.sandbox = "microvm"
+        self.machine = machine
+        self.group: list[MicroVMInstance] = [self]  # instances of one `up`: the last to stop runs `down`
         self.project, self.guest, self.workload, self.container = project, guest, workload, container
         self.runtime = GuestRuntime(guest)
         self.phases: dict[str, float] = {}
@@ -85,14 +93,14 @@ class MicroVMInstance(Instance):
 
     def writable_bytes(self) -> int:
         # The container's writable layer is a tmpfs in guest RAM; on the host disk: console log, state.
-        return footprint.dir_bytes(self.project.envdir.machine_dir(MACHINE))
+        return footprint.dir_bytes(self.project.envdir.machine_dir(self.machine))
 
     def privileged_sibling(self) -> Instance:
         name = f"{self.container}-priv"
         self.run_container(name, privileged=True)
         self.first_output(name)
         self.siblings.append(name)
-        sibling = MicroVMInstance(self.project, self.guest, self.workload, name)
+        sibling = MicroVMInstance(self.project, self.guest, self.workload, name, self.machine)
         sibling.domain, sibling.accel, sibling.ports = self.domain, self.accel, self.ports
         sibling.stop = lambda: self.runtime.stop(name, 0)  # type: ignore[method-assign]
         return sibling
@@ -100,7 +108,10 @@ class MicroVMInstance(Instance):
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.guest.close()
-        lifecycle.down(self.project)
+        if self in self.group:
+            self.group.remove(self)
+        if not self.group:
+            lifecycle.down(self.project)
 
     def notes(self) -> dict[str, Any]:
         return {"guest_clock": self.guest_clock, "guest_ram_mib": self.workload.memory_mib,
@@ -110,8 +121,8 @@ class MicroVMInstance(Instance):
 class MicroVM(Sandbox):
     name, kind = "microvm", "microvm"
 
-    def __init__(self, base_dir: Path, env_prefix: str = "vmctl-cmp") -> None:
-        self.base_dir, self.env_prefix = base_dir, env_prefix
+    def __init__(self, base_dir: Path, env_name: str = ENV_NAME) -> None:
+        self.base_dir, self.env_name = base_dir, env_name
         self._accel: str | None = None
         self.accel_reason = ""
 
@@ -126,9 +137,8 @@ class MicroVM(Sandbox):
             return "QEMU is not installed (`apt-get install qemu-system-x86`)"
         return None
 
-    def project(self, workload: Workload, tag: str = "main") -> lifecycle.Project:
-        """One environment per instance (`vmctl-cmp-TAG`), so instances can run side by side (density)."""
-        return lifecycle.Project(env=environment(workload, f"{self.env_prefix}-{tag}", self.base_dir),
+    def project(self, workload: Workload, count: int = 1) -> lifecycle.Project:
+        return lifecycle.Project(env=environment(workload, self.env_name, self.base_dir, count),
                                  progress=Progress(quiet_renderer))
 
     def prepare(self, workload: Workload) -> None:
@@ -155,24 +165,39 @@ class MicroVM(Sandbox):
         return out
 
     def start(self, workload: Workload, tag: str) -> Instance:
-        project = self.project(workload, tag)
+        return self.start_many(workload, tag, 1)[0]
+
+    def start_many(self, workload: Workload, tag: str, count: int) -> list[Instance]:
+        """Boot `count` machines in one `up` (in parallel), then start the container in each in turn."""
+        project = self.project(workload, count)
         t0 = time.monotonic()
+        instances: list[MicroVMInstance] = []
         try:
             state = lifecycle.up(project, timeout=BOOT_TIMEOUT)
             t_up = time.monotonic()
-            ms = state.machines[MACHINE]
-            guest = lifecycle.guest(project, MACHINE)
-            t_ssh = time.monotonic()
-            inst = MicroVMInstance(project, guest, workload, f"cmp-{tag}")
-            inst.domain, inst.accel = ms.domain, ms.accel
-            inst.ports = {f.guest_port: f.host_port for f in ms.forwards}
-            inst.run_container(inst.container, workload.privileged)
-            t_started = time.monotonic()
-            t_out = inst.first_output(inst.container)
+            for i, m in enumerate(project.env.machines):
+                inst = self._run_in(project, state.machines[m.name], workload, f"cmp-{tag}-{i}", t0, t_up)
+                inst.group = instances
+                instances.append(inst)
         except BaseException:
             with contextlib.suppress(Exception):
+                for inst in instances:
+                    inst.guest.close()
                 lifecycle.down(project)
             raise
+        return list(instances)
+
+    def _run_in(self, project: lifecycle.Project, ms: MachineState, workload: Workload, name: str, t0: float,
+                t_up: float) -> MicroVMInstance:
+        t_begin = time.monotonic()
+        guest = lifecycle.guest(project, ms.name)
+        t_ssh = time.monotonic()
+        inst = MicroVMInstance(project, guest, workload, name, ms.name)
+        inst.domain, inst.accel = ms.domain, ms.accel
+        inst.ports = {f.guest_port: f.host_port for f in ms.forwards}
+        inst.run_container(inst.container, workload.privileged)
+        t_started = time.monotonic()
+        t_out = inst.first_output(inst.container)
         tl = ms.timeline
         define_start = t_up - tl.get("ssh", 0.0)
         marks = [("vmctl set-up", define_start)]
@@ -180,9 +205,11 @@ class MicroVM(Sandbox):
                            ("init to SSH-ready", "ssh")):
             if key in tl:
                 marks.append((phase, define_start + tl[key]))
-        marks += [("SSH connect", t_ssh), ("container create+start", t_started),
-                  ("first output", t_out)]
+        # Machines of one `up` start their containers one after another: the wait for the earlier ones is
+        # not part of this one's start.
+        marks += [("SSH connect", t_ssh - (t_begin - t_up)), ("container create+start", t_started - (t_begin - t_up)),
+                  ("first output", t_out - (t_begin - t_up))]
         inst.phases = phases_from_marks(t0, marks)
-        inst.start_seconds = round(t_out - t0, 4)
+        inst.start_seconds = round(sum(inst.phases.values()), 4)
         inst.guest_clock = dict(ms.guest)
         return inst

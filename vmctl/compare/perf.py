@@ -96,7 +96,7 @@ def network(inst: Instance, seconds: float) -> float:
     while True:
         proc = run(client, check=False, timeout=seconds * 10 + 60)
         text = proc.stdout.decode(errors="replace")
-        if proc.returncode == 0:
+        if proc.returncode == 0 and '"error"' not in text:
             return parse_iperf_bps(text)
         if time.monotonic() > deadline:
             raise VmctlError(f"iperf3 to {inst.sandbox} through 127.0.0.1:{host_port} failed: {text[-300:]}")

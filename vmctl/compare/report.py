@@ -164,17 +164,21 @@ def plot_start(report: Report) -> str | None:
 
     def draw(ax: Any) -> None:
         phases = list(dict.fromkeys(p for r in rows for p in r.phases))
-        bottoms = [0.0] * len(rows)
-        names = [r.sandbox for r in rows]
-        for phase in phases:
-            values = [r.phases.get(phase, 0.0) for r in rows]
-            ax.barh(names, values, left=bottoms, label=phase)
-            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+        colours = {p: f"C{i % 10}" for i, p in enumerate(phases)}
+        hatches = {p: "" if i < 10 else "//" for i, p in enumerate(phases)}
+        drawn: set[str] = set()
+        for r in rows:  # each sandbox stacks its own phases in the order they happened
+            left = 0.0
+            for phase, value in r.phases.items():
+                ax.barh(r.sandbox, value, left=left, color=colours[phase], hatch=hatches[phase],
+                        label=None if phase in drawn else phase)
+                drawn.add(phase)
+                left += value
         ax.set_xlabel(f"seconds (median of {report.runs} runs)")
         ax.set_title("Cold start to first output, by phase")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
-    return _png(draw)
+    return _png(draw, size=(9.5, 3.6))
 
 
 def plot_footprint(report: Report) -> str | None:

@@ -114,6 +114,19 @@ class Sandbox(ABC):
         """What the sandbox keeps on disk for the image (shared by all instances)."""
         return {"image": workload.image.size_bytes}
 
+    def start_many(self, workload: Workload, tag: str, count: int) -> list[Instance]:
+        """`count` instances running side by side (density); one after another unless a sandbox can do better."""
+        out: list[Instance] = []
+        try:
+            for i in range(count):
+                out.append(self.start(workload, f"{tag}{i}"))
+        except BaseException:
+            for inst in reversed(out):
+                with contextlib.suppress(Exception):
+                    inst.stop()
+            raise
+        return out
+
     def prepare(self, workload: Workload) -> None:
         """One-time set-up before the first start (load an image into an engine...)."""
         return None
