@@ -11,6 +11,7 @@ import click
 
 from vmctl import __version__
 from vmctl.cli import (
+    cmd_compare,
     cmd_doctor,
     cmd_down,
     cmd_exec,
@@ -57,6 +58,7 @@ def cli(ctx: click.Context, file: Path, project_name: str | None, connect: str |
 
 for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image):
     cli.add_command(module.command)
+cli.add_command(cmd_compare.command)
 
 
 def main() -> None:
