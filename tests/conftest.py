@@ -33,15 +33,17 @@ def vmctl_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ[key] = value
 
 
-def qemu_pids() -> set[int]:
+def qemu_pids(domain_prefix: str = "") -> set[int]:
+    """QEMU processes on this host; with a prefix, only those whose `-name guest=` starts with it."""
     out = set()
+    needle = f"guest={domain_prefix}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"qemu-system" in argv0:
+            if b"qemu-system" in argv[0] and any(a.startswith(needle) for a in argv):
                 out.add(int(entry.name))
     return out
 

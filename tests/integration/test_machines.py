@@ -6,14 +6,18 @@ Runs the real CLI in a subprocess, as a user does. Under TCG here; KVM where the
 from __future__ import annotations
 
 import json
+import os
 import platform
+import pty
+import select
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import listening_ports, qemu_pids, run_vmctl
+from tests.conftest import VMCTL, listening_ports, qemu_pids, run_vmctl
 
 pytestmark = pytest.mark.vm
 
@@ -100,6 +104,39 @@ def test_exec_feeds_stdin(running: Path) -> None:
     assert proc.stdout == "through ssh\n"
 
 
+def test_ssh_is_an_interactive_terminal(running: Path) -> None:
+    """`vmctl ssh` on a real pseudo-terminal: the guest shell sees a tty, and `exit 5` ends the session."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child becomes `vmctl ssh` with the pty as its terminal
+        os.execv(VMCTL[0], [*VMCTL, "-f", str(running), "ssh", "alpha"])
+    output = b""
+    typed = False
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the session ended
+                break
+            if not chunk:
+                break
+            output += chunk
+            if b"\x1b[6n" in chunk:  # the guest shell asks where the cursor is, as shells do: answer it
+                os.write(fd, b"\x1b[1;1R")
+            if not typed and b"# " in output:  # type at the prompt, as a person would
+                os.write(fd, b"tty; echo marker-$((6*7)); exit 5\n")
+                typed = True
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert b"marker-42" in output
+    assert b"/dev/pts/" in output
+    assert os.waitstatus_to_exitcode(status) == 5
+
+
 def test_logs_show_the_console(running: Path) -> None:
     proc = run_vmctl("-f", str(running), "logs", "alpha")
     assert proc.returncode == 0
@@ -107,11 +144,12 @@ def test_logs_show_the_console(running: Path) -> None:
 
 
 def test_up_twice_creates_no_duplicates(running: Path) -> None:
-    pids = qemu_pids()
+    pids = qemu_pids("vmctl-itest-")
+    assert len(pids) == 1
     proc = run_vmctl("-f", str(running), "up")
     assert proc.returncode == 0, proc.stderr
     assert "already running" in proc.stderr
-    assert qemu_pids() == pids
+    assert qemu_pids("vmctl-itest-") == pids
 
 
 def test_down_leaves_nothing(running: Path, vmctl_dirs: Path) -> None:
@@ -121,6 +159,7 @@ def test_down_leaves_nothing(running: Path, vmctl_dirs: Path) -> None:
     proc = run_vmctl("-f", str(running), "down")
     assert proc.returncode == 0, proc.stderr
     assert pid not in qemu_pids()
+    assert not qemu_pids("vmctl-itest-")
     assert not ports & listening_ports()
     assert not (vmctl_dirs / "envs" / "itest").exists()
     assert status(running)["machines"][0]["state"] == "absent"
