@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmctl import accel, console, guest_image, ports, render, workloads
+from vmctl import accel, console, guest_image, ports, preflight, render, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid
 from vmctl.paths import state_root
@@ -178,6 +178,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
         state.file = str(project.env.file)
+        preflight.check(project, machines, state)  # before anything is created
         service_images = workloads.prepare_images(project.env, services, project.progress)
         images = ensure_images(project, machines)
         chosen = _choose_accels(project, machines, images)
