@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +57,39 @@ def embed_uri(root: Path) -> str:
 
 def is_embedded(uri: str) -> bool:
     return uri.startswith("qemu:///embed")
+
+
+def embed_root(uri: str) -> Path | None:
+    query = urllib.parse.urlsplit(uri).query
+    roots = urllib.parse.parse_qs(query).get("root")
+    return Path(roots[0]) if is_embedded(uri) and roots else None
+
+
+def reap_orphan_probes(root: Path, wait: float = 2.0) -> list[int]:
+    """Kill QEMU capability probes left under an embedded root by a vmctl that died mid-probe.
+
+    The embedded driver probes QEMU (`-machine none -qmp unix:ROOT/lib/qemu/qmp-XXXX/...`) inside the
+    vmctl process; if that process is SIGKILLed, the probe waits on its socket forever, and no domain
+    points at it, so `down` would not find it. Only one process opens a root at a time (the environment's
+    lock), so before this one opens it, any probe under it is an orphan.
+    """
+    needle = f"unix:{root}/lib/qemu/qmp-".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(a.startswith(needle) for a in argv):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                pids.append(int(entry.name))
+    deadline = time.monotonic() + wait
+    while pids and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.02)
+    return pids
 
 
 def _ensure_event_loop() -> None:
@@ -114,6 +149,9 @@ class Hypervisor:
         _quiet_errors()
         if is_embedded(self.uri):
             _ensure_event_loop()
+            root = embed_root(self.uri)
+            if root is not None:
+                reap_orphan_probes(root)
         try:
             self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:

@@ -5,9 +5,11 @@ command left on the host, attributed to that folder (other engineers boot VMs on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -24,19 +26,32 @@ from vmctl import lifecycle
 PREFLIGHT_WIRED = "preflight" in inspect.getsource(lifecycle)
 
 
+RUNTIME_PREFIX = "/tmp/vrt-"  # short: libvirt's UNIX sockets live under the embedded root (108-byte limit)
+
+
+def runtime_of(state: Path) -> Path:
+    """The runtime folder (embedded libvirt roots) that goes with a state folder of a test."""
+    return Path(RUNTIME_PREFIX + hashlib.sha256(str(state).encode()).hexdigest()[:10])
+
+
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A state folder of this test's own: subprocesses (`run_vmctl`) inherit it through the environment."""
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A state folder and a runtime folder of this test's own: subprocesses (`run_vmctl`) inherit them
+    through the environment."""
     path = tmp_path / "state"
     path.mkdir(mode=0o700)
+    runtime_of(path).mkdir(mode=0o700)
     monkeypatch.setenv("VMCTL_STATE_DIR", str(path))
-    return path
+    monkeypatch.setenv("VMCTL_RUNTIME_DIR", str(runtime_of(path)))
+    yield path
+    shutil.rmtree(runtime_of(path), ignore_errors=True)
 
 
-def qemu_of(state: Path) -> dict[int, str]:
-    """QEMU processes started for this state folder (their argv names files inside it), pid -> argv."""
+def qemu_of(*roots: Path | str) -> dict[int, str]:
+    """QEMU processes whose argv names a file under one of `roots` (a state folder also means its runtime
+    folder), pid -> argv."""
+    needles = [str(r).encode() for r in roots] + [str(runtime_of(r)).encode() for r in roots if isinstance(r, Path)]
     out = {}
-    needle = str(state).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -44,7 +59,7 @@ def qemu_of(state: Path) -> dict[int, str]:
             argv = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in argv.split(b"\0")[0] and needle in argv:
+        if b"qemu-system" in argv.split(b"\0")[0] and any(n in argv for n in needles):
             out[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace")[:200]
     return out
 
@@ -83,7 +98,7 @@ def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     base = tmp_path_factory.getbasetemp()
 
     def snap() -> dict[str, set[int]]:
-        pids = set(qemu_of(base))
+        pids = set(qemu_of(base, RUNTIME_PREFIX))
         return {"qemu processes": pids, "listening ports": listening_ports_of(pids | {os.getpid()})}
 
     before = snap()
@@ -97,8 +112,8 @@ def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def defined_domains(state: Path) -> list[str]:
-    """Domains the embedded libvirt drivers under `state` have defined (persistent XML), for every environment."""
-    return sorted(p.stem for p in state.glob("envs/*/libvirt/etc/qemu/*.xml"))
+    """Domains the embedded libvirt drivers of this state folder have defined (persistent XML)."""
+    return sorted(p.stem for p in runtime_of(state).glob("libvirt/*/etc/qemu/*.xml"))
 
 
 def env_folders(state: Path) -> list[str]:
@@ -106,10 +121,16 @@ def env_folders(state: Path) -> list[str]:
     return sorted(p.name for p in envs.iterdir()) if envs.is_dir() else []
 
 
+def libvirt_roots(state: Path) -> list[str]:
+    folder = runtime_of(state) / "libvirt"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
 def leftovers(state: Path) -> dict[str, object]:
-    """Everything a fully cleaned-up state folder must not have: QEMU, domains, environment folders."""
+    """Everything a fully cleaned-up state folder must not have: QEMU, domains, environment folders,
+    embedded libvirt roots."""
     found: dict[str, object] = {"qemu": qemu_of(state), "domains": defined_domains(state),
-                                "env folders": env_folders(state)}
+                                "env folders": env_folders(state), "libvirt roots": libvirt_roots(state)}
     return {k: v for k, v in found.items() if v}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import textwrap
@@ -21,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, VMCTL, listening_ports
-from tests.reliability.conftest import PREFLIGHT_WIRED, defined_domains, env_folders, qemu_of
+from tests.reliability.conftest import (
+    PREFLIGHT_WIRED,
+    defined_domains,
+    env_folders,
+    libvirt_roots,
+    qemu_of,
+    runtime_of,
+)
 
 USAGE, RUNTIME = 2, 1
 ENV = "corpus"
@@ -265,10 +273,12 @@ def _run(case: Case, base: Path, port: int) -> Outcome:
     file = _prepare(case, base / case.id, port)
     state = base / case.id / "state"
     state.mkdir(mode=0o700)
+    runtime = runtime_of(state)
+    runtime.mkdir(mode=0o700)
     before = listening_ports()
     result = subprocess.run([*VMCTL, *case.global_args, "-f", str(file), *case.args], cwd=ROOT,
-                            env={**os.environ, "VMCTL_STATE_DIR": str(state)}, capture_output=True, text=True,
-                            timeout=60, check=False)
+                            env={**os.environ, "VMCTL_STATE_DIR": str(state), "VMCTL_RUNTIME_DIR": str(runtime)},
+                            capture_output=True, text=True, timeout=60, check=False)
     return Outcome(file, state, result, before)
 
 
@@ -277,12 +287,15 @@ def _runnable(case: Case) -> bool:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, busy_port: int) -> dict[str, Outcome]:
+def outcomes(tmp_path_factory: pytest.TempPathFactory, busy_port: int) -> Iterator[dict[str, Outcome]]:
     """Every case at once, four at a time: each is a separate vmctl process with its own state folder."""
     base = tmp_path_factory.mktemp("corpus")
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {c.id: pool.submit(_run, c, base, busy_port) for c in CASES if _runnable(c)}
-        return {name: f.result() for name, f in futures.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    yield results
+    for out in results.values():
+        shutil.rmtree(runtime_of(out.state), ignore_errors=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -314,6 +327,7 @@ def test_bad_input_is_refused_cleanly(case: Case, outcomes: dict[str, Outcome]) 
     assert not declared & (listening_ports() - out.ports_before), "a declared port is listening"
     if not preflight_pending:
         assert env_folders(state_dir) == [], f"`up` left an environment folder: {list(state_dir.rglob('*'))}"
+        assert libvirt_roots(state_dir) == [], "`up` left an embedded libvirt root"
 
 
 @pytest.mark.xfail(not PREFLIGHT_WIRED, strict=True,
