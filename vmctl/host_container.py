@@ -37,7 +37,7 @@ from subprocess import CompletedProcess
 from typing import Any
 
 from vmctl.errors import CommandFailed, HostError, UsageError
-from vmctl.oci_spec import SLIRP_ADDRESS, ContainerRequest, etc_files, make_config
+from vmctl.oci_spec import SLIRP_ADDRESS, ContainerRequest, caps_in_mask, etc_files, limit_caps, make_config
 from vmctl.paths import private_dir
 from vmctl.runner import log as run_log
 from vmctl.runner import output, run, which
@@ -145,6 +145,7 @@ class HostRuntime:
         self._mount_overlay(lower, cdir / "overlay", rootfs)
         cgroups = req.cgroups_path or f"/vmctl/{req.name}"
         config = make_config(dataclasses.replace(req, rootfs=str(rootfs), etc_dir=str(etc), cgroups_path=cgroups))
+        limit_caps(config, bounding_caps())
         (bundle / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
         log_path = cdir / "container.log"
@@ -473,3 +474,9 @@ def _remove_empty_cgroup_parents(parent: str) -> None:
 
 def runc_version() -> str:
     return output([which("runc"), "--version"]).splitlines()[0]
+
+
+def bounding_caps(status: Path = Path("/proc/self/status")) -> frozenset[str]:
+    """The capabilities this process can hand to a container (its bounding set)."""
+    line = next(x for x in status.read_text().splitlines() if x.startswith("CapBnd:"))
+    return caps_in_mask(int(line.split()[1], 16))

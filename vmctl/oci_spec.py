@@ -279,3 +279,29 @@ def _check_hostname(hostname: str) -> None:
 def _check_abs(path: str, what: str) -> None:
     if not path.startswith("/") or "\0" in path or "\n" in path or ".." in path.split("/"):
         raise UsageError(f"{what} `{path}` must be an absolute path without `..`")
+
+
+# Capability numbers (linux/capability.h), in order.
+_CAP_ORDER = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+
+def caps_in_mask(mask: int) -> frozenset[str]:
+    """Capability names set in a kernel capability mask (as in /proc/PID/status `CapBnd:`)."""
+    return frozenset(name for i, name in enumerate(_CAP_ORDER) if mask >> i & 1)
+
+
+def limit_caps(config: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    """Drop capabilities the runtime could not grant: runc refuses a set outside its own bounding set
+    (a privileged container on a host where vmctl itself runs without, say, CAP_SYS_RESOURCE)."""
+    caps = config.get("process", {}).get("capabilities", {})
+    for kind, names in caps.items():
+        caps[kind] = [c for c in names if c in allowed]
+    return config

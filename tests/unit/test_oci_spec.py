@@ -194,3 +194,21 @@ def test_etc_files() -> None:
     assert files["resolv.conf"] == "nameserver 10.0.2.3\n"
     with pytest.raises(UsageError):
         etc_files("bad host\n")
+
+
+def test_caps_in_mask_reads_kernel_numbering() -> None:
+    from vmctl.oci_spec import caps_in_mask
+
+    assert caps_in_mask(0b1) == {"CAP_CHOWN"}
+    assert caps_in_mask(1 << 21) == {"CAP_SYS_ADMIN"}
+    assert "CAP_SYS_RESOURCE" not in caps_in_mask((1 << 41) - 1 & ~(1 << 24))
+
+
+def test_limit_caps_keeps_only_what_the_runtime_can_grant() -> None:
+    from vmctl.oci_spec import ALL_CAPS, limit_caps
+
+    allowed = frozenset(c for c in ALL_CAPS if c != "CAP_SYS_RESOURCE")
+    limited = limit_caps(config(privileged=True), allowed)
+    for names in limited["process"]["capabilities"].values():
+        assert "CAP_SYS_RESOURCE" not in names
+        assert "CAP_SYS_ADMIN" in names

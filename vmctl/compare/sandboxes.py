@@ -178,7 +178,6 @@ class _TimedRuntime(HostRuntime):
 
     def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int) -> None:
         self.marks.append(("prepare", time.monotonic()))
-        _limit_caps_to_bounding_set(bundle / "config.json")
         super()._create(name, bundle, log_path, exit_w)
         self.marks.append(("runtime create", time.monotonic()))
 
@@ -186,50 +185,6 @@ class _TimedRuntime(HostRuntime):
         slirp_pid = super()._start_slirp(pid, cdir, exit_r, state, timeout)
         self.marks.append(("network", time.monotonic()))
         return slirp_pid
-
-
-def bounding_caps() -> set[str] | None:
-    """Capability names in this process's bounding set (None when it cannot be read)."""
-    from vmctl.oci_spec import ALL_CAPS
-
-    try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("CapBnd:"))
-    except (OSError, StopIteration):
-        return None
-    mask = int(line.split()[1], 16)
-    numbers = {name: i for i, name in enumerate(_CAP_ORDER)}
-    return {c for c in ALL_CAPS if c in numbers and mask >> numbers[c] & 1}
-
-
-# Capability numbers (linux/capability.h), in order.
-_CAP_ORDER = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)  # fmt: skip
-
-
-def _limit_caps_to_bounding_set(config_path: Path) -> None:
-    """A privileged container gets every capability *we* hold: runc refuses to grant one outside our
-    bounding set (here CAP_SYS_RESOURCE is missing when vmctl itself runs in a container or a sandbox)."""
-    import json
-
-    allowed = bounding_caps()
-    if allowed is None:
-        return
-    config = json.loads(config_path.read_text())
-    caps = config.get("process", {}).get("capabilities", {})
-    changed = False
-    for kind, names in caps.items():
-        kept = [c for c in names if c in allowed]
-        if kept != names:
-            caps[kind], changed = kept, True
-    if changed:
-        config_path.write_text(json.dumps(config, indent=1) + "\n")
 
 
 class RuncInstance(Instance):
