@@ -300,6 +300,7 @@ def make_argv(src: Path, out: Path, jobs: int, nice: int, *targets: str) -> list
 
 def _merge_config(src: Path, out: Path, fragment: Path) -> None:
     """allnoconfig + fragment through the kernel's merge_config.sh, then verify every requested value."""
+    out.mkdir(parents=True, exist_ok=True)  # merge_config.sh -O wants an existing folder
     run(["sh", src / "scripts" / "kconfig" / "merge_config.sh", "-n", "-O", out, fragment], cwd=src,
         env={"ARCH": ARCH}, timeout=600)
     wrong = config_mismatches(parse_config(fragment.read_text()), parse_config((out / ".config").read_text()))

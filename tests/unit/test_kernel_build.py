@@ -103,3 +103,33 @@ def test_init_without_modules_loads_none(tmp_path: Path) -> None:
     text = gi.render_init("minimal", "6.1.0-vmctl-minimal", [])
     body = text.split("load_modules() {", 1)[1].split("}", 1)[0]
     assert "insmod" not in body
+
+
+def _bzimage(payload: bytes, setup_sects: int = 3) -> bytes:
+    """A fake bzImage: boot header with setup_sects, HdrS, payload_offset/length, then the payload."""
+    setup = bytearray((setup_sects + 1) * 512)
+    setup[0x1F1] = setup_sects
+    setup[0x202:0x206] = b"HdrS"
+    offset = 64
+    setup[0x248:0x24C] = offset.to_bytes(4, "little")
+    setup[0x24C:0x250] = len(payload).to_bytes(4, "little")
+    return bytes(setup) + b"\0" * offset + payload + b"trailer"
+
+
+def test_bzimage_payload_is_found_by_its_header() -> None:
+    import gzip
+
+    payload = gzip.compress(b"\x7fELF fake kernel")
+    assert kb.bzimage_payload(_bzimage(payload)) == ("gzip", payload)
+    with pytest.raises(UsageError):
+        kb.bzimage_payload(b"MZ" + b"\0" * 0x300)
+    with pytest.raises(UsageError, match="compression"):
+        kb.bzimage_payload(_bzimage(b"plain bytes"))
+
+
+def test_extract_vmlinux_decompresses_the_payload(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "bzImage").write_bytes(_bzimage(gzip.compress(b"\x7fELF fake kernel")))
+    out = kb.extract_vmlinux(tmp_path / "bzImage", tmp_path / "vmlinux")
+    assert out.read_bytes() == b"\x7fELF fake kernel"
