@@ -1,12 +1,18 @@
 """Shared test set-up: an isolated vmctl state folder per run, a shared image cache, and a leak audit.
 
 The leak audit runs around every test module (VM fixtures are module-scoped): a module that leaves a
-QEMU process, a listening port on loopback, a runc container or a vmctl temp file behind fails.
+process it started (QEMU, slirp4netns, a container), a listening port, a runc container or a vmctl temp
+file behind fails. What it counts is attributed to this run's folders, so other VMs on the host (a
+developer's own, another test run) neither fail it nor get killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,14 +24,26 @@ ROOT = Path(__file__).resolve().parent.parent
 VMCTL = [sys.executable, "-m", "vmctl"]
 
 
+RUNTIME_PREFIX = "/tmp/vrt-"  # short: libvirt's UNIX sockets live under the embedded root (108-byte limit)
+
+
+def runtime_of(state: Path) -> Path:
+    """The runtime folder (embedded libvirt roots, runc state) that goes with a test's state folder."""
+    return Path(RUNTIME_PREFIX + hashlib.sha256(str(state).encode()).hexdigest()[:10])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def vmctl_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """State goes to a fresh folder; the image cache is shared between runs so images are built once."""
+    """State and runtime folders of this run's own; the image cache is shared between runs (built once)."""
     state = tmp_path_factory.mktemp("vmctl-state")
-    old = {k: os.environ.get(k) for k in ("VMCTL_STATE_DIR", "VMCTL_CACHE_DIR")}
+    runtime = runtime_of(state)
+    runtime.mkdir(mode=0o700)
+    old = {k: os.environ.get(k) for k in ("VMCTL_STATE_DIR", "VMCTL_RUNTIME_DIR", "VMCTL_CACHE_DIR")}
     os.environ["VMCTL_STATE_DIR"] = str(state)
+    os.environ["VMCTL_RUNTIME_DIR"] = str(runtime)
     os.environ.setdefault("VMCTL_CACHE_DIR", str(Path.home() / ".cache" / "vmctl"))
     yield state
+    shutil.rmtree(runtime, ignore_errors=True)
     for key, value in old.items():
         if value is None:
             os.environ.pop(key, None)
@@ -62,8 +80,52 @@ def listening_ports() -> set[int]:
     return ports
 
 
-def runc_containers() -> set[str]:
-    root = Path("/run/vmctl/runc")
+def processes_of(*roots: Path | str) -> dict[int, str]:
+    """Processes (QEMU, slirp4netns, runc's container init...) whose argv names a file under one of
+    `roots`: what this test run started, told apart from other users' VMs on the same host."""
+    needles = [str(r).encode() for r in roots]
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if argv and any(n in argv for n in needles):
+            out[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace")[:200]
+    return out
+
+
+def qemu_of(*roots: Path | str) -> dict[int, str]:
+    return {pid: argv for pid, argv in processes_of(*roots).items() if "qemu-system" in argv.split(" ")[0]}
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    out.add(int(target[8:-1]))
+    return out
+
+
+def listening_ports_of(pids: set[int]) -> set[int]:
+    """TCP ports in LISTEN state held by these processes (matched by socket inode in /proc/net/tcp*)."""
+    inodes = set().union(*(socket_inodes(p) for p in pids)) if pids else set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def runc_containers(runtime: Path) -> set[str]:
+    root = runtime / "runc"
     return {p.name for p in root.iterdir()} if root.is_dir() else set()
 
 
@@ -71,17 +133,26 @@ def vmctl_temp_files() -> set[str]:
     return {p.name for p in Path("/tmp").iterdir() if p.name.startswith(("vmctl-", ".vmctl"))}
 
 
-def snapshot() -> dict[str, set[object]]:
-    return {"qemu processes": set(qemu_pids()), "listening ports": set(listening_ports()),
-            "runc containers": set(runc_containers()), "temp files": set(vmctl_temp_files())}
-
-
 @pytest.fixture(scope="module", autouse=True)
-def leak_audit() -> Iterator[None]:
+def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container), a
+    port those or pytest listen on, a runc container, or a vmctl temp file; and kill such processes."""
+    roots = (str(tmp_path_factory.getbasetemp()), RUNTIME_PREFIX)
+    runtime = Path(os.environ.get("VMCTL_RUNTIME_DIR", "/nonexistent"))
+
+    def snapshot() -> dict[str, set[str]]:
+        pids = set(processes_of(*roots))
+        return {"processes": {str(p) for p in pids},
+                "listening ports": {str(p) for p in listening_ports_of(pids | {os.getpid()})},
+                "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files()}
+
     before = snapshot()
     yield
     after = snapshot()
-    leaks = {k: sorted(map(str, after[k] - before[k])) for k in after if after[k] - before[k]}
+    leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
+    for pid in after["processes"] - before["processes"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     assert not leaks, f"this test module left things behind: {leaks}"
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from vmctl.errors import CommandFailed, HostError, UsageError
 from vmctl.oci_spec import SLIRP_ADDRESS, ContainerRequest, caps_in_mask, etc_files, limit_caps, make_config
-from vmctl.paths import private_dir
+from vmctl.paths import private_dir, runtime_root
 from vmctl.runner import log as run_log
 from vmctl.runner import output, run, which
 
@@ -93,7 +93,7 @@ class HostRuntime:
         if os.geteuid() != 0:
             raise HostError("host containers need root here (runc with overlay mounts and cgroups)",
                             hint="run vmctl as root, or compare with `podman --runtime runc` instead")  # fmt: skip
-        self.runc_root = runc_root or Path("/run/vmctl/runc")
+        self.runc_root = runc_root or runtime_root() / "runc"
         self.runc = which("runc")
 
     # ------------------------------------------------------------ lifecycle

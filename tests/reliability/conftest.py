@@ -5,7 +5,6 @@ command left on the host, attributed to that folder (other engineers boot VMs on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import json
 import os
@@ -19,19 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VMCTL, listening_ports
+from tests.conftest import VMCTL, listening_ports, runtime_of
+from tests.conftest import qemu_of as shared_qemu_of
 from vmctl import lifecycle
 
 # `vmctl.preflight.check` is written; `lifecycle.up` must call it before anything is created.
 PREFLIGHT_WIRED = "preflight" in inspect.getsource(lifecycle)
-
-
-RUNTIME_PREFIX = "/tmp/vrt-"  # short: libvirt's UNIX sockets live under the embedded root (108-byte limit)
-
-
-def runtime_of(state: Path) -> Path:
-    """The runtime folder (embedded libvirt roots) that goes with a state folder of a test."""
-    return Path(RUNTIME_PREFIX + hashlib.sha256(str(state).encode()).hexdigest()[:10])
 
 
 @pytest.fixture
@@ -48,67 +40,8 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 def qemu_of(*roots: Path | str) -> dict[int, str]:
-    """QEMU processes whose argv names a file under one of `roots` (a state folder also means its runtime
-    folder), pid -> argv."""
-    needles = [str(r).encode() for r in roots] + [str(runtime_of(r)).encode() for r in roots if isinstance(r, Path)]
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in argv.split(b"\0")[0] and any(n in argv for n in needles):
-            out[int(entry.name)] = argv.replace(b"\0", b" ").decode(errors="replace")[:200]
-    return out
-
-
-def socket_inodes(pid: int) -> set[int]:
-    out = set()
-    try:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                out.add(int(target[8:-1]))
-    except OSError:
-        pass
-    return out
-
-
-def listening_ports_of(pids: set[int]) -> set[int]:
-    """TCP ports in LISTEN state held by these processes (matched by socket inode in /proc/net/tcp*)."""
-    inodes = set().union(*(socket_inodes(p) for p in pids)) if pids else set()
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[9]) in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-@pytest.fixture(scope="module", autouse=True)
-def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """tests/conftest.py's audit, attributed to this test run (other engineers boot VMs on the same host):
-    QEMU processes whose argv names a file under this run's temp folder, and the ports they or pytest hold."""
-    base = tmp_path_factory.getbasetemp()
-
-    def snap() -> dict[str, set[int]]:
-        pids = set(qemu_of(base, RUNTIME_PREFIX))
-        return {"qemu processes": pids, "listening ports": listening_ports_of(pids | {os.getpid()})}
-
-    before = snap()
-    yield
-    after = snap()
-    leaks = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
-    for pid in after["qemu processes"] - before["qemu processes"]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    assert not leaks, f"this test module left things behind: {leaks}"
+    """QEMU processes of these roots; a state folder also stands for its runtime folder."""
+    return shared_qemu_of(*roots, *(runtime_of(r) for r in roots if isinstance(r, Path)))
 
 
 def defined_domains(state: Path) -> list[str]:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_vmctl
+from tests.conftest import listening_ports_of, run_vmctl
 from tests.reliability.conftest import (
     defined_domains,
     leftovers,
-    listening_ports_of,
     one_machine,
     qemu_of,
     spawn_vmctl,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_vmctl
-from tests.reliability.conftest import leftovers, listening_ports_of, one_machine, qemu_of, runtime_of, write_env
+from tests.conftest import listening_ports_of, run_vmctl, runtime_of
+from tests.reliability.conftest import leftovers, one_machine, qemu_of, write_env
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 CYCLES = int(os.environ.get("VMCTL_SOAK_CYCLES", "20"))
