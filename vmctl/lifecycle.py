@@ -202,11 +202,15 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                                          timeout=timeout, wait=wait)
                 rollback.pop_all()
         except BaseException:
-            # The ExitStack has removed the domains; forget them and their files too.
+            # The ExitStack has removed the domains; forget them and their files too, and the whole
+            # environment folder when nothing of it is left running.
             for name in created:
                 state.machines.pop(name, None)
                 shutil.rmtree(envdir.machine_dir(name), ignore_errors=True)
-            envdir.save(state)
+            if state.machines or state.services:
+                envdir.save(state)
+            else:
+                _remove_env_files(envdir)
             raise
         return state
 
@@ -347,9 +351,13 @@ def down(project: Project) -> list[str]:
             except HostError:
                 if not is_embedded(uri):
                     raise
-        shutil.rmtree(envdir.path, ignore_errors=True)
-        shutil.rmtree(envdir.libvirt_root, ignore_errors=True)
+        _remove_env_files(envdir)
     return removed
+
+
+def _remove_env_files(envdir: EnvDir) -> None:
+    shutil.rmtree(envdir.path, ignore_errors=True)
+    shutil.rmtree(envdir.libvirt_root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------
