@@ -78,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
                 break
             print(f"density: {count} VMs", file=sys.stderr)
-            row = measure(s, args.image, count, args.memory, args.tb_cache, args.settle, args.timeout)
+            try:
+                row = measure(s, args.image, count, args.memory, args.tb_cache, args.settle, args.timeout)
+            except RuntimeError as e:  # a failed `up` is a data point too; `up` rolled it back
+                print(f"density: {count} VMs failed: {e}", file=sys.stderr)
+                rows.append({"machines": count, "error": " ".join(str(e).strip().splitlines()[-2:])[-160:]})
+                continue
             rows.append(row)
             per_vm = float(str(row["pss_per_vm_mib"] or per_vm))
     if args.json:
@@ -96,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [[str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
                   f(r, "boot_max_s", 2, "s"), f(r, "pss_total_mib", 0, "M"), f(r, "pss_per_vm_mib", 1, "M"),
                   f(r, "guest_ram_per_vm_mib", 1, "M"), f(r, "tcg_cache_per_vm_mib", 1, "M"),
-                  f(r, "overhead_per_vm_mib", 1, "M")] for r in rows]))
+                  f(r, "overhead_per_vm_mib", 1, "M")] if "error" not in r else
+                 [str(r["machines"]), "failed", *[""] * 7] for r in rows]))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['machines']} VMs failed: {r['error']}")
     return 0
 
 

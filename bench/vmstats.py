@@ -79,16 +79,16 @@ class Memory:
                 "tcg_cache_mib": round(self.tcg_cache, 1), "qemu_overhead_mib": round(self.overhead, 1)}
 
 
-_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
+_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
 
 
 def parse_smaps(text: str) -> list[dict[str, object]]:
-    """smaps text -> [{"size_kib", "name", "Rss", "Pss", ...}] (kB values as ints)."""
+    """smaps text -> [{"size_kib", "perms", "name", "Rss", "Pss", ...}] (kB values as ints)."""
     maps: list[dict[str, object]] = []
     for line in text.splitlines():
         if match := _HEADER.match(line):
             maps.append({"size_kib": (int(match.group(2), 16) - int(match.group(1), 16)) // 1024,
-                         "name": match.group(3)})
+                         "perms": match.group(3), "name": match.group(4)})
         elif maps and (field := re.match(r"^(\w+):\s+(\d+) kB", line)):
             maps[-1][field.group(1)] = int(field.group(2))
     return maps
@@ -96,18 +96,19 @@ def parse_smaps(text: str) -> list[dict[str, object]]:
 
 def split_memory(maps: Sequence[Mapping[str, object]], rollup_pss_kib: int, guest_mib: int,
                  tb_mib: int | None) -> Memory:
-    """Find the guest RAM (anonymous, the guest's size) and TCG cache (anonymous, tb-size) mappings."""
-    def pss_of(size_mib: int | None) -> float:
+    """Find the guest RAM (anonymous, not executable, the guest's size) and the TCG cache (anonymous and
+    executable: TCG's generated code, tb-size) mappings."""
+    def pss_of(size_mib: int | None, executable: bool) -> float:
         if size_mib is None:
             return 0.0
-        for m in maps:
-            size = int(str(m["size_kib"]))
-            if not m["name"] and abs(size - size_mib * 1024) <= 4096:  # QEMU adds/removes guard pages
-                return int(str(m.get("Pss", 0))) / 1024
-        return 0.0
+        # QEMU adds or removes a guard page; glibc's 64 MiB malloc arenas (65404 kB) look alike, so of
+        # the candidates take the one holding the most.
+        found = [int(str(m.get("Pss", 0))) for m in maps
+                 if not m["name"] and ("x" in str(m.get("perms", ""))) == executable
+                 and abs(int(str(m["size_kib"])) - size_mib * 1024) <= 8]
+        return max(found, default=0) / 1024
 
-    return Memory(pss=rollup_pss_kib / 1024, guest_ram=pss_of(guest_mib),
-                  tcg_cache=pss_of(tb_mib) if tb_mib != guest_mib else 0.0)
+    return Memory(pss=rollup_pss_kib / 1024, guest_ram=pss_of(guest_mib, False), tcg_cache=pss_of(tb_mib, True))
 
 
 def memory_of(pid: int, guest_mib: int, tb_mib: int | None) -> Memory:
