@@ -55,6 +55,21 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, se
             "overhead_per_vm_mib": round(statistics.mean(m.overhead for m in mems), 1) if mems else None}
 
 
+def attempts(s: Scratch, args: argparse.Namespace, count: int) -> dict[str, object]:
+    """`measure`, tried again (`--attempts`) after a failed `up` (which rolled itself back); the errors
+    of failed tries are kept in the row: a failed `up` is a data point too."""
+    errors: list[str] = []
+    for attempt in range(args.attempts):
+        print(f"density: {count} VMs (attempt {attempt + 1})", file=sys.stderr)
+        try:
+            row = measure(s, args.image, count, args.memory, args.tb_cache, args.settle, args.timeout)
+            return {**row, "failed_tries": len(errors), "failed_attempts": errors}
+        except RuntimeError as e:
+            errors.append(" ".join(str(e).strip().splitlines()[-2:])[-200:])
+            print(f"density: {count} VMs failed: {errors[-1]}", file=sys.stderr)
+    return {"machines": count, "error": errors[-1], "failed_tries": len(errors), "failed_attempts": errors}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.density", description=__doc__.splitlines()[0])
     parser.add_argument("budget", type=parse_size_mib, help="host memory the VMs may use, e.g. 4G")
@@ -64,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tb-cache", type=int, default=64, help="the domain template's <tb-cache> in MiB")
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before measuring")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--attempts", type=int, default=3, help="tries per N when `up` fails")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -77,14 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"density: stop before {count} VMs: ~{count * per_vm:.0f} MiB > budget {args.budget} MiB",
                       file=sys.stderr)
                 break
-            print(f"density: {count} VMs", file=sys.stderr)
-            try:
-                row = measure(s, args.image, count, args.memory, args.tb_cache, args.settle, args.timeout)
-            except RuntimeError as e:  # a failed `up` is a data point too; `up` rolled it back
-                print(f"density: {count} VMs failed: {e}", file=sys.stderr)
-                rows.append({"machines": count, "error": " ".join(str(e).strip().splitlines()[-2:])[-160:]})
-                continue
+            row = attempts(s, args, count)
             rows.append(row)
+            if "error" in row:
+                continue
             per_vm = float(str(row["pss_per_vm_mib"] or per_vm))
     if args.json:
         print(json.dumps({"accel": "tcg", "budget_mib": args.budget, "memory_mib": args.memory, "rows": rows},
@@ -97,12 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"accelerator = tcg; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
     print(table(["VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
-                 "TCG cache/VM", "QEMU overhead/VM"],
+                 "TCG cache/VM", "QEMU overhead/VM", "failed tries"],
                 [[str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
                   f(r, "boot_max_s", 2, "s"), f(r, "pss_total_mib", 0, "M"), f(r, "pss_per_vm_mib", 1, "M"),
                   f(r, "guest_ram_per_vm_mib", 1, "M"), f(r, "tcg_cache_per_vm_mib", 1, "M"),
-                  f(r, "overhead_per_vm_mib", 1, "M")] if "error" not in r else
-                 [str(r["machines"]), "failed", *[""] * 7] for r in rows]))
+                  f(r, "overhead_per_vm_mib", 1, "M"), str(r["failed_tries"])] if "error" not in r else
+                 [str(r["machines"]), "failed", *[""] * 7, str(r["failed_tries"])] for r in rows]))
     for r in rows:
         if "error" in r:
             print(f"{r['machines']} VMs failed: {r['error']}")

@@ -102,7 +102,7 @@ def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
         raise UsageError(f"{where}: a recipe is a mapping of {', '.join(_RECIPE_KEYS)}")
     if "kernel_build" in data:
         return _parse_built_kernel_recipe(name, data, where)
-    unknown = sorted(set(data) - set(_RECIPE_KEYS) | ({"kernel_build"} & set(data)))
+    unknown = sorted(set(data) - set(_RECIPE_KEYS))
     missing = [k for k in _RECIPE_KEYS if k not in data and k != "kernel_build"]
     if unknown or missing:
         raise UsageError(f"{where}: unknown keys {unknown}, missing keys {missing}",
