@@ -11,7 +11,8 @@ from pathlib import Path
 from vmctl.errors import GuestError
 
 INIT_RE = re.compile(r"VMCTL-INIT uptime=(?P<up>[\d.]+)")
-READY_RE = re.compile(r"VMCTL-READY uptime=(?P<up>[\d.]+) hostkey=(?P<key>ssh-ed25519 [A-Za-z0-9+/]+=*)")
+# The line must be complete: under load the console file can end in the middle of the host key.
+READY_RE = re.compile(r"VMCTL-READY uptime=(?P<up>[\d.]+) hostkey=(?P<key>ssh-ed25519 [A-Za-z0-9+/]+=*)\r?\n")
 PROBE_RE = re.compile(r"VMCTL-PROBE-OK")
 FAIL_RE = re.compile(r"VMCTL-FAIL step=(?P<step>\S+)")
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\r\n]*")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 
 from vmctl.errors import HostError
 from vmctl.render import Forward
@@ -22,10 +24,24 @@ def port_is_free(host: str, port: int, proto: str = "tcp") -> bool:
     return True
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range. Asking the kernel for port 0 would hand out an
+    ephemeral port, which an outgoing connection (ours, to another guest) may take before QEMU binds it."""
+    low, _ = _ephemeral_range()
+    lo, hi = (20000, low - 1) if low > 21000 else (low // 2, low - 1)
+    for _ in range(200):
+        port = random.randint(lo, hi)
+        if port_is_free(host, port):
+            return port
+    raise HostError(f"found no free TCP port on {host} between {lo} and {hi}")
 
 
 def resolve(machine: str, ports: Iterable[PortSpec], *, check: bool = True) -> list[Forward]:

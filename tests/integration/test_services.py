@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import qemu_pids, run_vmctl, runc_containers
+from vmctl.paths import runtime_root
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
@@ -96,7 +97,7 @@ def _state(name: str) -> dict[str, Any]:
 def _of_env(env: str) -> tuple[list[int], list[str]]:
     """QEMU processes and runc containers that belong to environment `env`."""
     qemus = [p for p in qemu_pids() if f"vmctl-{env}-".encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
-    return qemus, [c for c in runc_containers() if c.startswith(f"{env}.")]
+    return qemus, [c for c in runc_containers(runtime_root()) if c.startswith(f"{env}.")]
 
 
 def test_failing_healthcheck_fails_up_cleanly(folder: Path) -> None:
