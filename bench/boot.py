@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import bare_qemu
-from bench.vmstats import Scratch, cpu_seconds, domain_pid, fmt, median, memory_of, scratch, table, timed_up
+from bench.vmstats import Scratch, cpu_seconds, domain_pid, fmt, median, scratch, table, timed_up
 from vmctl import kernel_build
 from vmctl.guest_image import GuestImage, build_guest_image
+from vmctl.memory import memory_of
 from vmctl.paths import cache_root
 
 SETTLE = 2.0  # seconds of idling after READY before memory is read
@@ -82,7 +83,8 @@ def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int, tb_mib: int) -
         timeline = machine["timeline"]
         pid = domain_pid(f"vmctl-{env}-m")
         time.sleep(SETTLE)
-        memory = memory_of(pid, memory_mib, tb_mib).as_dict() if pid else {}
+        found = memory_of(pid, memory_mib, tb_mib) if pid else None
+        memory = found.as_dict() if found else {}
     finally:
         s.vmctl(file, "down")
     return {"variant": v.name, "run": run, "up_wall_s": round(wall, 3), "boot_s": machine["boot_seconds"],
@@ -98,7 +100,8 @@ def bare_boot(v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, o
         if vm.wait_for("VMCTL-READY", timeout=120) != "VMCTL-READY":
             raise RuntimeError(f"bare boot of {v.name} failed: {vm.console[-10:]}")
         time.sleep(SETTLE)
-        memory = memory_of(vm.process.pid, memory_mib, tb_mib).as_dict()
+        found = memory_of(vm.process.pid, memory_mib, tb_mib)
+        memory = found.as_dict() if found else {}
         timings = vm.timings()
     return {"variant": v.name, "run": run, "bare_ready_s": timings["wall_ready_s"],
             "bare_guest_ready_uptime_s": timings["uptime_ready_s"],

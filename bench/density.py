@@ -20,8 +20,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench.vmstats import Scratch, domain_pid, fmt, memory_of, scratch, table, timed_up
+from bench.vmstats import Scratch, domain_pid, fmt, scratch, table, timed_up
 from vmctl.guest_image import build_guest_image
+from vmctl.memory import memory_of
 
 
 def parse_size_mib(text: str) -> int:
@@ -42,7 +43,7 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, se
         boots = [float(m["boot_seconds"]) for m in s.machines(file) if m.get("boot_seconds") is not None]
         time.sleep(settle)
         pids = [domain_pid(f"vmctl-{env}-d{i}") for i in range(count)]
-        mems = [memory_of(p, memory_mib, tb_mib) for p in pids if p]
+        mems = [m for p in pids if p and (m := memory_of(p, memory_mib, tb_mib))]
     finally:
         s.vmctl(file, "down", timeout=timeout)
     total = sum(m.pss for m in mems)

@@ -77,6 +77,9 @@ def test_up_reports_a_measured_boot_and_the_accelerator(running: Path) -> None:
     timeline = machine["timeline"]
     assert timeline["qemu_started"] < timeline["init"] < timeline["ready"] <= timeline["ssh"]
     assert machine["guest"]["init_uptime"] < machine["guest"]["ready_uptime"]
+    memory = machine["memory"]  # QEMU's host memory, split (MiB)
+    assert 0 < memory["guest_ram_touched_mib"] <= 256 < memory["pss_mib"]
+    assert memory["qemu_overhead_mib"] == pytest.approx(memory["pss_mib"] - memory["guest_ram_touched_mib"], abs=0.2)
 
 
 def test_forwarded_ports_listen_on_loopback_only(running: Path) -> None:

@@ -18,19 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmctl.memory import pss_kib
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-def pss_kib(pid: int) -> int | None:
-    """PSS of one process in KiB, or None when it is gone or unreadable."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return None
 
 
 def total_pss_mib(pids: Iterable[int]) -> float:

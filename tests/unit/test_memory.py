@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.vmstats import parse_smaps, split_memory
+from vmctl.memory import parse_smaps, split_memory
 
 SMAPS = """\
 55d0c0000000-55d0c1000000 r-xp 00000000 08:01 1234 /usr/bin/qemu-system-x86_64
