@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import bare_qemu
-from bench.vmstats import Scratch, cpu_seconds, domain_pid, fmt, median, scratch, table, timed_up
+from bench.vmstats import Scratch, cpu_seconds, fmt, median, scratch, table, timed_up
 from vmctl import kernel_build
 from vmctl.guest_image import GuestImage, build_guest_image
+from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
 from vmctl.paths import cache_root
 
@@ -81,7 +82,7 @@ def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int, tb_mib: int) -
         wall = timed_up(s, file)
         machine = s.machines(file)[0]
         timeline = machine["timeline"]
-        pid = domain_pid(f"vmctl-{env}-m")
+        pid = qemu_pid(f"vmctl-{env}-m")
         time.sleep(SETTLE)
         found = memory_of(pid, memory_mib, tb_mib) if pid else None
         memory = found.as_dict() if found else {}
@@ -117,7 +118,7 @@ def parallel_up(s: Scratch, v: Variant, count: int, memory_mib: int) -> dict[str
     try:
         wall = timed_up(s, file, timeout=600)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        pids = [domain_pid(f"vmctl-{env}-m{i}") for i in range(count)]
+        pids = [qemu_pid(f"vmctl-{env}-m{i}") for i in range(count)]
         qemu_cpu = sum(cpu_seconds(p) for p in pids if p)
         boots = [m["boot_seconds"] for m in s.machines(file)]
     finally:

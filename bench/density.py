@@ -20,8 +20,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench.vmstats import Scratch, domain_pid, fmt, scratch, table, timed_up
+from bench.vmstats import Scratch, fmt, scratch, table, timed_up
 from vmctl.guest_image import build_guest_image
+from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
 
 
@@ -42,7 +43,7 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, se
         wall = timed_up(s, file, timeout=timeout)
         boots = [float(m["boot_seconds"]) for m in s.machines(file) if m.get("boot_seconds") is not None]
         time.sleep(settle)
-        pids = [domain_pid(f"vmctl-{env}-d{i}") for i in range(count)]
+        pids = [qemu_pid(f"vmctl-{env}-d{i}") for i in range(count)]
         mems = [m for p in pids if p and (m := memory_of(p, memory_mib, tb_mib))]
     finally:
         s.vmctl(file, "down", timeout=timeout)

@@ -30,29 +30,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------------------------------------- processes
 
-def qemu_pids() -> dict[int, str]:
-    """pid -> cmdline (NUL-separated args joined by spaces) of every qemu-system process."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and b"qemu-system" in args[0]:
-            found[int(entry.name)] = b" ".join(args).decode(errors="replace")
-    return found
-
-
-def domain_pid(domain: str) -> int | None:
-    """The QEMU libvirt started for `domain` (`-name guest=NAME,...`)."""
-    for pid, cmdline in qemu_pids().items():
-        if f"guest={domain}," in cmdline:
-            return pid
-    return None
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -14,7 +14,6 @@ directory beside the cache and switched in with one atomic rename of the symlink
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
@@ -24,14 +23,14 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 import yaml
 
-from vmctl import kernel_build
+from vmctl import cache, kernel_build
 from vmctl.errors import HostError, UsageError
 from vmctl.paths import GUEST_IMAGES_DIR, TEMPLATES_DIR, cache_root
 from vmctl.runner import output, run, which
@@ -474,15 +473,6 @@ def find_guest_image(name: str = "default") -> GuestImage | None:
     return image if image.digest == _current_digest(recipe, versions) else None
 
 
-@contextlib.contextmanager
-def _build_lock(name: str) -> Iterator[None]:
-    lock_path = cache_root() / "guest" / f".{name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _versions_or_update(recipe: Recipe, progress: Progress) -> dict[str, str]:
     versions = resolve_versions(recipe)
     if versions is None:
@@ -551,27 +541,11 @@ def _make_image(recipe: Recipe, versions: Mapping[str, str], fingerprint: str, o
     }
 
 
-def _install(name: str, built: Path, digest: str) -> Path:
-    """Move `built` to `<name>.<digest>` and point the `<name>` symlink at it atomically."""
-    final = built.parent / f"{name}.{digest[:16]}"
-    if final.exists():
-        shutil.rmtree(final)
-    built.rename(final)
-    tmp_link = built.parent / f".{name}.link-{os.getpid()}"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(final.name)
-    tmp_link.replace(image_dir(name))
-    for old in built.parent.glob(f"{name}.*"):
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 def build_guest_image(name: str = "default", *, force: bool = False,
                       progress: Progress = lambda _msg: None) -> GuestImage:
     """Build (or reuse) the guest image of recipe `name`; report each step through `progress`."""
     recipe = load_recipe(name)
-    with _build_lock(name):
+    with cache.build_lock(cache_root() / "guest", name):
         if not force and (cached := find_guest_image(name)):
             progress("guest image is up to date")
             return cached
@@ -593,7 +567,7 @@ def build_guest_image(name: str = "default", *, force: bool = False,
                 manifest = _make_image(recipe, versions, fingerprint, built, progress)
             (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             built.chmod(0o755)
-            final = _install(name, built, str(manifest["digest"]))
+            final = cache.install(name, built, str(manifest["digest"]))
         except BaseException:
             shutil.rmtree(built, ignore_errors=True)
             raise

@@ -75,17 +75,11 @@ def reap_orphan_probes(root: Path, wait: float = 2.0) -> list[int]:
     """
     needle = f"unix:{root}/lib/qemu/qmp-".encode()
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"qemu-system" in argv[0] and any(a.startswith(needle) for a in argv):
+    for pid, argv in qemu_processes().items():
+        if any(a.startswith(needle) for a in argv):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                pids.append(int(entry.name))
+                os.kill(pid, signal.SIGKILL)
+                pids.append(pid)
     deadline = time.monotonic() + wait
     while pids and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.02)
@@ -251,9 +245,9 @@ def _tags(dom: Any) -> tuple[str | None, str | None]:
     return (env.text if env is not None else None, machine.text if machine is not None else None)
 
 
-def qemu_pid(domain_name: str) -> int | None:
-    """The host PID of a local domain's QEMU, found by its `-name guest=NAME,` argument."""
-    needle = f"guest={domain_name},".encode()
+def qemu_processes() -> dict[int, list[bytes]]:
+    """Every QEMU process on this host: pid -> argv."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -261,9 +255,15 @@ def qemu_pid(domain_name: str) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and b"qemu-system" in argv[0] and any(a.startswith(needle) for a in argv):
-            return int(entry.name)
-    return None
+        if argv and b"qemu-system" in argv[0]:
+            found[int(entry.name)] = argv
+    return found
+
+
+def qemu_pid(domain_name: str) -> int | None:
+    """The host PID of a local domain's QEMU, found by its `-name guest=NAME,` argument."""
+    needle = f"guest={domain_name},".encode()
+    return next((pid for pid, argv in qemu_processes().items() if any(a.startswith(needle) for a in argv)), None)
 
 
 @contextlib.contextmanager

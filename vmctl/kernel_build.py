@@ -16,7 +16,6 @@ in with one atomic rename of the symlink, as guest images are.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -27,10 +26,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmctl import cache
 from vmctl.errors import CommandFailed, HostError, UsageError
 from vmctl.paths import GUEST_IMAGES_DIR, cache_root
 from vmctl.runner import output, run, spawn, which
@@ -266,30 +266,6 @@ def find_kernel(name: str) -> BuiltKernel | None:
     return built if built.digest == current_digest(name) else None
 
 
-@contextlib.contextmanager
-def _build_lock(name: str) -> Iterator[None]:
-    lock_path = cache_root() / "kernels" / f".{name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _install(name: str, built: Path, digest: str) -> Path:
-    final = built.parent / f"{name}.{digest[:16]}"
-    if final.exists():
-        shutil.rmtree(final)
-    built.rename(final)
-    tmp_link = built.parent / f".{name}.link-{os.getpid()}"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(final.name)
-    tmp_link.replace(kernel_dir(name))
-    for old in built.parent.glob(f"{name}.*"):
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 # ---------------------------------------------------------------------------------------------- build
 
 def make_argv(src: Path, out: Path, jobs: int, nice: int, *targets: str) -> list[str]:
@@ -377,7 +353,7 @@ def build_kernel(name: str, *, force: bool = False, jobs: int = DEFAULT_JOBS, ni
                  timeout: float = DEFAULT_TIMEOUT, progress: Progress = lambda _msg: None) -> BuiltKernel:
     """Build (or reuse) kernel `name` from its fragment; report each step through `progress`."""
     load_fragment(name)
-    with _build_lock(name):
+    with cache.build_lock(cache_root() / "kernels", name):
         if not force and (cached := find_kernel(name)):
             progress("kernel is up to date")
             return cached
@@ -393,7 +369,7 @@ def build_kernel(name: str, *, force: bool = False, jobs: int = DEFAULT_JOBS, ni
                                    progress=progress)
             (built / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             built.chmod(0o755)
-            final = _install(name, built, digest)
+            final = cache.install(name, built, digest)
         except BaseException:
             shutil.rmtree(built, ignore_errors=True)
             raise
