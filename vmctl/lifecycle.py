@@ -343,17 +343,25 @@ def down(project: Project) -> list[str]:
                 continue
             try:
                 with Hypervisor(uri) as hv:
-                    for dom in hv.domains_of(project.env.name):
-                        name = dom.name()
-                        project.progress.working(name, "stopping")
-                        hv.remove(dom)
-                        removed.append(name)
-                        project.progress.done(name, "removed")
+                    removed += _remove_all(project, hv, hv.domains_of(project.env.name))
             except HostError:
                 if not is_embedded(uri):
                     raise
         _remove_env_files(envdir)
     return removed
+
+
+def _remove_all(project: Project, hv: Hypervisor, domains: Sequence[Any]) -> list[str]:
+    """Stop and undefine domains concurrently: libvirt waits up to seconds for each QEMU to exit."""
+    def remove(dom: Any) -> str:
+        name = str(dom.name())
+        project.progress.working(name, "stopping")
+        hv.remove(dom)
+        project.progress.done(name, "removed")
+        return name
+
+    with ThreadPoolExecutor(max_workers=max(1, len(domains))) as pool:
+        return list(pool.map(remove, domains))
 
 
 def _remove_env_files(envdir: EnvDir) -> None:
