@@ -27,9 +27,14 @@ VMCTL = [sys.executable, "-m", "vmctl"]
 RUNTIME_PREFIX = "/tmp/vrt-"  # short: libvirt's UNIX sockets live under the embedded root (108-byte limit)
 
 
+RUNTIMES: set[Path] = set()  # the runtime folders this run has handed out, for the leak audit
+
+
 def runtime_of(state: Path) -> Path:
     """The runtime folder (embedded libvirt roots, runc state) that goes with a test's state folder."""
-    return Path(RUNTIME_PREFIX + hashlib.sha256(str(state).encode()).hexdigest()[:10])
+    runtime = Path(RUNTIME_PREFIX + hashlib.sha256(str(state).encode()).hexdigest()[:10])
+    RUNTIMES.add(runtime)
+    return runtime
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,7 +88,7 @@ def listening_ports() -> set[int]:
 def processes_of(*roots: Path | str) -> dict[int, str]:
     """Processes (QEMU, slirp4netns, runc's container init...) whose argv names a file under one of
     `roots`: what this test run started, told apart from other users' VMs on the same host."""
-    needles = [str(r).encode() for r in roots]
+    needles = [str(r).rstrip("/").encode() + b"/" for r in roots]  # a folder, not a name prefix (pytest-8 vs -88)
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -137,11 +142,10 @@ def vmctl_temp_files() -> set[str]:
 def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container), a
     port those or pytest listen on, a runc container, or a vmctl temp file; and kill such processes."""
-    roots = (str(tmp_path_factory.getbasetemp()), RUNTIME_PREFIX)
     runtime = Path(os.environ.get("VMCTL_RUNTIME_DIR", "/nonexistent"))
 
     def snapshot() -> dict[str, set[str]]:
-        pids = set(processes_of(*roots))
+        pids = set(processes_of(tmp_path_factory.getbasetemp(), *RUNTIMES))
         return {"processes": {str(p) for p in pids},
                 "listening ports": {str(p) for p in listening_ports_of(pids | {os.getpid()})},
                 "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files()}

@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+KEEP_OLDER = 2  # outputs kept besides the current one
+
 
 @contextlib.contextmanager
 def build_lock(folder: Path, name: str) -> Iterator[None]:
@@ -25,7 +27,7 @@ def build_lock(folder: Path, name: str) -> Iterator[None]:
 
 
 def install(name: str, built: Path, digest: str) -> Path:
-    """Move `built` to `<name>.<digest16>` beside it, point the `<name>` symlink there, drop older outputs."""
+    """Move `built` to `<name>.<digest16>` beside it, point the `<name>` symlink there, prune old outputs."""
     final = built.parent / f"{name}.{digest[:16]}"
     if final.exists():
         shutil.rmtree(final)
@@ -34,7 +36,9 @@ def install(name: str, built: Path, digest: str) -> Path:
     tmp_link.unlink(missing_ok=True)
     tmp_link.symlink_to(final.name)
     tmp_link.replace(built.parent / name)
-    for old in built.parent.glob(f"{name}.*"):
-        if old != final and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    # Keep a few older outputs: a VM being defined elsewhere at this moment may still point at one.
+    older = sorted((p for p in built.parent.glob(f"{name}.*") if p != final and p.is_dir()),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in older[KEEP_OLDER:]:
+        shutil.rmtree(old, ignore_errors=True)
     return final

@@ -37,7 +37,16 @@ _loop_lock = threading.Lock()
 # Run QEMU as the invoking user, and log its stdio to a file: the embedded driver has no virtlogd.
 # Without `user`, libvirt probes QEMU's capabilities as another user, sees /dev/kvm differently from
 # this process and throws its capability cache away on every call (seconds each time).
-EMBED_QEMU_CONF = 'stdio_handler = "file"\nuser = "+{uid}"\ngroup = "+{gid}"\n'
+# QEMU runs as us and reads our own files, so there is nothing to relabel: without relabelling, libvirt
+# neither chowns the shared image cache nor keeps owner records in its xattrs (which two environments
+# booting from the same kernel file would race on, and whose stale records it warns about on stderr).
+EMBED_QEMU_CONF = """\
+stdio_handler = "file"
+user = "+{uid}"
+group = "+{gid}"
+dynamic_ownership = 0
+remember_owner = 0
+"""
 
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "unknown",
@@ -220,7 +229,18 @@ class Hypervisor:
         try:
             dom.create()
         except libvirt.libvirtError as e:
-            raise HostError(f"cannot start `{dom.name()}`: {e.get_error_message()}") from None
+            log = self.qemu_log(dom.name())
+            said = _tail(log) if log else ""
+            raise HostError(f"cannot start `{dom.name()}`: {e.get_error_message()}"
+                            + (f"\n  QEMU's log ({log}):\n{said}" if said else "")) from None
+
+    def qemu_log(self, name: str) -> Path | None:
+        """Where libvirt keeps this domain's QEMU log (command line and QEMU's own errors), if local."""
+        if is_embedded(self.uri):
+            return Path(self.uri.split("root=", 1)[1]) / "log" / "qemu" / f"{name}.log"
+        if self.uri.startswith("qemu:///system"):
+            return Path("/var/log/libvirt/qemu") / f"{name}.log"
+        return None
 
     def remove(self, dom: Any) -> None:
         """Stop (hard) and undefine; tolerant of a domain that is already gone or stopped."""
@@ -270,3 +290,11 @@ def qemu_pid(domain_name: str) -> int | None:
 def connect(uri: str) -> Iterator[Hypervisor]:
     with Hypervisor(uri) as hv:
         yield hv
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
