@@ -9,10 +9,16 @@ In the guest, per service (see supervise.sh): the image's ext4 disk (found by it
 read-only once at /run/vmctl/images/SERIAL, an overlay with a tmpfs upper layer at
 /run/vmctl/svc/NAME/rootfs, `crun run` in the foreground under a supervisor that records exit codes and
 restarts on failure, and the output in /run/vmctl/svc/NAME/container.log.
+
+Volumes: each distinct host folder the machine's services mount is one virtio-9p device of the domain, its
+tag `vol-` + 12 hex digits of a hash of the folder's path (`volume_tag`). The guest mounts a tag once at
+/run/vmctl/volumes/TAG (read-only when every use is), and the OCI config bind-mounts that folder into the
+container, read-only unless the volume says `:rw`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -20,8 +26,9 @@ import re
 import shlex
 import sys
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
@@ -38,6 +45,10 @@ SERIAL_PREFIX = "img-"
 SERIAL_HEX = 16  # virtio-blk serials hold at most 20 bytes
 STOP_GRACE_SECONDS = 5
 _SERIAL = re.compile(rf"{SERIAL_PREFIX}[0-9a-f]{{{SERIAL_HEX}}}")
+VOLUME_ROOT = "/run/vmctl/volumes"
+VOLUME_PREFIX = "vol-"
+VOLUME_HEX = 12
+_VOLUME_TAG = re.compile(rf"{VOLUME_PREFIX}[0-9a-f]{{{VOLUME_HEX}}}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,16 @@ class Live:
 def image_serial(digest: str) -> str:
     """The disk serial of an image in every guest: `img-` + 16 hex digits of its manifest digest."""
     return SERIAL_PREFIX + digest.split(":", 1)[-1][:SERIAL_HEX]
+
+
+def volume_tag(source: Path | str) -> str:
+    """The 9p mount tag of a host folder in every guest: `vol-` + 12 hex digits of its path's SHA-256."""
+    return VOLUME_PREFIX + hashlib.sha256(str(source).encode()).hexdigest()[:VOLUME_HEX]
+
+
+def volume_path(tag: str) -> str:
+    """Where the guest mounts the 9p device with this tag."""
+    return f"{VOLUME_ROOT}/{tag}"
 
 
 def service_dir(name: str) -> str:
@@ -86,8 +107,10 @@ class GuestRuntime:
     isolation = "microvm"
     share_network = True  # the container uses the guest's network stack: guest port == container port
 
-    def __init__(self, guest: Guest) -> None:
+    def __init__(self, guest: Guest, volumes: Mapping[str, bool] | None = None) -> None:
+        """`volumes`: tag -> read-only, for every 9p device of the machine (`workloads.machine_volumes`)."""
         self.guest = guest
+        self.volumes = dict(volumes or {})
         self._uploaded = False
 
     def rootfs(self, name: str, image: PreparedImage) -> str:
@@ -95,6 +118,9 @@ class GuestRuntime:
 
     def etc_dir(self, name: str) -> str | None:
         return f"{service_dir(name)}/bundle/etc"
+
+    def volume_source(self, source: Path) -> str:
+        return volume_path(volume_tag(source))
 
     def _helper(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> str:
         if not self._uploaded:
@@ -115,7 +141,13 @@ class GuestRuntime:
         serial = image_serial(image.digest)
         if not _SERIAL.fullmatch(serial):
             raise UsageError(f"invalid image digest `{image.digest}`")
-        self._helper("prepare", req.name, serial, stdin=bundle_tar(req))
+        volumes: list[str] = []
+        for tag in sorted({volume_tag(v.source) for v in svc.volumes}):
+            readonly = self.volumes.get(tag, all(v.readonly for v in svc.volumes if volume_tag(v.source) == tag))
+            volumes += [tag, "ro" if readonly else "rw"]
+        if not all(_VOLUME_TAG.fullmatch(t) for t in volumes[::2]):
+            raise UsageError(f"invalid volume tags {volumes[::2]}")
+        self._helper("prepare", req.name, serial, *volumes, stdin=bundle_tar(req))
         self._helper("start", req.name, svc.restart.value)
 
     def live(self, name: str) -> Live:

@@ -143,6 +143,8 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         loader=str(QBOOT) if QBOOT.exists() else None,
         forwards=(render.Forward("127.0.0.1", ssh_port, 22), *forwards),
         disks=tuple(_disk_views(project, machine, image_disks)),
+        filesystems=tuple(render.FilesystemView(str(source), tag, readonly)
+                          for tag, source, readonly in workloads.machine_volumes(project.env, machine.name)),
         dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
     )
 

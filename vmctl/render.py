@@ -41,6 +41,15 @@ class DiskView:
 
 
 @dataclass(frozen=True)
+class FilesystemView:
+    """A host folder shared with the guest over virtio-9p, mounted there by its tag."""
+
+    source: str
+    tag: str
+    readonly: bool
+
+
+@dataclass(frozen=True)
 class Forward:
     """A host port forwarded into the guest by QEMU's user-mode network."""
 
@@ -69,6 +78,7 @@ class DomainView:
     loader: str | None
     forwards: tuple[Forward, ...]
     disks: tuple[DiskView, ...] = ()
+    filesystems: tuple[FilesystemView, ...] = ()
     machine_type: str = "q35"
     tb_cache_mib: int = TB_CACHE_MIB
     dac_label: str | None = None

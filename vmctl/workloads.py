@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from vmctl import ports as host_ports
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
-from vmctl.guest_container import GuestRuntime, Live, image_serial
+from vmctl.guest_container import GuestRuntime, Live, image_serial, volume_tag
 from vmctl.host_container import HostRuntime, PortForward
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
@@ -67,6 +67,7 @@ class Runtime(Protocol):
     def container_name(self, service: str) -> str: ...
     def rootfs(self, name: str, image: PreparedImage) -> str: ...
     def etc_dir(self, name: str) -> str | None: ...
+    def volume_source(self, source: Path) -> str: ...
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None: ...
     def live(self, name: str) -> Live: ...
@@ -106,6 +107,9 @@ class HostServiceRuntime:
 
     def etc_dir(self, name: str) -> str | None:
         return None  # HostRuntime writes and binds them itself
+
+    def volume_source(self, source: Path) -> str:
+        return str(source)
 
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None:
@@ -167,12 +171,8 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) 
 
 
 def _mounts(svc: ServiceSpec, runtime: Runtime) -> tuple[BindMount, ...]:
-    if svc.volumes and runtime.isolation == "microvm":
-        raise UsageError(
-            f"service `{svc.name}`: `volumes` are not supported for microVM services yet",
-            hint="the guest image has no 9p/virtiofs driver yet; use `isolation: container`, or bake the "
-                 "files into the image")
-    return tuple(BindMount(str(v.source), v.target, v.readonly) for v in svc.volumes)
+    """Host folders: bound directly by runc on the host; in a guest, bound from its 9p mount of the folder."""
+    return tuple(BindMount(runtime.volume_source(v.source), v.target, v.readonly) for v in svc.volumes)
 
 
 def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: Progress) -> dict[str, PreparedImage]:
@@ -190,6 +190,16 @@ def image_disks(env: Environment, machine: str, images: Mapping[str, PreparedIma
     disks = {image_serial(images[s.name].digest): images[s.name].disk
              for s in env.services_on(machine) if s.name in images}
     return sorted(disks.items())
+
+
+def machine_volumes(env: Environment, machine: str) -> list[tuple[str, Path, bool]]:
+    """(9p tag, host folder, read-only) of each distinct folder a machine's services mount, sorted by tag:
+    one virtio-9p device each, read-only unless some service mounts the folder `:rw`."""
+    readonly: dict[Path, bool] = {}
+    for s in env.services_on(machine):
+        for v in s.volumes:
+            readonly[v.source] = readonly.get(v.source, True) and v.readonly
+    return sorted((volume_tag(src), src, ro) for src, ro in readonly.items())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,7 +229,7 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
             raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
         guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file)
         self._guests.append(guest.connect())
-        return GuestRuntime(guest)
+        return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)})
 
     def __exit__(self, *exc: object) -> None:
         for guest in self._guests:

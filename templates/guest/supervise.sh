@@ -1,11 +1,14 @@
 #!/bin/sh
 # vmctl service helper inside a guest (busybox sh). Uploaded by vmctl/guest_container.py to
 # /run/vmctl/supervise.sh over SSH at `up`; not part of the guest image. Every argument is a
-# validated name (service `[a-z0-9-]`, disk serial `img-HEX`) and is only ever used quoted.
+# validated name (service `[a-z0-9-]`, disk serial `img-HEX`, 9p tag `vol-HEX`) and is only ever used quoted.
 #
-#   prepare NAME SERIAL   mount the image disk with <serial>SERIAL</serial> read-only (once per guest),
-#                         overlay it with a writable tmpfs layer at /run/vmctl/svc/NAME/rootfs, and
-#                         unpack the bundle (config.json, etc/) that comes as a tar on stdin
+#   prepare NAME SERIAL [TAG ro|rw]...
+#                         mount the image disk with <serial>SERIAL</serial> read-only (once per guest),
+#                         mount each 9p volume TAG at /run/vmctl/volumes/TAG (once per guest; config.json
+#                         binds it into the container), overlay the image with a writable tmpfs layer at
+#                         /run/vmctl/svc/NAME/rootfs, and unpack the bundle (config.json, etc/) that comes
+#                         as a tar on stdin
 #   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid
 #   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log, the exit
 #                         code recorded; restarts after a non-zero exit when RESTART is on-failure
@@ -19,6 +22,7 @@
 SELF=/run/vmctl/supervise.sh
 SVC_ROOT=/run/vmctl/svc
 IMG_ROOT=/run/vmctl/images
+VOL_ROOT=/run/vmctl/volumes
 
 die() {
     echo "supervise: $*" >&2
@@ -52,11 +56,33 @@ mount_image() {
     mount -t ext4 -o ro,noload "$dev" "$img" || die "cannot mount $dev (serial $1) read-only"
 }
 
-prepare() {
+# The host folder shared as virtio-9p device TAG (libvirt <filesystem>, <target dir="TAG"/>), read-only
+# when every service of the machine mounts it read-only. 9p may be built in or a module the init loaded.
+mount_volume() {
     local dir
-    dir="$SVC_ROOT/$1"
-    [ ! -e "$dir" ] || stop "$1" 0
-    mount_image "$2"
+    case "$1" in vol-*[!0-9a-f]*|vol-) die "invalid volume tag $1" ;; vol-*) ;; *) die "invalid volume tag $1" ;; esac
+    case "$2" in ro|rw) ;; *) die "invalid volume mode $2" ;; esac
+    dir="$VOL_ROOT/$1"
+    is_mounted "$dir" && return 0
+    grep -qw 9p /proc/filesystems || die "this guest's kernel has no 9p file system (volumes need CONFIG_9P_FS and CONFIG_NET_9P_VIRTIO)"
+    mkdir -p "$dir" || die "cannot create $dir"
+    mount -t 9p -o "trans=virtio,version=9p2000.L,$2" "$1" "$dir" \
+        || die "cannot mount volume $1 ($2) (was the machine booted before this volume was added? \`vmctl down\` and \`up\`)"
+}
+
+prepare() {
+    local dir name serial
+    name="$1"
+    serial="$2"
+    shift 2
+    dir="$SVC_ROOT/$name"
+    [ ! -e "$dir" ] || stop "$name" 0
+    mount_image "$serial"
+    while [ $# -ge 2 ]; do
+        mount_volume "$1" "$2"
+        shift 2
+    done
+    set -- "$name" "$serial"
     mkdir -p "$dir/rw" "$dir/rootfs" "$dir/bundle" || die "cannot create $dir"
     mount -t tmpfs -o mode=0755 tmpfs "$dir/rw" || die "cannot mount the writable layer of $1"
     mkdir -p "$dir/rw/upper" "$dir/rw/work"
@@ -136,7 +162,8 @@ stop() {
 }
 
 case "$1" in
-    prepare) [ $# -eq 3 ] || die "usage: prepare NAME SERIAL"; prepare "$2" "$3" ;;
+    prepare) [ $# -ge 3 ] && [ $((($# - 3) % 2)) -eq 0 ] || die "usage: prepare NAME SERIAL [TAG ro|rw]..."
+        shift; prepare "$@" ;;
     start) [ $# -eq 3 ] || die "usage: start NAME RESTART"; start "$2" "$3" ;;
     supervise) supervise "$2" "$3" ;;
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;

@@ -12,6 +12,7 @@ import libvirt
 import pytest
 
 from vmctl import lifecycle, ports, render
+from vmctl.guest_container import volume_tag
 from vmctl.paths import PROJECT_ROOT
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import load_environment
@@ -33,7 +34,15 @@ VALID = {
         "  host: {image: x.tar, isolation: container}\n"
     ),
     "kvm": "machines:\n  k: {accel: kvm}\n",
+    "volumes": (
+        "machines:\n  box: {image: minimal}\n"
+        "services:\n"
+        "  a: {image: x.tar, machine: box, volumes: ['./data:/data', './out & <\"x\">:/out:rw']}\n"
+        "  b: {image: x.tar, machine: box, volumes: ['./data:/d2:ro', './out & <\"x\">:/o2']}\n"
+        "  c: {image: x.tar, volumes: ['./data:/data']}\n"
+    ),
 }
+FOLDERS = {"volumes": ("data", 'out & <"x">')}  # volume sources must exist
 
 pytestmark = pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="needs libxml2-utils")
 
@@ -56,6 +65,8 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     files = []
     for name, text in VALID.items():
         (base / name).mkdir()
+        for folder in FOLDERS.get(name, ()):
+            (base / name / folder).mkdir()
         (base / name / "vmctl.yaml").write_text(text)
         files.append(base / name / "vmctl.yaml")
     return files
@@ -119,6 +130,18 @@ def test_forwards_bind_loopback_by_default(tmp_path: Path) -> None:
     args = [a.get("value") or "" for a in ET.fromstring(xml).iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")]
     forwards = [f for f in args[1].split(",") if f.startswith("hostfwd=")]
     assert len(forwards) == 3 and all(f.startswith("hostfwd=tcp:127.0.0.1:") for f in forwards)
+
+
+def test_volumes_are_9p_filesystems(tmp_path_factory: pytest.TempPathFactory) -> None:
+    file = next(f for f in fixtures(tmp_path_factory) if f.parent.name == "volumes")
+    xml = dict(rendered(file))
+    data, out = (file.parent / "data").resolve(), (file.parent / 'out & <"x">').resolve()
+    box = [(fs.get("type"), fs.get("accessmode"), fs.find("source").get("dir"),  # type: ignore[union-attr]
+            fs.find("target").get("dir"), fs.find("readonly") is not None)  # type: ignore[union-attr]
+           for fs in ET.fromstring(xml["box"]).iter("filesystem")]
+    assert box == sorted([("mount", "passthrough", str(data), volume_tag(data), True),
+                          ("mount", "passthrough", str(out), volume_tag(out), False)], key=lambda f: f[3])
+    assert len(list(ET.fromstring(xml["c"]).iter("filesystem"))) == 1  # a dedicated VM's own volume
 
 
 @pytest.mark.parametrize(("index", "dev"), [(0, "vda"), (1, "vdb"), (25, "vdz"), (26, "vdaa"), (27, "vdab")])

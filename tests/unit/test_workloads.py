@@ -15,13 +15,22 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vmctl import lifecycle, render
 from vmctl.container_image import ImageConfig, PreparedImage
-from vmctl.errors import UsageError
-from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_status
+from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_status, volume_tag
+from vmctl.oci_spec import BindMount, make_config
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import load_environment
 from vmctl.ssh import Guest
 from vmctl.state import EnvState, ForwardState, MachineState
-from vmctl.workloads import PrefixWriter, PublishedPort, container_request, copy_file, image_disks, published_ports
+from vmctl.workloads import (
+    HostServiceRuntime,
+    PrefixWriter,
+    PublishedPort,
+    container_request,
+    copy_file,
+    image_disks,
+    machine_volumes,
+    published_ports,
+)
 
 ENV = """\
 name: unit
@@ -78,15 +87,31 @@ def test_request_merges_service_over_image(env_file: Path) -> None:
     assert req.user == ""  # a user name in the image cannot be resolved: root, like the image would be
 
 
-def test_microvm_volumes_are_refused_clearly(tmp_path: Path) -> None:
+def test_microvm_volumes_bind_the_guest_9p_mount(tmp_path: Path) -> None:
     (tmp_path / "web.tar").write_bytes(b"")
     (tmp_path / "d").mkdir()
+    (tmp_path / "o").mkdir()
     file = tmp_path / "env.yaml"
-    file.write_text("services:\n  v:\n    image: ./web.tar\n    volumes: ['./d:/d']\n")
-    svc = load_environment(file).service("v")
+    file.write_text("machines:\n  box: {image: minimal}\nservices:\n"
+                    "  v: {image: ./web.tar, machine: box, volumes: ['./d:/d', './o:/o:rw']}\n"
+                    "  w: {image: ./web.tar, machine: box, volumes: ['./d:/d2:ro', './o:/o2']}\n"
+                    "  h: {image: ./web.tar, isolation: container, volumes: ['./d:/d']}\n")
+    env = load_environment(file)
+    d, o = (tmp_path / "d").resolve(), (tmp_path / "o").resolve()
+    assert machine_volumes(env, "box") == sorted([(volume_tag(d), d, True), (volume_tag(o), o, False)])
+    svc = env.service("v")
     assert svc is not None
-    with pytest.raises(UsageError, match="volumes"):
-        container_request(svc, _image(), _guest_runtime())
+    req = container_request(svc, _image(), _guest_runtime())
+    assert req.mounts == (BindMount(f"/run/vmctl/volumes/{volume_tag(d)}", "/d", True),
+                          BindMount(f"/run/vmctl/volumes/{volume_tag(o)}", "/o", False))
+    assert volume_tag(d).startswith("vol-") and len(volume_tag(d)) == 16
+    binds = {m["destination"]: m for m in make_config(req)["mounts"]}
+    assert binds["/d"]["source"] == f"/run/vmctl/volumes/{volume_tag(d)}" and "ro" in binds["/d"]["options"]
+    assert "ro" not in binds["/o"]["options"]
+    host = env.service("h")
+    assert host is not None
+    hreq = container_request(host, _image(), HostServiceRuntime("e", tmp_path / "services"))
+    assert hreq.mounts == (BindMount(str(d), "/d", True),)
 
 
 def test_bundle_tar_holds_config_and_etc() -> None:
