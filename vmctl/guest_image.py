@@ -149,6 +149,17 @@ def load_recipe(name: str) -> Recipe:
     return parse_recipe(name, path.read_text(), str(path))
 
 
+def has_9p(name: str) -> bool:
+    """Whether the kernel of guest image `name` can mount virtio-9p volumes: built in (`kernel_build`: the
+    fragment sets CONFIG_9P_FS and CONFIG_NET_9P_VIRTIO) or loaded as modules by the init. Debian's cloud
+    kernel (the `default` image) is built without 9p at all (`# CONFIG_NET_9P is not set`)."""
+    recipe = load_recipe(name)
+    if recipe.kernel_build:
+        config = kernel_build.parse_config(kernel_build.load_fragment(recipe.kernel_build))
+        return config.get("CONFIG_9P_FS") == "y" and config.get("CONFIG_NET_9P_VIRTIO") == "y"
+    return {"9p", "9pnet_virtio"} <= set(recipe.modules)
+
+
 # ---------------------------------------------------------------------------------------------- digest
 
 def compute_digest(recipe_text: str, template_text: str, versions: Mapping[str, str]) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmctl import ports
-from vmctl.errors import HostError, Where
+from vmctl import guest_image, ports
+from vmctl.errors import HostError, UsageError, Where
 from vmctl.hypervisor import Hypervisor, is_embedded
 from vmctl.spec import Environment, MachineSpec, PortSpec
 from vmctl.state import EnvState
@@ -59,6 +59,7 @@ def check(project: Project, machines: Sequence[MachineSpec], state: EnvState) ->
     check_resources(env, local, host_resources())
     check_ports(env, to_start, state)
     check_boot_files(env, to_start)
+    check_volumes(env, to_start)
     check_uris({project.uri_for(m) for m in to_start})
 
 
@@ -136,6 +137,23 @@ def check_boot_files(env: Environment, machines: Sequence[MachineSpec]) -> None:
                 raise HostError(f"machine `{m.name}`: cannot open disk `{disk.path}`",
                                 hint="check that the image exists and is readable (and writable unless `readonly`)",
                                 where=where(env, m, "disks"))
+
+
+def check_volumes(env: Environment, machines: Sequence[MachineSpec]) -> None:
+    """Services' `volumes` in a machine are virtio-9p mounts: its guest image's kernel must have 9p.
+    A machine booting its own `kernel` is not checked here (the guest says so when it cannot mount)."""
+    for m in machines:
+        users = [s for s in env.services_on(m.name) if s.volumes]
+        if not users or m.kernel is not None or guest_image.has_9p(m.image):
+            continue
+        svc = users[0]
+        dotted = f"services.{svc.name}.volumes"
+        raise UsageError(
+            f"service `{svc.name}`: `volumes` in machine `{m.name}` need 9p in the guest kernel, and the kernel of "
+            f"guest image `{m.image}` has none",
+            hint="boot that machine with `image: minimal` (its kernel has virtio-9p built in), or use "
+                 "`isolation: container`",
+            where=Where(str(env.file), env.lines.get(dotted), dotted))
 
 
 def check_uris(uris: Iterable[str]) -> None:

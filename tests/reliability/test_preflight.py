@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vmctl import preflight
-from vmctl.errors import HostError
+from vmctl.errors import HostError, UsageError
 from vmctl.lifecycle import Project
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import Environment, load_environment
@@ -95,3 +95,16 @@ def test_check_skips_machines_already_booted(tmp_path: Path, monkeypatch: pytest
         preflight.check(project, env.machines, EnvState("t", ""))
     booted = EnvState("t", "", {"big": MachineState("big", "d", "u", "tcg", 1, hostkey="ssh-ed25519 AAAA")})
     preflight.check(project, env.machines, booted)
+
+
+def test_volumes_need_9p_in_the_guest_kernel(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    env = env_of(tmp_path, "machines:\n  mini: {image: minimal}\n  cloud: {}\nservices:\n"
+                           "  ok: {image: x, machine: mini, volumes: ['./d:/d']}\n"
+                           "  bad:\n    image: x\n    machine: cloud\n    volumes: ['./d:/d']\n")
+    mini = [m for m in env.machines if m.name == "mini"]
+    preflight.check_volumes(env, mini)  # the minimal kernel has 9p built in
+    with pytest.raises(UsageError, match="need 9p in the guest kernel") as info:
+        preflight.check_volumes(env, env.machines)  # Debian's cloud kernel has no 9p at all
+    assert info.value.where is not None and (info.value.where.line, info.value.where.key) == (9, "services.bad.volumes")
+    assert "image: minimal" in (info.value.hint or "")
