@@ -151,8 +151,8 @@ def check_volumes(env: Environment, machines: Sequence[MachineSpec]) -> None:
         raise UsageError(
             f"service `{svc.name}`: `volumes` in machine `{m.name}` need 9p in the guest kernel, and the kernel of "
             f"guest image `{m.image}` has none",
-            hint="boot that machine with `image: minimal` (its kernel has virtio-9p built in), or use "
-                 "`isolation: container`",
+            hint=f"give it {'`vm: {image: minimal}`' if m.dedicated_to else '`image: minimal`'} (that kernel has "
+                 "virtio-9p built in), or use `isolation: container`",
             where=Where(str(env.file), env.lines.get(dotted), dotted))
 
 
