@@ -6,7 +6,6 @@ locally built `tools` image (built here when missing); the browser check needs `
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from examples.build_images import build_image
 from tests.conftest import ROOT, qemu_pids, run_vmctl
 
 pytestmark = [
@@ -31,11 +31,7 @@ EXAMPLE = ROOT / "examples" / "compare.yaml"
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
     if not (ROOT / "examples" / "images" / "tools.tar").exists():
-        spec = importlib.util.spec_from_file_location("build_images", ROOT / "examples" / "build_images.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.build_image("tools", ROOT / "examples" / "images")
+        build_image("tools", ROOT / "examples" / "images")
     out = tmp_path_factory.mktemp("compare-report")
     proc = run_vmctl("-f", str(EXAMPLE), "--progress", "plain", "compare", "--sandboxes", "runc,microvm",
                      "--runs", "2", "--perf-seconds", "1", "--json", "--out", str(out), timeout=420)

@@ -6,7 +6,6 @@ Needs root, runc, slirp4netns, skopeo, umoci, mkfs.ext4/debugfs and busybox-stat
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import os
 import shutil
@@ -16,17 +15,16 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from examples.build_images import build_image, build_tiny_image
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import UsageError, VmctlError
 from vmctl.host_container import HostContainer, HostRuntime, PortForward
 from vmctl.oci_spec import ContainerRequest, merge_command, merge_env
 
-REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "debugfs", "busybox")
 missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
 pytestmark = [
@@ -35,13 +33,6 @@ pytestmark = [
 ]
 HOSTILE = 'it\'s "quoted"; $(id) `id` & done'
 
-
-def _load_build_images() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_images", REPO / "examples" / "build_images.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def tiny_tar(workdir: Path) -> Path:
-    out: Path = _load_build_images().build_tiny_image(workdir / "images")
+    out: Path = build_tiny_image(workdir / "images")
     return out
 
 
@@ -132,8 +123,7 @@ def test_prepare_makes_an_ext4_disk_and_caches(image: PreparedImage, tiny_tar: P
 
 
 def test_docker_archive_and_layout_dir_are_accepted(workdir: Path, image: PreparedImage) -> None:
-    build = _load_build_images()
-    docker_tar = build.build_image("web", workdir / "docker", fmt="docker-archive")
+    docker_tar = build_image("web", workdir / "docker", fmt="docker-archive")
     prepared = prepare_image(str(docker_tar), workdir)
     assert prepared.config == image.config
     layout = workdir / "layout"

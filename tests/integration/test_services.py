@@ -7,22 +7,20 @@ nothing), then one module-scoped environment shared by the other tests and remov
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from examples.build_images import build_tiny_image
 from tests.conftest import qemu_pids, run_vmctl, runc_containers
 from vmctl.paths import runtime_root
 
-REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
 missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
 pytestmark = [
@@ -68,18 +66,11 @@ services:
 """
 
 
-def _load_build_images() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_images", REPO / "examples" / "build_images.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("services")
-    _load_build_images().build_tiny_image(path)
+    build_tiny_image(path)
     return path
 
 

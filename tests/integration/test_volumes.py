@@ -10,7 +10,6 @@ test_preflight.py). The minimal kernel is compiled at most once per cache (see t
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from examples.build_images import build_tiny_image
 from tests.conftest import qemu_pids, run_vmctl
 from vmctl import kernel_build
 from vmctl.guest_container import volume_tag
 from vmctl.guest_image import build_guest_image
 
-REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("skopeo", "umoci", "mkfs.ext4", "busybox")
 missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
 pytestmark = [
@@ -55,11 +54,7 @@ def env_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                               progress=lambda m: print(f"kernel minimal: {m}", file=sys.stderr))
     build_guest_image("minimal")
     folder = tmp_path_factory.mktemp("volumes")
-    spec = importlib.util.spec_from_file_location("build_images", REPO / "examples" / "build_images.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build_tiny_image(folder)
+    build_tiny_image(folder)
     (folder / "ro").mkdir()
     (folder / "ro" / "hello.txt").write_text("hello from the host\n")
     (folder / "rw").mkdir()
