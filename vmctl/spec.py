@@ -279,22 +279,21 @@ def p_enum(enum: type[StrEnum]) -> Parser:
     return parse
 
 
-def p_file(value: Any, path: KeyPath, ctx: Ctx) -> Path:
-    text = p_str(value, path, ctx)
-    resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
-    if not resolved.is_file():
-        ctx.fail(path, f"file `{text}` does not exist (looked for `{resolved}`)",
-                 "paths are relative to the environment file's folder")
-    return resolved
+def p_existing(kind: str, exists: Callable[[Path], bool]) -> Parser:
+    """A path relative to the environment file's folder that must exist as a `kind` (file, folder)."""
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> Path:
+        text = p_str(value, path, ctx)
+        resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
+        if not exists(resolved):
+            ctx.fail(path, f"{kind} `{text}` does not exist (looked for `{resolved}`)",
+                     "paths are relative to the environment file's folder")
+        return resolved
+
+    return parse
 
 
-def p_dir(value: Any, path: KeyPath, ctx: Ctx) -> Path:
-    text = p_str(value, path, ctx)
-    resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
-    if not resolved.is_dir():
-        ctx.fail(path, f"folder `{text}` does not exist (looked for `{resolved}`)",
-                 "paths are relative to the environment file's folder")
-    return resolved
+p_file = p_existing("file", Path.is_file)
+p_dir = p_existing("folder", Path.is_dir)
 
 
 _URI = re.compile(r"^[a-z][a-z0-9+]*:(//[^\s]*)?$")
