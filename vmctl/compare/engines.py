@@ -19,6 +19,8 @@ from vmctl.compare import footprint
 from vmctl.compare.sandboxes import Exec, Instance, Sandbox, Workload, phases_from_marks, tool_version, wait_first_line
 from vmctl.container_image import resolve_source
 from vmctl.errors import CommandFailed, HostError
+from vmctl.host_container import bounding_caps
+from vmctl.oci_spec import ALL_CAPS
 from vmctl.ports import free_port
 from vmctl.runner import output, run, spawn
 
@@ -102,7 +104,9 @@ class Engine(Sandbox):
             args += ["--memory", f"{workload.memory_limit_mib}m"]
         if workload.pids_limit:
             args += ["--pids-limit", str(workload.pids_limit)]
-        return args + (["--privileged"] if workload.privileged else ["--read-only"])
+        if workload.privileged:
+            return args + privileged_args()
+        return args + ["--read-only", "--tmpfs", "/tmp", "--tmpfs", "/run"]  # as vmctl's own containers
 
     def start(self, workload: Workload, tag: str) -> Instance:
         ports = {p: free_port() for p in workload.ports} if self.publishes else {}
@@ -127,6 +131,18 @@ class Engine(Sandbox):
         return inst
 
     publishes = False
+
+
+def privileged_args() -> list[str]:
+    """`--privileged`, or where this host's bounding set lacks capabilities (runc cannot grant them, and
+    the engine's `--privileged` asks for all), the closest equivalent: every capability we hold, no
+    seccomp or AppArmor profile, no masked /proc paths."""
+    missing = [c for c in ALL_CAPS if c not in bounding_caps()]
+    if not missing:
+        return ["--privileged"]
+    args = ["--cap-add", "ALL", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+            "--security-opt", "systempaths=unconfined"]
+    return args + [a for c in missing for a in ("--cap-drop", c.removeprefix("CAP_"))]
 
 
 class Docker(Engine):
