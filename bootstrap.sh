@@ -17,7 +17,7 @@ PACKAGES=(
   # container images and host containers
   skopeo umoci runc slirp4netns iproute2 procps
   # workloads the example images carry, and the comparison
-  stress-ng fio iperf3 chromium
+  stress-ng fio iperf3 redis-server redis-tools chromium
   # our own microVM kernel (guest_images/minimal)
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev
   # Python

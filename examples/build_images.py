@@ -3,7 +3,7 @@
     python examples/build_images.py [--force] [--format oci-archive|docker-archive] [web|tools ...]
 
 Writes `examples/images/web.tar` (busybox-static: `httpd` on :8080 serving a CGI page with the hostname
-and $GREETING) and `examples/images/tools.tar` (busybox + stress-ng + fio + iperf3 with the libraries
+and $GREETING) and `examples/images/tools.tar` (busybox + stress-ng + fio + iperf3 + redis with the libraries
 `ldd` lists, for benchmarks). Each image is a staged root folder -> `umoci insert` into a fresh OCI
 layout -> `skopeo copy` to an archive. Timestamps are pinned, so the same inputs give the same digest.
 An image is skipped when a stamp of its inputs matches. Progress goes to stderr.
@@ -35,7 +35,8 @@ IMAGES_DIR = EXAMPLES / "images"
 SRC_DIR = EXAMPLES / "images-src"
 EPOCH = "1970-01-01T00:00:00Z"
 TAG = "img"
-TOOL_BINARIES = {"stress-ng": "stress-ng", "fio": "fio", "iperf3": "iperf3"}  # program -> Debian package
+TOOL_BINARIES = {"stress-ng": "stress-ng", "fio": "fio", "iperf3": "iperf3",  # program -> Debian package
+                 "redis-server": "redis-server", "redis-benchmark": "redis-tools"}
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnobody:x:65534:\n"
 

@@ -107,3 +107,10 @@ def test_perf_parsers() -> None:
     assert perf.parse_memrate("stress-ng: metrc: [1] memrate  76380.79 memset MB per sec (geometic mean)") == 76380.79
     assert perf.parse_fio_iops('note\n{"jobs": [{"read": {"iops": 10.5}, "write": {"iops": 2}}]}') == 12.5
     assert perf.parse_iperf_bps('{"end": {"sum_received": {"bits_per_second": 1e9}}}') == 1e9
+
+
+def test_parse_redis_csv_averages_set_and_get() -> None:
+    text = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",'
+            '"max_latency_ms"\n"SET","40000.00","0.7","0.1","0.6","1.0","1.5","3.0"\n'
+            '"GET","60000.00","0.5","0.1","0.4","0.8","1.2","2.0"\n')
+    assert perf.parse_redis_csv(text) == 50000.0

@@ -103,9 +103,46 @@ def network(inst: Instance, seconds: float) -> float:
         time.sleep(0.3)
 
 
+REDIS_PORT = 6379
+REDIS_REQUESTS = 20000
+
+
+def parse_redis_csv(text: str) -> float:
+    """Mean requests/s over the tests of `redis-benchmark --csv` ("test","rps",...)."""
+    rates = []
+    for line in text.splitlines():
+        fields = [f.strip('"') for f in line.split(",")]
+        if len(fields) >= 2 and fields[0] in ("SET", "GET"):
+            rates.append(float(fields[1]))
+    if not rates:
+        raise VmctlError(f"redis-benchmark printed no SET/GET results: {text.strip()[-300:]}")
+    return sum(rates) / len(rates)
+
+
+def application(inst: Instance, seconds: float) -> float:
+    """A real application: redis, served and benchmarked inside the sandbox (over its own loopback)."""
+    _in(inst, ["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no",
+               "--daemonize", "yes", "--dir", "/tmp"], 60)
+    try:
+        argv = ["redis-benchmark", "-p", str(REDIS_PORT), "-q", "--csv", "-t", "set,get", "-n", str(REDIS_REQUESTS)]
+        deadline = time.monotonic() + 30
+        while True:  # the server may take a moment to listen
+            res = inst.exec(argv, timeout=seconds * 20 + 120)
+            if res.code == 0 and "SET" in res.out:
+                return parse_redis_csv(res.out)
+            if time.monotonic() > deadline:
+                raise VmctlError(f"redis-benchmark failed in {inst.sandbox}: {(res.err or res.out).strip()[-300:]}")
+            time.sleep(0.3)
+    finally:
+        inst.exec(["sh", "-c", "kill $(pidof redis-server) 2>/dev/null; true"], timeout=30)
+
+
 BENCHES = (
     Bench("cpu", "cpu_bogo_ops_per_s", "bogo-ops/s", "stress-ng --cpu 1 --cpu-method int64", cpu),
     Bench("memory", "memory_mb_per_s", "MB/s", "stress-ng --memrate (memset, 4 MiB buffer)", memory),
     Bench("file_io", "fio_iops", "IOPS", "fio 4k random read+write, psync, on the sandbox's /tmp", file_io),
     Bench("network", "iperf3_bits_per_s", "bit/s", "iperf3 from the host through the published port", network),
+    Bench("redis", "redis_requests_per_s", "req/s",
+          f"redis-benchmark SET/GET ({REDIS_REQUESTS} requests, 50 clients) against redis-server, both in the sandbox",
+          application),
 )
