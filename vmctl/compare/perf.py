@@ -123,17 +123,19 @@ def application(inst: Instance, seconds: float) -> float:
     """A real application: redis, served and benchmarked inside the sandbox (over its own loopback)."""
     _in(inst, ["redis-server", "--port", str(REDIS_PORT), "--save", "", "--appendonly", "no", "--daemonize", "yes",
                "--dir", "/tmp", "--pidfile", "/tmp/redis.pid", "--logfile", "/tmp/redis.log"], 60)
+    # redis-benchmark does not give up on a server that is not listening yet: wait for the socket
+    # (LISTEN state, port in hex, in /proc/net/tcp) and bound the benchmark with busybox's timeout.
+    listening = f"grep -q ':{REDIS_PORT:04X} 00000000:0000 0A' /proc/net/tcp"
     try:
-        # redis-benchmark does not give up on a server that is not listening yet: wait for the socket
-        # (LISTEN state, port in hex, in /proc/net/tcp) and bound the benchmark with busybox's timeout.
-        listening = f"grep -q ':{REDIS_PORT:04X} 00000000:0000 0A' /proc/net/tcp"
         _in(inst, ["sh", "-c", f"for i in $(seq 300); do {listening} && exit 0; sleep 0.1; done; exit 1"], 60)
         limit = int(seconds * 20 + 60)
         argv = ["timeout", str(limit), "redis-benchmark", "-p", str(REDIS_PORT), "-q", "--csv", "-t", "set,get",
                 "-n", str(REDIS_REQUESTS)]
         return parse_redis_csv(_in(inst, argv, limit + 30))
     finally:
-        inst.exec(["sh", "-c", "kill $(cat /tmp/redis.pid) 2>/dev/null; rm -f /tmp/redis.pid; true"], timeout=30)
+        # stop it and wait until the port is free: the next sample's server must not find it taken
+        stop = f"kill $(cat /tmp/redis.pid) 2>/dev/null; for i in $(seq 100); do {listening} || break; sleep 0.1; done"
+        inst.exec(["sh", "-c", f"{stop}; rm -f /tmp/redis.pid; true"], timeout=30)
 
 
 BENCHES = (
