@@ -165,3 +165,15 @@ def run_vmctl(*args: str, cwd: Path | None = None, input: str | None = None,
     """Run the real CLI in a subprocess, as a user would."""
     return subprocess.run([*VMCTL, *args], cwd=cwd or ROOT, input=input, capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def environment_up(file: Path, *, timeout: str = "180") -> Iterator[Path]:
+    """`vmctl up` the file for the block, and `vmctl down` it afterwards, even when the block fails."""
+    up = run_vmctl("-f", str(file), "up", "--timeout", timeout)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield file
+    finally:
+        down = run_vmctl("-f", str(file), "down")
+        assert down.returncode == 0, down.stderr

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import qemu_pids, run_vmctl, runc_containers
+from tests.conftest import environment_up, qemu_pids, run_vmctl, runc_containers
 from vmctl.paths import runtime_root
 
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
@@ -108,13 +108,10 @@ def test_failing_healthcheck_fails_up_cleanly(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def good(folder: Path) -> Iterator[Path]:
     file = _write(folder, "good", GOOD)
-    up = run_vmctl("-f", str(file), "up", "--timeout", "180")
     try:
-        assert up.returncode == 0, up.stderr
-        yield file
+        with environment_up(file):
+            yield file
     finally:
-        down = run_vmctl("-f", str(file), "down")
-        assert down.returncode == 0, down.stderr
         assert _of_env("svc-good") == ([], [])
 
 

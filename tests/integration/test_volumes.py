@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import qemu_pids, run_vmctl
+from tests.conftest import environment_up, qemu_pids, run_vmctl
 from vmctl import kernel_build
 from vmctl.guest_container import volume_tag
 from vmctl.guest_image import build_guest_image
@@ -60,13 +60,10 @@ def env_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (folder / "rw").mkdir()
     file = folder / "vmctl.yaml"
     file.write_text(ENV)
-    up = run_vmctl("-f", str(file), "up", "--timeout", "180")
     try:
-        assert up.returncode == 0, up.stderr
-        yield file
+        with environment_up(file):
+            yield file
     finally:
-        down = run_vmctl("-f", str(file), "down")
-        assert down.returncode == 0, down.stderr
         assert not [p for p in qemu_pids() if b"vmctl-vols-" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
