@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmctl.guest_image import KERNEL_CMDLINE
+from vmctl import render
 from vmctl.runner import which
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
@@ -36,11 +36,8 @@ _LINE = re.compile(r"^(VMCTL-[A-Z-]+)(.*)$")
 # ---------------------------------------------------------------------------------------------- argv
 
 def kernel_cmdline(hostname: str, sshkey_b64: str, *, probe: bool = False, extra: Sequence[str] = ()) -> str:
-    """The guest contract's kernel command line (what vmctl's render stage produces)."""
-    args = [*KERNEL_CMDLINE, f"vmctl.hostname={hostname}", f"vmctl.sshkey={sshkey_b64}", *extra]
-    if probe:
-        args.append("vmctl.probe=1")
-    return " ".join(args)
+    """The same kernel command line vmctl's render stage gives a one-vCPU TCG machine."""
+    return render.kernel_cmdline(hostname, sshkey_b64, extra, accel="tcg", vcpus=1, probe=probe)
 
 
 def machine_args(accel: str = "tcg", tb_size_mib: int | None = None) -> list[str]:

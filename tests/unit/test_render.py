@@ -147,3 +147,11 @@ def test_volumes_are_9p_filesystems(tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.mark.parametrize(("index", "dev"), [(0, "vda"), (1, "vdb"), (25, "vdz"), (26, "vdaa"), (27, "vdab")])
 def test_disk_dev(index: int, dev: str) -> None:
     assert render.disk_dev(index) == dev
+
+
+@pytest.mark.parametrize(("accel", "vcpus", "ticks_from_hpet"), [("tcg", 1, True), ("tcg", 2, False), ("kvm", 1, False)])
+def test_apic_timer_calibration_skipped_only_for_one_vcpu_under_tcg(accel: str, vcpus: int,
+                                                                    ticks_from_hpet: bool) -> None:
+    tokens = render.kernel_cmdline("m", "QUFBQQ==", ["loglevel=3"], accel=accel, vcpus=vcpus).split()
+    assert ("nolapic_timer" in tokens) is ticks_from_hpet
+    assert "noreplace-smp" in tokens and tokens[-1] == "loglevel=3"  # the machine's own arguments come last
