@@ -70,6 +70,7 @@ class Recipe:
     modules: tuple[str, ...]
     compression: str
     kernel_build: str | None = None  # a kernel of our own (vmctl/kernel_build.py), everything built in
+    modules_after_ready: tuple[str, ...] = ()  # loaded once the guest announced READY (not needed for it)
 
 
 # ---------------------------------------------------------------------------------------------- recipe
@@ -80,6 +81,7 @@ _RECIPE_KEYS: dict[str, str] = {
     "packages": "a list of Debian package names",
     "binaries": "a list of paths inside the unpacked packages, such as `usr/bin/crun`",
     "modules": "a list of kernel module names, such as `virtio_net`",
+    "modules_after_ready": "a list of kernel module names loaded after READY, such as `virtio_balloon`",
     "compression": "`none` or `gzip`",
 }
 
@@ -116,7 +118,8 @@ def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
         raise UsageError(f"{where}: `binaries` are relative paths inside the packages, got {binaries}")
     return Recipe(name=name, path=Path(where), kernel=data["kernel"],
                   packages=_str_list(data["packages"], "packages", where), binaries=binaries,
-                  modules=_str_list(data["modules"], "modules", where), compression=data["compression"])
+                  modules=_str_list(data["modules"], "modules", where), compression=data["compression"],
+                  modules_after_ready=_str_list(data["modules_after_ready"], "modules_after_ready", where))
 
 
 def _parse_built_kernel_recipe(name: str, data: dict[str, object], where: str) -> Recipe:
@@ -289,12 +292,13 @@ def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Sequence[str]) 
 # ---------------------------------------------------------------------------------------------- init
 
 def render_init(image_name: str, kernel_release: str, modules: Sequence[str],
-                template_text: str | None = None) -> str:
+                template_text: str | None = None, modules_after_ready: Sequence[str] = ()) -> str:
     # Shell uses `${#var}`: Jinja comments are `{## ... ##}` here, not `{# ... #}`.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                              comment_start_string="{##", comment_end_string="##}")
     template = env.from_string(template_text if template_text is not None else INIT_TEMPLATE.read_text())
-    return template.render(image_name=image_name, kernel_release=kernel_release, modules=list(modules))
+    return template.render(image_name=image_name, kernel_release=kernel_release, modules=list(modules),
+                           modules_after_ready=list(modules_after_ready))
 
 
 # ---------------------------------------------------------------------------------------------- cpio
@@ -420,15 +424,17 @@ def _add_binaries(cpio: Cpio, root: Path, binaries: Sequence[str]) -> None:
         cpio.file(name, lib.resolve().read_bytes(), 0o755)
 
 
-def _build_initramfs(recipe: Recipe, root: Path, release: str, modules: Sequence[str]) -> bytes:
+def _build_initramfs(recipe: Recipe, root: Path, release: str, modules: Sequence[str],
+                     modules_after_ready: Sequence[str] = ()) -> bytes:
     cpio = Cpio()
     _add_base(cpio)
     _add_binaries(cpio, root, recipe.binaries)
     if "bin/busybox" in cpio:
         _add_busybox(cpio, root / "bin" / "busybox")
-    for module in modules:
+    for module in (*modules, *modules_after_ready):
         cpio.file(f"lib/modules/{release}/{module}", (root / "lib" / "modules" / release / module).read_bytes())
-    cpio.file("init", render_init(recipe.name, release, modules).encode(), 0o755)
+    cpio.file("init", render_init(recipe.name, release, modules, modules_after_ready=modules_after_ready).encode(),
+              0o755)
     data = cpio.serialize()
     return gzip.compress(data, compresslevel=6, mtime=0) if recipe.compression == "gzip" else data
 
@@ -538,15 +544,17 @@ def _make_image(recipe: Recipe, versions: Mapping[str, str], fingerprint: str, o
         run([which("depmod", package="kmod"), "-b", work / "root", release])
         deps = parse_modules_dep((work / "root" / "lib" / "modules" / release / "modules.dep").read_text())
         modules = module_load_order(deps, recipe.modules)
+        late = [m for m in module_load_order(deps, [*recipe.modules, *recipe.modules_after_ready]) if m not in modules]
         progress("writing initramfs")
-        initrd = _build_initramfs(recipe, work / "root", release, modules)
+        initrd = _build_initramfs(recipe, work / "root", release, modules, late)
         (out / COMPRESSIONS[recipe.compression]).write_bytes(initrd)
         shutil.copyfile(work / "root" / "boot" / f"vmlinuz-{release}", out / KERNEL_FILE)
     return {
         "format": FORMAT, "name": recipe.name, "digest": _current_digest(recipe, versions),
         "apt_fingerprint": fingerprint,
         "kernel_release": release, "packages": dict(sorted(versions.items())),
-        "modules": [_module_name(m) for m in modules], "compression": recipe.compression,
+        "modules": [_module_name(m) for m in modules],
+        "modules_after_ready": [_module_name(m) for m in late], "compression": recipe.compression,
         "initrd": COMPRESSIONS[recipe.compression], "build_seconds": round(time.monotonic() - started, 2),
         "sizes": {"kernel": (out / KERNEL_FILE).stat().st_size, "initrd": len(initrd)},
     }

@@ -71,12 +71,14 @@ def test_default_recipe_parses() -> None:
     assert recipe.kernel == "linux-image-cloud-amd64"
     assert "bin/busybox" in recipe.binaries and "usr/bin/crun" in recipe.binaries
     assert {"virtio_pci", "virtio_net", "virtio_blk", "overlay"} <= set(recipe.modules)
+    assert recipe.modules_after_ready == ("virtio_balloon",)
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        "kernel: k\npackages: [a]\nbinaries: [bin/a]\nmodules: [m]\ncompression: none\nextra: 1\n",
+        "kernel: k\npackages: [a]\nbinaries: [bin/a]\nmodules: [m]\nmodules_after_ready: [n]\ncompression: none\n"
+        "extra: 1\n",
         "kernel: k\npackages: [a]\nbinaries: [bin/a]\nmodules: [m]\n",
         "kernel: k\npackages: [a]\nbinaries: [/bin/a]\nmodules: [m]\ncompression: none\n",
         "kernel: k\npackages: a\nbinaries: [bin/a]\nmodules: [m]\ncompression: none\n",
@@ -200,3 +202,16 @@ def test_cpio_records_are_newc_and_aligned() -> None:
     assert names == sorted(names)
     assert names.index("usr") < names.index("usr/bin") < names.index("usr/bin/tool")
     assert {"bin", "bin/sh", "dev", "dev/console"} <= set(names)
+
+
+def test_modules_after_ready_load_after_the_ready_line(tmp_path: Path) -> None:
+    deps = gi.parse_modules_dep(MODULES_DEP)
+    early = gi.module_load_order(deps, ["virtio_pci"])
+    late = [m for m in gi.module_load_order(deps, ["virtio_pci", "virtio_net"]) if m not in early]
+    text = gi.render_init("default", "6.1.0-56-cloud-amd64", early, modules_after_ready=late)
+    body = text[text.index("\nmain() {"):]
+    assert body.index("step load_modules") < body.index("print_ready") < body.index("after_ready")
+    late_fn = text[text.index("load_modules_after_ready() {"):text.index("\nafter_ready() {")]
+    assert [Path(line.split()[1]).name for line in late_fn.splitlines() if line.strip().startswith("insmod ")] == [
+        "failover.ko", "net_failover.ko", "virtio_net.ko"]  # virtio_ring & co. came with virtio_pci already
+    assert "load_modules_after_ready" in text[text.index("\nafter_ready() {"):]

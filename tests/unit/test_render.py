@@ -149,7 +149,8 @@ def test_disk_dev(index: int, dev: str) -> None:
     assert render.disk_dev(index) == dev
 
 
-@pytest.mark.parametrize(("accel", "vcpus", "ticks_from_hpet"), [("tcg", 1, True), ("tcg", 2, False), ("kvm", 1, False)])
+@pytest.mark.parametrize(("accel", "vcpus", "ticks_from_hpet"),
+                         [("tcg", 1, True), ("tcg", 2, False), ("kvm", 1, False)])
 def test_apic_timer_calibration_skipped_only_for_one_vcpu_under_tcg(accel: str, vcpus: int,
                                                                     ticks_from_hpet: bool) -> None:
     tokens = render.kernel_cmdline("m", "QUFBQQ==", ["loglevel=3"], accel=accel, vcpus=vcpus).split()
