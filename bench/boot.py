@@ -75,7 +75,7 @@ def variants(names: Sequence[str], progress: bool = True) -> list[Variant]:
 
 # ---------------------------------------------------------------------------------------------- one boot each
 
-def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, object]:
+def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int) -> dict[str, object]:
     env = f"bench-{v.name}"
     file = s.write_env(env, {"m": v.machine(memory_mib)})
     try:
@@ -84,7 +84,7 @@ def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int, tb_mib: int) -
         timeline = machine["timeline"]
         pid = qemu_pid(f"vmctl-{env}-m")
         time.sleep(SETTLE)
-        found = memory_of(pid, memory_mib, tb_mib) if pid else None
+        found = memory_of(pid, memory_mib) if pid else None
         memory = found.as_dict() if found else {}
     finally:
         s.vmctl(file, "down")
@@ -101,7 +101,7 @@ def bare_boot(v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, o
         if vm.wait_for("VMCTL-READY", timeout=120) != "VMCTL-READY":
             raise RuntimeError(f"bare boot of {v.name} failed: {vm.console[-10:]}")
         time.sleep(SETTLE)
-        found = memory_of(vm.process.pid, memory_mib, tb_mib)
+        found = memory_of(vm.process.pid, memory_mib)
         memory = found.as_dict() if found else {}
         timings = vm.timings()
     return {"variant": v.name, "run": run, "bare_ready_s": timings["wall_ready_s"],
@@ -165,6 +165,7 @@ def summarize(rows: Sequence[dict[str, object]], names: Sequence[str]) -> list[d
                     "ratio_wall": wall / bare if wall and bare else None,
                     "pss_mib": med("pss_mib"), "guest_ram_mib": med("guest_ram_touched_mib"),
                     "tcg_cache_mib": med("tcg_cache_mib"), "overhead_mib": med("qemu_overhead_mib"),
+                    "files_mib": med("mapped_files_mib"), "private_mib": med("qemu_private_mib"),
                     "bare_pss_mib": med("bare_pss_mib"), "bare_overhead_mib": med("bare_qemu_overhead_mib")})
     return out
 
@@ -176,12 +177,14 @@ def render(summary: Sequence[dict[str, object]], parallel: Sequence[dict[str, ob
         return fmt(float(str(value)) if value is not None else None, digits, suffix)
 
     head = ["variant", "runs", "up wall", "up->QEMU", "up->READY", "up->SSH", "bare->READY", "ready/bare", "wall/bare",
-            "guest uptime@READY", "PSS", "guest RAM", "TCG cache", "QEMU overhead", "bare overhead"]
+            "guest uptime@READY", "PSS", "guest RAM", "TCG cache", "files", "private", "overhead",
+            "bare overhead"]
     rows = [[str(r["variant"]), str(r["runs"]), f(r, "up_wall_s", 2, "s"), f(r, "up_qemu_started_s", 2, "s"),
              f(r, "up_ready_s", 2, "s"),
              f(r, "up_ssh_s", 2, "s"), f(r, "bare_ready_s", 2, "s"), f(r, "ratio_ready", 2, "x"),
              f(r, "ratio_wall", 2, "x"), f(r, "guest_ready_uptime_s", 2, "s"), f(r, "pss_mib", 0, "M"),
-             f(r, "guest_ram_mib", 0, "M"), f(r, "tcg_cache_mib", 0, "M"), f(r, "overhead_mib", 0, "M"),
+             f(r, "guest_ram_mib", 0, "M"), f(r, "tcg_cache_mib", 0, "M"), f(r, "files_mib", 0, "M"),
+             f(r, "private_mib", 0, "M"), f(r, "overhead_mib", 0, "M"),
              f(r, "bare_overhead_mib", 0, "M")] for r in summary]
     text = [f"accelerator = {accel}; guest RAM {memory_mib} MiB; tb-cache {tb_mib} MiB; medians", "",
             table(head, rows)]
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             for v in chosen:
                 print(f"bench: run {run + 1}/{args.runs} {v.name}", file=sys.stderr)
-                rows.append(vmctl_boot(s, v, run, args.memory, args.tb_cache))
+                rows.append(vmctl_boot(s, v, run, args.memory))
                 rows.append(bare_boot(v, run, args.memory, args.tb_cache))
         if args.parallel:
             for v in variants([n for n in args.parallel_variants.split(",") if n], progress=False):

@@ -19,11 +19,28 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench.vmstats import Scratch, fmt, scratch, table, timed_up
-from vmctl.guest_image import build_guest_image
+from vmctl.guest_image import build_guest_image, find_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
+from vmctl.runner import output, which
+
+
+def boot_files(image: str) -> list[Path]:
+    found = find_guest_image(image)
+    return [found.kernel, found.initrd] if found else []
+
+
+def page_cache_mib(files: Sequence[Path]) -> float:
+    """MiB of these files in the host's page cache, one copy however many VMs map them (mincore(2)
+    through util-linux's fincore)."""
+    if not files:
+        return 0.0
+    out = output([which("fincore", package="util-linux"), "--bytes", "--noheadings", "--raw", "--output", "RES",
+                  *map(str, files)])
+    return round(sum(int(line) for line in out.split()) / 2**20, 1)
 
 
 def parse_size_mib(text: str) -> int:
@@ -34,7 +51,7 @@ def parse_size_mib(text: str) -> int:
     return int(match.group(1)) * (1024 if unit == "G" else 1)
 
 
-def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, settle: float,
+def measure(s: Scratch, image: str, count: int, memory_mib: int, settle: float,
             timeout: float) -> dict[str, object]:
     env = f"density-{count}"
     machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg"}
@@ -44,7 +61,8 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, se
         boots = [float(m["boot_seconds"]) for m in s.machines(file) if m.get("boot_seconds") is not None]
         time.sleep(settle)
         pids = [qemu_pid(f"vmctl-{env}-d{i}") for i in range(count)]
-        mems = [m for p in pids if p and (m := memory_of(p, memory_mib, tb_mib))]
+        mems = [m for p in pids if p and (m := memory_of(p, memory_mib))]
+        cached = page_cache_mib(boot_files(image))
     finally:
         s.vmctl(file, "down", timeout=timeout)
     total = sum(m.pss for m in mems)
@@ -54,7 +72,12 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, tb_mib: int, se
             "pss_total_mib": round(total, 1), "pss_per_vm_mib": round(total / len(mems), 1) if mems else None,
             "guest_ram_per_vm_mib": round(statistics.mean(m.guest_ram for m in mems), 1) if mems else None,
             "tcg_cache_per_vm_mib": round(statistics.mean(m.tcg_cache for m in mems), 1) if mems else None,
-            "overhead_per_vm_mib": round(statistics.mean(m.overhead for m in mems), 1) if mems else None}
+            "files_per_vm_mib": round(statistics.mean(m.files for m in mems), 1) if mems else None,
+            "private_per_vm_mib": round(statistics.mean(m.private for m in mems), 1) if mems else None,
+            "overhead_per_vm_mib": round(statistics.mean(m.overhead for m in mems), 1) if mems else None,
+            "overhead_without_tcg_per_vm_mib":
+                round(statistics.mean(m.overhead - m.tcg_cache for m in mems), 1) if mems else None,
+            "boot_files_cached_mib": cached}
 
 
 def attempts(s: Scratch, args: argparse.Namespace, count: int) -> dict[str, object]:
@@ -64,7 +87,7 @@ def attempts(s: Scratch, args: argparse.Namespace, count: int) -> dict[str, obje
     for attempt in range(args.attempts):
         print(f"density: {count} VMs (attempt {attempt + 1})", file=sys.stderr)
         try:
-            row = measure(s, args.image, count, args.memory, args.tb_cache, args.settle, args.timeout)
+            row = measure(s, args.image, count, args.memory, args.settle, args.timeout)
             return {**row, "failed_tries": len(errors), "failed_attempts": errors}
         except RuntimeError as e:
             errors.append(" ".join(str(e).strip().splitlines()[-2:])[-200:])
@@ -78,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--counts", default="1,5,10", help="machine counts to try, ascending (full: ...,50)")
     parser.add_argument("--memory", type=int, default=64, help="guest RAM per VM in MiB")
     parser.add_argument("--image", default="minimal", help="guest image recipe")
-    parser.add_argument("--tb-cache", type=int, default=64, help="the domain template's <tb-cache> in MiB")
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before measuring")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--attempts", type=int, default=3, help="tries per N when `up` fails")
@@ -111,12 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"accelerator = tcg; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
     print(table(["VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
-                 "TCG cache/VM", "QEMU overhead/VM", "failed tries"],
+                 "TCG cache/VM", "files/VM", "private/VM", "overhead/VM", "w/o TCG", "kernel+initrd cached",
+                 "failed tries"],
                 [[str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
                   f(r, "boot_max_s", 2, "s"), f(r, "pss_total_mib", 0, "M"), f(r, "pss_per_vm_mib", 1, "M"),
                   f(r, "guest_ram_per_vm_mib", 1, "M"), f(r, "tcg_cache_per_vm_mib", 1, "M"),
-                  f(r, "overhead_per_vm_mib", 1, "M"), str(r["failed_tries"])] if "error" not in r else
-                 [str(r["machines"]), "failed", *[""] * 7, str(r["failed_tries"])] for r in rows]))
+                  f(r, "files_per_vm_mib", 1, "M"), f(r, "private_per_vm_mib", 1, "M"),
+                  f(r, "overhead_per_vm_mib", 1, "M"), f(r, "overhead_without_tcg_per_vm_mib", 1, "M"),
+                  f(r, "boot_files_cached_mib", 1, "M"), str(r["failed_tries"])] if "error" not in r else
+                 [str(r["machines"]), "failed", *[""] * 11, str(r["failed_tries"])] for r in rows]))
     for r in rows:
         if "error" in r:
             print(f"{r['machines']} VMs failed: {r['error']}")

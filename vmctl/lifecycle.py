@@ -389,7 +389,7 @@ class MachineStatus:
     memory_mib: int
     kernel_release: str | None = None
     pid: int | None = None
-    memory: dict[str, float] | None = None  # MiB: pss, guest_ram_touched, tcg_cache, qemu_overhead
+    memory: dict[str, float] | None = None  # MiB: vmctl.memory.Memory.as_dict()
     timeline: dict[str, float] = field(default_factory=dict)
     guest: dict[str, float] = field(default_factory=dict)
     dedicated_to: str | None = None
@@ -419,15 +419,15 @@ def status(project: Project) -> list[MachineStatus]:
             boot_seconds=ms.boot_seconds if ms else None, vcpus=m.vcpus, memory_mib=m.memory_mib,
             kernel_release=ms.kernel_release if ms else None,
             pid=(pid := qemu_pid(ms.domain) if ms and st in ("running", "starting") else None),
-            memory=_memory(pid, m.memory_mib, ms.accel if ms else None),
+            memory=_memory(pid, m.memory_mib),
             timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
         ))
     return rows
 
 
-def _memory(pid: int | None, guest_mib: int, accel_name: str | None) -> dict[str, float] | None:
-    """Host memory of a running machine's QEMU: PSS, guest RAM touched, TCG cache, QEMU's own overhead."""
-    found = memory_of(pid, guest_mib, render.TB_CACHE_MIB if accel_name == "tcg" else None) if pid else None
+def _memory(pid: int | None, guest_mib: int) -> dict[str, float] | None:
+    """Host memory of a running machine's QEMU: PSS, guest RAM touched, TCG cache, files, private."""
+    found = memory_of(pid, guest_mib) if pid else None
     return found.as_dict() if found else None
 
 

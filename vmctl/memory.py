@@ -1,10 +1,5 @@
-"""Host memory of a process: PSS, and for a QEMU process the split into guest RAM, TCG code cache and
-QEMU's own overhead.
-
-Memory comes from /proc/PID/smaps: the guest's RAM is QEMU's anonymous mapping of exactly the guest's
-size (its Rss = guest pages touched so far), the TCG translation cache is the executable anonymous
-mapping of the tb-size; the rest of the PSS (`smaps_rollup`) is QEMU's own overhead (code, heap,
-device state, ROM copies of the kernel and initrd).
+"""Host memory of a process: PSS, and for a QEMU process the split into guest RAM, TCG code cache,
+mapped files and QEMU's private memory (`Memory`), from /proc/PID/smaps and smaps_rollup.
 """
 
 from __future__ import annotations
@@ -29,11 +24,23 @@ def pss_kib(pid: int) -> int | None:
 
 @dataclass(frozen=True)
 class Memory:
-    """MiB. `overhead` = pss - guest_ram (it includes the TCG cache, also shown on its own)."""
+    """MiB of one QEMU's PSS, in four parts that add up to it:
+
+    - guest_ram: guest pages touched so far (the anonymous mapping of the guest's size);
+    - tcg_cache: TCG's translated code (anonymous executable mappings; none under KVM);
+    - files: mapped files (QEMU's binary and libraries, the kernel and initrd it keeps for reboots),
+      page cache that every VM booting the same files shares: PSS splits it among them;
+    - private: the rest, QEMU's own heap, stacks and device state.
+    `overhead` (pss - guest_ram) is everything beyond the guest's RAM."""
 
     pss: float
     guest_ram: float
     tcg_cache: float
+    files: float = 0.0
+
+    @property
+    def private(self) -> float:
+        return self.pss - self.guest_ram - self.tcg_cache - self.files
 
     @property
     def overhead(self) -> float:
@@ -41,7 +48,8 @@ class Memory:
 
     def as_dict(self) -> dict[str, float]:
         return {"pss_mib": round(self.pss, 1), "guest_ram_touched_mib": round(self.guest_ram, 1),
-                "tcg_cache_mib": round(self.tcg_cache, 1), "qemu_overhead_mib": round(self.overhead, 1)}
+                "tcg_cache_mib": round(self.tcg_cache, 1), "mapped_files_mib": round(self.files, 1),
+                "qemu_private_mib": round(self.private, 1), "qemu_overhead_mib": round(self.overhead, 1)}
 
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$")
@@ -59,28 +67,32 @@ def parse_smaps(text: str) -> list[dict[str, object]]:
     return maps
 
 
-def split_memory(maps: Sequence[Mapping[str, object]], rollup_pss_kib: int, guest_mib: int,
-                 tb_mib: int | None) -> Memory:
-    """Find the guest RAM (anonymous, not executable, the guest's size) and the TCG cache (anonymous and
-    executable: TCG's generated code, tb-size) mappings."""
-    def pss_of(size_mib: int | None, executable: bool) -> float:
-        if size_mib is None:
-            return 0.0
-        # QEMU adds or removes a guard page; glibc's 64 MiB malloc arenas (65404 kB) look alike, so of
-        # the candidates take the one holding the most.
-        found = [int(str(m.get("Pss", 0))) for m in maps
-                 if not m["name"] and ("x" in str(m.get("perms", ""))) == executable
-                 and abs(int(str(m["size_kib"])) - size_mib * 1024) <= 8]
-        return max(found, default=0) / 1024
-
-    return Memory(pss=rollup_pss_kib / 1024, guest_ram=pss_of(guest_mib, False), tcg_cache=pss_of(tb_mib, True))
+def _is_file(name: str) -> bool:
+    return name.startswith("/") and not name.startswith(("/memfd:", "/SYSV", "/dev/"))
 
 
-def memory_of(pid: int, guest_mib: int, tb_mib: int | None) -> Memory | None:
+def split_memory(maps: Sequence[Mapping[str, object]], rollup_pss_kib: int, guest_mib: int) -> Memory:
+    """Find the guest RAM (anonymous, not executable, the guest's size), the TCG cache (anonymous and
+    executable: one mapping of the tb-size, or one per region when several vCPUs translate in parallel)
+    and the mapped files."""
+    def pss(m: Mapping[str, object]) -> int:
+        return int(str(m.get("Pss", 0)))
+
+    anonymous = [m for m in maps if not m["name"]]
+    executable = [m for m in anonymous if "x" in str(m.get("perms", ""))]
+    # QEMU adds or removes a guard page; glibc's 64 MiB malloc arenas look alike, so of the candidates
+    # take the one holding the most.
+    ram = [pss(m) for m in anonymous if m not in executable and abs(int(str(m["size_kib"])) - guest_mib * 1024) <= 8]
+    files = [pss(m) for m in maps if _is_file(str(m["name"]))]
+    return Memory(pss=rollup_pss_kib / 1024, guest_ram=max(ram, default=0) / 1024,
+                  tcg_cache=sum(pss(m) for m in executable) / 1024, files=sum(files) / 1024)
+
+
+def memory_of(pid: int, guest_mib: int) -> Memory | None:
     """The split of a running QEMU's memory; None when the process is gone or unreadable."""
     pss = pss_kib(pid)
     try:
         smaps = Path(f"/proc/{pid}/smaps").read_text()
     except OSError:
         return None
-    return None if pss is None else split_memory(parse_smaps(smaps), pss, guest_mib, tb_mib)
+    return None if pss is None else split_memory(parse_smaps(smaps), pss, guest_mib)

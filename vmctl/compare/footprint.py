@@ -21,6 +21,10 @@ from pathlib import Path
 from vmctl.memory import pss_kib
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# How long after the peak the memory is read again: a container's memory goes back to the host when its
+# process exits; a guest's freed pages only through free page reporting, which waits 2 s and then
+# reports in 2-4 MiB chunks.
+AFTER_PEAK_S = 5.0
 
 
 def total_pss_mib(pids: Iterable[int]) -> float:

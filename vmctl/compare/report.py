@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+from vmctl.compare.footprint import AFTER_PEAK_S
 from vmctl.compare.results import Report, Row
 from vmctl.paths import TEMPLATES_DIR
 
@@ -23,6 +24,7 @@ METRIC_LABELS = {
     ("peak", "memory_mib"): "memory at peak (PSS)",
     ("idle", "cgroup_memory_mib"): "memory idle (cgroup charge)",
     ("peak", "cgroup_memory_mib"): "memory at peak (cgroup charge)",
+    ("after_peak", "memory_mib"): f"memory {AFTER_PEAK_S:.0f} s after the peak (PSS)",
     ("config", "guest_ram_mib"): "guest RAM configured",
     ("disk", "image_mib"): "disk: image",
     ("disk", "boot_files_mib"): "disk: guest kernel+initramfs",

@@ -142,10 +142,14 @@ def measure_footprint(sb: Sandbox, inst: Instance, workload: Workload, progress:
             "--vm-keep", "--vm-populate", "--timeout", "4s"]
     with footprint.PeakSampler(inst.pids, inst.cgroup) as sampler:
         inst.exec(argv, timeout=120)
+    time.sleep(footprint.AFTER_PEAK_S)
+    after = footprint.snapshot(inst.pids(), inst.cgroup())
     procs = ", ".join(f"{k} {v:.1f}" for k, v in idle[-1].processes.items())
     rows = [row("idle", sb.name, "memory_mib", "MiB", [s.pss_mib for s in idle], sb.accel,
                 note=f"PSS of host processes: {procs}"),
-            row("peak", sb.name, "memory_mib", "MiB", [sampler.peak_pss], sb.accel)]
+            row("peak", sb.name, "memory_mib", "MiB", [sampler.peak_pss], sb.accel),
+            row("after_peak", sb.name, "memory_mib", "MiB", [after.pss_mib], sb.accel,
+                note="what the sandbox gave back once the peak's process had exited")]
     if all(s.cgroup_mib is not None for s in idle):
         rows.append(row("idle", sb.name, "cgroup_memory_mib", "MiB", [s.cgroup_mib or 0.0 for s in idle], sb.accel))
     if sampler.peak_cgroup is not None:
