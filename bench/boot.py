@@ -7,12 +7,12 @@ QEMU's memory is split into guest RAM touched, TCG cache and QEMU's own overhead
 Then `--parallel` machines are brought up by one `vmctl up`, beside the floor: the CPU-seconds the boots
 cost (every QEMU, and the vmctl process) divided by the host's cores.
 
-Variants: `cloud` (Debian cloud kernel, bzImage: real-mode setup + decompression), `cloud-pvh` (the same
-kernel's vmlinux extracted from the bzImage, entered through PVH), `minimal` (our own kernel,
-guest_images/minimal, PVH vmlinux, no modules).
+Variants: `cloud` (the default image: Debian's cloud kernel, its vmlinux extracted from the bzImage and
+entered through PVH), `cloud-bzimage` (the same kernel booted as the bzImage: real-mode setup +
+decompression), `minimal` (our own kernel, guest_images/minimal, PVH vmlinux, no modules).
 
     .venv/bin/python -m bench.boot                     # cloud + minimal, 5 runs, 10 in parallel
-    .venv/bin/python -m bench.boot --variants cloud,cloud-pvh,minimal --runs 7 --json
+    .venv/bin/python -m bench.boot --variants cloud,cloud-bzimage,minimal --runs 7 --json
     .venv/bin/python -m bench.boot --tb-cache 32 --parallel 0
 """
 
@@ -30,11 +30,9 @@ from pathlib import Path
 
 from bench import bare_qemu
 from bench.vmstats import Scratch, cpu_seconds, fmt, median, scratch, table, timed_up
-from vmctl import kernel_build
-from vmctl.guest_image import GuestImage, build_guest_image
+from vmctl.guest_image import BZIMAGE_FILE, GuestImage, build_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
-from vmctl.paths import cache_root
 
 SETTLE = 2.0  # seconds of idling after READY before memory is read
 DEFAULT_TB_MIB = 64  # what templates/domain/domain.xml.j2 gives libvirt's <tb-cache>
@@ -62,13 +60,10 @@ def variants(names: Sequence[str], progress: bool = True) -> list[Variant]:
     for name in names:
         image = build_guest_image("minimal" if name == "minimal" else "default", progress=say)
         kernel = image.kernel
-        if name == "cloud-pvh":
-            kernel = cache_root() / "bench" / f"vmlinux-{image.kernel_release}"
-            kernel.parent.mkdir(parents=True, exist_ok=True)
-            if not kernel.is_file():
-                kernel_build.extract_vmlinux(image.kernel, kernel)
+        if name == "cloud-bzimage":
+            kernel = image.directory / BZIMAGE_FILE
         elif name not in ("cloud", "minimal"):
-            raise SystemExit(f"unknown variant `{name}` (cloud, cloud-pvh, minimal)")
+            raise SystemExit(f"unknown variant `{name}` (cloud, cloud-bzimage, minimal)")
         out.append(Variant(name, image, kernel))
     return out
 
@@ -200,7 +195,7 @@ def render(summary: Sequence[dict[str, object]], parallel: Sequence[dict[str, ob
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.boot", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="cloud,minimal", help="comma list of cloud, cloud-pvh, minimal")
+    parser.add_argument("--variants", default="cloud,minimal", help="comma list of cloud, cloud-bzimage, minimal")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory", type=int, default=256, help="guest RAM in MiB")
     parser.add_argument("--tb-cache", type=int, default=DEFAULT_TB_MIB,

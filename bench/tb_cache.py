@@ -18,7 +18,7 @@ from bench.vmstats import fmt, median, table
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.tb_cache", description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="minimal", help="cloud, cloud-pvh or minimal")
+    parser.add_argument("--variant", default="minimal", help="cloud, cloud-bzimage or minimal")
     parser.add_argument("--sizes", default="8,16,32,64,128", help="tb-size values in MiB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", type=int, default=256)

@@ -233,6 +233,29 @@ def extract_vmlinux(bzimage: Path, out: Path) -> Path:
     return out
 
 
+XEN_ELFNOTE_PHYS32_ENTRY = 18  # the note a PVH entry point is announced by (name "Xen")
+
+
+def has_pvh_entry(elf: bytes) -> bool:
+    """Whether an ELF64 kernel announces a PVH entry point, so QEMU can start it in 32-bit mode."""
+    if elf[:5] != b"\x7fELF\x02" or len(elf) < 64:
+        return False
+    phoff, phentsize, phnum = int.from_bytes(elf[32:40], "little"), elf[54] | elf[55] << 8, elf[56] | elf[57] << 8
+    for i in range(phnum):
+        ph = elf[phoff + i * phentsize:phoff + (i + 1) * phentsize]
+        if len(ph) < 56 or int.from_bytes(ph[0:4], "little") != 4:  # PT_NOTE
+            continue
+        offset, size = int.from_bytes(ph[8:16], "little"), int.from_bytes(ph[32:40], "little")
+        notes, pos = elf[offset:offset + size], 0
+        while pos + 12 <= len(notes):
+            namesz, descsz, kind = (int.from_bytes(notes[pos + k:pos + k + 4], "little") for k in (0, 4, 8))
+            name = notes[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and kind == XEN_ELFNOTE_PHYS32_ENTRY:
+                return True
+            pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
+
+
 # ---------------------------------------------------------------------------------------------- cache
 
 def kernel_dir(name: str) -> Path:

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from bench.bare_qemu import BareVm, running_vm
-from vmctl.guest_image import GuestImage, build_guest_image
+from vmctl.guest_image import BZIMAGE_FILE, GuestImage, build_guest_image
+from vmctl.kernel_build import has_pvh_entry
 
 pytestmark = pytest.mark.vm
 
@@ -77,6 +78,9 @@ def test_console_lines(booted: tuple[BareVm, paramiko.Ed25519Key]) -> None:
 
 
 def test_kernel_and_tools(ssh: paramiko.SSHClient, image: GuestImage) -> None:
+    # Debian's kernel booted through PVH: the ELF extracted from the bzImage, which stays beside it.
+    assert image.kernel.name == "vmlinux" and has_pvh_entry(image.kernel.read_bytes())
+    assert (image.directory / BZIMAGE_FILE).is_file()
     assert _exec(ssh, "uname -r").strip() == image.kernel_release
     assert _exec(ssh, "hostname").strip() == HOSTNAME
     assert "crun version" in _exec(ssh, "crun --version")

@@ -133,3 +133,34 @@ def test_extract_vmlinux_decompresses_the_payload(tmp_path: Path) -> None:
     (tmp_path / "bzImage").write_bytes(_bzimage(gzip.compress(b"\x7fELF fake kernel")))
     out = kb.extract_vmlinux(tmp_path / "bzImage", tmp_path / "vmlinux")
     assert out.read_bytes() == b"\x7fELF fake kernel"
+
+
+def _elf_with_note(name: bytes, kind: int) -> bytes:
+    """A minimal ELF64 header, one PT_NOTE program header, and one note."""
+    desc = (0x1000000).to_bytes(4, "little")
+    padded = name + b"\0" * (-len(name) % 4)
+    note = b"".join(n.to_bytes(4, "little") for n in (len(name), len(desc), kind)) + padded + desc
+    header = bytearray(64)
+    header[:5] = b"\x7fELF\x02"
+    header[32:40] = (64).to_bytes(8, "little")  # e_phoff
+    header[54:56] = (56).to_bytes(2, "little")  # e_phentsize
+    header[56:58] = (1).to_bytes(2, "little")  # e_phnum
+    ph = bytearray(56)
+    ph[0:4] = (4).to_bytes(4, "little")  # PT_NOTE
+    ph[8:16] = (64 + 56).to_bytes(8, "little")
+    ph[32:40] = len(note).to_bytes(8, "little")
+    return bytes(header + ph + note)
+
+
+def test_pvh_entry_is_found_by_its_xen_note() -> None:
+    assert kb.has_pvh_entry(_elf_with_note(b"Xen\0", kb.XEN_ELFNOTE_PHYS32_ENTRY))
+    assert not kb.has_pvh_entry(_elf_with_note(b"Xen\0", 5))  # another Xen note
+    assert not kb.has_pvh_entry(_elf_with_note(b"GNU\0", kb.XEN_ELFNOTE_PHYS32_ENTRY))
+    assert not kb.has_pvh_entry(b"MZ not an ELF file")
+
+
+def test_the_built_kernel_has_a_pvh_entry() -> None:
+    built = kb.find_kernel("minimal")
+    if built is None:
+        pytest.skip("the minimal kernel is not built on this machine")
+    assert kb.has_pvh_entry(built.vmlinux.read_bytes())
