@@ -41,6 +41,8 @@ class DiskView:
     serial: str
     readonly: bool
     format: str = "raw"
+    # O_DIRECT: the guest's own page cache holds what it reads. A host page cache copy of a shared
+    # read-only image would be one more copy, not a shared one (only DAX would let guests share pages).
     cache: str = "none"
 
 
