@@ -567,9 +567,9 @@ def _make_image(recipe: Recipe, versions: Mapping[str, str], fingerprint: str, o
 
 def _pvh_kernel(out: Path) -> str:
     """Boot the distribution's kernel as an ELF through PVH when it has the entry note: QEMU starts it in
-    32-bit mode, skipping the bzImage's real-mode setup and decompression (bench/boot.py, TCG: Debian's
-    cloud kernel to SSH-ready 2.86 -> 2.53 s, guest RAM touched 134 -> 96 MiB). The bzImage stays beside
-    it; a kernel without the note boots as the bzImage."""
+    32-bit mode, skipping the bzImage's real-mode setup and decompression (bench/boot.py, TCG, medians
+    of 5: Debian's cloud kernel to SSH-ready 2.47 -> 2.22 s, guest RAM touched 102 -> 90 MiB). The
+    bzImage stays beside it; a kernel without the note boots as the bzImage."""
     vmlinux = kernel_build.extract_vmlinux(out / BZIMAGE_FILE, out / kernel_build.KERNEL_FILE)
     if kernel_build.has_pvh_entry(vmlinux.read_bytes()):
         return vmlinux.name

@@ -95,6 +95,27 @@ def reap_orphan_probes(root: Path, wait: float = 2.0) -> list[int]:
     return pids
 
 
+def clear_unstarted_domains(root: Path) -> list[str]:
+    """Drop the status files of domains whose start never reached QEMU's fork, under an embedded root.
+
+    libvirt writes a domain's status (`run/qemu/NAME.xml`, `pid='0'`, an async `start` job) as the start
+    begins; if vmctl is SIGKILLed before QEMU is forked, the next `open` restores that job, no thread
+    ever ends it, and every later operation on the domain times out on its state change lock. With no
+    process behind it (pid 0), the file describes nothing that runs: without it the domain is just
+    defined, and `down` undefines it. Like `reap_orphan_probes`, only safe while the environment's lock
+    is held."""
+    cleared = []
+    for status in (root / "run" / "qemu").glob("*.xml"):
+        try:
+            pid = ET.parse(status).getroot().get("pid")
+        except (OSError, ET.ParseError):
+            continue
+        if pid == "0":
+            status.unlink(missing_ok=True)
+            cleared.append(status.stem)
+    return cleared
+
+
 def _ensure_event_loop() -> None:
     """The embedded driver needs libvirt's event loop running in this process."""
     global _loop_started
@@ -155,6 +176,7 @@ class Hypervisor:
             root = embed_root(self.uri)
             if root is not None:
                 reap_orphan_probes(root)
+                clear_unstarted_domains(root)
         try:
             self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:

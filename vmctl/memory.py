@@ -78,14 +78,16 @@ def split_memory(maps: Sequence[Mapping[str, object]], rollup_pss_kib: int, gues
     def pss(m: Mapping[str, object]) -> int:
         return int(str(m.get("Pss", 0)))
 
+    def executable(m: Mapping[str, object]) -> bool:
+        return "x" in str(m.get("perms", ""))
+
     anonymous = [m for m in maps if not m["name"]]
-    executable = [m for m in anonymous if "x" in str(m.get("perms", ""))]
     # QEMU adds or removes a guard page; glibc's 64 MiB malloc arenas look alike, so of the candidates
     # take the one holding the most.
-    ram = [pss(m) for m in anonymous if m not in executable and abs(int(str(m["size_kib"])) - guest_mib * 1024) <= 8]
-    files = [pss(m) for m in maps if _is_file(str(m["name"]))]
+    ram = [pss(m) for m in anonymous if not executable(m) and abs(int(str(m["size_kib"])) - guest_mib * 1024) <= 8]
     return Memory(pss=rollup_pss_kib / 1024, guest_ram=max(ram, default=0) / 1024,
-                  tcg_cache=sum(pss(m) for m in executable) / 1024, files=sum(files) / 1024)
+                  tcg_cache=sum(pss(m) for m in anonymous if executable(m)) / 1024,
+                  files=sum(pss(m) for m in maps if _is_file(str(m["name"]))) / 1024)
 
 
 def memory_of(pid: int, guest_mib: int) -> Memory | None:

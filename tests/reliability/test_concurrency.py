@@ -33,7 +33,8 @@ def test_same_environment_twice_and_two_environments(state_dir: Path, tmp_path: 
     ups = [spawn_vmctl("-f", str(a), "up", "--timeout", "90") for _ in range(2)]
     ups.append(spawn_vmctl("-f", str(b), "up", "--timeout", "90"))
     results = [u.finish(timeout=180) for u in ups]
-    assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
+    failed = "\n\n".join(f"`up` #{i} exited {code}:\n{err}" for i, (code, _, err) in enumerate(results) if code)
+    assert not failed, failed
     a_errs = results[0][2] + results[1][2]
     assert "waiting for another vmctl command" in a_errs and "already running" in a_errs, a_errs
 
