@@ -8,6 +8,7 @@ Only one process may hold a root at a time, which the per-environment lock in `s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import threading
@@ -116,6 +117,42 @@ def clear_unstarted_domains(root: Path) -> list[str]:
     return cleared
 
 
+_roots_opened: set[Path] = set()  # embedded roots this process's libvirt has initialised
+
+
+def wait_for_root(root: Path, wait: float = 15.0) -> None:
+    """Wait until no other process holds the embedded root's driver (its pid file's lock).
+
+    The embedded driver keeps `run/qemu/driver.pid` locked until its process exits, not when the
+    connection closes (libvirt 9.0). The previous vmctl command on an environment lets go of the
+    environment's lock before it has exited, so the next one can find the root still held for a moment.
+    libvirt must not be asked before it is free: a failed start of its driver stays failed for the
+    rest of this process ("qemu state driver is not active"). Never done for a root this process has
+    opened itself: closing our own descriptor of the pid file would drop libvirt's lock on it."""
+    if root in _roots_opened:
+        return
+    pidfile = root / "run" / "qemu" / "driver.pid"
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(pidfile, os.O_RDWR)
+        except FileNotFoundError:
+            break
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise HostError(f"the libvirt root {root} is still held by another process (pid {holder})",
+                                hint="wait for that vmctl command to finish, or stop it") from None
+        finally:
+            os.close(fd)
+        time.sleep(0.1)
+    _roots_opened.add(root)
+
+
 def _ensure_event_loop() -> None:
     """The embedded driver needs libvirt's event loop running in this process."""
     global _loop_started
@@ -175,6 +212,7 @@ class Hypervisor:
             _ensure_event_loop()
             root = embed_root(self.uri)
             if root is not None:
+                wait_for_root(root)
                 reap_orphan_probes(root)
                 clear_unstarted_domains(root)
         try:
@@ -314,9 +352,12 @@ def connect(uri: str) -> Iterator[Hypervisor]:
         yield hv
 
 
-def _tail(path: Path, lines: int = 6) -> str:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(errors="replace")
+        return path.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    return "\n".join("    " + line for line in _read_text(path).strip().splitlines()[-lines:])

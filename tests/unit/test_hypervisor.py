@@ -1,10 +1,17 @@
-"""Embedded-root housekeeping done before libvirt opens a root (no libvirt needed)."""
+"""Embedded roots: housekeeping before libvirt opens one, and a root another process still holds
+(libvirt's real embedded driver, no VM)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from vmctl.hypervisor import clear_unstarted_domains
+import pytest
+
+from vmctl.errors import HostError
+from vmctl.hypervisor import Hypervisor, clear_unstarted_domains, embed_uri, prepare_embed_root, wait_for_root
 
 STATUS = """<!--
 WARNING: THIS IS AN AUTO-GENERATED FILE.
@@ -27,3 +34,48 @@ def test_only_starts_that_never_forked_qemu_are_cleared(tmp_path: Path) -> None:
 
 def test_a_root_without_status_files_is_fine(tmp_path: Path) -> None:
     assert clear_unstarted_domains(tmp_path) == []
+
+
+# A process that opens an embedded root, closes the connection, says so, and lives on for a while:
+# libvirt keeps the root's pid file locked until the process exits.
+HOLDER = """
+import sys, threading, time, libvirt
+libvirt.virEventRegisterDefaultImpl()
+threading.Thread(target=lambda: [libvirt.virEventRunDefaultImpl() for _ in iter(int, 1)], daemon=True).start()
+libvirt.open(sys.argv[1]).close()
+print("closed", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(root: Path, seconds: float) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, embed_uri(root), str(seconds)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"closed"
+    return proc
+
+
+def test_a_root_held_by_a_process_on_its_way_out_is_waited_for(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    prepare_embed_root(root)
+    holder = _holder(root, 1.0)
+    try:
+        started = time.monotonic()
+        with Hypervisor(embed_uri(root)) as hv:
+            assert hv.conn is not None
+        assert time.monotonic() - started > 0.3  # it did have to wait
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_root_held_for_longer_names_the_holder(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    prepare_embed_root(root)
+    holder = _holder(root, 30.0)
+    try:
+        with pytest.raises(HostError, match=f"held by another process \\(pid {holder.pid}\\)"):
+            wait_for_root(root, wait=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
