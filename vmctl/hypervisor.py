@@ -127,10 +127,8 @@ def wait_for_root(root: Path, wait: float = 15.0) -> None:
     connection closes (libvirt 9.0). The previous vmctl command on an environment lets go of the
     environment's lock before it has exited, so the next one can find the root still held for a moment.
     libvirt must not be asked before it is free: a failed start of its driver stays failed for the
-    rest of this process ("qemu state driver is not active"). Never done for a root this process has
-    opened itself: closing our own descriptor of the pid file would drop libvirt's lock on it."""
-    if root in _roots_opened:
-        return
+    rest of this process ("qemu state driver is not active"). Never for a root this process has opened
+    itself: closing our own descriptor of the pid file would drop libvirt's lock on it."""
     pidfile = root / "run" / "qemu" / "driver.pid"
     deadline = time.monotonic() + wait
     while True:
@@ -150,7 +148,6 @@ def wait_for_root(root: Path, wait: float = 15.0) -> None:
         finally:
             os.close(fd)
         time.sleep(0.1)
-    _roots_opened.add(root)
 
 
 def _ensure_event_loop() -> None:
@@ -211,10 +208,13 @@ class Hypervisor:
         if is_embedded(self.uri):
             _ensure_event_loop()
             root = embed_root(self.uri)
-            if root is not None:
+            if root is not None and root not in _roots_opened:
+                # What other, dead or exiting, processes left: never what this process is doing in
+                # another thread (a probe it runs, a domain it is starting, the pid file it holds).
                 wait_for_root(root)
                 reap_orphan_probes(root)
                 clear_unstarted_domains(root)
+                _roots_opened.add(root)
         try:
             self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
