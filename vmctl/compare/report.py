@@ -186,6 +186,7 @@ def plot_start(report: Report) -> str | None:
 def plot_footprint(report: Report) -> str | None:
     idle = {r.sandbox: r.median for r in report.rows(workload="idle", metric="memory_mib")}
     peak = {r.sandbox: r.median for r in report.rows(workload="peak", metric="memory_mib")}
+    after = {r.sandbox: r.median for r in report.rows(workload="after_peak", metric="memory_mib")}
     ram = {r.sandbox: r.median for r in report.rows(metric="guest_ram_mib")}
     if not idle:
         return None
@@ -193,8 +194,10 @@ def plot_footprint(report: Report) -> str | None:
     def draw(ax: Any) -> None:
         names = list(idle)
         xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], [idle[n] for n in names], width=0.4, label="idle")
-        ax.bar([x + 0.2 for x in xs], [peak.get(n, 0) for n in names], width=0.4, label="peak")
+        bars = [("idle", idle), ("peak", peak), (f"{AFTER_PEAK_S:.0f} s after the peak", after)]
+        width = 0.8 / len(bars)
+        for k, (label, values) in enumerate(bars):
+            ax.bar([x + (k - 1) * width for x in xs], [values.get(n, 0) for n in names], width=width, label=label)
         for i, n in enumerate(names):
             if n in ram:
                 ax.plot([i - 0.45, i + 0.45], [ram[n]] * 2, "k--", linewidth=1)
