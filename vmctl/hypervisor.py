@@ -118,6 +118,7 @@ def clear_unstarted_domains(root: Path) -> list[str]:
 
 
 _roots_opened: set[Path] = set()  # embedded roots this process's libvirt has initialised
+_roots_lock = threading.Lock()
 
 
 def wait_for_root(root: Path, wait: float = 15.0) -> None:
@@ -208,13 +209,15 @@ class Hypervisor:
         if is_embedded(self.uri):
             _ensure_event_loop()
             root = embed_root(self.uri)
-            if root is not None and root not in _roots_opened:
+            if root is not None:
                 # What other, dead or exiting, processes left: never what this process is doing in
                 # another thread (a probe it runs, a domain it is starting, the pid file it holds).
-                wait_for_root(root)
-                reap_orphan_probes(root)
-                clear_unstarted_domains(root)
-                _roots_opened.add(root)
+                with _roots_lock:
+                    if root not in _roots_opened:
+                        wait_for_root(root)
+                        reap_orphan_probes(root)
+                        clear_unstarted_domains(root)
+                        _roots_opened.add(root)
         try:
             self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
