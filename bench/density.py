@@ -22,22 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.vmstats import Scratch, fmt, scratch, table, timed_up
-from vmctl.guest_image import build_guest_image, find_guest_image
+from vmctl.guest_image import build_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
 from vmctl.runner import output, which
 
 
-def boot_files(image: str) -> list[Path]:
-    found = find_guest_image(image)
-    return [found.kernel, found.initrd] if found else []
-
-
 def page_cache_mib(files: Sequence[Path]) -> float:
     """MiB of these files in the host's page cache, one copy however many VMs map them (mincore(2)
     through util-linux's fincore)."""
-    if not files:
-        return 0.0
     out = output([which("fincore", package="util-linux"), "--bytes", "--noheadings", "--raw", "--output", "RES",
                   *map(str, files)])
     return round(sum(int(line) for line in out.split()) / 2**20, 1)
@@ -51,7 +44,7 @@ def parse_size_mib(text: str) -> int:
     return int(match.group(1)) * (1024 if unit == "G" else 1)
 
 
-def measure(s: Scratch, image: str, count: int, memory_mib: int, settle: float,
+def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memory_mib: int, settle: float,
             timeout: float) -> dict[str, object]:
     env = f"density-{count}"
     machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg"}
@@ -62,7 +55,7 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, settle: float,
         time.sleep(settle)
         pids = [qemu_pid(f"vmctl-{env}-d{i}") for i in range(count)]
         mems = [m for p in pids if p and (m := memory_of(p, memory_mib))]
-        cached = page_cache_mib(boot_files(image))
+        cached = page_cache_mib(boot_files)
     finally:
         s.vmctl(file, "down", timeout=timeout)
     total = sum(m.pss for m in mems)
@@ -80,14 +73,14 @@ def measure(s: Scratch, image: str, count: int, memory_mib: int, settle: float,
             "boot_files_cached_mib": cached}
 
 
-def attempts(s: Scratch, args: argparse.Namespace, count: int) -> dict[str, object]:
+def attempts(s: Scratch, args: argparse.Namespace, boot_files: Sequence[Path], count: int) -> dict[str, object]:
     """`measure`, tried again (`--attempts`) after a failed `up` (which rolled itself back); the errors
     of failed tries are kept in the row: a failed `up` is a data point too."""
     errors: list[str] = []
     for attempt in range(args.attempts):
         print(f"density: {count} VMs (attempt {attempt + 1})", file=sys.stderr)
         try:
-            row = measure(s, args.image, count, args.memory, args.settle, args.timeout)
+            row = measure(s, args.image, boot_files, count, args.memory, args.settle, args.timeout)
             return {**row, "failed_tries": len(errors), "failed_attempts": errors}
         except RuntimeError as e:
             errors.append(" ".join(str(e).strip().splitlines()[-2:])[-200:])
@@ -108,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     counts = sorted({int(c) for c in args.counts.split(",") if c})
-    build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
+    image = build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
+    boot_files = [image.kernel, image.initrd]
     rows: list[dict[str, object]] = []
     per_vm = float(args.memory)  # a first guess before anything was measured
     with scratch() as s:
@@ -117,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"density: stop before {count} VMs: ~{count * per_vm:.0f} MiB > budget {args.budget} MiB",
                       file=sys.stderr)
                 break
-            row = attempts(s, args, count)
+            row = attempts(s, args, boot_files, count)
             rows.append(row)
             if "error" in row:
                 continue

@@ -1,10 +1,6 @@
-"""Shared by the boot and density benchmarks: run the real `vmctl` CLI in a scratch state folder, find
-the QEMU process of a domain, and split its memory (vmctl.memory) into guest RAM, TCG code cache and QEMU's own.
-
-Memory comes from /proc/PID/smaps: the guest's RAM is QEMU's anonymous mapping of exactly the guest's
-size (its Rss = guest pages touched so far), the TCG translation cache is the mapping of the tb-size;
-the rest of the PSS (`smaps_rollup`) is QEMU's own overhead (code, heap, device state, ROM copies of
-the kernel and initrd).
+"""Shared by the boot and density benchmarks: run the real `vmctl` CLI in a scratch state folder, a
+process's CPU time, medians and plain-text tables. QEMU's memory split is vmctl.memory's, its pid
+vmctl.hypervisor.qemu_pid's.
 """
 
 from __future__ import annotations
@@ -35,8 +31,6 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
-
-# ---------------------------------------------------------------------------------------------- memory
 
 # ---------------------------------------------------------------------------------------------- vmctl CLI
 

@@ -299,8 +299,8 @@ class Hypervisor:
 
     def qemu_log(self, name: str) -> Path | None:
         """Where libvirt keeps this domain's QEMU log (command line and QEMU's own errors), if local."""
-        if is_embedded(self.uri):
-            return Path(self.uri.split("root=", 1)[1]) / "log" / "qemu" / f"{name}.log"
+        if (root := embed_root(self.uri)) is not None:
+            return root / "log" / "qemu" / f"{name}.log"
         if self.uri.startswith("qemu:///system"):
             return Path("/var/log/libvirt/qemu") / f"{name}.log"
         return None
@@ -355,12 +355,9 @@ def connect(uri: str) -> Iterator[Hypervisor]:
         yield hv
 
 
-def _read_text(path: Path) -> str:
+def _tail(path: Path, lines: int = 6) -> str:
     try:
-        return path.read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _tail(path: Path, lines: int = 6) -> str:
-    return "\n".join("    " + line for line in _read_text(path).strip().splitlines()[-lines:])
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
