@@ -16,6 +16,8 @@ PACKAGES=(
   kmod cpio busybox-static dropbear-bin crun e2fsprogs
   # container images and host containers
   skopeo umoci runc slirp4netns iproute2 procps
+  # the environment network: a resolver per network (util-linux: unshare, nsenter)
+  dnsmasq-base util-linux
   # workloads the example images carry, and the comparison
   stress-ng fio iperf3 redis-server redis-tools chromium
   # our own microVM kernel (guest_images/minimal)
