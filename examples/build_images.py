@@ -144,6 +144,7 @@ def stage_web(root: Path) -> None:
 
 def stage_tools(root: Path) -> None:
     stage_busybox(root)
+    stage_tree(SRC_DIR / "tools", root)  # the example application's page (examples/app.yaml)
     for program, package in TOOL_BINARIES.items():
         stage_dynamic(program, root, package=package)
 

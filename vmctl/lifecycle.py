@@ -435,6 +435,7 @@ class MachineStatus:
     timeline: dict[str, float] = field(default_factory=dict)
     guest: dict[str, float] = field(default_factory=dict)
     dedicated_to: str | None = None
+    networks: list[dict[str, str]] = field(default_factory=list)  # {network, address, mac} per NIC
 
 
 def status(project: Project) -> list[MachineStatus]:
@@ -447,9 +448,11 @@ def status(project: Project) -> list[MachineStatus]:
                 dom = hvs[project.uri_for(m)].lookup(render.domain_name(project.env.name, m.name))
                 if dom is not None:
                     live[m.name] = hvs[project.uri_for(m)].info(dom).state
+    plan = netplan.plan(project.env, state.network) if state and state.network else None
     rows = []
     for m in project.env.machines:
         ms = state.machines.get(m.name) if state else None
+        member = plan.member(m.name) if plan else None
         st = live.get(m.name, "absent")
         if st == "running" and (ms is None or ms.hostkey is None):
             st = "starting"
@@ -463,6 +466,8 @@ def status(project: Project) -> list[MachineStatus]:
             pid=(pid := qemu_pid(ms.domain) if ms and st in ("running", "starting") else None),
             memory=_memory(pid, m.memory_mib),
             timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
+            networks=[{"network": n.network, "address": n.address, "mac": n.mac}
+                      for n in (member.nics if member and ms else ())],
         ))
     return rows
 

@@ -217,3 +217,25 @@ def wait_for(check: object, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_example_application_answers(tmp_path: Path) -> None:
+    """examples/app.yaml, as the README's main command brings it up: the page counts visits in `cache`."""
+    import urllib.request
+
+    from examples.build_images import EXAMPLES
+
+    def page() -> str:
+        for _ in range(40):  # the first connections can be reset while httpd starts listening
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8090/cgi-bin/hits.cgi", timeout=10) as r:
+                    return str(r.read().decode())
+            except OSError:
+                time.sleep(0.5)
+        return ""
+
+    with environment_up(EXAMPLES / "app.yaml"):
+        first, second = page(), page()
+    assert "served by: web" in first, first
+    counts = [int(p.split("visits: ")[1].split()[0]) for p in (first, second)]
+    assert counts[1] == counts[0] + 1, (first, second)
