@@ -14,12 +14,13 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from examples.build_images import IMAGES_DIR
+from examples.build_images import EXAMPLES, IMAGES_DIR
 from tests.conftest import environment_up, run_vmctl
 
 TOOLS = ("runc", "slirp4netns", "dnsmasq", "nsenter", "unshare", "ip")
@@ -221,9 +222,6 @@ def wait_for(check: object, timeout: float = 5.0) -> bool:
 
 def test_example_application_answers(tmp_path: Path) -> None:
     """examples/app.yaml, as the README's main command brings it up: the page counts visits in `cache`."""
-    import urllib.request
-
-    from examples.build_images import EXAMPLES
 
     def page() -> str:
         for _ in range(40):  # the first connections can be reset while httpd starts listening
