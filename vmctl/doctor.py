@@ -49,6 +49,7 @@ def report(*, probe: bool = True) -> dict[str, Any]:
         kvm.update(usable=rep.kvm_usable, reason=rep.reason)
     else:
         kvm.update(usable=None, reason="not probed: build the guest image first (`vmctl image build`)")
+    kvm["cpuid_varies_by_cpu"] = accel.cpuid_varies_by_cpu()
     out["kvm"] = kvm
     out["accel"] = "kvm" if kvm["usable"] else "tcg"
     root = runtime_root() / "libvirt" / "doctor"

@@ -151,6 +151,31 @@ def wait_for_root(root: Path, wait: float = 15.0) -> None:
         time.sleep(0.1)
 
 
+def _threads() -> set[int]:
+    return {int(t.name) for t in Path("/proc/self/task").iterdir()}
+
+
+@contextlib.contextmanager
+def on_one_cpu() -> Iterator[None]:
+    """Run the body (this thread only) on the lowest CPU this process may use.
+
+    libvirt's QEMU driver reads the host's CPUID through KVM_GET_SUPPORTED_CPUID as it starts, in the
+    thread that opens the connection, and throws its cached QEMU capabilities away when the answer
+    differs from the cached one ("host cpuid changed": a fresh QEMU probe, ~4 s under TCG). Some KVM
+    modules (kvm_pvm) put the APIC ID of the CPU the ioctl ran on into that answer, so it depended on
+    where the thread happened to run. From the same CPU every time, the cache stays valid. Threads
+    libvirt starts meanwhile would inherit the pin (and QEMU from them): they get the full set back."""
+    allowed = os.sched_getaffinity(0)
+    before = _threads()
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        for tid in _threads() - before | {threading.get_native_id()}:
+            with contextlib.suppress(OSError):  # a thread that has exited meanwhile
+                os.sched_setaffinity(tid, allowed)
+
+
 def _ensure_event_loop() -> None:
     """The embedded driver needs libvirt's event loop running in this process."""
     global _loop_started
@@ -219,7 +244,8 @@ class Hypervisor:
                         clear_unstarted_domains(root)
                         _roots_opened.add(root)
         try:
-            self.conn = libvirt.open(self.uri)
+            with on_one_cpu():
+                self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
             raise HostError(
                 f"cannot connect to libvirt at `{self.uri}`: {e.get_error_message()}",
