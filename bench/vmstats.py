@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from vmctl.errors import VmctlError
+from vmctl.hypervisor import shared_capability_cache, warm_capabilities
 from vmctl.outputs import JsonLines, writable_file
-from vmctl.paths import state_root
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -72,10 +72,11 @@ def scratch() -> Iterator[Scratch]:
     with tempfile.TemporaryDirectory(prefix="vmctl-bench-") as tmp:
         # libvirt's QEMU capability cache is the user's, not a cold one per run: a first `up` that
         # probes QEMU (seconds) would measure the probe, not the boot.
-        shared = state_root() / "libvirt-cache"
+        shared = shared_capability_cache()
         shared.mkdir(parents=True, exist_ok=True)
         (Path(tmp) / "state").mkdir()
         (Path(tmp) / "state" / "libvirt-cache").symlink_to(shared)
+        warm_capabilities("bench")  # a cold cache's QEMU probe here, not in the first measured `up`
         yield Scratch(Path(tmp))
 
 

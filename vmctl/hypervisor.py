@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmctl.paths import private_dir, state_root
+from vmctl.paths import private_dir, runtime_root, state_root
 
 # libvirt logs warnings to stderr from the moment it is imported (the embedded driver runs in this
 # process); send its log to a file instead, before the import.
@@ -211,6 +211,21 @@ def prepare_embed_root(root: Path, shared_cache: Path | None = None) -> None:
         link.parent.mkdir(exist_ok=True)
         if not link.is_symlink() and not link.exists():
             link.symlink_to(shared_cache)
+
+
+def shared_capability_cache() -> Path:
+    """libvirt's QEMU capability cache, shared by every embedded root of this user."""
+    return state_root() / "libvirt-cache"
+
+
+def warm_capabilities(name: str) -> dict[str, str]:
+    """Open an embedded root of vmctl's own (`runtime_root()/libvirt/NAME`) on the shared capability
+    cache and ask for libvirt's and QEMU's versions. QEMU's version comes from its cached capabilities,
+    so when the cache is cold or outdated this is where QEMU gets probed (seconds), not in an `up`."""
+    root = runtime_root() / "libvirt" / name
+    prepare_embed_root(root, shared_capability_cache())
+    with Hypervisor(embed_uri(root)) as hv:
+        return hv.versions()
 
 
 @dataclass(frozen=True)
