@@ -21,12 +21,11 @@ from typing import Any
 
 from vmctl import accel, console, guest_image, ports, preflight, render, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
-from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid
+from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
 from vmctl.memory import memory_of
 from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
 from vmctl.network.machine import MachineNetwork
-from vmctl.paths import state_root
 from vmctl.progress import Progress
 from vmctl.runner import which
 from vmctl.spec import Environment, MachineSpec, ServiceSpec
@@ -68,7 +67,7 @@ class Project:
             out = {}
             for uri in self.uris():
                 if is_embedded(uri):
-                    prepare_embed_root(self.envdir.libvirt_root, state_root() / "libvirt-cache")
+                    prepare_embed_root(self.envdir.libvirt_root, shared_capability_cache())
                 out[uri] = stack.enter_context(Hypervisor(uri))
             yield out
 
