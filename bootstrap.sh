@@ -18,6 +18,8 @@ PACKAGES=(
   skopeo umoci runc slirp4netns iproute2 procps
   # the environment network: a resolver per network (util-linux: unshare, nsenter)
   dnsmasq-base util-linux
+  # the multi-host test bed (bench/hostbed.py): an sshd per bed host
+  openssh-server
   # workloads the example images carry, and the comparison
   stress-ng fio iperf3 redis-server redis-tools chromium
   # `vmctl compare`'s other default sandboxes: Docker's engine (dockerd and its own client in /usr/bin;

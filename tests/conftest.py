@@ -150,6 +150,21 @@ def namespaces_under(*roots: Path) -> set[str]:
     return found
 
 
+def processes_in_namespaces(namespaces: set[str]) -> set[str]:
+    """Processes whose network namespace is one of these bound files (a test bed host's daemons and QEMUs)."""
+    inodes = set()
+    for ns in namespaces:
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(ns).st_ino)
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and inodes:
+            with contextlib.suppress(OSError):
+                if os.stat(entry / "ns" / "net").st_ino in inodes:
+                    found.add(entry.name)
+    return found
+
+
 def vmctl_temp_files() -> set[str]:
     return {p.name for p in Path("/tmp").iterdir() if p.name.startswith(("vmctl-", ".vmctl"))}
 
@@ -157,16 +172,19 @@ def vmctl_temp_files() -> set[str]:
 @pytest.fixture(scope="module", autouse=True)
 def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container, a
-    resolver), a port those or pytest listen on, a runc container, a vmctl temp file, a tap or veth, or
-    an environment's network namespace; and kill such processes."""
+    resolver, a test bed host's daemon), a port those or pytest listen on, a runc container, a vmctl temp
+    file, a tap or veth, or a network namespace (an environment's, the test bed's); and kill such processes."""
     runtime = Path(os.environ.get("VMCTL_RUNTIME_DIR", "/nonexistent"))
 
     def snapshot() -> dict[str, set[str]]:
         pids = set(processes_of(tmp_path_factory.getbasetemp(), *RUNTIMES))
-        return {"processes": {str(p) for p in pids},
+        # Namespaces under the run's temp folders too: the multi-host test bed's (tests/hosts), and what
+        # runs in them (each bed host's libvirtd, sshd, QEMUs).
+        namespaces = namespaces_under(*RUNTIMES, tmp_path_factory.getbasetemp())
+        return {"processes": {str(p) for p in pids} | processes_in_namespaces(namespaces),
                 "listening ports": {str(p) for p in listening_ports_of(pids | {os.getpid()})},
                 "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files(),
-                "network devices": network_devices(), "network namespaces": namespaces_under(*RUNTIMES)}
+                "network devices": network_devices(), "network namespaces": namespaces}
 
     before = snapshot()
     yield

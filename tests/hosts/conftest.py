@@ -1,0 +1,40 @@
+"""The multi-host test bed (bench/hostbed.py) as a fixture: two libvirt hosts, each in namespaces of its
+own with its own libvirtd and sshd, reached from a client namespace, and removed after the module."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import hostbed
+from tests.conftest import ROOT, VMCTL
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hostbed.HostBed]:
+    with hostbed.running(tmp_path_factory.mktemp("hostbed")) as running:
+        yield running
+
+
+def vmctl_in(bed: hostbed.HostBed, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI, run where it sits on the bed's LAN (the client namespace)."""
+    return subprocess.run(bed.in_client([*VMCTL, *args]), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def hosts_yaml(bed: hostbed.HostBed, names: tuple[str, ...] = ("h1", "h2")) -> str:
+    block = bed.hosts_block()
+    lines = ["hosts:"]
+    for name in names:
+        lines.append(f"  {name}:")
+        lines += [f"    {k}: {v}" for k, v in block[name].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_env(tmp: Path, text: str) -> Path:
+    path = tmp / "vmctl.yaml"
+    path.write_text(text)
+    return path
