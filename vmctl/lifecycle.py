@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmctl import accel, console, guest_image, ports, preflight, render, workloads
+from vmctl import accel, console, guest_image, placement, ports, preflight, render, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
+from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
 from vmctl.memory import memory_of
 from vmctl.network import plan as netplan
@@ -44,6 +45,7 @@ class Project:
     progress: Progress
     connect: str | None = None  # --connect, overrides the file's libvirt.uri
     envdir: EnvDir = field(init=False)
+    placed: dict[str, str] = field(default_factory=dict)  # machine -> host, when the file has `hosts:`
 
     def __post_init__(self) -> None:
         self.envdir = EnvDir(self.env.name)
@@ -53,12 +55,36 @@ class Project:
         """The host side of this environment's network, named by its state folder."""
         return EnvNetwork(str(self.envdir.path))
 
+    def host_of(self, machine: MachineSpec) -> HostSpec | None:
+        """The declared host the machine runs on: its own `host`, or where placement put it."""
+        name = machine.host or self.placed.get(machine.name)
+        return self.env.host(name) if name else None
+
     def uri_for(self, machine: MachineSpec) -> str:
+        if (host := self.host_of(machine)) is not None:
+            return host.connection_uri
         uri = machine.uri or self.connect or self.env.uri
         return uri or embed_uri(self.envdir.libvirt_root)
 
     def uris(self) -> list[str]:
-        return sorted({self.uri_for(m) for m in self.env.machines})
+        """Where the machines run; with `hosts:`, only the machines that have a host yet."""
+        return sorted({self.uri_for(m) for m in self.env.machines if not self.env.hosts or self.host_of(m)})
+
+    def remember(self, state: EnvState) -> None:
+        """Where an earlier `up` placed the machines it started."""
+        self.placed.update({name: ms.host for name, ms in state.machines.items() if ms.host})
+
+    def place(self, machines: Sequence[MachineSpec], state: EnvState) -> None:
+        """With `hosts:`: ask every host `up` needs, and choose one for each machine, before anything
+        is created. Running machines keep their host."""
+        if not self.env.hosts:
+            return
+        self.remember(state)
+        todo = [m for m in machines if m.name not in self.placed]
+        wanted = {m.host for m in todo} if all(m.host for m in todo) else {h.name for h in self.env.hosts}
+        loads = placement.survey(h for h in self.env.hosts if h.name in wanted)
+        placement.require_answers(self.env, loads)
+        self.placed = placement.place(self.env, todo, loads, self.placed)
 
     @contextlib.contextmanager
     def hypervisors(self) -> Iterator[dict[str, Hypervisor]]:
@@ -192,6 +218,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
         state.file = str(project.env.file)
+        project.place(machines, state)  # with `hosts:`, before anything is created
         preflight.check(project, machines, state)  # before anything is created
         service_images = workloads.prepare_images(project.env, services, project.progress)
         images = ensure_images(project, machines)
@@ -316,7 +343,7 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
         name=m.name, domain=name, uri=hv.uri, accel=accel_name, ssh_port=ssh_port,
         forwards=[ForwardState(f.host_ip, f.host_port, f.guest_port, f.proto) for f in forwards],
         memory_mib=m.memory_mib, vcpus=m.vcpus, kernel_release=files.kernel_release,
-        timeline={"defined": round(t_defined - t0, 4)},
+        timeline={"defined": round(t_defined - t0, 4)}, host=project.placed.get(m.name, m.host),
     )
     return m, dom, t0
 
@@ -379,6 +406,7 @@ def down(project: Project) -> list[str]:
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
+        project.remember(state)
         removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
         for uri in sorted(uris):
@@ -435,18 +463,15 @@ class MachineStatus:
     guest: dict[str, float] = field(default_factory=dict)
     dedicated_to: str | None = None
     networks: list[dict[str, str]] = field(default_factory=list)  # {network, address, mac} per NIC
+    host: str | None = None  # the `hosts:` entry it runs on (None: the file names no hosts)
 
 
 def status(project: Project) -> list[MachineStatus]:
     """Every declared machine, also those never started (`absent`), from libvirt's view and the state."""
     state = project.envdir.load(str(project.env.file)) if project.envdir.state_file.exists() else None
-    live: dict[str, str] = {}
-    if state and state.machines:
-        with contextlib.suppress(HostError), project.hypervisors() as hvs:
-            for m in project.env.machines:
-                dom = hvs[project.uri_for(m)].lookup(render.domain_name(project.env.name, m.name))
-                if dom is not None:
-                    live[m.name] = hvs[project.uri_for(m)].info(dom).state
+    if state:
+        project.remember(state)
+    live = _live_states(project) if state and state.machines else {}
     plan = netplan.plan(project.env, state.network) if state and state.network else None
     rows = []
     for m in project.env.machines:
@@ -457,18 +482,35 @@ def status(project: Project) -> list[MachineStatus]:
             st = "starting"
         rows.append(MachineStatus(
             name=m.name, state=st, accel=ms.accel if ms else None, uri=project.uri_for(m),
+            host=(h.name if (h := project.host_of(m)) else None),
             ssh={"host": "127.0.0.1", "port": ms.ssh_port} if ms and st != "absent" else None,
             ports=[{"host_ip": f.host_ip, "host_port": f.host_port, "guest_port": f.guest_port, "proto": f.proto}
                    for f in (ms.forwards if ms else [])],
             boot_seconds=ms.boot_seconds if ms else None, vcpus=m.vcpus, memory_mib=m.memory_mib,
             kernel_release=ms.kernel_release if ms else None,
-            pid=(pid := qemu_pid(ms.domain) if ms and st in ("running", "starting") else None),
+            pid=(pid := qemu_pid(ms.domain) if ms and st in ("running", "starting") and preflight.is_local(ms.uri)
+                 else None),
             memory=_memory(pid, m.memory_mib),
             timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
             networks=[{"network": n.network, "address": n.address, "mac": n.mac}
                       for n in (member.nics if member and ms else ())],
         ))
     return rows
+
+
+def _live_states(project: Project) -> dict[str, str]:
+    """Machine -> libvirt's state of its domain, from each URI that answers (one host that does not
+    leaves only its own machines `absent`)."""
+    live = {}
+    for uri in project.uris():
+        with contextlib.suppress(HostError):
+            if is_embedded(uri):
+                prepare_embed_root(project.envdir.libvirt_root, shared_capability_cache())
+            with Hypervisor(uri) as hv:
+                for m in project.env.machines:
+                    if project.uri_for(m) == uri and (dom := hv.lookup(render.domain_name(project.env.name, m.name))):
+                        live[m.name] = hv.info(dom).state
+    return live
 
 
 def _memory(pid: int | None, guest_mib: int) -> dict[str, float] | None:

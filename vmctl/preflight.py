@@ -60,7 +60,7 @@ def check(project: Project, machines: Sequence[MachineSpec], state: EnvState) ->
     check_ports(env, to_start, state)
     check_boot_files(env, to_start)
     check_volumes(env, to_start)
-    check_uris({project.uri_for(m) for m in to_start})
+    check_uris({project.uri_for(m) for m in to_start if project.host_of(m) is None})  # hosts: asked by placement
 
 
 def _recorded(state: EnvState, m: MachineSpec) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import spec
+from vmctl import hostspec, spec
 
 SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
@@ -19,6 +19,8 @@ SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
     ("`networks.NAME:`", spec.NETWORK_SETTINGS),
     ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
+    ("`hosts.NAME:`", hostspec.HOST_SETTINGS),
+    ("`hosts.NAME.capacity:`", hostspec.CAPACITY_SETTINGS),
 )
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 

@@ -14,12 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vmctl import cmdline
 from vmctl.errors import SpecError, UsageError
 from vmctl.paths import GUEST_IMAGES_DIR
 from vmctl.yamlpos import Document, KeyPath, dotted, load
+
+if TYPE_CHECKING:
+    from vmctl.hostspec import HostSpec
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
@@ -107,6 +110,7 @@ class MachineSpec:
     ports: tuple[PortSpec, ...] = ()
     accel: Accel = Accel.AUTO
     uri: str | None = None  # None: the environment's connection
+    host: str | None = None  # one of the file's `hosts:`; None: placed by vmctl (vmctl/placement.py)
     dedicated_to: str | None = None  # set when this VM exists only to run one service
     networks: tuple[str, ...] = ()  # resolved by load_environment: its own, or the union of its services'
 
@@ -150,6 +154,7 @@ class Environment:
     machines: tuple[MachineSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
+    hosts: tuple[HostSpec, ...] = ()  # the file's `hosts:`; none: machines run where `uri` says
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def machine(self, name: str) -> MachineSpec | None:
@@ -157,6 +162,9 @@ class Environment:
 
     def service(self, name: str) -> ServiceSpec | None:
         return next((s for s in self.services if s.name == name), None)
+
+    def host(self, name: str) -> HostSpec | None:
+        return next((h for h in self.hosts if h.name == name), None)
 
     def services_on(self, machine: str) -> tuple[ServiceSpec, ...]:
         return tuple(s for s in self.services if s.machine == machine)
@@ -602,6 +610,12 @@ def p_vm(value: Any, path: KeyPath, ctx: Ctx) -> Any:
     return value
 
 
+def p_hosts(value: Any, path: KeyPath, ctx: Ctx) -> tuple[HostSpec, ...]:
+    from vmctl.hostspec import parse_hosts  # the hosts' settings live in their own module
+
+    return parse_hosts(value, path, ctx)
+
+
 def p_libvirt(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
     return parse_table(LIBVIRT_SETTINGS, value, path, ctx)
 
@@ -625,6 +639,7 @@ VM_SETTINGS = (
     Setting("cmdline", p_cmdline, (), "string|list", "extra kernel arguments"),
     Setting("accel", p_enum(Accel), Accel.AUTO, "auto|kvm|tcg", "accelerator; auto probes KVM, else TCG"),
     Setting("uri", p_uri, None, "uri", "this machine's own libvirt URI (default: the environment's)"),
+    Setting("host", p_name, None, "name", "the `hosts:` entry it runs on (default: the one with most free memory)"),
 )
 
 MACHINE_SETTINGS = (
@@ -675,6 +690,7 @@ SERVICE_SETTINGS = (
             "a dedicated microVM, or a plain container on the host"),
     Setting("machine", p_name, None, "name", "run inside this declared machine instead of a dedicated VM"),
     Setting("vm", p_vm, None, "mapping", "resources of the dedicated microVM (vcpus, memory, kernel, ...)"),
+    Setting("host", p_name, None, "name", "the `hosts:` entry its microVM runs on (same as `vm: {host: ...}`)"),
     Setting("read_only", p_bool, True, "bool", "mount the container's root filesystem read-only"),
     Setting("privileged", p_bool, False, "bool", "all capabilities and devices (weakens isolation)"),
     Setting("hostname", p_dns_label, None, "name", "the container's hostname, and one more name on its networks"),
@@ -716,6 +732,7 @@ ENV_SETTINGS = (
     Setting("machines", p_machines, None, "mapping", "name -> machine settings"),
     Setting("services", p_services, None, "mapping", "name -> container service settings"),
     Setting("networks", p_networks, None, "mapping", "name -> network settings (`default` always exists)"),
+    Setting("hosts", p_hosts, (), "mapping", "name -> libvirt host machines run on (default: this machine)"),
 )
 
 
@@ -748,12 +765,14 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
         machines=tuple(machines),
         services=tuple(services),
         networks=_used_networks(top["networks"] or {}, machines, services, ctx),
+        hosts=top["hosts"],
         lines={dotted(k): v for k, v in doc.lines.items()},
     )
     if not env.machines and not env.services:
         ctx.fail((), "the environment declares no machines and no services",
                  "add a `machines:` or `services:` mapping (see examples/quickstart.yaml)")
     _check_references(env, ctx)
+    _check_hosts(env, ctx)
     _check_port_conflicts(env, ctx)
     _check_names(env, ctx)
     return env
@@ -769,7 +788,7 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
     v = parse_table(MACHINE_SETTINGS, raw, ("machines", name), ctx, defaults)
     return MachineSpec(name=name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], disks=v["disks"],
-                       ports=v["ports"], accel=v["accel"], uri=v["uri"], networks=v["networks"] or ())
+                       ports=v["ports"], accel=v["accel"], uri=v["uri"], host=v["host"], networks=v["networks"] or ())
 
 
 def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
@@ -779,6 +798,9 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
         key = "machine" if v["machine"] else "vm"
         ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",
                  "remove it, or use `isolation: microvm`")
+    if v["host"] and (v["machine"] or v["isolation"] is Isolation.CONTAINER):
+        ctx.fail((*path, "host"), "`host` applies to a service's own microVM only",
+                 "a service in a `machine` runs on that machine's host (set `host` there); a container runs here")
     if v["machine"] and v["vm"]:
         ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
                  "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
@@ -796,7 +818,7 @@ def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mappin
     v = parse_table(VM_SETTINGS, raw.get("vm"), ("services", service.name, "vm"), ctx, defaults)
     return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
-                       uri=v["uri"], dedicated_to=service.name)
+                       uri=v["uri"], host=raw.get("host") or v["host"], dedicated_to=service.name)
 
 
 def _with_service_ports(machine: MachineSpec, services: Sequence[ServiceSpec]) -> MachineSpec:
@@ -881,6 +903,20 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
     if cycle:
         ctx.fail(("services", cycle[0], "depends_on"), f"`depends_on` cycle: {' -> '.join(cycle)}",
                  "remove one of these dependencies")
+
+
+def _check_hosts(env: Environment, ctx: Ctx) -> None:
+    """`host:` names a declared host, and a machine on a host takes its URI from there."""
+    declared = [h.name for h in env.hosts]
+    for m in env.machines:
+        base = ("services", m.dedicated_to) if m.dedicated_to else ("machines", m.name)
+        if m.host is not None and m.host not in declared:
+            keys = [(*base, "host"), (*base, "vm", "host"), ("defaults", "host")]
+            ctx.fail(next((k for k in keys if dotted(k) in env.lines), base), f"undeclared host `{m.host}`",
+                     _did_you_mean(m.host, declared, "hosts") + " (declare it under top-level `hosts:`)")
+        if env.hosts and m.uri is not None:
+            ctx.fail((*base, "uri"), "a machine's own `uri` and the file's `hosts:` exclude each other",
+                     "name its host with `host:` instead")
 
 
 def _did_you_mean(word: str, choices: Any, what: str) -> str:

@@ -53,6 +53,7 @@ class MachineState:
     timeline: dict[str, float] = field(default_factory=dict)  # phase -> seconds since define
     guest: dict[str, float] = field(default_factory=dict)  # guest uptime stamps (init, ready)
     boot_seconds: float | None = None  # domain start to SSH handshake done, measured
+    host: str | None = None  # the `hosts:` entry it runs on (None: the file names no hosts)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> MachineState:

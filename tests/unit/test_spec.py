@@ -115,6 +115,7 @@ MACHINE_BAD: list[tuple[str, Any, str]] = [
     ("accel", "hvf", "use one of"),
     ("uri", "nope", "invalid libvirt URI"),
     ("uri", "qemu:///system with space", "invalid libvirt URI"),
+    ("host", "nosuch", "undeclared host `nosuch`"),  # more in test_hostspec.py
     ("ports", "80", "must be a list"),
     ("ports", ["0:80"], "out of range"),
     ("ports", [True], "invalid port"),
@@ -229,6 +230,7 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("extra_hosts", ["nohost"], "NAME:IP"),
     ("extra_hosts", ["a:not-an-ip"], "invalid address"),
     ("network_mode", "host", "`network_mode` is not supported"),
+    ("host", "nosuch", "undeclared host `nosuch`"),  # more in test_hostspec.py
 ]
 
 

@@ -30,7 +30,14 @@ def command(app: App, as_json: bool) -> None:
     state = project.envdir.load(str(project.env.file))
     rows = workloads.rows(project.env, project.envdir, state)
     if as_json:
-        app.print_json({"services": [asdict(r) for r in rows]})
+        hosts = {name: ms.host for name, ms in state.machines.items()}
+        app.print_json({"services": [{**asdict(r), "host": hosts.get(r.machine or "")} for r in rows]})
         return
-    click.echo(table(["NAME", "MACHINE", "ISOLATION", "STATE", "PORTS"],
-                     [[r.name, r.machine or "-", r.isolation, _state(r), _ports(r) or "-"] for r in rows]))
+    headers = ["NAME", "MACHINE", "ISOLATION", "STATE", "PORTS"]
+    cells = [[r.name, r.machine or "-", r.isolation, _state(r), _ports(r) or "-"] for r in rows]
+    if project.env.hosts:  # the file spreads machines over hosts: say where each service runs
+        headers.insert(2, "HOST")
+        for r, row in zip(rows, cells, strict=True):
+            ms = state.machines.get(r.machine or "")
+            row.insert(2, (ms.host if ms else None) or ("local" if r.isolation == "container" else "-"))
+    click.echo(table(headers, cells))

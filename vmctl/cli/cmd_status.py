@@ -26,11 +26,15 @@ def command(app: App, as_json: bool) -> None:
         app.print_json({"environment": project.env.name, "file": str(project.env.file),
                         "machines": [asdict(r) for r in rows]})
         return
-    click.echo(table(
-        ["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "SSH", "PORTS", "BOOT"],
-        [[r.name, r.state, r.accel or "-", str(r.vcpus), f"{r.memory_mib}M",
-          f"127.0.0.1:{r.ssh['port']}" if r.ssh else "-", _ports(r) or "-",
-          f"{r.boot_seconds:.2f}s" if r.boot_seconds is not None else "-"] for r in rows]))
+    headers = ["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "SSH", "PORTS", "BOOT"]
+    cells = [[r.name, r.state, r.accel or "-", str(r.vcpus), f"{r.memory_mib}M",
+              f"127.0.0.1:{r.ssh['port']}" if r.ssh else "-", _ports(r) or "-",
+              f"{r.boot_seconds:.2f}s" if r.boot_seconds is not None else "-"] for r in rows]
+    if project.env.hosts:  # the file spreads machines over hosts: say where each runs
+        headers.insert(2, "HOST")
+        for r, row in zip(rows, cells, strict=True):
+            row.insert(2, r.host or "-")
+    click.echo(table(headers, cells))
     accels = {r.accel for r in rows if r.accel}
     if "tcg" in accels:
         click.echo("note: TCG is software emulation; KVM hosts boot and run much faster.", err=True)

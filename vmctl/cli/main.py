@@ -15,6 +15,7 @@ from vmctl.cli import (
     cmd_doctor,
     cmd_down,
     cmd_exec,
+    cmd_hosts,
     cmd_image,
     cmd_logs,
     cmd_ps,
@@ -56,7 +57,8 @@ def cli(ctx: click.Context, file: Path, project_name: str | None, connect: str |
     ctx.obj = App(file=file, project_name=project_name, connect=connect, progress_mode=progress, debug=debug)
 
 
-for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image):
+for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image,
+               cmd_hosts):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 
