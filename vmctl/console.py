@@ -33,16 +33,30 @@ class Boot:
 
 def tail(path: Path, lines: int = 25) -> str:
     try:
-        data = path.read_bytes()[-16384:]
+        return tail_of(path.read_bytes(), lines)
     except FileNotFoundError:
         return "(no console output)"
-    text = data.decode(errors="replace").replace("\r", "")
-    return "\n".join(text.splitlines()[-lines:]) or "(no console output)"
+
+
+def file_reader(path: Path) -> Callable[[int], bytes]:
+    """The console file's bytes from an offset on (none while it does not exist)."""
+    def read(pos: int) -> bytes:
+        try:
+            with path.open("rb") as f:
+                f.seek(pos)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+    return read
 
 
 def wait_ready(path: Path, *, machine: str, timeout: float, alive: Callable[[], bool],
-               offset: int = 0, poll: float = 0.02) -> Boot:
-    """Follow the console file from `offset` until the READY line; fail fast on FAIL, panic or a dead VM."""
+               offset: int = 0, poll: float = 0.02, read: Callable[[int], bytes] | None = None) -> Boot:
+    """Follow the console from `offset` until the READY line; fail fast on FAIL, panic or a dead VM.
+
+    `read` gives the console's bytes from an offset (default: the local file at `path`; for a machine on
+    another host, its console volume read through libvirt, `path` then only names it in messages)."""
+    read = read or file_reader(path)
     boot = Boot()
     deadline = time.monotonic() + timeout
     buf = b""
@@ -50,12 +64,7 @@ def wait_ready(path: Path, *, machine: str, timeout: float, alive: Callable[[], 
     next_alive_check = 0.0
     while True:
         now = time.monotonic()
-        try:
-            with path.open("rb") as f:
-                f.seek(pos)
-                chunk = f.read()
-        except FileNotFoundError:
-            chunk = b""
+        chunk = read(pos)
         if chunk:
             pos += len(chunk)
             buf += chunk
@@ -68,19 +77,24 @@ def wait_ready(path: Path, *, machine: str, timeout: float, alive: Callable[[], 
                 boot.ready_seen, boot.guest_ready_uptime, boot.hostkey = now, float(m["up"]), m["key"]
                 return boot
             if m := FAIL_RE.search(text):
-                raise _failed(machine, path, f"the guest init failed at step `{m['step']}`")
+                raise _failed(machine, path, buf, f"the guest init failed at step `{m['step']}`")
             if m := PANIC_RE.search(text):
-                raise _failed(machine, path, f"the guest kernel panicked ({m.group(0).strip()})")
+                raise _failed(machine, path, buf, f"the guest kernel panicked ({m.group(0).strip()})")
         if now >= deadline:
-            raise _failed(machine, path, f"the guest did not become ready within {timeout:.0f} s",
+            raise _failed(machine, path, buf, f"the guest did not become ready within {timeout:.0f} s",
                           hint="raise `--timeout`; under TCG a boot is CPU-bound and slower on a busy host")
         if now >= next_alive_check:
             next_alive_check = now + 0.25
             if not alive():
-                raise _failed(machine, path, "the VM stopped before it became ready")
+                raise _failed(machine, path, buf + read(pos), "the VM stopped before it became ready")
         time.sleep(poll)
 
 
-def _failed(machine: str, path: Path, why: str, hint: str | None = None) -> GuestError:
-    return GuestError(f"machine `{machine}`: {why}. Last console lines ({path}):\n{tail(path)}",
+def tail_of(data: bytes, lines: int = 25) -> str:
+    text = data[-16384:].decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:]) or "(no console output)"
+
+
+def _failed(machine: str, path: Path, seen: bytes, why: str, hint: str | None = None) -> GuestError:
+    return GuestError(f"machine `{machine}`: {why}. Last console lines ({path}):\n{tail_of(seen)}",
                       hint=hint or f"see the whole console with `vmctl logs {machine}`")

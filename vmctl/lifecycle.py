@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from vmctl import accel, console, guest_image, placement, ports, preflight, render, workloads
+from vmctl import accel, console, guest_image, host_files, placement, ports, preflight, remote, render, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
@@ -161,6 +161,8 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
                 net: MachineNetwork | None = None) -> render.DomainView:
     uri = project.uri_for(machine)
     mdir = project.envdir.machine_dir(machine.name)
+    on_host = project.host_of(machine) is not None
+    name = render.domain_name(project.env.name, machine.name)
     return render.DomainView(
         environment=project.env.name,
         environment_file=str(project.env.file),
@@ -173,14 +175,15 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         initrd=str(files.initrd) if files.initrd else None,
         cmdline=render.kernel_cmdline(machine.name, project.envdir.ssh_key_blob(), machine.cmdline,
                                       accel=accel_name, vcpus=machine.vcpus),
-        console_log=str(mdir / "console.log"),
+        console_log=host_files.console_path(name) if on_host else str(mdir / "console.log"),
         emulator=which("qemu-system-x86_64", package="qemu-system-x86"),
         loader=str(QBOOT) if QBOOT.exists() else None,
         forwards=(render.Forward("127.0.0.1", ssh_port, 22), *forwards),
         disks=tuple(_disk_views(project, machine, image_disks)),
         filesystems=tuple(render.FilesystemView(str(source), tag, readonly)
                           for tag, source, readonly in workloads.machine_volumes(project.env, machine.name)),
-        dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
+        # On a declared host QEMU runs as that libvirtd's user, on the files vmctl sent there.
+        dac_label=None if is_embedded(uri) or on_host else f"+{os.getuid()}:+{os.getgid()}",
         interfaces=tuple(render.InterfaceView(tap, nic.mac, slot) for tap, nic, slot in (net.taps() if net else [])),
         restrict=net.member.internal_only if net else False,
     )
@@ -235,7 +238,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                         continue
                     created.append(m.name)
                     disks = workloads.image_disks(project.env, m.name, service_images)
-                    net = MachineNetwork(project.network_host, plan, _member(plan, m.name))
+                    net = _machine_network(project, plan, m)
                     jobs.append(_prepare(project, state, hv, m, boot_files(m, images[m.image]), chosen[m.name],
                                          rollback, disks, net))
                 envdir.save(state)
@@ -269,6 +272,14 @@ def _network_up(project: Project, state: EnvState) -> netplan.NetworkPlan:
     return plan
 
 
+def _machine_network(project: Project, plan: netplan.NetworkPlan, m: MachineSpec) -> MachineNetwork | None:
+    """Its part of the environment network; none for a machine on a declared host (the network does
+    not span hosts yet: it keeps user-mode networking, its forwards and SSH)."""
+    if project.host_of(m) is not None:
+        return None
+    return MachineNetwork(project.network_host, plan, _member(plan, m.name))
+
+
 def _member(plan: netplan.NetworkPlan, name: str) -> netplan.Member:
     member = plan.member(name)
     assert member is not None, f"the network plan has no member `{name}`"
@@ -292,7 +303,7 @@ def _boot_all(project: Project, hvs: dict[str, Hypervisor], jobs: Sequence[tuple
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         futures = [pool.submit(_boot, project, hvs[project.uri_for(m)], m, dom, t_define, state.machines[m.name],
-                               timeout, cancel, MachineNetwork(project.network_host, plan, _member(plan, m.name)))
+                               timeout, cancel, _machine_network(project, plan, m))
                    for m, dom, t_define in jobs]
         try:
             for f in as_completed(futures):
@@ -329,6 +340,8 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     mdir = project.envdir.machine_dir(m.name)
     mdir.mkdir(parents=True, exist_ok=True)
     (mdir / "console.log").unlink(missing_ok=True)
+    if (host := project.host_of(m)) is not None:
+        files, image_disks = _send_files(project, hv, m, host, files, image_disks)
     forwards = ports.resolve(m.name, m.ports)
     ssh_port = ports.free_port()
     view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks, net)
@@ -348,6 +361,18 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     return m, dom, t0
 
 
+def _send_files(project: Project, hv: Hypervisor, m: MachineSpec, host: HostSpec, files: BootFiles,
+                image_disks: Sequence[tuple[str, Path]]) -> tuple[BootFiles, list[tuple[str, Path]]]:
+    """Kernel, initramfs and image disks into the host's vmctl pool; the same, as paths there."""
+    local = [(files.kernel, "kernel"), *([(files.initrd, "initrd")] if files.initrd else []),
+             *((path, "ext4") for _, path in image_disks)]
+    there = [Path(p) for p in remote.send_files(hv.conn, local, project.progress, m.name, host)]
+    initrd = there[1] if files.initrd else None
+    disks = [(serial, path) for (serial, _), path in zip(image_disks, there[len(there) - len(image_disks):],
+                                                         strict=True)]
+    return BootFiles(there[0], initrd, files.kernel_release), disks
+
+
 def _remove_quietly(hv: Hypervisor, dom: Any) -> None:
     with contextlib.suppress(Exception):
         hv.remove(dom)
@@ -361,7 +386,12 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
     """
     progress = project.progress
     progress.working(m.name, f"booting ({ms.accel}, {m.vcpus} vCPU, {m.memory_mib} MiB)")
+    host = project.host_of(m)
     log = project.envdir.machine_dir(m.name) / "console.log"
+    read = None
+    if host is not None:  # the console is a file on that host, read through libvirt
+        log = Path(f"{host.name}:{host_files.console_path(ms.domain)}")
+        read = remote.console_reader(hv.conn, ms.domain)
     t0 = time.monotonic()
     hv.start(dom)
     t_started = time.monotonic()
@@ -373,10 +403,10 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
                 raise Cancelled()
             return bool(dom.isActive())
 
-        boot = console.wait_ready(log, machine=m.name, timeout=timeout, alive=alive)
+        boot = console.wait_ready(log, machine=m.name, timeout=timeout, alive=alive, read=read)
         ms.hostkey = boot.hostkey
         with Guest(name=m.name, port=ms.ssh_port, hostkey=boot.hostkey or "",
-                   key_file=project.envdir.key_file) as guest:
+                   key_file=project.envdir.key_file, via=remote.jump(host)) as guest:
             t_ssh = time.monotonic()
             if net is not None:
                 net.configure_guest(guest)
@@ -393,7 +423,8 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
     ms.guest = {k: v for k, v in {"init_uptime": boot.guest_init_uptime,
                                   "ready_uptime": boot.guest_ready_uptime}.items() if v is not None}
     ms.boot_seconds = round(t_ssh - t0, 4)
-    progress.done(m.name, f"ready in {ms.boot_seconds:.2f}s (ssh 127.0.0.1:{ms.ssh_port})")
+    where = f"host {host.name}, " if host else ""
+    progress.done(m.name, f"ready in {ms.boot_seconds:.2f}s ({where}ssh 127.0.0.1:{ms.ssh_port})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,15 +440,26 @@ def down(project: Project) -> list[str]:
         project.remember(state)
         removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
+        unreachable = []
         for uri in sorted(uris):
             if is_embedded(uri) and not envdir.libvirt_root.exists():
                 continue
             try:
                 with Hypervisor(uri) as hv:
-                    removed += _remove_all(project, hv, hv.domains_of(project.env.name))
-            except HostError:
-                if not is_embedded(uri):
+                    domains = hv.domains_of(project.env.name)
+                    removed += _remove_all(project, hv, domains)
+                    if not preflight.is_local(uri):
+                        remote.forget_consoles(hv.conn, [str(d.name()) for d in domains])
+            except HostError as e:
+                if is_embedded(uri):
+                    continue
+                if not project.env.hosts:
                     raise
+                unreachable.append(e.message)  # the others are cleaned all the same
+        if unreachable:
+            # Keep the state: a later `down` removes what is left once the host answers again.
+            raise HostError("`down` removed what it could reach, but not everything: " + "; ".join(unreachable),
+                            hint="run `vmctl down` again once the host answers")
         project.network_host.destroy()
         _remove_env_files(envdir)
     return removed
@@ -529,4 +571,25 @@ def guest(project: Project, name: str) -> Guest:
     ms = state.machines.get(name)
     if ms is None or ms.hostkey is None:
         raise VmctlError(f"machine `{name}` is not running", hint="start it with `vmctl up`")
-    return Guest(name=name, port=ms.ssh_port, hostkey=ms.hostkey, key_file=project.envdir.key_file).connect()
+    return Guest(name=name, port=ms.ssh_port, hostkey=ms.hostkey, key_file=project.envdir.key_file,
+                 via=remote.jump(project.env.host(ms.host) if ms.host else None)).connect()
+
+
+def remote_console(project: Project, ms: MachineState, out: BinaryIO, *, tail: int | None = None,
+                   follow: bool = False, poll: float = 0.5) -> None:
+    """`vmctl logs MACHINE` for a machine on a declared host: its console file there, through libvirt."""
+    with Hypervisor(ms.uri) as hv:
+        read = remote.console_reader(hv.conn, ms.domain)
+        data = read(0)
+        pos = len(data)
+        if tail is not None:
+            data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail else b""
+        out.write(data)
+        out.flush()
+        while follow:
+            time.sleep(poll)
+            if chunk := read(pos):
+                pos += len(chunk)
+                out.write(chunk)
+                out.flush()
+

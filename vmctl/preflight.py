@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmctl import guest_image, ports
+from vmctl import guest_image, ports, remote
 from vmctl.errors import HostError, UsageError, Where
 from vmctl.hypervisor import Hypervisor, is_embedded
 from vmctl.spec import Environment, MachineSpec, PortSpec
@@ -60,6 +60,7 @@ def check(project: Project, machines: Sequence[MachineSpec], state: EnvState) ->
     check_ports(env, to_start, state)
     check_boot_files(env, to_start)
     check_volumes(env, to_start)
+    remote.check(env, [(m, h) for m in to_start if (h := project.host_of(m)) is not None])
     check_uris({project.uri_for(m) for m in to_start if project.host_of(m) is None})  # hosts: asked by placement
 
 

@@ -10,12 +10,14 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import paramiko
 
-from vmctl.errors import GuestError
+from vmctl.errors import GuestError, HostError
+from vmctl.hostspec import DEFAULT_KNOWN_HOSTS, HostSpec
 
 GUEST_USER = "root"
 
@@ -27,14 +29,55 @@ def hostkey_from_line(line: str) -> paramiko.PKey:
     return paramiko.Ed25519Key(data=base64.b64decode(blob))
 
 
-class Guest:
-    """An SSH connection to one guest through its forwarded port on 127.0.0.1."""
+@dataclass(frozen=True)
+class Jump:
+    """The hypervisor host a remote guest is reached through: its sshd, its key checked against a
+    known-hosts file (never accepted when unknown), then a `direct-tcpip` channel to the guest's
+    forwarded port on that host's 127.0.0.1."""
 
-    def __init__(self, *, name: str, port: int, hostkey: str, key_file: Path, host: str = "127.0.0.1") -> None:
+    host: HostSpec
+
+    def open(self, timeout: float = 10.0) -> paramiko.SSHClient:
+        h = self.host
+        assert h.address is not None, f"host `{h.name}` is not reached over SSH"
+        known = h.known_hosts or DEFAULT_KNOWN_HOSTS.expanduser()
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.load_host_keys(str(known))
+            client.connect(h.address, h.ssh_port, username=h.ssh_user, key_filename=str(h.key) if h.key else None,
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                           allow_agent=h.key is None, look_for_keys=False)
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise HostError(f"host `{h.name}` ({h.address}) answers with another SSH host key than {known} holds; "
+                            "refusing to connect", hint=f"check it with `{h.fingerprint_command()}`") from None
+        except (paramiko.SSHException, OSError) as e:
+            client.close()
+            hint = (f"vmctl never accepts an unknown host key: check it (`{h.fingerprint_command()}`), then add it "
+                    f"to {known}") if "not found in known_hosts" in str(e) else None
+            raise HostError(f"cannot reach host `{h.name}` over SSH ({h.address}:{h.ssh_port}): {e}",
+                            hint=hint) from None
+        return client
+
+    def channel(self, client: paramiko.SSHClient, port: int) -> paramiko.Channel:
+        transport = client.get_transport()
+        assert transport is not None
+        return transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=10)
+
+
+class Guest:
+    """An SSH connection to one guest through its forwarded port on 127.0.0.1 (of this machine, or
+    of the host it runs on, through that host's sshd: `via`)."""
+
+    def __init__(self, *, name: str, port: int, hostkey: str, key_file: Path, host: str = "127.0.0.1",
+                 via: Jump | None = None) -> None:
         self.name, self.host, self.port = name, host, port
         self.hostkey = hostkey_from_line(hostkey)
         self.key_file = key_file
+        self.via = via
         self.client: paramiko.SSHClient | None = None
+        self._jump: paramiko.SSHClient | None = None
 
     def connect(self, timeout: float = 20.0) -> Guest:
         """Connect, retrying while the forward or the SSH server is not yet answering."""
@@ -47,7 +90,8 @@ class Guest:
             host_id = f"[{self.host}]:{self.port}"
             client.get_host_keys().add(host_id, self.hostkey.get_name(), self.hostkey)
             try:
-                client.connect(self.host, self.port, username=GUEST_USER, pkey=pkey, timeout=5,
+                sock = self._through_host()
+                client.connect(self.host, self.port, username=GUEST_USER, pkey=pkey, timeout=5, sock=sock,
                                banner_timeout=5, auth_timeout=5, allow_agent=False, look_for_keys=False)
                 self.client = client
                 return self
@@ -69,10 +113,21 @@ class Guest:
         raise GuestError(f"machine `{self.name}`: no SSH connection to {self.host}:{self.port} ({last})",
                          hint=f"check `vmctl status` and `vmctl logs {self.name}`")
 
+    def _through_host(self) -> paramiko.Channel | None:
+        """A channel to the guest's port on its host, the host's SSH connection opened once."""
+        if self.via is None:
+            return None
+        if self._jump is None:
+            self._jump = self.via.open()
+        return self.via.channel(self._jump, self.port)
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
 
     def __enter__(self) -> Guest:
         return self if self.client else self.connect()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from vmctl import ports as host_ports
+from vmctl import remote
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
 from vmctl.guest_container import GuestRuntime, Live, image_serial, volume_tag
@@ -247,7 +248,9 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
         ms = self.state.machines.get(machine)
         if ms is None or ms.hostkey is None:
             raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
-        guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file)
+        host = self.env.host(ms.host) if ms.host else None
+        guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file,
+                      via=remote.jump(host))
         self._guests.append(guest.connect())
         return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)})
 

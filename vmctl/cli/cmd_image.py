@@ -4,10 +4,10 @@ import time
 
 import click
 
-from vmctl import guest_image
+from vmctl import guest_image, host_files
 from vmctl.cli.app import App, pass_app
-from vmctl.errors import VmctlError
-from vmctl.hypervisor import warm_capabilities
+from vmctl.errors import UsageError, VmctlError
+from vmctl.hypervisor import Hypervisor, warm_capabilities
 from vmctl.progress import Progress
 
 KERNELS = {"cloud": "default", "minimal": "minimal"}  # --kernel -> recipe under guest_images/
@@ -62,3 +62,28 @@ def build(app: App, name: str | None, kernel: str | None, force: bool, as_json: 
         app.print_json(data)
     else:
         click.echo(f"{image.name}: {image.kernel_release} ({image.digest[:16]}) at {image.directory}")
+
+
+@command.command("prune", epilog="""\b
+Examples:
+  vmctl image prune --host h1     empty vmctl's pool on host `h1` of what no domain there uses""")
+@click.option("--host", "host_name", required=True, help="A host of the file's `hosts:`.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+@pass_app
+def prune(app: App, host_name: str, as_json: bool) -> None:
+    """Remove the kernels, initramfs and image disks `up` sent to a host, except what a domain there uses."""
+    env = app.environment()
+    host = env.host(host_name)
+    if host is None:
+        known = ", ".join(h.name for h in env.hosts) or "none"
+        raise UsageError(f"unknown host `{host_name}` in {env.file}", hint=f"hosts: {known}")
+    freed: list[tuple[str, int]] = []
+    with Hypervisor(host.connection_uri) as hv:
+        host_files.prune(hv.conn, lambda name, size: freed.append((name, size)))
+    if as_json:
+        app.print_json({"host": host.name, "removed": [{"volume": n, "bytes": s} for n, s in freed]})
+        return
+    for name, size in freed:
+        click.echo(f"{name}\t{size / 2**20:.1f} MiB")
+    click.echo(f"host `{host.name}`: removed {len(freed)} volumes, {sum(s for _, s in freed) / 2**20:.1f} MiB",
+               err=True)

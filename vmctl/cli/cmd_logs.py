@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from vmctl import workloads
+from vmctl import lifecycle, workloads
 from vmctl.cli.app import App, pass_app
 from vmctl.errors import UsageError
 
@@ -29,6 +29,10 @@ def command(app: App, name: str, follow: bool, lines: int | None) -> None:
     if project.env.machine(name) is None:
         known = sorted({m.name for m in project.env.machines} | {s.name for s in project.env.services})
         raise UsageError(f"unknown machine or service `{name}`", hint=f"known: {', '.join(known) or 'none'}")
+    ms = project.envdir.load(str(project.env.file)).machines.get(name)
+    if ms is not None and ms.host is not None:  # the console is on that host: read it through libvirt
+        lifecycle.remote_console(project, ms, sys.stdout.buffer, tail=lines, follow=follow)
+        return
     path = project.envdir.machine_dir(name) / "console.log"
     if not path.exists():
         raise UsageError(f"machine `{name}` has no console log yet", hint="start it with `vmctl up`")

@@ -1,0 +1,108 @@
+"""Machines and services on the bed's hosts, for real: files sent through libvirt (once), consoles read
+through libvirt, SSH through each host's sshd, published ports on the host that runs the service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import hostbed
+from tests.conftest import ROOT
+from tests.hosts.conftest import hosts_yaml, vmctl_in, write_env
+
+pytestmark = [pytest.mark.vm, pytest.mark.daemon]
+
+WEB = ROOT / "examples" / "images" / "web.tar"
+SERVICES = f"""\
+machines:
+  a: {{memory: 192M, host: h1}}
+services:
+  web:
+    image: {WEB}
+    environment: {{GREETING: hello from a host of the bed}}
+    ports: ["8080:8080"]
+    vm: {{memory: 256M}}
+    healthcheck: {{test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"], interval: 1s,
+                  retries: 30}}
+"""
+
+
+def _on_host(bed: hostbed.HostBed, host: hostbed.BedHost, *argv: str) -> str:
+    return subprocess.run(bed.in_client(hostbed.client_ssh(bed, host, list(argv))), capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
+def _pool(bed: hostbed.HostBed, host: hostbed.BedHost) -> list[str]:
+    out = _on_host(bed, host, "virsh", "-q", "-c", "qemu:///system", "vol-list", "vmctl")
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module")
+def env(bed: hostbed.HostBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if not WEB.exists():
+        pytest.fail(f"{WEB} is missing: run `python examples/build_images.py` (bootstrap.sh does)")
+    # h1 has room for `a` only, so placement puts `web` on h2.
+    text = hosts_yaml(bed).replace("    uri: qemu+ssh://root@10.79.0.11/system",
+                                   "    uri: qemu+ssh://root@10.79.0.11/system\n    capacity: {memory: 512M}")
+    file = write_env(tmp_path_factory.mktemp("remote"), "name: remote\n" + text + SERVICES)
+    up = vmctl_in(bed, "-f", str(file), "up", "--timeout", "180")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "sent" in up.stderr  # the first `up` on a fresh bed sends the files
+        yield file
+    finally:
+        down = vmctl_in(bed, "-f", str(file), "down")
+        assert down.returncode == 0, down.stderr
+
+
+def test_machines_run_on_their_hosts(bed: hostbed.HostBed, env: Path) -> None:
+    status = json.loads(vmctl_in(bed, "-f", str(env), "status", "--json").stdout)
+    assert {m["name"]: (m["host"], m["state"]) for m in status["machines"]} == {
+        "a": ("h1", "running"), "web": ("h2", "running")}
+    h1, h2 = bed.hosts
+    assert "vmctl-remote-a" in _on_host(bed, h1, "virsh", "-c", "qemu:///system", "list", "--name")
+    assert "vmctl-remote-web" in _on_host(bed, h2, "virsh", "-c", "qemu:///system", "list", "--name")
+    ps = vmctl_in(bed, "-f", str(env), "ps")
+    assert ps.stdout.splitlines()[1].split()[:3] == ["web", "web", "h2"]
+
+
+def test_exec_and_logs_reach_remote_guests(bed: hostbed.HostBed, env: Path) -> None:
+    proc = vmctl_in(bed, "-f", str(env), "exec", "a", "--", "cat", "/proc/sys/kernel/hostname")
+    assert (proc.returncode, proc.stdout) == (0, "a\n"), proc.stderr
+    assert vmctl_in(bed, "-f", str(env), "exec", "a", "--", "sh", "-c", "exit 7").returncode == 7
+    proc = vmctl_in(bed, "-f", str(env), "exec", "web", "--", "wget", "-q", "-O-", "http://127.0.0.1:8080/")
+    assert "hello from a host of the bed" in proc.stdout, proc.stderr
+    console = vmctl_in(bed, "-f", str(env), "logs", "a")  # the console file on h1, read through libvirt
+    assert "VMCTL-READY" in console.stdout
+    assert "serving http" in vmctl_in(bed, "-f", str(env), "logs", "web").stdout
+
+
+def test_published_ports_bind_on_the_host_that_runs_the_service(bed: hostbed.HostBed, env: Path) -> None:
+    h2 = bed.hosts[1]
+    proc = subprocess.run(["nsenter", f"--net={h2.netns}", "wget", "-q", "-O-", "http://127.0.0.1:8080/"],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert "hello from a host of the bed" in proc.stdout
+
+
+def test_files_went_through_libvirt_once(bed: hostbed.HostBed, env: Path) -> None:
+    h1, h2 = bed.hosts
+    assert [v.rsplit(".", 1)[1] for v in _pool(bed, h1) if not v.startswith("console-")] == ["initrd", "kernel"]
+    assert sorted(v.rsplit(".", 1)[1] for v in _pool(bed, h2) if not v.startswith("console-")) == [
+        "ext4", "initrd", "kernel"]
+    again = vmctl_in(bed, "-f", str(env), "up")
+    assert again.returncode == 0 and "sent" not in again.stderr, again.stderr
+
+
+def test_down_keeps_the_pool_and_prune_empties_it(bed: hostbed.HostBed, env: Path) -> None:
+    down = vmctl_in(bed, "-f", str(env), "down")
+    assert down.returncode == 0, down.stderr
+    h1 = bed.hosts[0]
+    assert _on_host(bed, h1, "virsh", "-c", "qemu:///system", "list", "--all", "--name").strip() == ""
+    assert _pool(bed, h1) and not [v for v in _pool(bed, h1) if v.startswith("console-")]
+    proc = vmctl_in(bed, "-f", str(env), "image", "prune", "--host", "h1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["removed"]) == 2 and _pool(bed, h1) == []
