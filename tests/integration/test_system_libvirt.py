@@ -6,6 +6,7 @@ running, and stops what it started.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -28,8 +29,14 @@ machines:
 """
 
 
+def _same_namespaces(name: str) -> list[str]:
+    """pgrep/pkill arguments for `name` in this process's mount and network namespaces only: not the
+    daemons of a multi-host test bed (tests/hosts), which run in namespaces of their own."""
+    return ["--ns", str(os.getpid()), "--nslist", "mnt,net", "-x", name]
+
+
 def _running(name: str) -> bool:
-    return subprocess.run(["pgrep", "-x", name], capture_output=True, check=False).returncode == 0
+    return subprocess.run(["pgrep", *_same_namespaces(name)], capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,7 @@ def system_libvirtd() -> Iterator[None]:
         time.sleep(0.5)
     yield
     for daemon in reversed(dict.fromkeys(started)):
-        subprocess.run(["pkill", "-x", daemon], check=False)
+        subprocess.run(["pkill", *_same_namespaces(daemon)], check=False)
 
 
 def _domains() -> list[str]:
