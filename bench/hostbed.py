@@ -266,6 +266,23 @@ def client_ssh(bed: HostBed, host: BedHost, argv: Sequence[str]) -> list[str]:
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"root@{host.address}", *argv]
 
 
+def kill(host: BedHost) -> None:
+    """The host dies: every process in its namespaces (sshd, libvirtd, virtlogd, QEMUs) is SIGKILLed.
+    Its folders stay, as a server's disk would."""
+    for pid in processes_in(host.netns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_SECONDS
+    while any(not is_gone(p) for p in processes_in(host.netns)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def restart(bed: HostBed, host: BedHost) -> None:
+    """The host boots again: its daemons start on the same folders (libvirt finds its defined domains)."""
+    _launch(host)
+    _wait_ready(bed, host)
+
+
 # ------------------------------------------------------------------------------------------------ down
 
 

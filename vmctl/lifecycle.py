@@ -393,7 +393,12 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
         log = Path(f"{host.name}:{host_files.console_path(ms.domain)}")
         read = remote.console_reader(hv.conn, ms.domain)
     t0 = time.monotonic()
-    hv.start(dom)
+    try:
+        hv.start(dom)
+    except HostError as e:
+        if host is None:
+            raise
+        raise HostError(f"host `{host.name}` ({host.uri}): {e.message}", hint=e.hint) from None
     t_started = time.monotonic()
     if net is not None:
         net.join()
@@ -455,7 +460,12 @@ def down(project: Project) -> list[str]:
                     continue
                 if not project.env.hosts:
                     raise
-                unreachable.append(e.message)  # the others are cleaned all the same
+                host = next((h for h in project.env.hosts if h.connection_uri == uri), None)
+                said = f"host `{host.name}` ({host.uri}) does not answer" if host else e.message
+                if any(ms.uri == uri for ms in state.machines.values()):
+                    unreachable.append(said)  # the others are cleaned all the same
+                else:  # nothing of this environment was recorded there
+                    project.progress.warn(host.name if host else uri, said)
         if unreachable:
             # Keep the state: a later `down` removes what is left once the host answers again.
             raise HostError("`down` removed what it could reach, but not everything: " + "; ".join(unreachable),
