@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,9 +96,10 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def send(conn: Any, pool: Any, path: Path, kind: str) -> Sent:
-    """`path` as a content-named volume on the host; uploaded only when it is not there yet."""
-    name, size = content_name(path, kind), path.stat().st_size
+def send(conn: Any, pool: Any, path: Path, kind: str, name: str | None = None) -> Sent:
+    """`path` as a content-named volume on the host (`name`: already known); uploaded only when it is not
+    there yet."""
+    name, size = name or content_name(path, kind), path.stat().st_size
     with contextlib.suppress(libvirt.libvirtError):
         return Sent(pool.storageVolLookupByName(name).path(), False, size)
     _delete_quietly(pool, name + PART)  # what a killed upload left
@@ -129,6 +131,24 @@ def _upload(conn: Any, vol: Any, path: Path, size: int) -> None:
 def _delete_quietly(pool: Any, name: str) -> None:
     with contextlib.suppress(libvirt.libvirtError):
         pool.storageVolLookupByName(name).delete(0)
+
+
+def copy_between(src_conn: Any, dst_conn: Any, path: str) -> bool:
+    """A volume of vmctl's pool on one host onto another host's (through this machine, a temporary file);
+    False when the other host has it already."""
+    name = Path(path).name
+    src_pool, dst_pool = ensure_pool(src_conn), ensure_pool(dst_conn)
+    with contextlib.suppress(libvirt.libvirtError):
+        dst_pool.storageVolLookupByName(name)
+        return False
+    with tempfile.NamedTemporaryFile(prefix=".vmctl-copy-", dir=cache_root()) as tmp:
+        stream = src_conn.newStream(0)
+        src_pool.storageVolLookupByName(name).download(stream, 0, 0, 0)
+        stream.recvAll(lambda _st, data, f: f.write(data), tmp)
+        stream.finish()
+        tmp.flush()
+        send(dst_conn, dst_pool, Path(tmp.name), "", name=name)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ console

@@ -10,9 +10,11 @@ A machine or service says `host: NAME`, or vmctl places it (vmctl/placement.py).
 How vmctl connects: libvirt 9.0's `qemu+ssh` transport runs the `ssh` binary and takes no known-hosts
 file (its `known_hosts=` parameter belongs to the libssh/libssh2 transports; the ssh binary asks the
 user's own `~/.ssh/known_hosts` and fails with `Host key verification failed` when it does not know the
-host). So a `qemu+ssh://` host is reached through libvirt's in-process libssh transport
-(`qemu+libssh://`), with the key and the known-hosts file given here: the host's key must be in that
+host). So a `qemu+ssh://` host is reached through libvirt's in-process libssh2 transport
+(`qemu+libssh2://`), with the key and the known-hosts file given here: the host's key must be in that
 file (an unknown or a different key is refused, never accepted), and only the key file is offered.
+Not the libssh transport (`qemu+libssh://`): in libvirt 9.0 it hangs on any reply of a few KiB (a domain's
+XML, the capabilities), as seen on the test bed and reported in exordos/exordos_core#135.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from vmctl.spec import Ctx, Setting, _named_mapping, p_int, p_name, p_size_mib, 
 from vmctl.yamlpos import KeyPath
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
-SSH_SCHEMES = ("qemu+ssh", "qemu+libssh")
+SSH_SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class HostSpec:
 
     @property
     def connection_uri(self) -> str:
-        """The URI vmctl opens: the file's, or for SSH its libssh form with the key and known hosts."""
+        """The URI vmctl opens: the file's, or for SSH its libssh2 form with the key and known hosts."""
         parts = urllib.parse.urlsplit(self.uri)
         if parts.scheme not in SSH_SCHEMES:
             return self.uri
@@ -62,7 +64,7 @@ class HostSpec:
         query["known_hosts_verify"] = "normal"  # unknown keys are refused: libvirt has no one to ask
         if self.key:
             query.update(keyfile=str(self.key), sshauth="privkey")
-        return urllib.parse.urlunsplit(("qemu+libssh", netloc, parts.path, urllib.parse.urlencode(query, safe="/"),
+        return urllib.parse.urlunsplit(("qemu+libssh2", netloc, parts.path, urllib.parse.urlencode(query, safe="/"),
                                         ""))
 
     @property

@@ -57,7 +57,7 @@ class Project:
 
     def host_of(self, machine: MachineSpec) -> HostSpec | None:
         """The declared host the machine runs on: its own `host`, or where placement put it."""
-        name = machine.host or self.placed.get(machine.name)
+        name = self.placed.get(machine.name) or machine.host  # where it runs beats where the file wants it
         return self.env.host(name) if name else None
 
     def uri_for(self, machine: MachineSpec) -> str:

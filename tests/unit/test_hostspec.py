@@ -36,11 +36,11 @@ def test_hosts_parse_into_typed_specs(tmp_path: Path) -> None:
     assert [(m.name, m.host) for m in env.machines] == [("a", "h1"), ("b", None), ("s", "h2")]
 
 
-def test_ssh_hosts_are_opened_through_libssh_with_their_key_and_known_hosts(tmp_path: Path) -> None:
+def test_ssh_hosts_are_opened_through_libssh2_with_their_key_and_known_hosts(tmp_path: Path) -> None:
     h1, h2 = load(tmp_path, HOSTS + "machines: {a: {}}\n").hosts
-    assert h1.connection_uri == (f"qemu+libssh://root@10.0.0.2/system?known_hosts={tmp_path}/kh"
+    assert h1.connection_uri == (f"qemu+libssh2://root@10.0.0.2/system?known_hosts={tmp_path}/kh"
                                  f"&known_hosts_verify=normal&keyfile={tmp_path}/key&sshauth=privkey")
-    assert h2.connection_uri.startswith("qemu+libssh://admin@10.0.0.3:2222/system?known_hosts=")
+    assert h2.connection_uri.startswith("qemu+libssh2://admin@10.0.0.3:2222/system?known_hosts=")
     assert HostSpec("l", "qemu:///system").connection_uri == "qemu:///system"
     assert h2.fingerprint_command() == "ssh-keyscan -p 2222 10.0.0.3 | ssh-keygen -lf -"
 

@@ -18,6 +18,7 @@ from vmctl.cli import (
     cmd_hosts,
     cmd_image,
     cmd_logs,
+    cmd_migrate,
     cmd_ps,
     cmd_render,
     cmd_ssh,
@@ -58,7 +59,7 @@ def cli(ctx: click.Context, file: Path, project_name: str | None, connect: str |
 
 
 for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image,
-               cmd_hosts):
+               cmd_hosts, cmd_migrate):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 

@@ -1,0 +1,76 @@
+"""`vmctl migrate`: a running service's microVM moved live between the bed's hosts; its name, key and
+ports stay, and the ports are on the target afterwards. A client calls the service in a loop meanwhile."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import hostbed
+from tests.conftest import ROOT
+from tests.hosts.conftest import hosts_yaml, vmctl_in, write_env
+
+pytestmark = [pytest.mark.vm, pytest.mark.daemon]
+
+WEB = ROOT / "examples" / "images" / "web.tar"
+
+
+def _answers(host: hostbed.BedHost) -> bool:
+    proc = subprocess.run(["nsenter", f"--net={host.netns}", "wget", "-T", "1", "-q", "-O-", "http://127.0.0.1:8080/"],
+                          capture_output=True, text=True, timeout=10, check=False)
+    return "hostname: web" in proc.stdout
+
+
+def test_migrate_moves_a_running_service_and_its_ports(bed: hostbed.HostBed, tmp_path: Path) -> None:
+    env = write_env(tmp_path, "name: mig\n" + hosts_yaml(bed) + f"""\
+services:
+  web:
+    image: {WEB}
+    ports: ["8080:8080"]
+    host: h1
+    healthcheck: {{test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"], interval: 1s,
+                  retries: 30}}
+""")
+    h1, h2 = bed.hosts
+    up = vmctl_in(bed, "-f", str(env), "up", "--timeout", "180")
+    try:
+        assert up.returncode == 0, up.stderr
+        same = vmctl_in(bed, "-f", str(env), "migrate", "web", "--to", "h1")
+        assert same.returncode == 2 and "already runs on host `h1`" in same.stderr
+        # A client on h1 calls the service until the migration returns, then one on h2 until it answers.
+        stop, served = threading.Event(), []
+
+        def client() -> None:
+            while not stop.is_set():
+                if _answers(h1):
+                    served.append(time.monotonic())
+                time.sleep(0.05)
+
+        caller = threading.Thread(target=client)
+        caller.start()
+        t0 = time.monotonic()
+        moved = vmctl_in(bed, "-f", str(env), "migrate", "web", "--to", "h2", "--json")
+        t_end = time.monotonic()
+        stop.set()
+        caller.join()
+        assert moved.returncode == 0, moved.stderr
+        while not _answers(h2):
+            assert time.monotonic() - t0 < 60, "the service did not answer on h2"
+        result = json.loads(moved.stdout)
+        assert (result["source"], result["target"]) == ("h1", "h2") and result["seconds"] > 0
+        assert [t for t in served if t0 < t < t_end]  # live: it kept serving on h1 while its memory moved
+        status = json.loads(vmctl_in(bed, "-f", str(env), "status", "--json").stdout)
+        assert [(m["name"], m["host"], m["state"]) for m in status["machines"]] == [("web", "h2", "running")]
+        assert not _answers(h1)  # its published port moved with it
+        proc = vmctl_in(bed, "-f", str(env), "exec", "web", "--", "cat", "/etc/hostname")
+        assert (proc.returncode, proc.stdout) == (0, "web\n"), proc.stderr
+        ps = vmctl_in(bed, "-f", str(env), "ps", "--json")
+        assert [s["host"] for s in json.loads(ps.stdout)["services"]] == ["h2"]
+    finally:
+        down = vmctl_in(bed, "-f", str(env), "down")
+    assert down.returncode == 0, down.stderr

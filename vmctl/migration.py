@@ -1,0 +1,93 @@
+"""`vmctl migrate MACHINE --to HOST`: move a running machine to another of the file's hosts by libvirt
+live migration.
+
+The machine's read-only, content-named files (kernel, initramfs, image disks) are copied into the
+target's pool first, under the same names, so the domain's XML is valid there unchanged; then libvirt
+migrates it live (QEMU to QEMU over TCP to the target's address), persistent on the target and
+undefined on the source. Its name, its guest key and its forwards stay: its SSH and published ports
+are now on the target host. The environment's lock must be free: `migrate` never waits for an `up`.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import libvirt
+
+from vmctl import host_files, remote
+from vmctl.errors import HostError, UsageError, VmctlError
+from vmctl.hypervisor import Hypervisor
+
+if TYPE_CHECKING:
+    from vmctl.lifecycle import Project
+
+
+@dataclass(frozen=True)
+class Moved:
+    machine: str
+    source: str
+    target: str
+    seconds: float  # the migration call, start to end
+    downtime_ms: int | None  # as QEMU measured it (the guest paused), from libvirt's completed job
+    copied: tuple[str, ...]  # volumes the target did not have yet
+
+
+def pool_files(xml: str) -> list[str]:
+    """The files of vmctl's pool a domain uses, but its console (the target makes its own)."""
+    root = ET.fromstring(xml)
+    paths = [e.text or "" for e in root.iter() if e.tag in ("kernel", "initrd")]
+    paths += [s.get("file", "") for s in root.iter("source") if s.get("file")]
+    return [p for p in paths if p.startswith(host_files.POOL_DIR + "/") and not p.endswith(".log")]
+
+
+def migrate(project: Project, name: str, target: str) -> Moved:
+    env = project.env
+    if env.machine(name) is None:
+        raise UsageError(f"unknown machine `{name}`", hint=f"machines: {', '.join(m.name for m in env.machines)}")
+    dst = env.host(target)
+    if dst is None:
+        raise UsageError(f"unknown host `{target}`", hint=f"hosts: {', '.join(h.name for h in env.hosts) or 'none'}")
+    with project.envdir.lock(wait=0):
+        state = project.envdir.load(str(env.file))
+        ms = state.machines.get(name)
+        if ms is None or ms.hostkey is None or ms.host is None:
+            raise VmctlError(f"machine `{name}` is not running on one of the file's hosts",
+                             hint="start it with `vmctl up` (in a file with `hosts:`)")
+        if ms.host == target:
+            raise UsageError(f"machine `{name}` already runs on host `{target}`")
+        src = env.host(ms.host)
+        assert src is not None, f"state names host `{ms.host}`, which the file does not declare"
+        with Hypervisor(src.connection_uri) as shv, Hypervisor(dst.connection_uri) as dhv:
+            dom = shv.lookup(ms.domain)
+            if dom is None or not dom.isActive():
+                raise VmctlError(f"machine `{name}` is not running on host `{src.name}`")
+            copied = tuple(p for p in pool_files(dom.XMLDesc(0)) if host_files.copy_between(shv.conn, dhv.conn, p))
+            seconds, moved = _move(dom, dhv, dst.address, name, dst.name)
+            downtime = _downtime(moved)
+            remote.forget_consoles(shv.conn, [ms.domain])
+        ms.host, ms.uri = dst.name, dst.connection_uri
+        project.envdir.save(state)
+    return Moved(name, src.name, dst.name, round(seconds, 3), downtime, copied)
+
+
+def _move(dom: Any, dhv: Hypervisor, address: str | None, name: str, target: str) -> tuple[float, Any]:
+    flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    t0 = time.monotonic()
+    try:
+        moved = dom.migrate(dhv.conn, flags, None, f"tcp://{address}" if address else None, 0)
+    except libvirt.libvirtError as e:
+        raise HostError(f"cannot migrate `{name}` to host `{target}`: {e.get_error_message()}",
+                        hint="`vmctl status` says where it runs now") from None
+    return time.monotonic() - t0, moved
+
+
+def _downtime(dom: Any) -> int | None:
+    try:
+        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        return None
+    value = stats.get("downtime")
+    return int(value) if value is not None else None
