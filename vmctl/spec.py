@@ -16,10 +16,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
-from vmctl import cmdline
-from vmctl.errors import SpecError, UsageError
+from vmctl import cmdline, compose_keys
+from vmctl.errors import SpecError, UsageError, Where
+from vmctl.load import Model, load_project
 from vmctl.paths import GUEST_IMAGES_DIR
-from vmctl.yamlpos import Document, KeyPath, dotted, load
+from vmctl.yamlpos import KeyPath, dotted
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
@@ -119,7 +120,13 @@ class Environment:
     uri: str | None
     machines: tuple[MachineSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
-    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    places: Mapping[str, Where] = field(default_factory=dict, compare=False, repr=False)
+    files: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()  # ignored keys, unset variables: the CLI shows them as progress warnings
+
+    def place(self, dotted_path: str) -> Where | None:
+        """Where a key (`services.web.ports[0]`) was written: file, line and variables."""
+        return self.places.get(dotted_path)
 
     def machine(self, name: str) -> MachineSpec | None:
         return next((m for m in self.machines if m.name == name), None)
@@ -136,16 +143,37 @@ class Environment:
 
 
 class Ctx:
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.base_dir = doc.file.resolve().parent
+    def __init__(self, model: Model) -> None:
+        self.doc = model
+        self.base_dir = model.project_dir
+        self.warnings: list[str] = list(model.warnings)
 
     def fail(self, path: KeyPath, message: str, hint: str | None = None) -> NoReturn:
         raise SpecError(message, hint=hint, where=self.doc.where(path))
 
+    def warn(self, path: KeyPath, message: str) -> None:
+        self.warnings.append(f"{self.doc.where(path)}: {message}")
+
 
 Parser = Callable[[Any, KeyPath, Ctx], Any]
 REQUIRED: Any = object()
+
+
+class Support(StrEnum):
+    """What vmctl does with a key it knows: honours it, ignores it with a warning (only where that cannot
+    change what the program does), or refuses it with the reason and a hint."""
+
+    HONOURED = "honoured"
+    IGNORED = "ignored"
+    REFUSED = "refused"
+
+    def apply(self, setting: Setting, value: Any, path: KeyPath, ctx: Ctx) -> Any:
+        if self is Support.REFUSED:
+            ctx.fail(path, f"`{setting.key}` is not supported: {setting.help}", setting.hint or "remove it")
+        if self is Support.IGNORED:
+            ctx.warn(path, f"`{setting.key}` is ignored: {setting.help}")
+            return setting.default
+        return setting.parse(value, path, ctx)
 
 
 @dataclass(frozen=True)
@@ -154,13 +182,22 @@ class Setting:
     parse: Parser
     default: Any
     kind: str  # what the README shows as the value type
-    help: str
+    help: str  # what it does; for an ignored or refused key, why it is not honoured
     shown: str | None = None  # how the README shows the default, when `str(default)` would mislead
+    support: Support = Support.HONOURED
+    hint: str = ""  # what to do instead of a refused key
+
+
+def unsupported(rows: Sequence[compose_keys.Unsupported]) -> tuple[Setting, ...]:
+    """The compose keys vmctl knows but does not honour, as rows of a settings table."""
+    return tuple(Setting(u.key, lambda v, p, c: None, None, u.kind, u.reason, hint=u.hint,
+                         support=Support.IGNORED if u.ignored else Support.REFUSED) for u in rows)
 
 
 def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
-                defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Parse a mapping against `table`: unknown keys are errors with a did-you-mean hint."""
+                defaults: Mapping[str, Any] | None = None, *, extensible: bool = False) -> dict[str, Any]:
+    """Parse a mapping against `table`: unknown keys are errors with a did-you-mean hint; with
+    `extensible`, compose's `x-` extension keys are accepted and ignored."""
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -168,7 +205,7 @@ def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
                  f"write `key: value` lines; known keys: {', '.join(s.key for s in table)}")
     known = {s.key: s for s in table}
     for key in value:
-        if key not in known:
+        if key not in known and not (extensible and str(key).startswith("x-")):
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
             ctx.fail((*path, key), f"unknown key `{key}`", hint)
@@ -176,7 +213,7 @@ def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
     for s in table:
         if s.key in value:
             try:
-                out[s.key] = s.parse(value[s.key], (*path, s.key), ctx)
+                out[s.key] = s.support.apply(s, value[s.key], (*path, s.key), ctx)
             except SpecError as e:
                 if e.hint is None:  # the table says what the setting takes: that is the fix
                     e.hint = f"`{s.key}` takes {s.kind}: {s.help}"
@@ -554,14 +591,23 @@ ENV_SETTINGS = (
 # From the document to the Environment
 
 
-def load_environment(file: Path, *, name_override: str | None = None) -> Environment:
+def load_environment(files: Path | Sequence[Path] = (), *, name_override: str | None = None,
+                     profiles: Sequence[str] = (), cwd: Path | None = None,
+                     environ: Mapping[str, str] | None = None) -> Environment:
+    """Load the files as compose does (`vmctl.load`), then check them against the settings table."""
+    model = load_project([files] if isinstance(files, Path) else files, cwd=cwd, environ=environ,
+                         project_name=name_override, profiles=profiles)
+    return environment_from(model)
+
+
+def environment_from(model: Model) -> Environment:
+    name_override = model.project_name
     if name_override is not None and not NAME_RE.match(name_override):
         # The name becomes a folder, a lock file and libvirt domain names: never a path or markup.
-        raise UsageError(f"invalid environment name {name_override!r} (from `-p/--project-name`)",
-                         hint=f"names use {NAME_RULE}")
-    doc = load(file)
-    ctx = Ctx(doc)
-    top = parse_table(ENV_SETTINGS, doc.data, (), ctx)
+        raise UsageError(f"invalid environment name {name_override!r} (from `-p/--project-name` or "
+                         "COMPOSE_PROJECT_NAME)", hint=f"names use {NAME_RULE}")
+    ctx = Ctx(model)
+    top = parse_table(ENV_SETTINGS, model.data, (), ctx, extensible=True)
     defaults = parse_table(MACHINE_SETTINGS, top["defaults"], ("defaults",), ctx)
     machines = [_machine(name, raw, ctx, defaults) for name, raw in (top["machines"] or {}).items()]
     services = [_service(name, raw, ctx, defaults) for name, raw in (top["services"] or {}).items()]
@@ -572,13 +618,15 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
                 for s in services]
     machines = [_with_service_ports(m, services) for m in machines]
     env = Environment(
-        name=name_override or top["name"] or folder_name(file),
-        file=file.resolve(),
+        name=name_override or top["name"] or folder_name(model.file),
+        file=model.file,
         base_dir=ctx.base_dir,
         uri=(top["libvirt"] or {}).get("uri"),
         machines=tuple(machines),
         services=tuple(services),
-        lines={dotted(k): v for k, v in doc.lines.items()},
+        places={dotted(k): model.where(k) for k in model.origins},
+        files=model.files,
+        warnings=tuple(dict.fromkeys(ctx.warnings)),
     )
     if not env.machines and not env.services:
         ctx.fail((), "the environment declares no machines and no services",
@@ -603,7 +651,7 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
 
 def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
     path = ("services", name)
-    v = parse_table(SERVICE_SETTINGS, raw, path, ctx)
+    v = parse_table(SERVICE_SETTINGS, raw, path, ctx, extensible=True)
     if v["isolation"] is Isolation.CONTAINER and (v["machine"] or v["vm"]):
         key = "machine" if v["machine"] else "vm"
         ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",

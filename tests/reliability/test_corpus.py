@@ -65,13 +65,13 @@ CASES = [
          at=(5, "machines.m1.memory")),
     Case("yaml-duplicate-machine", M1 + "    vcpus: 1\n  m1:\n    vcpus: 2\n", "duplicate key `m1`",
          at=(5, "machines.m1")),
-    Case("yaml-merge-key", y("""
+    Case("yaml-merge-key-scalar", y("""
         name: corpus
-        base: &b {vcpus: 1}
+        x-base: &b 1
         machines:
           m1:
             <<: *b
-        """), "merge keys", at=(4, "machines.m1")),
+        """), "a merge key (`<<`) takes a mapping", at=(2, "machines.m1")),
     Case("yaml-list-key", "name: corpus\nmachines:\n  ? [a, b]\n  : {}\n", "plain string", at=(3, "machines")),
     Case("yaml-number-key", "name: corpus\nmachines:\n  1: {}\n", "must be a string", at=(3, "machines")),
     Case("yaml-python-tag", M1 + "    memory: !!python/object/apply:os.system [id]\n", "invalid YAML value",

@@ -73,7 +73,7 @@ def test_defaults_apply_and_machines_override(tmp_path: Path) -> None:
 
 def test_lines_are_recorded(tmp_path: Path) -> None:
     env = load(tmp_path, "name: t\nmachines:\n  m1:\n    vcpus: 2\n")
-    assert env.lines["machines.m1.vcpus"] == 4 and env.lines["name"] == 1
+    assert env.places["machines.m1.vcpus"].line == 4 and env.places["name"].line == 1
 
 
 # ---------------------------------------------------------------------------------------------- every machine key
@@ -183,7 +183,7 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("command", "a 'b", "cannot split command"),
     ("entrypoint", [1], "string or a list of strings"),
     ("environment", {"1A": "x"}, "invalid variable name"),
-    ("environment", {"A": None}, "needs a plain value"),
+    ("environment", {"A": {"b": 1}}, "needs a plain value"),
     ("environment", {"A": "x\0y"}, "NUL"),
     ("environment", 5, "mapping or a list"),
     ("working_dir", "relative", "absolute path"),
