@@ -253,14 +253,14 @@ class HostRuntime:
     def kill(self, name: str, sig: str = "TERM") -> None:
         run([self.runc, "--root", self.runc_root, "kill", name, sig], timeout=30)
 
-    def stop(self, name: str, cdir: Path, *, grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM, then SIGKILL after `grace` s; delete; end slirp4netns; unmount; remove `cdir`."""
+    def stop(self, name: str, cdir: Path, *, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> None:
+        """`signal` (SIGTERM), then SIGKILL after `grace` s; delete; end slirp4netns; unmount; remove `cdir`."""
         state = _read_state(cdir)
         st = self.state(name)
         if st is not None:
             if st.status in ("running", "created", "paused"):
                 with contextlib.suppress(CommandFailed):
-                    self.kill(name, "TERM" if grace > 0 and st.status == "running" else "KILL")
+                    self.kill(name, signal.removeprefix("SIG") if grace > 0 and st.status == "running" else "KILL")
                 self._wait_stopped(name, grace)
             run([self.runc, "--root", self.runc_root, "delete", "--force", name], check=False, timeout=30)
         _end_process(state.get("slirp_pid"), state.get("slirp_start"))

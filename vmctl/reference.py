@@ -17,6 +17,10 @@ SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
     ("`services.NAME:`", spec.SERVICE_SETTINGS),
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
+    ("`services.NAME.deploy:`", spec.DEPLOY_SETTINGS),
+    ("`services.NAME.deploy.resources:`", spec.RESOURCES_SETTINGS),
+    ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", spec.LIMIT_SETTINGS),
+    ("`services.NAME.ulimits.NAME:`", spec.ULIMIT_SETTINGS),
 )
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 
@@ -40,12 +44,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _meaning(setting: spec.Setting) -> str:
+    if setting.support is spec.Support.REFUSED:
+        return f"**refused**: {setting.help}; {setting.hint}"
+    if setting.support is spec.Support.IGNORED:
+        return f"**ignored** (with a warning): {setting.help}"
+    return setting.help
+
+
+def counts() -> dict[spec.Support, int]:
+    """How many keys of each mark the tables hold (each key once, however many sections show it)."""
+    seen = {(id(table), s.key): s.support for _t, table in SECTIONS for s in table}
+    return {mark: sum(1 for v in seen.values() if v is mark) for mark in spec.Support}
+
+
 def markdown() -> str:
     parts = []
     for title, table in SECTIONS:
-        rows = [f"| `{s.key}` | {_cell(s.kind)} | {_default(s)} | {_cell(s.help)} |" for s in table]
+        rows = [f"| `{s.key}` | {_cell(s.kind)} | {_default(s)} | {_cell(_meaning(s))} |" for s in table]
         parts.append(f"#### {title}\n\n| key | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows))
-    return "\n\n".join(parts) + "\n"
+    summary = ", ".join(f"{n} {mark.value}" for mark, n in counts().items())
+    return f"Keys: {summary}.\n\n" + "\n\n".join(parts) + "\n"
 
 
 def readme_block(readme: Path) -> str:

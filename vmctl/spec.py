@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -19,10 +20,12 @@ from typing import Any, NoReturn
 from vmctl import cmdline, compose_keys
 from vmctl.errors import SpecError, UsageError, Where
 from vmctl.load import Model, load_project
+from vmctl.oci_spec import ALL_CAPS
 from vmctl.paths import GUEST_IMAGES_DIR
 from vmctl.yamlpos import KeyPath, dotted
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+GUEST_OVERHEAD_MIB = 192  # what a service's guest needs beside the container (see docs/design.md)
 NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
 
 
@@ -38,8 +41,38 @@ class Isolation(StrEnum):
 
 
 class Restart(StrEnum):
+    """compose's `restart:`; the supervisor (supervise.sh in a guest) applies it after each exit."""
+
     NO = "no"
+    ALWAYS = "always"
     ON_FAILURE = "on-failure"
+    UNLESS_STOPPED = "unless-stopped"  # = always here: nothing restarts a stopped service by itself
+
+    def restarts(self, exit_code: int) -> bool:
+        return self in (Restart.ALWAYS, Restart.UNLESS_STOPPED) or (self is Restart.ON_FAILURE and exit_code != 0)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one container (compose's `mem_limit`, `cpus`, `pids_limit`, `deploy.resources`)."""
+
+    memory_mib: int | None = None
+    memory_reservation_mib: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str  # nofile, nproc, ... (RLIMIT_ + upper case)
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class TmpfsSpec:
+    target: str
+    options: tuple[str, ...] = ()  # mount options from a closed set (`size=64m`, `mode=1777`, `noexec`, ...)
 
 
 @dataclass(frozen=True)
@@ -106,10 +139,25 @@ class ServiceSpec:
     depends_on: tuple[str, ...] = ()
     healthcheck: HealthcheckSpec | None = None
     restart: Restart = Restart.NO
+    restart_retries: int | None = None  # `on-failure:N`: at most N restarts
     isolation: Isolation = Isolation.MICROVM
     machine: str | None = None  # the VM it runs in (a declared one, or its dedicated one)
     read_only: bool = True
     privileged: bool = False
+    container_name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    tmpfs: tuple[TmpfsSpec, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    init: bool = False
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: float | None = None  # None: the runtime's default
+    ulimits: tuple[Ulimit, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    limits: Limits = Limits()
+    profiles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -445,8 +493,9 @@ def p_abs_path(value: Any, path: KeyPath, ctx: Ctx) -> str:
 
 def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else p_str(value, path, ctx)
-    if not re.match(r"^\d+(:\d+)?$", text):
-        ctx.fail(path, f"invalid user {value!r}", 'write a numeric "UID" or "UID:GID" (e.g. "1000:1000")')
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", text):
+        ctx.fail(path, f"invalid user {value!r}",
+                 'write "UID[:GID]" or "NAME[:GROUP]" (names are looked up in the image\'s /etc/passwd and /etc/group)')
     return text
 
 
@@ -501,6 +550,216 @@ def p_libvirt(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# compose service keys
+
+
+def p_restart(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Restart, int | None]:
+    """`no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N` (at most N restarts)."""
+    text = "no" if value is False else value
+    mode, _, retries = str(text).partition(":") if isinstance(text, str) else ("", "", "")
+    if mode in Restart._value2member_map_ and (not retries or (mode == "on-failure" and retries.isdigit())):
+        return Restart(mode), int(retries) if retries else None
+    ctx.fail(path, f"invalid value {value!r}", 'use one of: "no", always, on-failure, on-failure:N, unless-stopped')
+
+
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def p_container_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if not isinstance(value, str) or not _CONTAINER_NAME.match(value):
+        ctx.fail(path, f"invalid container name {value!r}", "use letters, digits, `_`, `.` and `-` (1-63)")
+    return value
+
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
+
+
+def p_labels(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    """A mapping or a list of `key=value` (compose's two forms); values are strings."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = dict(v.partition("=")[::2] for v in value)
+    if not isinstance(value, dict):
+        ctx.fail(path, f"must be a mapping or a list of key=value strings, not {_typename(value)}")
+    out = []
+    for key, val in value.items():
+        if not _LABEL_KEY.match(key) or isinstance(val, dict | list):
+            ctx.fail((*path, key), f"invalid label {key!r}", "keys like `com.example.tier`, plain values")
+        text = "" if val is None else str(val).lower() if isinstance(val, bool) else str(val)
+        if any(ord(c) < 0x20 for c in text):
+            ctx.fail((*path, key), "label values must not contain control characters")
+        out.append((key, text))
+    return tuple(out)
+
+
+_TMPFS_FLAGS = frozenset({"rw", "ro", "noexec", "exec", "nosuid", "suid", "nodev", "dev"})
+_TMPFS_OPTION = re.compile(r"^(size=\d+[kmgKMG]?|mode=[0-7]{3,4}|uid=\d+|gid=\d+)$")
+
+
+def p_tmpfs(value: Any, path: KeyPath, ctx: Ctx) -> tuple[TmpfsSpec, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        ctx.fail(path, f"must be a path or a list of paths, not {_typename(value)}")
+    out = []
+    for i, item in enumerate(items):
+        target, _, opts = item.partition(":")
+        options = tuple(o for o in opts.split(",") if o)
+        bad = [o for o in options if o not in _TMPFS_FLAGS and not _TMPFS_OPTION.match(o)]
+        if bad:
+            ctx.fail((*path, i), f"invalid tmpfs option `{bad[0]}`",
+                     "write `/path` or `/path:size=64m,mode=1777,noexec` (size, mode, uid, gid, rw/ro, "
+                     "noexec, nosuid, nodev)")
+        out.append(TmpfsSpec(p_abs_path(target, (*path, i), ctx), options))
+    return tuple(out)
+
+
+def p_caps(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    """Capability names with or without `CAP_`, any case, or `ALL`."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        ctx.fail(path, f"must be a list of capability names, not {_typename(value)}")
+    out = []
+    for i, name in enumerate(value):
+        cap = name.upper() if name.upper() == "ALL" or name.upper().startswith("CAP_") else f"CAP_{name.upper()}"
+        if cap != "ALL" and cap not in ALL_CAPS:
+            ctx.fail((*path, i), f"unknown capability {name!r}", _did_you_mean(cap, ALL_CAPS, "capabilities"))
+        out.append(cap)
+    return tuple(out)
+
+
+def p_security_opt(value: Any, path: KeyPath, ctx: Ctx) -> bool:
+    """Only `no-new-privileges[:true|false]`; returns whether it is on (vmctl's default: on)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        ctx.fail(path, f"must be a list of strings, not {_typename(value)}")
+    on = True
+    for i, opt in enumerate(value):
+        key, _, flag = opt.replace("=", ":", 1).partition(":")
+        if key != "no-new-privileges" or flag not in ("", "true", "false"):
+            ctx.fail((*path, i), f"`security_opt: {opt}` is not supported: seccomp, AppArmor and SELinux "
+                     "profiles are not implemented", "only `no-new-privileges[:true|false]` is honoured")
+        on = flag != "false"
+    return on
+
+
+_SIGNALS = {f"SIG{n}" for n in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "WINCH", "PWR")}
+
+
+def p_signal(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    name = str(value).upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    if name not in _SIGNALS:
+        ctx.fail(path, f"invalid signal {value!r}", f"use one of: {', '.join(sorted(_SIGNALS))}")
+    return name
+
+
+ULIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+           "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def p_ulimits(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Ulimit, ...]:
+    """`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}`."""
+    if not isinstance(value, dict):
+        ctx.fail(path, f"must be a mapping of limit names, not {_typename(value)}")
+    out = []
+    number = p_int(-1, 2**62)
+    for name, limit in value.items():
+        if name not in ULIMITS:
+            ctx.fail((*path, name), f"unknown ulimit `{name}`", _did_you_mean(name, ULIMITS, "ulimits"))
+        if isinstance(limit, dict):
+            raw = parse_table(ULIMIT_SETTINGS, limit, (*path, name), ctx)
+            soft, hard = raw["soft"], raw["hard"]
+        else:
+            soft = hard = number(limit, (*path, name), ctx)
+        if soft > hard and hard >= 0:
+            ctx.fail((*path, name), f"soft limit {soft} is above the hard limit {hard}", "lower `soft`")
+        out.append(Ulimit(name, soft, hard))
+    return tuple(out)
+
+
+# The sysctls a container's own namespaces isolate (docker's rule): nothing that would change the host or guest.
+_NAMESPACED_SYSCTL = re.compile(r"^(net\.[a-z0-9_.-]+|kernel\.(shm[a-z_]+|msg[a-z_]+|sem)|fs\.mqueue\.[a-z_]+)$")
+
+
+def p_sysctls(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    pairs = p_labels(value, path, ctx)
+    for key, val in pairs:
+        if not _NAMESPACED_SYSCTL.match(key):
+            ctx.fail((*path, key), f"sysctl `{key}` is not namespaced: it would change the whole kernel, not the "
+                     "container's", "only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* are allowed")
+        if not re.match(r"^[A-Za-z0-9 ._-]*$", val):
+            ctx.fail((*path, key), f"invalid sysctl value {val!r}", "write a number or a word")
+    return pairs
+
+
+_BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?$", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def p_bytes_mib(value: Any, path: KeyPath, ctx: Ctx) -> int:
+    """compose sizes: a number of bytes, or `512m`, `1g`, `1024k`, `100b`; in MiB (at least 4)."""
+    m = _BYTES.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    mib = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) >> 20 if m else 0
+    if not 4 <= mib <= 1024 * 1024:
+        ctx.fail(path, f"invalid memory size {value!r}", "write e.g. `512m` or `1g` (a bare number is bytes), "
+                 "at least 4m")
+    return mib
+
+
+def p_cpus(value: Any, path: KeyPath, ctx: Ctx) -> float:
+    try:
+        cpus = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        cpus = -1.0
+    if not 0.01 <= cpus <= 64:
+        ctx.fail(path, f"invalid cpus {value!r}", "write a number of CPUs like `0.5` or `2` (0.01 to 64)")
+    return cpus
+
+
+def p_pids_limit(value: Any, path: KeyPath, ctx: Ctx) -> int | None:
+    limit = p_int(-1, 4_194_304)(value, path, ctx)
+    if limit == 0:
+        ctx.fail(path, "a pids limit of 0 would not even start the container", "use -1 for no limit")
+    return None if limit == -1 else limit
+
+
+def p_resources(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return parse_table(RESOURCES_SETTINGS, value, path, ctx)
+
+
+def p_limits(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return parse_table(LIMIT_SETTINGS, value, path, ctx)
+
+
+def p_deploy(value: Any, path: KeyPath, ctx: Ctx) -> Limits:
+    """Only `deploy.resources` (limits, reservations) is honoured: the rest is Swarm's or not built yet."""
+    resources = parse_table(DEPLOY_SETTINGS, value, path, ctx)["resources"] or {}
+    limits, reservations = resources.get("limits") or {}, resources.get("reservations") or {}
+    return Limits(memory_mib=limits.get("memory"), memory_reservation_mib=reservations.get("memory"),
+                  cpus=limits.get("cpus"), pids=limits.get("pids"))
+
+
+_PROFILE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def p_profiles(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _PROFILE.match(v) for v in value):
+        ctx.fail(path, f"must be a list of profile names, not {value!r}", "names use letters, digits, `_`, `.`, `-`")
+    return tuple(value)
+
+
+def p_platform(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value not in ("linux/amd64", "linux/x86_64", "linux/amd64/v1", "linux/amd64/v2", "linux/amd64/v3"):
+        ctx.fail(path, f"platform {value!r} is not supported: guests and host containers run x86_64 Linux only",
+                 "use an image built for linux/amd64 (and drop `platform`)")
+    return "linux/amd64"
+
+
+def p_pull_policy(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value not in ("missing", "never", "if_not_present"):
+        ctx.fail(path, f"`pull_policy: {value}` is not supported: images are local archives, never pulled or built",
+                 "use `missing` or `never` (both mean: use the local archive), or drop `pull_policy`")
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The tables. The README's reference is generated from these (`vmctl schema --markdown`).
 
 DISK_SETTINGS = (
@@ -541,18 +800,81 @@ SERVICE_SETTINGS = (
     Setting("entrypoint", p_argv, None, "list|string", "overrides the image's ENTRYPOINT"),
     Setting("environment", p_environment, (), "mapping|list", "environment variables"),
     Setting("working_dir", p_abs_path, None, "path", "working directory in the container"),
-    Setting("user", p_user, None, "UID[:GID]", "numeric user to run as"),
+    Setting("user", p_user, None, "USER[:GROUP]", "user to run as: numbers, or names looked up in the image's "
+            "/etc/passwd and /etc/group"),
     Setting("ports", p_ports, (), "list", 'published ports "HOST:CONTAINER", bound to 127.0.0.1'),
     Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]", read-only by default'),
     Setting("depends_on", p_depends_on, (), "list", "services started (and healthy) before this one"),
     Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
-    Setting("restart", p_enum(Restart), Restart.NO, '"no"|on-failure', "restart policy"),
+    Setting("restart", p_restart, (Restart.NO, None), '"no"|always|on-failure[:N]|unless-stopped',
+            "restart policy, applied by the guest's supervisor; `isolation: container` takes only \"no\" so far",
+            shown='"no"'),
     Setting("isolation", p_enum(Isolation), Isolation.MICROVM, "microvm|container",
             "a dedicated microVM, or a plain container on the host"),
     Setting("machine", p_name, None, "name", "run inside this declared machine instead of a dedicated VM"),
     Setting("vm", p_vm, None, "mapping", "resources of the dedicated microVM (vcpus, memory, kernel, ...)"),
     Setting("read_only", p_bool, True, "bool", "mount the container's root filesystem read-only"),
     Setting("privileged", p_bool, False, "bool", "all capabilities and devices (weakens isolation)"),
+    Setting("env_file", lambda v, p, c: None, None, "path|list",
+            "read into `environment` at load time (`environment` wins); `{path, required: false}` for optional"),
+    Setting("container_name", p_container_name, None, "string",
+            "the runtime's container name (runc on the host, crun in the guest); default: the service's"),
+    Setting("labels", p_labels, (), "mapping|list", "OCI annotations of the container, and the dedicated "
+            "microVM's domain metadata (`<vmctl:label>`)"),
+    Setting("annotations", p_labels, (), "mapping|list", "OCI annotations of the container"),
+    Setting("tmpfs", p_tmpfs, (), "path|list", "tmpfs mounts: `/path[:size=64m,mode=1777,noexec,...]`"),
+    Setting("cap_add", p_caps, (), "list", "capabilities added to docker's default set (`NET_ADMIN`, `ALL`)"),
+    Setting("cap_drop", p_caps, (), "list", "capabilities removed from it (`ALL`: none left but those added)"),
+    Setting("security_opt", p_security_opt, True, "list", "only `no-new-privileges[:true|false]` (vmctl's "
+            "default: on; compose's: off)", shown="[no-new-privileges]"),
+    Setting("init", p_bool, False, "bool", "run tini (the host's `tini-static`) as PID 1: it reaps zombies and "
+            "forwards signals"),
+    Setting("stop_signal", p_signal, "SIGTERM", "signal", "the signal that asks the container to stop"),
+    Setting("stop_grace_period", p_duration, None, "duration",
+            "time between `stop_signal` and SIGKILL (default: 5s in a microVM, 10s on the host)"),
+    Setting("ulimits", p_ulimits, (), "mapping", "`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}` (default: "
+            "nofile 1024)"),
+    Setting("sysctls", p_sysctls, (), "mapping|list", "namespaced sysctls only: net.*, kernel.shm*, kernel.msg*, "
+            "kernel.sem, fs.mqueue.*"),
+    Setting("mem_limit", p_bytes_mib, None, "size", "the container's memory limit (cgroup); a dedicated microVM gets "
+            f"this plus {GUEST_OVERHEAD_MIB} MiB unless `vm.memory` says otherwise"),
+    Setting("mem_reservation", p_bytes_mib, None, "size", "a soft memory limit (cgroup `memory.low`/reservation)"),
+    Setting("cpus", p_cpus, None, "number", "CPU time limit (cgroup quota); a dedicated microVM gets "
+            "ceil(cpus) vCPUs unless `vm.vcpus` says otherwise"),
+    Setting("pids_limit", p_pids_limit, None, "int", "the most processes the container may have (-1: no limit)"),
+    Setting("deploy", p_deploy, Limits(), "mapping", "`resources.limits` (memory, cpus, pids) and "
+            "`resources.reservations.memory`, as `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`", shown="-"),
+    Setting("profiles", p_profiles, (), "list", "the service starts only when one of these is active "
+            "(`--profile`, COMPOSE_PROFILES)"),
+    Setting("platform", p_platform, None, "string", "`linux/amd64` only (anything else is refused)"),
+    Setting("pull_policy", p_pull_policy, None, "missing|never",
+            "images are local archives: `missing` and `never` both use the archive; others are refused"),
+    *unsupported(compose_keys.SERVICE),
+)
+
+ULIMIT_SETTINGS = (
+    Setting("soft", p_int(-1, 2**62), REQUIRED, "int", "the soft limit (-1: unlimited)"),
+    Setting("hard", p_int(-1, 2**62), REQUIRED, "int", "the hard limit (-1: unlimited)"),
+)
+
+LIMIT_SETTINGS = (
+    Setting("memory", p_bytes_mib, None, "size", "as `mem_limit` (in `reservations`: as `mem_reservation`)"),
+    Setting("cpus", p_cpus, None, "number", "as `cpus` (ignored in `reservations`: a reservation cannot be kept)"),
+    Setting("pids", p_pids_limit, None, "int", "as `pids_limit`"),
+    Setting("devices", lambda v, p, c: None, None, "list", "device reservations (GPUs) are not implemented",
+            support=Support.REFUSED, hint="remove it"),
+    Setting("generic_resources", lambda v, p, c: None, None, "list", "Swarm-only", support=Support.REFUSED,
+            hint="remove it"),
+)
+
+RESOURCES_SETTINGS = (
+    Setting("limits", p_limits, None, "mapping", "cpus, memory, pids"),
+    Setting("reservations", p_limits, None, "mapping", "memory"),
+)
+
+DEPLOY_SETTINGS = (
+    Setting("resources", p_resources, None, "mapping", "`limits` and `reservations`"),
+    *unsupported(compose_keys.DEPLOY),
 )
 
 LIBVIRT_SETTINGS = (
@@ -584,6 +906,7 @@ ENV_SETTINGS = (
     Setting("defaults", lambda v, p, c: v, None, "mapping", "machine settings every machine starts from"),
     Setting("machines", p_machines, None, "mapping", "name -> machine settings"),
     Setting("services", p_services, None, "mapping", "name -> container service settings"),
+    *unsupported(compose_keys.TOP_LEVEL),
 )
 
 
@@ -659,19 +982,50 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
     if v["machine"] and v["vm"]:
         ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
                  "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
+    restart, retries = v["restart"]
+    if v["isolation"] is Isolation.CONTAINER and restart is not Restart.NO:
+        ctx.fail((*path, "restart"), f"`restart: {restart}` is not supported for `isolation: container` yet: host "
+                 "containers have no supervisor that outlives the vmctl command",
+                 'use `restart: "no"`, or run the service in a microVM (the guest\'s supervisor restarts it)')
     return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
                        ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],
-                       healthcheck=v["healthcheck"], restart=v["restart"], isolation=v["isolation"],
-                       machine=v["machine"], read_only=v["read_only"], privileged=v["privileged"])
+                       healthcheck=v["healthcheck"], restart=restart, restart_retries=retries,
+                       isolation=v["isolation"], machine=v["machine"], read_only=v["read_only"],
+                       privileged=v["privileged"], container_name=v["container_name"], labels=v["labels"],
+                       annotations=v["annotations"], tmpfs=v["tmpfs"], cap_add=v["cap_add"], cap_drop=v["cap_drop"],
+                       no_new_privileges=v["security_opt"], init=v["init"], stop_signal=v["stop_signal"],
+                       stop_grace_period=v["stop_grace_period"], ulimits=v["ulimits"], sysctls=v["sysctls"],
+                       limits=_limits(v), profiles=v["profiles"])
+
+
+def _limits(v: Mapping[str, Any]) -> Limits:
+    """The service's own keys win over `deploy.resources` (compose lets both say it; they should agree)."""
+    deploy: Limits = v["deploy"]
+    return Limits(memory_mib=v["mem_limit"] or deploy.memory_mib,
+                  memory_reservation_mib=v["mem_reservation"] or deploy.memory_reservation_mib,
+                  cpus=v["cpus"] or deploy.cpus, pids=v["pids_limit"] or deploy.pids)
 
 
 def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any],
                   ctx: Ctx) -> MachineSpec:
     v = parse_table(VM_SETTINGS, raw.get("vm"), ("services", service.name, "vm"), ctx, defaults)
+    v.update(_sized_for(service.limits, set(raw.get("vm") or {}) | set(ctx.doc.data.get("defaults") or {})))
     return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
                        uri=v["uri"], dedicated_to=service.name)
+
+
+def _sized_for(limits: Limits, explicit: set[str]) -> dict[str, Any]:
+    """A dedicated microVM sized by its container's limits, where `vm:` and `defaults:` do not size it:
+    RAM = the memory limit + GUEST_OVERHEAD_MIB (kernel, the tmpfs root, crun, the writable layer's tmpfs),
+    vCPUs = the CPU limit rounded up."""
+    sized: dict[str, Any] = {}
+    if limits.memory_mib is not None and "memory" not in explicit:
+        sized["memory"] = limits.memory_mib + GUEST_OVERHEAD_MIB
+    if limits.cpus is not None and "vcpus" not in explicit:
+        sized["vcpus"] = math.ceil(limits.cpus)
+    return sized
 
 
 def _with_service_ports(machine: MachineSpec, services: Sequence[ServiceSpec]) -> MachineSpec:

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO, Protocol, cast
 from vmctl import ports as host_ports
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
-from vmctl.guest_container import GuestRuntime, Live, image_serial, volume_tag
-from vmctl.host_container import HostRuntime, PortForward
+from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, volume_tag
+from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
@@ -67,6 +67,7 @@ class Runtime(Protocol):
     def container_name(self, service: str) -> str: ...
     def rootfs(self, name: str, image: PreparedImage) -> str: ...
     def etc_dir(self, name: str) -> str | None: ...
+    def init_path(self, name: str) -> str: ...
     def volume_source(self, source: Path) -> str: ...
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None: ...
@@ -74,7 +75,7 @@ class Runtime(Protocol):
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
              timeout: float | None = None) -> tuple[int, bytes]: ...
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None: ...
-    def stop(self, name: str, grace: float = ...) -> None: ...
+    def stop(self, name: str, grace: float = ..., signal: str = ...) -> None: ...
 
 
 class ServiceFailed(GuestError):
@@ -91,13 +92,19 @@ class HostServiceRuntime:
     isolation = "container"
     share_network = False
 
-    def __init__(self, environment: str, services_dir: Path) -> None:
+    def __init__(self, environment: str, services_dir: Path, names: Mapping[str, str] | None = None) -> None:
+        """`names`: service -> its `container_name`, where the file sets one."""
         self.environment = environment
         self.services_dir = services_dir
+        self.names_ = dict(names or {})
         self.host = HostRuntime()
 
     def container_name(self, service: str) -> str:
-        return f"{self.environment}.{service}"  # `.` never occurs in names: no clash between environments
+        # `.` never occurs in service names: no clash between environments
+        return self.names_.get(service) or f"{self.environment}.{service}"
+
+    def init_path(self, name: str) -> str:
+        return str(host_init())
 
     def cdir(self, name: str) -> Path:
         return self.services_dir / name
@@ -133,8 +140,8 @@ class HostServiceRuntime:
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
         copy_file(self.cdir(name) / "container.log", out, tail=tail, follow=follow)
 
-    def stop(self, name: str, grace: float = 5.0) -> None:
-        self.host.stop(self.container_name(name), self.cdir(name), grace=grace)
+    def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> None:
+        self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
 
     def names(self) -> list[str]:
         """Services of this environment that runc knows, or that left a folder behind."""
@@ -152,13 +159,12 @@ class HostServiceRuntime:
 def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) -> ContainerRequest:
     """The service as an OCI request: compose's command/entrypoint/env merging over the image config."""
     cfg = image.config
-    image_user = cfg.user if cfg.user.replace(":", "").isdigit() else ""
     return ContainerRequest(
         name=runtime.container_name(svc.name),
         args=merge_command(svc.entrypoint, svc.command, cfg),
         env=merge_env(cfg.env, [f"{k}={v}" for k, v in svc.environment]),
         cwd=svc.working_dir or cfg.working_dir or "/",
-        user=svc.user or image_user,
+        user=numeric_user(svc.user or cfg.user, image.rootfs, svc.name),
         hostname=svc.name,
         rootfs=runtime.rootfs(svc.name, image),
         readonly_rootfs=svc.read_only,
@@ -167,7 +173,60 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) 
         share_host_network=runtime.share_network,
         cgroups_path=f"/vmctl/{runtime.container_name(svc.name)}",
         etc_dir=runtime.etc_dir(svc.name),
+        cap_add=svc.cap_add,
+        cap_drop=svc.cap_drop,
+        no_new_privileges=svc.no_new_privileges,
+        rlimits=tuple((u.name, u.soft, u.hard) for u in svc.ulimits),
+        sysctls=svc.sysctls,
+        tmpfs=tuple((t.target, t.options) for t in svc.tmpfs),
+        memory_limit_bytes=_bytes(svc.limits.memory_mib),
+        memory_reservation_bytes=_bytes(svc.limits.memory_reservation_mib),
+        cpus=svc.limits.cpus,
+        pids_limit=svc.limits.pids,
+        annotations=(*svc.labels, *svc.annotations),
+        init_path=runtime.init_path(svc.name) if svc.init else None,
     )
+
+
+def _bytes(mib: int | None) -> int | None:
+    return None if mib is None else mib << 20
+
+
+def numeric_user(user: str, rootfs: Path, service: str) -> str:
+    """`USER[:GROUP]` as `uid[:gid]`: numbers as they are, names looked up in the image's /etc/passwd and
+    /etc/group (a user without a group gets its passwd entry's primary group, as docker does)."""
+    if not user:
+        return ""
+    name, _, group = user.partition(":")
+    passwd = _id_table(rootfs / "etc" / "passwd")
+    if name.isdigit():
+        uid, gid = name, next((e[3] for e in passwd.values() if e[2] == name), name)
+    elif name in passwd:
+        uid, gid = passwd[name][2], passwd[name][3]
+    else:
+        raise UsageError(f"service `{service}`: user `{name}` is not in the image's /etc/passwd",
+                         hint=f"use a numeric uid, or one of: {', '.join(sorted(passwd)) or 'none'}")
+    if group:
+        groups = _id_table(rootfs / "etc" / "group")
+        if group.isdigit():
+            gid = group
+        elif group in groups:
+            gid = groups[group][2]
+        else:
+            raise UsageError(f"service `{service}`: group `{group}` is not in the image's /etc/group",
+                             hint=f"use a numeric gid, or one of: {', '.join(sorted(groups)) or 'none'}")
+    return f"{uid}:{gid}"
+
+
+def _id_table(file: Path) -> dict[str, list[str]]:
+    """name -> the `:`-separated fields of /etc/passwd or /etc/group (a missing file is empty)."""
+    try:
+        lines = file.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    entries = [line.split(":") for line in lines if line and not line.startswith("#")]
+    return {e[0]: e for e in entries if len(e) >= 4 and e[2].isdigit() and e[3 if file.name == "passwd" else 2]
+            .isdigit()}
 
 
 def _mounts(svc: ServiceSpec, runtime: Runtime) -> tuple[BindMount, ...]:
@@ -221,7 +280,7 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
         return self._open[key]
 
     def host(self) -> HostServiceRuntime:
-        return HostServiceRuntime(self.env.name, self.envdir.path / "services")
+        return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env))
 
     def _guest_runtime(self, machine: str) -> GuestRuntime:
         ms = self.state.machines.get(machine)
@@ -229,11 +288,16 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
             raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
         guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file)
         self._guests.append(guest.connect())
-        return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)})
+        return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)},
+                            container_names(self.env))
 
     def __exit__(self, *exc: object) -> None:
         for guest in self._guests:
             guest.close()
+
+
+def container_names(env: Environment) -> dict[str, str]:
+    return {s.name: s.container_name for s in env.services if s.container_name}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,7 +378,7 @@ def wait_ready(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: floa
     elif live.state == "exited":
         progress.done(svc.name, f"exited 0 in {time.monotonic() - t0:.2f}s")
     elif live.state == "restarting":
-        progress.warn(svc.name, f"restarting (exit code {live.exit_code}, restart: on-failure)")
+        progress.warn(svc.name, f"restarting (exit code {live.exit_code}, restart: {svc.restart})")
     else:
         progress.done(svc.name, f"running in {time.monotonic() - t0:.2f}s")
 
@@ -443,7 +507,9 @@ def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progre
     stopped = []
     for name in sorted(names | set(rt.names())):
         progress.working(name, "stopping (runc)")
-        rt.stop(name)
+        svc = env.service(name)
+        grace = svc.stop_grace_period if svc and svc.stop_grace_period is not None else STOP_GRACE_SECONDS
+        rt.stop(name, grace, svc.stop_signal if svc else "SIGTERM")
         progress.done(name, "removed")
         stopped.append(name)
     return stopped

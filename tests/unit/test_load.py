@@ -222,6 +222,7 @@ def test_profiles(tmp_path: Path) -> None:
 
 def test_project_name_from_flag_then_environment(tmp_path: Path) -> None:
     write(tmp_path, "compose.yaml", "name: file\nservices: {}\n")
-    assert load_project(cwd=tmp_path, environ={"COMPOSE_PROJECT_NAME": "env"}).project_name == "env"
-    assert load_project(cwd=tmp_path, environ={"COMPOSE_PROJECT_NAME": "env"}, project_name="flag").project_name == "flag"
+    environ = {"COMPOSE_PROJECT_NAME": "env"}
+    assert load_project(cwd=tmp_path, environ=environ).project_name == "env"
+    assert load_project(cwd=tmp_path, environ=environ, project_name="flag").project_name == "flag"
     assert load_project(cwd=tmp_path, environ={}).project_name is None

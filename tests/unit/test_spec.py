@@ -188,7 +188,7 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("environment", 5, "mapping or a list"),
     ("working_dir", "relative", "absolute path"),
     ("working_dir", "/a/../b", "absolute path"),
-    ("user", "root", "invalid user"),
+    ("user", "a b", "invalid user"),
     ("ports", ["x"], "invalid port"),
     ("volumes", ["nope:/x"], "does not exist"),
     ("volumes", ["a"], "invalid volume"),
@@ -200,7 +200,32 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("healthcheck", {"test": "true", "interval": "soon"}, "invalid duration"),
     ("healthcheck", {"test": "true", "retries": 0}, "whole number"),
     ("healthcheck", {}, "missing required key `test`"),
-    ("restart", "always", "use one of"),
+    ("restart", "sometimes", "use one of"),
+    ("restart", "always:3", "use one of"),
+    ("env_file", 5, "`env_file` takes a path"),
+    ("container_name", "-x", "invalid container name"),
+    ("labels", "x", "mapping or a list"),
+    ("annotations", {"a b": 1}, "invalid label"),
+    ("tmpfs", ["/run:exec=1"], "invalid tmpfs option"),
+    ("tmpfs", ["run"], "absolute path"),
+    ("cap_add", ["NET_ADMN"], "unknown capability"),
+    ("cap_drop", "ALL", "list of capability names"),
+    ("security_opt", ["seccomp:unconfined"], "is not supported"),
+    ("init", "yes", "true or false"),
+    ("stop_signal", "SIGFOO", "invalid signal"),
+    ("stop_grace_period", "soon", "invalid duration"),
+    ("ulimits", {"nofiles": 1}, "unknown ulimit"),
+    ("ulimits", {"nofile": {"soft": 10, "hard": 5}}, "above the hard limit"),
+    ("sysctls", {"kernel.pid_max": "1"}, "not namespaced"),
+    ("mem_limit", "lots", "invalid memory size"),
+    ("mem_reservation", "1k", "invalid memory size"),
+    ("cpus", 0, "invalid cpus"),
+    ("pids_limit", 0, "pids limit of 0"),
+    ("deploy", {"replicas": 2}, "is not supported"),
+    ("deploy", {"resources": {"limits": {"memory": "x"}}}, "invalid memory size"),
+    ("profiles", "debug", "list of profile names"),
+    ("platform", "linux/arm64", "is not supported"),
+    ("pull_policy", "always", "is not supported"),
     ("isolation", "vm", "use one of"),
     ("machine", "Bad!", "invalid name"),
     ("vm", {"memroy": "1G"}, "did you mean `memory`"),
@@ -225,7 +250,86 @@ def test_service_setting_errors(tmp_path: Path, key: str, value: Any, message: s
 
 def test_every_service_setting_is_covered() -> None:
     covered = {k for k, *_ in SERVICE_GOOD} | {k for k, *_ in SERVICE_BAD}
-    assert {s.key for s in spec.SERVICE_SETTINGS} <= covered
+    assert {s.key for s in spec.SERVICE_SETTINGS if s.support is spec.Support.HONOURED} <= covered
+
+
+COMPOSE_GOOD = [
+    ("restart", "always", "restart", Restart.ALWAYS),
+    ("restart", "unless-stopped", "restart", Restart.UNLESS_STOPPED),
+    ("restart", "on-failure:3", "restart_retries", 3),
+    ("restart", False, "restart", Restart.NO),
+    ("user", "app:staff", "user", "app:staff"),
+    ("container_name", "My_web.1", "container_name", "My_web.1"),
+    ("labels", ["com.example.tier=web", "empty="], "labels", (("com.example.tier", "web"), ("empty", ""))),
+    ("tmpfs", "/run", "tmpfs", (spec.TmpfsSpec("/run"),)),
+    ("tmpfs", ["/cache:size=64m,mode=1777,noexec"], "tmpfs", (spec.TmpfsSpec("/cache", ("size=64m", "mode=1777",
+                                                                                          "noexec")),)),
+    ("cap_add", ["net_admin", "CAP_SYS_TIME"], "cap_add", ("CAP_NET_ADMIN", "CAP_SYS_TIME")),
+    ("cap_drop", ["ALL"], "cap_drop", ("ALL",)),
+    ("security_opt", ["no-new-privileges:false"], "no_new_privileges", False),
+    ("security_opt", ["no-new-privileges"], "no_new_privileges", True),
+    ("init", True, "init", True),
+    ("stop_signal", "INT", "stop_signal", "SIGINT"),
+    ("stop_grace_period", "1m30s", "stop_grace_period", 90.0),
+    ("ulimits", {"nofile": {"soft": 100, "hard": 200}, "nproc": 64}, "ulimits",
+     (spec.Ulimit("nofile", 100, 200), spec.Ulimit("nproc", 64, 64))),
+    ("sysctls", {"net.core.somaxconn": 1024}, "sysctls", (("net.core.somaxconn", "1024"),)),
+    ("mem_limit", "512m", "limits", spec.Limits(memory_mib=512)),
+    ("mem_limit", 268435456, "limits", spec.Limits(memory_mib=256)),
+    ("cpus", "0.5", "limits", spec.Limits(cpus=0.5)),
+    ("pids_limit", 100, "limits", spec.Limits(pids=100)),
+    ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
+                              "reservations": {"memory": "256m"}}},
+     "limits", spec.Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "attr", "want"), COMPOSE_GOOD)
+def test_compose_setting_parses(tmp_path: Path, key: str, value: Any, attr: str, want: Any) -> None:
+    assert getattr(service_with(tmp_path, key, value), attr) == want
+
+
+REFUSED = [s for s in spec.SERVICE_SETTINGS if s.support is spec.Support.REFUSED]
+IGNORED = [s for s in spec.SERVICE_SETTINGS if s.support is spec.Support.IGNORED]
+
+
+@pytest.mark.parametrize("setting", REFUSED, ids=[s.key for s in REFUSED])
+def test_refused_compose_keys_name_the_key_reason_and_hint(tmp_path: Path, setting: spec.Setting) -> None:
+    err = fails(tmp_path, f"services:\n  s1:\n    image: x.tar\n    {setting.key}: v\n")
+    assert f"`{setting.key}` is not supported: {setting.help}" in err.message and err.hint == setting.hint
+    assert err.where is not None and err.where.key == f"services.s1.{setting.key}" and err.where.line == 4
+
+
+@pytest.mark.parametrize("setting", IGNORED, ids=[s.key for s in IGNORED])
+def test_ignored_compose_keys_warn_naming_the_key(tmp_path: Path, setting: spec.Setting) -> None:
+    env = load(tmp_path, yaml.safe_dump({"services": {"s1": {"image": "x.tar", setting.key: True}}}))
+    assert any(f"`services.s1.{setting.key}`" in w and "is ignored" in w for w in env.warnings)
+
+
+def test_top_level_compose_keys(tmp_path: Path) -> None:
+    env = load(tmp_path, "version: '3.8'\nx-anything: {a: 1}\nservices:\n  s1: {image: x.tar, x-note: hi}\n")
+    assert any("`version` is ignored" in w for w in env.warnings)
+    err = fails(tmp_path, "services:\n  s1: {image: x.tar}\nvolumes:\n  data: {}\n")
+    assert "`volumes` is not supported" in err.message and err.where is not None and err.where.line == 3
+
+
+def test_profiles_select_services(tmp_path: Path) -> None:
+    text = "services:\n  a: {image: x.tar}\n  b: {image: x.tar, profiles: [debug]}\n"
+    assert [s.name for s in load(tmp_path, text).services] == ["a"]
+    env = load(tmp_path, text, profiles=["debug"])
+    assert [s.name for s in env.services] == ["a", "b"] and env.services[1].profiles == ("debug",)
+
+
+def test_memory_limit_sizes_the_dedicated_microvm(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  a: {image: x.tar, mem_limit: 64m, cpus: 1.5}\n"
+                         "  b: {image: x.tar, mem_limit: 64m, vm: {memory: 1G}}\n  c: {image: x.tar}\n")
+    sizes = {m.name: (m.memory_mib, m.vcpus) for m in env.machines}
+    assert sizes == {"a": (64 + spec.GUEST_OVERHEAD_MIB, 2), "b": (1024, 1), "c": (256, 1)}
+
+
+def test_restart_other_than_no_is_refused_for_host_containers(tmp_path: Path) -> None:
+    err = fails(tmp_path, "services:\n  a: {image: x.tar, isolation: container, restart: always}\n")
+    assert "not supported for `isolation: container`" in err.message
 
 
 def test_healthcheck_forms_and_durations(tmp_path: Path) -> None:

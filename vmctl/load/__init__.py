@@ -127,12 +127,12 @@ def _resolve_environments(tree: Node, project_dir: Path, variables: Mapping[str,
     services = tree.get("services")
     if services is None or not isinstance(services.children, dict):
         return
-    for svc in services.children.values():
+    for name, svc in services.children.items():
         if isinstance(svc.children, dict):
-            _resolve_environment(svc, project_dir, variables)
+            _resolve_environment(svc, ("services", name), project_dir, variables)
 
 
-def _resolve_environment(svc: Node, project_dir: Path, variables: Mapping[str, str]) -> None:
+def _resolve_environment(svc: Node, path: KeyPath, project_dir: Path, variables: Mapping[str, str]) -> None:
     """`env_file:` entries first, `environment:` over them; a value-less `KEY` comes from the variables
     (and is left out when they do not set it, as compose does)."""
     assert isinstance(svc.children, dict)
@@ -143,7 +143,7 @@ def _resolve_environment(svc: Node, project_dir: Path, variables: Mapping[str, s
     merged: dict[str, Node] = {}
     env_file = svc.children.pop("env_file", None)
     if env_file is not None:
-        for file in _env_files(env_file, project_dir):
+        for file in _env_files(env_file, dotted((*path, "env_file")), project_dir):
             for e in dotenv.read(file, variables.get):
                 merged[e.key] = Node(e.value, Origin(str(file), e.line))
     merged.update(env.children if env is not None and isinstance(env.children, dict) else {})
@@ -157,7 +157,7 @@ def _resolve_environment(svc: Node, project_dir: Path, variables: Mapping[str, s
         svc.children["environment"] = mapping(merged, (env or svc).origin)
 
 
-def _env_files(node: Node, project_dir: Path) -> list[Path]:
+def _env_files(node: Node, key: str, project_dir: Path) -> list[Path]:
     items = node.children if isinstance(node.children, list) else [node]
     out = []
     for item in items:
@@ -168,14 +168,14 @@ def _env_files(node: Node, project_dir: Path) -> list[Path]:
             required = flag is None or flag.value is not False
         if not isinstance(path_node.value, str) or not path_node.value:
             raise SpecError("`env_file` takes a path, a list of paths, or `{path: FILE, required: false}`",
-                            where=Where(item.origin.file, item.origin.line, "env_file"),
+                            where=Where(item.origin.file, item.origin.line, key),
                             hint='write `env_file: .env.web` or `env_file: [{path: .env.local, required: false}]`')
         file = (project_dir / Path(path_node.value).expanduser()).resolve()
         if file.is_file():
             out.append(file)
         elif required:
             raise SpecError(f"env file `{path_node.value}` does not exist (looked for `{file}`)",
-                            where=Where(path_node.origin.file, path_node.origin.line, "env_file"),
+                            where=Where(path_node.origin.file, path_node.origin.line, key),
                             hint="paths are relative to the project folder (the first file's); "
                                  "mark an optional one `{path: FILE, required: false}`")
     return out
