@@ -6,7 +6,7 @@ One container = one directory the caller gives (`cdir`):
     cdir/bundle/rootfs/        overlay: lower = the prepared image's rootfs (shared, never written),
                                upper/work = cdir/overlay/ (catches mountpoints runc creates)
     cdir/bundle/etc/           hostname, hosts, resolv.conf (bound read-only into the container)
-    cdir/container.log         the container's stdout and stderr
+    cdir/container.log         the container's stdout and stderr (unless `start(log=...)` puts it elsewhere)
     cdir/slirp.log, state.json slirp4netns output; what `stop` needs (helper PID, socket, ports)
 
 Networking mirrors the microVM's QEMU user-mode networking: the container gets its own network namespace
@@ -106,6 +106,7 @@ class HostRuntime:
         ports: Sequence[PortForward] = (),
         network: bool = True,
         ready_timeout: float = 10.0,
+        log: Path | None = None,
     ) -> HostContainer:
         """Create and start `req` detached. `req.rootfs` is the image's rootfs (the overlay's lower layer).
 
@@ -121,14 +122,16 @@ class HostRuntime:
                             hint=f"stop it first (`runc --root {self.runc_root} delete -f {req.name}`)")  # fmt: skip
         private_dir(self.runc_root)
         try:
-            return self._start(req, cdir, tuple(ports), network and not req.share_host_network, ready_timeout)
+            return self._start(req, cdir, tuple(ports), network and not req.share_host_network, ready_timeout,
+                               log or cdir / "container.log")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop(req.name, cdir, grace=0)
             raise
 
     def _start(
-        self, req: ContainerRequest, cdir: Path, ports: tuple[PortForward, ...], network: bool, ready_timeout: float
+        self, req: ContainerRequest, cdir: Path, ports: tuple[PortForward, ...], network: bool, ready_timeout: float,
+        log_path: Path,
     ) -> HostContainer:
         lower = Path(req.rootfs)
         if not lower.is_dir():
@@ -148,7 +151,6 @@ class HostRuntime:
         limit_caps(config, bounding_caps())
         (bundle / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
-        log_path = cdir / "container.log"
         exit_r, exit_w = os.pipe()
         try:
             self._create(req.name, bundle, log_path, exit_w)

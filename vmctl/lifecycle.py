@@ -147,7 +147,13 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         filesystems=tuple(render.FilesystemView(str(source), tag, readonly)
                           for tag, source, readonly in workloads.machine_volumes(project.env, machine.name)),
         dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
+        labels=_service_labels(project, machine),
     )
+
+
+def _service_labels(project: Project, machine: MachineSpec) -> tuple[tuple[str, str], ...]:
+    svc = project.env.service(machine.dedicated_to) if machine.dedicated_to else None
+    return svc.labels if svc else ()
 
 
 def _disk_views(project: Project, machine: MachineSpec,

@@ -807,7 +807,7 @@ SERVICE_SETTINGS = (
     Setting("depends_on", p_depends_on, (), "list", "services started (and healthy) before this one"),
     Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
     Setting("restart", p_restart, (Restart.NO, None), '"no"|always|on-failure[:N]|unless-stopped',
-            "restart policy, applied by the guest's supervisor; `isolation: container` takes only \"no\" so far",
+            "restart policy, applied by the guest's supervisor (microVM) or vmctl's host supervisor (container)",
             shown='"no"'),
     Setting("isolation", p_enum(Isolation), Isolation.MICROVM, "microvm|container",
             "a dedicated microVM, or a plain container on the host"),
@@ -983,10 +983,6 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
         ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
                  "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
     restart, retries = v["restart"]
-    if v["isolation"] is Isolation.CONTAINER and restart is not Restart.NO:
-        ctx.fail((*path, "restart"), f"`restart: {restart}` is not supported for `isolation: container` yet: host "
-                 "containers have no supervisor that outlives the vmctl command",
-                 'use `restart: "no"`, or run the service in a microVM (the guest\'s supervisor restarts it)')
     return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
                        ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
+from vmctl import host_supervisor
 from vmctl import ports as host_ports
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
@@ -27,7 +28,7 @@ from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, v
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
-from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
+from vmctl.spec import Environment, Isolation, Restart, ServiceSpec, topological_services
 from vmctl.ssh import Guest
 from vmctl.state import EnvDir, EnvState
 
@@ -120,10 +121,22 @@ class HostServiceRuntime:
 
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None:
-        forwards = [PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports]
-        self.host.start(req, self.cdir(svc.name), ports=forwards)
+        """Without a restart policy runc runs the container by itself; with one, vmctl's host supervisor
+        (host_supervisor.py) starts it and restarts it after it exits, outliving this command."""
+        forwards = tuple(PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports)
+        cdir = self.cdir(svc.name)
+        log = host_supervisor.files(cdir)["log"]
+        log.unlink(missing_ok=True)
+        if svc.restart is Restart.NO:
+            self.host.start(req, cdir, ports=forwards, log=log)
+            return
+        host_supervisor.launch(host_supervisor.Plan(req, cdir, forwards, svc.restart, svc.restart_retries,
+                                                    self.host.runc_root))
 
     def live(self, name: str) -> Live:
+        status = host_supervisor.read_status(self.cdir(name))
+        if status and (host_supervisor.is_supervised(self.cdir(name)) or status.get("state") == "exited"):
+            return Live(str(status.get("state", "starting")), status.get("exit_code"), int(status.get("restarts", 0)))
         st = self.host.state(self.container_name(name))
         if st is None:
             return Live("absent")
@@ -138,17 +151,19 @@ class HostServiceRuntime:
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
 
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
-        copy_file(self.cdir(name) / "container.log", out, tail=tail, follow=follow)
+        copy_file(host_supervisor.files(self.cdir(name))["log"], out, tail=tail, follow=follow)
 
     def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> None:
+        host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
         self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
+        host_supervisor.files(self.cdir(name))["log"].unlink(missing_ok=True)
 
     def names(self) -> list[str]:
         """Services of this environment that runc knows, or that left a folder behind."""
         prefix = f"{self.environment}."
         known = {p.name[len(prefix):] for p in self.host.runc_root.glob(f"{prefix}*")} if \
             self.host.runc_root.is_dir() else set()
-        known |= {p.name for p in self.services_dir.iterdir()} if self.services_dir.is_dir() else set()
+        known |= {p.name for p in self.services_dir.iterdir() if p.is_dir()} if self.services_dir.is_dir() else set()
         return sorted(known)
 
 

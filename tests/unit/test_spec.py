@@ -327,11 +327,6 @@ def test_memory_limit_sizes_the_dedicated_microvm(tmp_path: Path) -> None:
     assert sizes == {"a": (64 + spec.GUEST_OVERHEAD_MIB, 2), "b": (1024, 1), "c": (256, 1)}
 
 
-def test_restart_other_than_no_is_refused_for_host_containers(tmp_path: Path) -> None:
-    err = fails(tmp_path, "services:\n  a: {image: x.tar, isolation: container, restart: always}\n")
-    assert "not supported for `isolation: container`" in err.message
-
-
 def test_healthcheck_forms_and_durations(tmp_path: Path) -> None:
     s = service_with(tmp_path, "healthcheck", {"test": ["CMD-SHELL", "curl x"], "interval": "1m30s",
                                                 "timeout": "500ms", "start_period": 2})
