@@ -164,6 +164,11 @@ class GuestRuntime:
         if not all(_VOLUME_TAG.fullmatch(t) for t in volumes[::2]):
             raise UsageError(f"invalid volume tags {volumes[::2]}")
         self._helper("prepare", req.name, serial, *volumes, stdin=bundle_tar(req))
+        # the container shares the guest's network stack (its own VM: spec refuses net.* in a shared one),
+        # so its net.* sysctls are the guest's; crun refuses them without a network namespace of its own
+        net = [part for key, value in svc.sysctls if key.startswith("net.") for part in (key, value)]
+        if net:
+            self._helper("sysctl", *net)
         retries = f":{svc.restart_retries}" if svc.restart_retries is not None else ""
         self._helper("start", req.name, f"{svc.restart.value}{retries}")
 

@@ -835,7 +835,8 @@ SERVICE_SETTINGS = (
     Setting("ulimits", p_ulimits, (), "mapping", "`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}` (default: "
             "nofile 1024)"),
     Setting("sysctls", p_sysctls, (), "mapping|list", "namespaced sysctls only: net.*, kernel.shm*, kernel.msg*, "
-            "kernel.sem, fs.mqueue.*"),
+            "kernel.sem, fs.mqueue.*; in a microVM, net.* are set on the guest's network stack (the container "
+            "shares it; not allowed with `machine`)"),
     Setting("mem_limit", p_bytes_mib, None, "size", "the container's memory limit (cgroup); a dedicated microVM gets "
             f"this plus {GUEST_OVERHEAD_MIB} MiB unless `vm.memory` says otherwise"),
     Setting("mem_reservation", p_bytes_mib, None, "size", "a soft memory limit (cgroup `memory.low`/reservation)"),
@@ -983,6 +984,10 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
         ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
                  "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
     restart, retries = v["restart"]
+    if v["machine"] and any(key.startswith("net.") for key, _ in v["sysctls"]):
+        ctx.fail((*path, "sysctls"), "net.* sysctls of a service in a shared machine would change the network of "
+                 "every service in it (containers in a guest share its network stack)",
+                 "give the service its own microVM (drop `machine`), or use `isolation: container`")
     return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
                        ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],

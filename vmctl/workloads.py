@@ -192,7 +192,7 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) 
         cap_drop=svc.cap_drop,
         no_new_privileges=svc.no_new_privileges,
         rlimits=tuple((u.name, u.soft, u.hard) for u in svc.ulimits),
-        sysctls=svc.sysctls,
+        sysctls=tuple((k, v) for k, v in svc.sysctls if not (runtime.share_network and k.startswith("net."))),
         tmpfs=tuple((t.target, t.options) for t in svc.tmpfs),
         memory_limit_bytes=_bytes(svc.limits.memory_mib),
         memory_reservation_bytes=_bytes(svc.limits.memory_reservation_mib),

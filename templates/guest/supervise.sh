@@ -14,6 +14,7 @@
 #                         code recorded; RESTART is compose's policy: no, always, unless-stopped (both
 #                         restart after any exit), on-failure or on-failure:N (after a non-zero exit,
 #                         at most N times)
+#   sysctl KEY VALUE...   set net.* sysctls of the guest (the network stack its one container shares)
 #   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
 #   stop NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, delete, unmount, remove the folder
 #
@@ -131,6 +132,16 @@ supervise() {
     echo exited > "$dir/state"
 }
 
+set_sysctls() {
+    while [ $# -ge 2 ]; do
+        case "$1" in net.*) ;; *) die "only net.* sysctls are set on the guest: $1" ;; esac
+        case "$1" in *[!a-z0-9_.-]*|*..*) die "invalid sysctl name $1" ;; esac
+        case "$2" in *[!A-Za-z0-9\ ._-]*) die "invalid sysctl value for $1" ;; esac
+        echo "$2" > "/proc/sys/$(echo "$1" | tr . /)" || die "cannot set sysctl $1"
+        shift 2
+    done
+}
+
 # should_restart POLICY EXIT_CODE RESTARTS_SO_FAR
 should_restart() {
     case "$1" in
@@ -181,6 +192,8 @@ case "$1" in
         start "$2" "$3" ;;
     supervise) supervise "$2" "$3" ;;
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
+    sysctl) [ $# -ge 3 ] && [ $((($# - 1) % 2)) -eq 0 ] || die "usage: sysctl KEY VALUE..."
+        shift; set_sysctls "$@" ;;
     stop) [ $# -ge 3 ] && [ $# -le 4 ] || die "usage: stop NAME GRACE [SIGNAL]"
         case "${4:-TERM}" in HUP|INT|QUIT|KILL|USR1|USR2|TERM|STOP|WINCH|PWR) ;; *) die "invalid signal $4" ;; esac
         stop "$2" "$3" "${4:-TERM}" ;;

@@ -51,6 +51,8 @@ def test_webapp_resolves_env_file_override_and_profiles() -> None:
     assert web["mem_limit"] == "64m"
     assert "debug" not in _config(folder)["services"]
     assert "debug" in _config(folder, "--profile", "debug")["services"]
+    xml = run_vmctl("render", "web", cwd=folder)
+    assert '<vmctl:label name="com.example.tier">web</vmctl:label>' in xml.stdout, xml.stderr
 
 
 # ------------------------------------------------------------------------------------------------ up
@@ -109,7 +111,11 @@ def test_webapp_env_limits_and_restarts(webapp: Path) -> None:
     total_kib = int(_exec(webapp, "web", "sh", "-c", "grep MemTotal /proc/meminfo").split()[1])
     assert 64 * 1024 < total_kib <= (64 + GUEST_OVERHEAD_MIB) * 1024
 
-    # the host container: user by name, cpus and pids limits, tmpfs
+    assert _exec(webapp, "web", "cat", "/proc/sys/net/core/somaxconn").strip() == "512"  # set on the guest
+
+    # the host container: its container_name, user by name, cpus and pids limits, tmpfs
+    state = json.loads((Path(os.environ["VMCTL_STATE_DIR"]) / "envs" / "webapp" / "state.json").read_text())
+    assert state["services"]["cache"]["container"] == "webapp-cache"
     assert _exec(webapp, "cache", "id", "-u").strip() == "65534"
     assert _exec(webapp, "cache", "cat", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip() == "50000"
     assert _exec(webapp, "cache", "cat", "/sys/fs/cgroup/pids/pids.max").strip() == "32"

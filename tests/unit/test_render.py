@@ -156,3 +156,11 @@ def test_apic_timer_calibration_skipped_only_for_one_vcpu_under_tcg(accel: str, 
     tokens = render.kernel_cmdline("m", "QUFBQQ==", ["loglevel=3"], accel=accel, vcpus=vcpus).split()
     assert ("nolapic_timer" in tokens) is ticks_from_hpet
     assert "noreplace-smp" in tokens and tokens[-1] == "loglevel=3"  # the machine's own arguments come last
+
+
+def test_service_labels_are_escaped_in_the_domain_metadata(tmp_path: Path) -> None:
+    (tmp_path / "x.tar").write_bytes(b"")
+    file = tmp_path / "compose.yaml"
+    file.write_text("services:\n  web: {image: ./x.tar, labels: {com.example.tier: 'a<b&\"c'}}\n")
+    (_name, xml), = rendered(file)
+    assert '<vmctl:label name="com.example.tier">a&lt;b&amp;&#34;c</vmctl:label>' in xml

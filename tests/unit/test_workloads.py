@@ -18,9 +18,11 @@ from vmctl import lifecycle, render
 from vmctl.container_image import ImageConfig, PreparedImage
 from vmctl.errors import UsageError
 from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_status, volume_tag
-from vmctl.oci_spec import BindMount, make_config
+from vmctl.host_container import PortForward
+from vmctl.host_supervisor import Plan
+from vmctl.oci_spec import BindMount, ContainerRequest, make_config
 from vmctl.progress import Progress, quiet_renderer
-from vmctl.spec import load_environment
+from vmctl.spec import Restart, load_environment
 from vmctl.ssh import Guest
 from vmctl.state import EnvState, ForwardState, MachineState
 from vmctl.workloads import (
@@ -202,3 +204,21 @@ def test_prefix_writer_and_copy_file(tmp_path: Path) -> None:
     tail = io.BytesIO()
     copy_file(log, tail, tail=2, follow=False)  # type: ignore[arg-type]
     assert tail.getvalue() == b"b\nc\n"
+
+
+def test_net_sysctls_of_a_microvm_service_go_to_the_guest_not_the_oci_config(tmp_path: Path) -> None:
+    (tmp_path / "web.tar").write_bytes(b"")
+    file = tmp_path / "compose.yaml"
+    file.write_text("services:\n  web: {image: ./web.tar, sysctls: {net.core.somaxconn: 1024, kernel.shmmax: 1}}\n")
+    svc = load_environment(file).service("web")
+    assert svc is not None
+    req = container_request(svc, _image(), _guest_runtime())
+    assert req.sysctls == (("kernel.shmmax", "1"),)  # crun refuses net.* without a network namespace of its own
+
+
+def test_host_supervisor_plan_round_trips(tmp_path: Path) -> None:
+    req = ContainerRequest(name="e.web", args=("sh", "-c", "x"), env=("A=1",), cwd="/", user="1:2", hostname="web",
+                           rootfs="/r", mounts=(BindMount("/a", "/b", False),), tmpfs=(("/t", ("size=1m",)),),
+                           rlimits=(("nofile", 1, 2),), annotations=(("k", "v"),), cpus=0.5)
+    plan = Plan(req, tmp_path / "svc", (PortForward(8080, 80),), Restart.ON_FAILURE, 3, tmp_path / "runc")
+    assert Plan.from_json(plan.to_json()) == plan
