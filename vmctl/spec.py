@@ -732,6 +732,10 @@ def p_deploy(value: Any, path: KeyPath, ctx: Ctx) -> Limits:
     """Only `deploy.resources` (limits, reservations) is honoured: the rest is Swarm's or not built yet."""
     resources = parse_table(DEPLOY_SETTINGS, value, path, ctx)["resources"] or {}
     limits, reservations = resources.get("limits") or {}, resources.get("reservations") or {}
+    for key in ("cpus", "pids"):
+        if reservations.get(key) is not None:  # only a scheduler placing services on hosts could keep them
+            ctx.warn((*path, "resources", "reservations", key),
+                     f"`{key}` is ignored in `reservations`: there is no scheduler to reserve it on one host")
     return Limits(memory_mib=limits.get("memory"), memory_reservation_mib=reservations.get("memory"),
                   cpus=limits.get("cpus"), pids=limits.get("pids"))
 
@@ -860,8 +864,8 @@ ULIMIT_SETTINGS = (
 
 LIMIT_SETTINGS = (
     Setting("memory", p_bytes_mib, None, "size", "as `mem_limit` (in `reservations`: as `mem_reservation`)"),
-    Setting("cpus", p_cpus, None, "number", "as `cpus` (ignored in `reservations`: a reservation cannot be kept)"),
-    Setting("pids", p_pids_limit, None, "int", "as `pids_limit`"),
+    Setting("cpus", p_cpus, None, "number", "as `cpus` (in `reservations`: ignored with a warning)"),
+    Setting("pids", p_pids_limit, None, "int", "as `pids_limit` (in `reservations`: ignored with a warning)"),
     Setting("devices", lambda v, p, c: None, None, "list", "device reservations (GPUs) are not implemented",
             support=Support.REFUSED, hint="remove it"),
     Setting("generic_resources", lambda v, p, c: None, None, "list", "Swarm-only", support=Support.REFUSED,

@@ -63,6 +63,7 @@ def webapp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("compose") / "webapp"
     shutil.copytree(EXAMPLES / "webapp", folder)
     build_tiny_image(folder)
+    (folder / "out").chmod(0o777)  # the container runs as `nobody`
     up = run_vmctl("up", "--timeout", "240", cwd=folder)
     try:
         assert up.returncode == 0, up.stderr
@@ -126,3 +127,8 @@ def test_webapp_env_limits_and_restarts(webapp: Path) -> None:
         run_vmctl("exec", name, "--", "kill", "-USR1", "1", cwd=webapp)
     for name in ("web", "cache"):
         _wait_for_restart(webapp, name)
+
+    # `down` stops the host container with its stop_signal (its trap writes to a host folder)
+    down = run_vmctl("down", cwd=webapp)
+    assert down.returncode == 0, down.stderr
+    assert (webapp / "out" / "signal").read_text() == "got-INT\n"

@@ -313,6 +313,12 @@ def test_top_level_compose_keys(tmp_path: Path) -> None:
     assert "`volumes` is not supported" in err.message and err.where is not None and err.where.line == 3
 
 
+def test_cpu_reservations_warn(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  a:\n    image: x.tar\n    deploy: {resources: {reservations: {cpus: 1}}}\n")
+    assert any("`cpus` is ignored in `reservations`" in w and "services.a.deploy.resources.reservations.cpus" in w
+               for w in env.warnings)
+
+
 def test_profiles_select_services(tmp_path: Path) -> None:
     text = "services:\n  a: {image: x.tar}\n  b: {image: x.tar, profiles: [debug]}\n"
     assert [s.name for s in load(tmp_path, text).services] == ["a"]
