@@ -198,6 +198,8 @@ class GuestRuntime:
             raise GuestError(f"cannot read the log of `{name}` in machine `{self.guest.name}` "
                              f"(`{shlex.join(argv)}` exited {code})")
 
-    def stop(self, name: str, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> None:
-        self._helper("stop", self.container_name(name), str(max(0, math.ceil(grace))), signal.removeprefix("SIG"),
-                     timeout=grace + 30)
+    def stop(self, name: str, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> int | None:
+        """The container's exit code, when it had one (it tells whether `signal` ended it, or SIGKILL)."""
+        out = self._helper("stop", self.container_name(name), str(max(0, math.ceil(grace))),
+                           signal.removeprefix("SIG"), timeout=grace + 30)
+        return parse_status(out).exit_code

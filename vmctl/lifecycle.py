@@ -346,6 +346,7 @@ def down(project: Project) -> list[str]:
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
         removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
+        workloads.stop_guest_services(project.env, envdir, state, project.progress)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
         for uri in sorted(uris):
             if is_embedded(uri) and not envdir.libvirt_root.exists():

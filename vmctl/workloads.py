@@ -16,6 +16,7 @@ import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -24,6 +25,7 @@ from vmctl import host_supervisor
 from vmctl import ports as host_ports
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
+from vmctl.guest_container import STOP_GRACE_SECONDS as GUEST_STOP_GRACE
 from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, volume_tag
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
@@ -76,7 +78,7 @@ class Runtime(Protocol):
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
              timeout: float | None = None) -> tuple[int, bytes]: ...
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None: ...
-    def stop(self, name: str, grace: float = ..., signal: str = ...) -> None: ...
+    def stop(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
 
 
 class ServiceFailed(GuestError):
@@ -153,10 +155,11 @@ class HostServiceRuntime:
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
         copy_file(host_supervisor.files(self.cdir(name))["log"], out, tail=tail, follow=follow)
 
-    def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> None:
+    def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
         host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
         self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
         host_supervisor.files(self.cdir(name))["log"].unlink(missing_ok=True)
+        return None
 
     def names(self) -> list[str]:
         """Services of this environment that runc knows, or that left a folder behind."""
@@ -297,12 +300,12 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
     def host(self) -> HostServiceRuntime:
         return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env))
 
-    def _guest_runtime(self, machine: str) -> GuestRuntime:
+    def _guest_runtime(self, machine: str, connect_timeout: float = 20.0) -> GuestRuntime:
         ms = self.state.machines.get(machine)
         if ms is None or ms.hostkey is None:
             raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
         guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file)
-        self._guests.append(guest.connect())
+        self._guests.append(guest.connect(timeout=connect_timeout))
         return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)},
                             container_names(self.env))
 
@@ -511,6 +514,35 @@ def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, o
             rt.logs(svc.name, cast(BinaryIO, writer), tail=tail, follow=follow)
         finally:
             writer.close()
+
+
+GUEST_STOP_CONNECT_SECONDS = 3.0  # a guest that does not answer by then is powered off without it
+
+
+def stop_guest_services(env: Environment, envdir: EnvDir, state: EnvState, progress: Progress) -> None:
+    """Before `down` powers the guests off: each running microVM service stopped with its `stop_signal`,
+    SIGKILL after its `stop_grace_period`, dependents first, the machines in parallel. A guest that
+    cannot be reached is only warned about: powering it off is what `down` does anyway."""
+    by_machine: dict[str, list[ServiceSpec]] = {}
+    for svc in reversed(topological_services(env)):
+        rec = state.services.get(svc.name)
+        if rec and rec.get("isolation") == Isolation.MICROVM.value and svc.machine in state.machines:
+            by_machine.setdefault(svc.machine, []).append(svc)
+
+    def stop_in(machine: str, services: Sequence[ServiceSpec]) -> None:
+        try:
+            with Runtimes(env, envdir, state) as runtimes:
+                rt = runtimes._guest_runtime(machine, GUEST_STOP_CONNECT_SECONDS)
+                for svc in services:
+                    progress.working(svc.name, f"stopping ({svc.stop_signal})")
+                    grace = svc.stop_grace_period if svc.stop_grace_period is not None else GUEST_STOP_GRACE
+                    code = rt.stop(svc.name, grace, svc.stop_signal)
+                    progress.done(svc.name, "stopped" + (f" (exit code {code})" if code is not None else ""))
+        except VmctlError as e:
+            progress.warn(machine, f"its services were not stopped before power-off: {e.message}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_machine))) as pool:
+        list(pool.map(lambda item: stop_in(*item), by_machine.items()))
 
 
 def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progress: Progress) -> list[str]:

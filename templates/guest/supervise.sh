@@ -16,7 +16,8 @@
 #                         at most N times)
 #   sysctl KEY VALUE...   set net.* sysctls of the guest (the network stack its one container shares)
 #   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
-#   stop NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, delete, unmount, remove the folder
+#   stop NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, delete, unmount, remove the
+#                         folder; prints exit_code=N when the container had ended with one
 #
 # Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/), rootfs/ (the overlay), rw/
 # (tmpfs: upper, work), container.log, state (starting|running|restarting|exited), exit_code,
@@ -177,6 +178,7 @@ stop() {
     done
     crun kill "$1" KILL > /dev/null 2>&1
     read -r pid < "$dir/supervisor.pid" 2> /dev/null && kill "$pid" 2> /dev/null
+    [ ! -r "$dir/exit_code" ] || echo "exit_code=$(cat "$dir/exit_code")"
     crun delete -f "$1" > /dev/null 2>&1
     for m in "$dir/rootfs" "$dir/rw"; do
         ! is_mounted "$m" || umount "$m" || die "cannot unmount $m"

@@ -132,3 +132,4 @@ def test_webapp_env_limits_and_restarts(webapp: Path) -> None:
     down = run_vmctl("down", cwd=webapp)
     assert down.returncode == 0, down.stderr
     assert (webapp / "out" / "signal").read_text() == "got-INT\n"
+    assert "web            stopped (exit code 9)" in down.stderr  # SIGUSR1, forwarded by tini: not SIGKILL's 137
