@@ -226,3 +226,19 @@ def test_project_name_from_flag_then_environment(tmp_path: Path) -> None:
     assert load_project(cwd=tmp_path, environ=environ).project_name == "env"
     assert load_project(cwd=tmp_path, environ=environ, project_name="flag").project_name == "flag"
     assert load_project(cwd=tmp_path, environ={}).project_name is None
+
+
+def test_env_file_long_form_refuses_unknown_keys(tmp_path: Path) -> None:
+    write(tmp_path, "compose.yaml", "services:\n  web:\n    image: x.tar\n    env_file: [{path: a.env, format: raw}]\n")
+    with pytest.raises(SpecError, match="not `format`"):
+        load_project(cwd=tmp_path, environ={})
+
+
+def test_spec_errors_in_interpolated_values_name_the_variable(tmp_path: Path) -> None:
+    from vmctl.spec import load_environment
+
+    write(tmp_path, ".env", "MEM=lots\n")
+    write(tmp_path, "compose.yaml", "services:\n  web:\n    image: x.tar\n    mem_limit: ${MEM}\n")
+    with pytest.raises(SpecError) as info:
+        load_environment(cwd=tmp_path, environ={})
+    assert str(info.value.where).endswith("compose.yaml:4: `services.web.mem_limit` (from `${MEM}`)")

@@ -163,6 +163,11 @@ def _env_files(node: Node, key: str, project_dir: Path) -> list[Path]:
     for item in items:
         path_node, required = item, True
         if isinstance(item.children, dict):
+            unknown = sorted(set(item.children) - {"path", "required"})
+            if unknown:
+                raise SpecError(f"`env_file` entries take `path` and `required`, not `{unknown[0]}`",
+                                where=Where(item.origin.file, item.origin.line, key),
+                                hint="write `{path: FILE, required: false}` (the `format` key is not supported)")
             path_node = item.children.get("path") or item
             flag = item.children.get("required")
             required = flag is None or flag.value is not False
