@@ -31,10 +31,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vmctl.compose_values import Restart
 from vmctl.errors import HostError, VmctlError
 from vmctl.host_container import HostRuntime, PortForward, _alive, _end_process, _spawn, _start_time
 from vmctl.oci_spec import BindMount, ContainerRequest
-from vmctl.spec import Restart
 
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_DELAY = 1.0

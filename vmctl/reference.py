@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import spec
+from vmctl import compose_values, settings, spec
 
-SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
+SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
     ("`libvirt:`", spec.LIBVIRT_SETTINGS),
     ("`machines.NAME:` (and `defaults:`)", spec.MACHINE_SETTINGS),
@@ -17,19 +17,19 @@ SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
     ("`services.NAME:`", spec.SERVICE_SETTINGS),
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
-    ("`services.NAME.deploy:`", spec.DEPLOY_SETTINGS),
-    ("`services.NAME.deploy.resources:`", spec.RESOURCES_SETTINGS),
-    ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", spec.LIMIT_SETTINGS),
-    ("`services.NAME.ulimits.NAME:`", spec.ULIMIT_SETTINGS),
+    ("`services.NAME.deploy:`", compose_values.DEPLOY_SETTINGS),
+    ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
+    ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),
+    ("`services.NAME.ulimits.NAME:`", compose_values.ULIMIT_SETTINGS),
 )
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 
 
-def _default(setting: spec.Setting) -> str:
+def _default(setting: settings.Setting) -> str:
     value = setting.default
     if setting.shown:
         return f"`{setting.shown}`"
-    if value is spec.REQUIRED:
+    if value is settings.REQUIRED:
         return "**required**"
     if value is None or value == ():
         return "-"
@@ -44,18 +44,18 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _meaning(setting: spec.Setting) -> str:
-    if setting.support is spec.Support.REFUSED:
+def _meaning(setting: settings.Setting) -> str:
+    if setting.support is settings.Support.REFUSED:
         return f"**refused**: {setting.help}; {setting.hint}"
-    if setting.support is spec.Support.IGNORED:
+    if setting.support is settings.Support.IGNORED:
         return f"**ignored** (with a warning): {setting.help}"
     return setting.help
 
 
-def counts() -> dict[spec.Support, int]:
+def counts() -> dict[settings.Support, int]:
     """How many keys of each mark the tables hold (each key once, however many sections show it)."""
     seen = {(id(table), s.key): s.support for _t, table in SECTIONS for s in table}
-    return {mark: sum(1 for v in seen.values() if v is mark) for mark in spec.Support}
+    return {mark: sum(1 for v in seen.values() if v is mark) for mark in settings.Support}
 
 
 def markdown() -> str:

@@ -2,31 +2,74 @@
 
 Parsing ends in frozen dataclasses (`Environment`, `MachineSpec`, `ServiceSpec`); nothing after this
 module sees raw YAML. Every error names the file, line and key path, and says how to fix it.
+The table machinery and the generic value parsers are in `settings`, the parsers of compose's own
+service keys in `compose_values`, the compose keys vmctl does not honour in `compose_keys`; what
+this module reads comes resolved from the loading stage (`vmctl.load`).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import re
-import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from vmctl import cmdline, compose_keys
-from vmctl.errors import SpecError, UsageError, Where
+from vmctl import compose_keys
+from vmctl.compose_values import (
+    GUEST_OVERHEAD_MIB,
+    Limits,
+    Restart,
+    TmpfsSpec,
+    Ulimit,
+    p_bytes_mib,
+    p_caps,
+    p_container_name,
+    p_cpus,
+    p_deploy,
+    p_labels,
+    p_pids_limit,
+    p_platform,
+    p_profiles,
+    p_pull_policy,
+    p_restart,
+    p_security_opt,
+    p_signal,
+    p_sysctls,
+    p_tmpfs,
+    p_ulimits,
+)
+from vmctl.errors import UsageError, Where
 from vmctl.load import Model, load_project
-from vmctl.oci_spec import ALL_CAPS
-from vmctl.paths import GUEST_IMAGES_DIR
+from vmctl.settings import (
+    NAME_RE,
+    NAME_RULE,
+    REQUIRED,
+    Ctx,
+    Setting,
+    did_you_mean,
+    p_abs_path,
+    p_argv,
+    p_bool,
+    p_cmdline,
+    p_dir,
+    p_duration,
+    p_enum,
+    p_file,
+    p_image,
+    p_int,
+    p_name,
+    p_size_mib,
+    p_str,
+    p_uri,
+    parse_table,
+    typename,
+    unsupported,
+)
 from vmctl.yamlpos import KeyPath, dotted
-
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-GUEST_OVERHEAD_MIB = 192  # what a service's guest needs beside the container (see docs/design.md)
-NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
 
 
 class Accel(StrEnum):
@@ -38,41 +81,6 @@ class Accel(StrEnum):
 class Isolation(StrEnum):
     MICROVM = "microvm"
     CONTAINER = "container"
-
-
-class Restart(StrEnum):
-    """compose's `restart:`; the supervisor (supervise.sh in a guest) applies it after each exit."""
-
-    NO = "no"
-    ALWAYS = "always"
-    ON_FAILURE = "on-failure"
-    UNLESS_STOPPED = "unless-stopped"  # = always here: nothing restarts a stopped service by itself
-
-    def restarts(self, exit_code: int) -> bool:
-        return self in (Restart.ALWAYS, Restart.UNLESS_STOPPED) or (self is Restart.ON_FAILURE and exit_code != 0)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of one container (compose's `mem_limit`, `cpus`, `pids_limit`, `deploy.resources`)."""
-
-    memory_mib: int | None = None
-    memory_reservation_mib: int | None = None
-    cpus: float | None = None
-    pids: int | None = None
-
-
-@dataclass(frozen=True)
-class Ulimit:
-    name: str  # nofile, nproc, ... (RLIMIT_ + upper case)
-    soft: int
-    hard: int
-
-
-@dataclass(frozen=True)
-class TmpfsSpec:
-    target: str
-    options: tuple[str, ...] = ()  # mount options from a closed set (`size=64m`, `mode=1777`, `noexec`, ...)
 
 
 @dataclass(frozen=True)
@@ -187,233 +195,7 @@ class Environment:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Parsing context and the settings table
-
-
-class Ctx:
-    def __init__(self, model: Model) -> None:
-        self.doc = model
-        self.base_dir = model.project_dir
-        self.warnings: list[str] = list(model.warnings)
-
-    def fail(self, path: KeyPath, message: str, hint: str | None = None) -> NoReturn:
-        raise SpecError(message, hint=hint, where=self.doc.where(path))
-
-    def warn(self, path: KeyPath, message: str) -> None:
-        self.warnings.append(f"{self.doc.where(path)}: {message}")
-
-
-Parser = Callable[[Any, KeyPath, Ctx], Any]
-REQUIRED: Any = object()
-
-
-class Support(StrEnum):
-    """What vmctl does with a key it knows: honours it, ignores it with a warning (only where that cannot
-    change what the program does), or refuses it with the reason and a hint."""
-
-    HONOURED = "honoured"
-    IGNORED = "ignored"
-    REFUSED = "refused"
-
-    def apply(self, setting: Setting, value: Any, path: KeyPath, ctx: Ctx) -> Any:
-        if self is Support.REFUSED:
-            ctx.fail(path, f"`{setting.key}` is not supported: {setting.help}", setting.hint or "remove it")
-        if self is Support.IGNORED:
-            ctx.warn(path, f"`{setting.key}` is ignored: {setting.help}")
-            return setting.default
-        return setting.parse(value, path, ctx)
-
-
-@dataclass(frozen=True)
-class Setting:
-    key: str
-    parse: Parser
-    default: Any
-    kind: str  # what the README shows as the value type
-    help: str  # what it does; for an ignored or refused key, why it is not honoured
-    shown: str | None = None  # how the README shows the default, when `str(default)` would mislead
-    support: Support = Support.HONOURED
-    hint: str = ""  # what to do instead of a refused key
-
-
-def unsupported(rows: Sequence[compose_keys.Unsupported]) -> tuple[Setting, ...]:
-    """The compose keys vmctl knows but does not honour, as rows of a settings table."""
-    return tuple(Setting(u.key, lambda v, p, c: None, None, u.kind, u.reason, hint=u.hint,
-                         support=Support.IGNORED if u.ignored else Support.REFUSED) for u in rows)
-
-
-def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
-                defaults: Mapping[str, Any] | None = None, *, extensible: bool = False) -> dict[str, Any]:
-    """Parse a mapping against `table`: unknown keys are errors with a did-you-mean hint; with
-    `extensible`, compose's `x-` extension keys are accepted and ignored."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping of settings, not {_typename(value)}",
-                 f"write `key: value` lines; known keys: {', '.join(s.key for s in table)}")
-    known = {s.key: s for s in table}
-    for key in value:
-        if key not in known and not (extensible and str(key).startswith("x-")):
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
-            ctx.fail((*path, key), f"unknown key `{key}`", hint)
-    out: dict[str, Any] = {}
-    for s in table:
-        if s.key in value:
-            try:
-                out[s.key] = s.support.apply(s, value[s.key], (*path, s.key), ctx)
-            except SpecError as e:
-                if e.hint is None:  # the table says what the setting takes: that is the fix
-                    e.hint = f"`{s.key}` takes {s.kind}: {s.help}"
-                raise
-        elif defaults is not None and s.key in defaults:
-            out[s.key] = defaults[s.key]
-        elif s.default is REQUIRED:
-            ctx.fail(path, f"missing required key `{s.key}` ({s.help})", f"add `{s.key}:` ({s.kind})")
-        else:
-            out[s.key] = s.default
-    return out
-
-
-def _typename(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)
-
-
-# ---------------------------------------------------------------------------------------------------
 # Value parsers: each takes (value, key path, context) and returns a typed value or fails.
-
-
-def p_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        ctx.fail(path, f"invalid name {value!r}", f"names use {NAME_RULE}")
-    return value
-
-
-def p_image(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    name = p_name(value, path, ctx)
-    if not (GUEST_IMAGES_DIR / name / "recipe.yaml").is_file():
-        recipes = sorted(p.name for p in GUEST_IMAGES_DIR.iterdir() if (p / "recipe.yaml").is_file()) \
-            if GUEST_IMAGES_DIR.is_dir() else []
-        ctx.fail(path, f"no guest image recipe `{name}` (looked for `{GUEST_IMAGES_DIR / name / 'recipe.yaml'}`)",
-                 _did_you_mean(name, recipes, "recipes"))
-    return name
-
-
-def p_str(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not value:
-        ctx.fail(path, f"must be a non-empty string, not {_typename(value)}")
-    if any(ord(c) < 0x20 for c in value):
-        ctx.fail(path, "must not contain control characters (newlines, tabs, ...)")
-    return value
-
-
-def p_bool(value: Any, path: KeyPath, ctx: Ctx) -> bool:
-    if not isinstance(value, bool):
-        ctx.fail(path, f"must be true or false, not {value!r}")
-    return value
-
-
-def p_int(lo: int, hi: int) -> Parser:
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            ctx.fail(path, f"must be a whole number from {lo} to {hi}, not {value!r}")
-        return value
-
-    return parse
-
-
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
-_UNITS_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "": 1}
-
-
-def p_size_mib(lo: int, hi: int) -> Parser:
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
-        m = _SIZE.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
-        mib = int(int(m.group(1)) * _UNITS_MIB[m.group(2).upper()]) if m else -1
-        if not lo <= mib <= hi:
-            ctx.fail(path, f"invalid size {value!r}",
-                     f"write a size like `256M` or `1G` (bare numbers are MiB), from {lo}M to {hi}M")
-        return mib
-
-    return parse
-
-
-_DURATION = re.compile(r"^(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
-
-
-def p_duration(value: Any, path: KeyPath, ctx: Ctx) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    m = _DURATION.match(value) if isinstance(value, str) and value else None
-    if not m or not any(m.groups()):
-        ctx.fail(path, f"invalid duration {value!r}", "write durations like `500ms`, `5s` or `1m30s`")
-    minutes, seconds, millis = m.groups()
-    return int(minutes or 0) * 60 + float(seconds or 0) + int(millis or 0) / 1000
-
-
-def p_enum(enum: type[StrEnum]) -> Parser:
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> StrEnum:
-        if value is False and "no" in enum._value2member_map_:  # YAML 1.1 reads a bare `no` as false
-            value = "no"
-        try:
-            return enum(value)
-        except ValueError:
-            ctx.fail(path, f"invalid value {value!r}", f"use one of: {', '.join(e.value for e in enum)}")
-
-    return parse
-
-
-def p_existing(kind: str, exists: Callable[[Path], bool]) -> Parser:
-    """A path relative to the environment file's folder that must exist as a `kind` (file, folder)."""
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> Path:
-        text = p_str(value, path, ctx)
-        resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
-        if not exists(resolved):
-            ctx.fail(path, f"{kind} `{text}` does not exist (looked for `{resolved}`)",
-                     "paths are relative to the environment file's folder")
-        return resolved
-
-    return parse
-
-
-p_file = p_existing("file", Path.is_file)
-p_dir = p_existing("folder", Path.is_dir)
-
-
-_URI = re.compile(r"^[a-z][a-z0-9+]*:(//[^\s]*)?$")
-
-
-def p_uri(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    text = p_str(value, path, ctx)
-    if not _URI.match(text):
-        ctx.fail(path, f"invalid libvirt URI {text!r}", "use e.g. `qemu:///system` or `qemu+ssh://host/system`")
-    return text
-
-
-def p_argv(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    """A command: a list of strings (taken as is) or a string (split like a shell would, never run by one)."""
-    if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError as e:
-            ctx.fail(path, f"cannot split command {value!r}: {e}", "use a list of strings instead")
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        argv = list(value)
-    else:
-        ctx.fail(path, f"must be a string or a list of strings, not {_typename(value)}")
-    if not argv:
-        ctx.fail(path, "must not be empty")
-    return tuple(argv)
-
-
-def p_cmdline(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        ctx.fail(path, f"must be a string or a list of strings, not {_typename(value)}")
-    try:
-        return cmdline.user_tokens(value)
-    except cmdline.CmdlineError as e:
-        ctx.fail(path, e.message, e.hint)
 
 
 _PORT = re.compile(r"^(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp))?$")
@@ -421,7 +203,7 @@ _PORT = re.compile(r"^(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):)?(?P<target>\d+)(?:
 
 def p_ports(value: Any, path: KeyPath, ctx: Ctx) -> tuple[PortSpec, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of port strings, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of port strings, not {typename(value)}")
     out = []
     for i, item in enumerate(value):
         m = _PORT.match(str(item)) if isinstance(item, str | int) and not isinstance(item, bool) else None
@@ -444,7 +226,7 @@ def p_ports(value: Any, path: KeyPath, ctx: Ctx) -> tuple[PortSpec, ...]:
 
 def p_disks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[DiskSpec, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of disks, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of disks, not {typename(value)}")
     disks = []
     for i, item in enumerate(value):
         item_path = (*path, i)
@@ -470,7 +252,7 @@ def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str],
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         pairs = [tuple(v.split("=", 1)) if "=" in v else (v, None) for v in value]
     else:
-        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {_typename(value)}")
+        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {typename(value)}")
     out = []
     for key, val in pairs:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
@@ -484,13 +266,6 @@ def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str],
     return tuple(out)
 
 
-def p_abs_path(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    text = p_str(value, path, ctx)
-    if not text.startswith("/") or "/../" in f"{text}/":
-        ctx.fail(path, f"{text!r} must be an absolute path without `..`")
-    return text
-
-
 def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else p_str(value, path, ctx)
     if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", text):
@@ -501,7 +276,7 @@ def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
 
 def p_volumes(value: Any, path: KeyPath, ctx: Ctx) -> tuple[VolumeSpec, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of `SOURCE:TARGET[:ro|rw]` strings, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of `SOURCE:TARGET[:ro|rw]` strings, not {typename(value)}")
     out = []
     for i, item in enumerate(value):
         parts = item.split(":") if isinstance(item, str) else []
@@ -517,7 +292,7 @@ def p_depends_on(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
     if isinstance(value, dict):
         value = list(value)
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of service names, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of service names, not {typename(value)}")
     return tuple(p_name(v, (*path, i), ctx) for i, v in enumerate(value))
 
 
@@ -547,220 +322,6 @@ def p_vm(value: Any, path: KeyPath, ctx: Ctx) -> Any:
 
 def p_libvirt(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
     return parse_table(LIBVIRT_SETTINGS, value, path, ctx)
-
-
-# ---------------------------------------------------------------------------------------------------
-# compose service keys
-
-
-def p_restart(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Restart, int | None]:
-    """`no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N` (at most N restarts)."""
-    text = "no" if value is False else value
-    mode, _, retries = str(text).partition(":") if isinstance(text, str) else ("", "", "")
-    if mode in Restart._value2member_map_ and (not retries or (mode == "on-failure" and retries.isdigit())):
-        return Restart(mode), int(retries) if retries else None
-    ctx.fail(path, f"invalid value {value!r}", 'use one of: "no", always, on-failure, on-failure:N, unless-stopped')
-
-
-_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-
-
-def p_container_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not _CONTAINER_NAME.match(value):
-        ctx.fail(path, f"invalid container name {value!r}", "use letters, digits, `_`, `.` and `-` (1-63)")
-    return value
-
-
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
-
-
-def p_labels(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
-    """A mapping or a list of `key=value` (compose's two forms); values are strings."""
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        value = dict(v.partition("=")[::2] for v in value)
-    if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping or a list of key=value strings, not {_typename(value)}")
-    out = []
-    for key, val in value.items():
-        if not _LABEL_KEY.match(key) or isinstance(val, dict | list):
-            ctx.fail((*path, key), f"invalid label {key!r}", "keys like `com.example.tier`, plain values")
-        text = "" if val is None else str(val).lower() if isinstance(val, bool) else str(val)
-        if any(ord(c) < 0x20 for c in text):
-            ctx.fail((*path, key), "label values must not contain control characters")
-        out.append((key, text))
-    return tuple(out)
-
-
-_TMPFS_FLAGS = frozenset({"rw", "ro", "noexec", "exec", "nosuid", "suid", "nodev", "dev"})
-_TMPFS_OPTION = re.compile(r"^(size=\d+[kmgKMG]?|mode=[0-7]{3,4}|uid=\d+|gid=\d+)$")
-
-
-def p_tmpfs(value: Any, path: KeyPath, ctx: Ctx) -> tuple[TmpfsSpec, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-        ctx.fail(path, f"must be a path or a list of paths, not {_typename(value)}")
-    out = []
-    for i, item in enumerate(items):
-        target, _, opts = item.partition(":")
-        options = tuple(o for o in opts.split(",") if o)
-        bad = [o for o in options if o not in _TMPFS_FLAGS and not _TMPFS_OPTION.match(o)]
-        if bad:
-            ctx.fail((*path, i), f"invalid tmpfs option `{bad[0]}`",
-                     "write `/path` or `/path:size=64m,mode=1777,noexec` (size, mode, uid, gid, rw/ro, "
-                     "noexec, nosuid, nodev)")
-        out.append(TmpfsSpec(p_abs_path(target, (*path, i), ctx), options))
-    return tuple(out)
-
-
-def p_caps(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    """Capability names with or without `CAP_`, any case, or `ALL`."""
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        ctx.fail(path, f"must be a list of capability names, not {_typename(value)}")
-    out = []
-    for i, name in enumerate(value):
-        cap = name.upper() if name.upper() == "ALL" or name.upper().startswith("CAP_") else f"CAP_{name.upper()}"
-        if cap != "ALL" and cap not in ALL_CAPS:
-            ctx.fail((*path, i), f"unknown capability {name!r}", _did_you_mean(cap, ALL_CAPS, "capabilities"))
-        out.append(cap)
-    return tuple(out)
-
-
-def p_security_opt(value: Any, path: KeyPath, ctx: Ctx) -> bool:
-    """Only `no-new-privileges[:true|false]`; returns whether it is on (vmctl's default: on)."""
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        ctx.fail(path, f"must be a list of strings, not {_typename(value)}")
-    on = True
-    for i, opt in enumerate(value):
-        key, _, flag = opt.replace("=", ":", 1).partition(":")
-        if key != "no-new-privileges" or flag not in ("", "true", "false"):
-            ctx.fail((*path, i), f"`security_opt: {opt}` is not supported: seccomp, AppArmor and SELinux "
-                     "profiles are not implemented", "only `no-new-privileges[:true|false]` is honoured")
-        on = flag != "false"
-    return on
-
-
-_SIGNALS = {f"SIG{n}" for n in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "WINCH", "PWR")}
-
-
-def p_signal(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    name = str(value).upper()
-    name = name if name.startswith("SIG") else f"SIG{name}"
-    if name not in _SIGNALS:
-        ctx.fail(path, f"invalid signal {value!r}", f"use one of: {', '.join(sorted(_SIGNALS))}")
-    return name
-
-
-ULIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
-           "rss", "rtprio", "rttime", "sigpending", "stack")
-
-
-def p_ulimits(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Ulimit, ...]:
-    """`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}`."""
-    if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping of limit names, not {_typename(value)}")
-    out = []
-    number = p_int(-1, 2**62)
-    for name, limit in value.items():
-        if name not in ULIMITS:
-            ctx.fail((*path, name), f"unknown ulimit `{name}`", _did_you_mean(name, ULIMITS, "ulimits"))
-        if isinstance(limit, dict):
-            raw = parse_table(ULIMIT_SETTINGS, limit, (*path, name), ctx)
-            soft, hard = raw["soft"], raw["hard"]
-        else:
-            soft = hard = number(limit, (*path, name), ctx)
-        if soft > hard and hard >= 0:
-            ctx.fail((*path, name), f"soft limit {soft} is above the hard limit {hard}", "lower `soft`")
-        out.append(Ulimit(name, soft, hard))
-    return tuple(out)
-
-
-# The sysctls a container's own namespaces isolate (docker's rule): nothing that would change the host or guest.
-_NAMESPACED_SYSCTL = re.compile(r"^(net\.[a-z0-9_.-]+|kernel\.(shm[a-z_]+|msg[a-z_]+|sem)|fs\.mqueue\.[a-z_]+)$")
-
-
-def p_sysctls(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
-    pairs = p_labels(value, path, ctx)
-    for key, val in pairs:
-        if not _NAMESPACED_SYSCTL.match(key):
-            ctx.fail((*path, key), f"sysctl `{key}` is not namespaced: it would change the whole kernel, not the "
-                     "container's", "only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* are allowed")
-        if not re.match(r"^[A-Za-z0-9 ._-]*$", val):
-            ctx.fail((*path, key), f"invalid sysctl value {val!r}", "write a number or a word")
-    return pairs
-
-
-_BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?$", re.IGNORECASE)
-_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def p_bytes_mib(value: Any, path: KeyPath, ctx: Ctx) -> int:
-    """compose sizes: a number of bytes, or `512m`, `1g`, `1024k`, `100b`; in MiB (at least 4)."""
-    m = _BYTES.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
-    mib = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) >> 20 if m else 0
-    if not 4 <= mib <= 1024 * 1024:
-        ctx.fail(path, f"invalid memory size {value!r}", "write e.g. `512m` or `1g` (a bare number is bytes), "
-                 "at least 4m")
-    return mib
-
-
-def p_cpus(value: Any, path: KeyPath, ctx: Ctx) -> float:
-    try:
-        cpus = float(value) if not isinstance(value, bool) else -1.0
-    except (TypeError, ValueError):
-        cpus = -1.0
-    if not 0.01 <= cpus <= 64:
-        ctx.fail(path, f"invalid cpus {value!r}", "write a number of CPUs like `0.5` or `2` (0.01 to 64)")
-    return cpus
-
-
-def p_pids_limit(value: Any, path: KeyPath, ctx: Ctx) -> int | None:
-    limit = p_int(-1, 4_194_304)(value, path, ctx)
-    if limit == 0:
-        ctx.fail(path, "a pids limit of 0 would not even start the container", "use -1 for no limit")
-    return None if limit == -1 else limit
-
-
-def p_resources(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
-    return parse_table(RESOURCES_SETTINGS, value, path, ctx)
-
-
-def p_limits(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
-    return parse_table(LIMIT_SETTINGS, value, path, ctx)
-
-
-def p_deploy(value: Any, path: KeyPath, ctx: Ctx) -> Limits:
-    """Only `deploy.resources` (limits, reservations) is honoured: the rest is Swarm's or not built yet."""
-    resources = parse_table(DEPLOY_SETTINGS, value, path, ctx)["resources"] or {}
-    limits, reservations = resources.get("limits") or {}, resources.get("reservations") or {}
-    for key in ("cpus", "pids"):
-        if reservations.get(key) is not None:  # only a scheduler placing services on hosts could keep them
-            ctx.warn((*path, "resources", "reservations", key),
-                     f"`{key}` is ignored in `reservations`: there is no scheduler to reserve it on one host")
-    return Limits(memory_mib=limits.get("memory"), memory_reservation_mib=reservations.get("memory"),
-                  cpus=limits.get("cpus"), pids=limits.get("pids"))
-
-
-_PROFILE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-
-
-def p_profiles(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and _PROFILE.match(v) for v in value):
-        ctx.fail(path, f"must be a list of profile names, not {value!r}", "names use letters, digits, `_`, `.`, `-`")
-    return tuple(value)
-
-
-def p_platform(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if value not in ("linux/amd64", "linux/x86_64", "linux/amd64/v1", "linux/amd64/v2", "linux/amd64/v3"):
-        ctx.fail(path, f"platform {value!r} is not supported: guests and host containers run x86_64 Linux only",
-                 "use an image built for linux/amd64 (and drop `platform`)")
-    return "linux/amd64"
-
-
-def p_pull_policy(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if value not in ("missing", "never", "if_not_present"):
-        ctx.fail(path, f"`pull_policy: {value}` is not supported: images are local archives, never pulled or built",
-                 "use `missing` or `never` (both mean: use the local archive), or drop `pull_policy`")
-    return str(value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -857,31 +418,6 @@ SERVICE_SETTINGS = (
     *unsupported(compose_keys.SERVICE),
 )
 
-ULIMIT_SETTINGS = (
-    Setting("soft", p_int(-1, 2**62), REQUIRED, "int", "the soft limit (-1: unlimited)"),
-    Setting("hard", p_int(-1, 2**62), REQUIRED, "int", "the hard limit (-1: unlimited)"),
-)
-
-LIMIT_SETTINGS = (
-    Setting("memory", p_bytes_mib, None, "size", "as `mem_limit` (in `reservations`: as `mem_reservation`)"),
-    Setting("cpus", p_cpus, None, "number", "as `cpus` (in `reservations`: ignored with a warning)"),
-    Setting("pids", p_pids_limit, None, "int", "as `pids_limit` (in `reservations`: ignored with a warning)"),
-    Setting("devices", lambda v, p, c: None, None, "list", "device reservations (GPUs) are not implemented",
-            support=Support.REFUSED, hint="remove it"),
-    Setting("generic_resources", lambda v, p, c: None, None, "list", "Swarm-only", support=Support.REFUSED,
-            hint="remove it"),
-)
-
-RESOURCES_SETTINGS = (
-    Setting("limits", p_limits, None, "mapping", "cpus, memory, pids"),
-    Setting("reservations", p_limits, None, "mapping", "memory"),
-)
-
-DEPLOY_SETTINGS = (
-    Setting("resources", p_resources, None, "mapping", "`limits` and `reservations`"),
-    *unsupported(compose_keys.DEPLOY),
-)
-
 LIBVIRT_SETTINGS = (
     Setting("uri", p_uri, None, "uri", "libvirt connection (default: an embedded driver, no daemon)"),
 )
@@ -899,7 +435,7 @@ def _named_mapping(value: Any, path: KeyPath, ctx: Ctx, what: str) -> dict[str, 
     if value is None:
         return {}
     if not isinstance(value, dict):
-        ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {_typename(value)}")
+        ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {typename(value)}")
     for name in value:
         p_name(name, (*path, name), ctx)
     return value
@@ -1047,20 +583,15 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
                      "machines and services share one namespace (so `exec NAME` is unambiguous): rename one")
         if s.machine and s.machine != s.name and s.machine not in declared:
             ctx.fail(("services", s.name, "machine"), f"unknown machine `{s.machine}`",
-                     _did_you_mean(s.machine, declared, "machines"))
+                     did_you_mean(s.machine, declared, "machines"))
         for i, dep in enumerate(s.depends_on):
             if env.service(dep) is None:
                 ctx.fail(("services", s.name, "depends_on", i), f"unknown service `{dep}`",
-                         _did_you_mean(dep, [x.name for x in env.services], "services"))
+                         did_you_mean(dep, [x.name for x in env.services], "services"))
     cycle = _find_cycle({s.name: s.depends_on for s in env.services})
     if cycle:
         ctx.fail(("services", cycle[0], "depends_on"), f"`depends_on` cycle: {' -> '.join(cycle)}",
                  "remove one of these dependencies")
-
-
-def _did_you_mean(word: str, choices: Any, what: str) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean `{close[0]}`?" if close else f"declared {what}: {', '.join(sorted(choices)) or 'none'}"
 
 
 def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from vmctl import host_supervisor
 from vmctl import ports as host_ports
+from vmctl.compose_values import Restart
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
 from vmctl.guest_container import STOP_GRACE_SECONDS as GUEST_STOP_GRACE
@@ -30,7 +31,7 @@ from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, v
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
-from vmctl.spec import Environment, Isolation, Restart, ServiceSpec, topological_services
+from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
 from vmctl.ssh import Guest
 from vmctl.state import EnvDir, EnvState
 

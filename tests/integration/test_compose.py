@@ -20,7 +20,7 @@ import pytest
 
 from examples.build_images import build_tiny_image
 from tests.conftest import ROOT, run_vmctl
-from vmctl.spec import GUEST_OVERHEAD_MIB
+from vmctl.compose_values import GUEST_OVERHEAD_MIB
 
 EXAMPLES = ROOT / "tests" / "compose"
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox", "tini-static")

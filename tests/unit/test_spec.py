@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from vmctl import spec
+from vmctl.compose_values import GUEST_OVERHEAD_MIB, Limits, Restart, TmpfsSpec, Ulimit
 from vmctl.errors import SpecError, UsageError
-from vmctl.spec import Accel, Isolation, PortSpec, Restart
+from vmctl.settings import NAME_RE, Setting, Support
+from vmctl.spec import Accel, Isolation, PortSpec
 
 
 def load(tmp_path: Path, text: str, **kw: Any) -> spec.Environment:
@@ -250,7 +252,7 @@ def test_service_setting_errors(tmp_path: Path, key: str, value: Any, message: s
 
 def test_every_service_setting_is_covered() -> None:
     covered = {k for k, *_ in SERVICE_GOOD} | {k for k, *_ in SERVICE_BAD}
-    assert {s.key for s in spec.SERVICE_SETTINGS if s.support is spec.Support.HONOURED} <= covered
+    assert {s.key for s in spec.SERVICE_SETTINGS if s.support is Support.HONOURED} <= covered
 
 
 COMPOSE_GOOD = [
@@ -261,8 +263,8 @@ COMPOSE_GOOD = [
     ("user", "app:staff", "user", "app:staff"),
     ("container_name", "My_web.1", "container_name", "My_web.1"),
     ("labels", ["com.example.tier=web", "empty="], "labels", (("com.example.tier", "web"), ("empty", ""))),
-    ("tmpfs", "/run", "tmpfs", (spec.TmpfsSpec("/run"),)),
-    ("tmpfs", ["/cache:size=64m,mode=1777,noexec"], "tmpfs", (spec.TmpfsSpec("/cache", ("size=64m", "mode=1777",
+    ("tmpfs", "/run", "tmpfs", (TmpfsSpec("/run"),)),
+    ("tmpfs", ["/cache:size=64m,mode=1777,noexec"], "tmpfs", (TmpfsSpec("/cache", ("size=64m", "mode=1777",
                                                                                           "noexec")),)),
     ("cap_add", ["net_admin", "CAP_SYS_TIME"], "cap_add", ("CAP_NET_ADMIN", "CAP_SYS_TIME")),
     ("cap_drop", ["ALL"], "cap_drop", ("ALL",)),
@@ -272,15 +274,15 @@ COMPOSE_GOOD = [
     ("stop_signal", "INT", "stop_signal", "SIGINT"),
     ("stop_grace_period", "1m30s", "stop_grace_period", 90.0),
     ("ulimits", {"nofile": {"soft": 100, "hard": 200}, "nproc": 64}, "ulimits",
-     (spec.Ulimit("nofile", 100, 200), spec.Ulimit("nproc", 64, 64))),
+     (Ulimit("nofile", 100, 200), Ulimit("nproc", 64, 64))),
     ("sysctls", {"net.core.somaxconn": 1024}, "sysctls", (("net.core.somaxconn", "1024"),)),
-    ("mem_limit", "512m", "limits", spec.Limits(memory_mib=512)),
-    ("mem_limit", 268435456, "limits", spec.Limits(memory_mib=256)),
-    ("cpus", "0.5", "limits", spec.Limits(cpus=0.5)),
-    ("pids_limit", 100, "limits", spec.Limits(pids=100)),
+    ("mem_limit", "512m", "limits", Limits(memory_mib=512)),
+    ("mem_limit", 268435456, "limits", Limits(memory_mib=256)),
+    ("cpus", "0.5", "limits", Limits(cpus=0.5)),
+    ("pids_limit", 100, "limits", Limits(pids=100)),
     ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
                               "reservations": {"memory": "256m"}}},
-     "limits", spec.Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
+     "limits", Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
 ]
 
 
@@ -289,19 +291,19 @@ def test_compose_setting_parses(tmp_path: Path, key: str, value: Any, attr: str,
     assert getattr(service_with(tmp_path, key, value), attr) == want
 
 
-REFUSED = [s for s in spec.SERVICE_SETTINGS if s.support is spec.Support.REFUSED]
-IGNORED = [s for s in spec.SERVICE_SETTINGS if s.support is spec.Support.IGNORED]
+REFUSED = [s for s in spec.SERVICE_SETTINGS if s.support is Support.REFUSED]
+IGNORED = [s for s in spec.SERVICE_SETTINGS if s.support is Support.IGNORED]
 
 
 @pytest.mark.parametrize("setting", REFUSED, ids=[s.key for s in REFUSED])
-def test_refused_compose_keys_name_the_key_reason_and_hint(tmp_path: Path, setting: spec.Setting) -> None:
+def test_refused_compose_keys_name_the_key_reason_and_hint(tmp_path: Path, setting: Setting) -> None:
     err = fails(tmp_path, f"services:\n  s1:\n    image: x.tar\n    {setting.key}: v\n")
     assert f"`{setting.key}` is not supported: {setting.help}" in err.message and err.hint == setting.hint
     assert err.where is not None and err.where.key == f"services.s1.{setting.key}" and err.where.line == 4
 
 
 @pytest.mark.parametrize("setting", IGNORED, ids=[s.key for s in IGNORED])
-def test_ignored_compose_keys_warn_naming_the_key(tmp_path: Path, setting: spec.Setting) -> None:
+def test_ignored_compose_keys_warn_naming_the_key(tmp_path: Path, setting: Setting) -> None:
     env = load(tmp_path, yaml.safe_dump({"services": {"s1": {"image": "x.tar", setting.key: True}}}))
     assert any(f"`services.s1.{setting.key}`" in w and "is ignored" in w for w in env.warnings)
 
@@ -330,7 +332,7 @@ def test_memory_limit_sizes_the_dedicated_microvm(tmp_path: Path) -> None:
     env = load(tmp_path, "services:\n  a: {image: x.tar, mem_limit: 64m, cpus: 1.5}\n"
                          "  b: {image: x.tar, mem_limit: 64m, vm: {memory: 1G}}\n  c: {image: x.tar}\n")
     sizes = {m.name: (m.memory_mib, m.vcpus) for m in env.machines}
-    assert sizes == {"a": (64 + spec.GUEST_OVERHEAD_MIB, 2), "b": (1024, 1), "c": (256, 1)}
+    assert sizes == {"a": (64 + GUEST_OVERHEAD_MIB, 2), "b": (1024, 1), "c": (256, 1)}
 
 
 def test_healthcheck_forms_and_durations(tmp_path: Path) -> None:
@@ -398,7 +400,7 @@ def test_folder_name_is_always_a_valid_name(tmp_path: Path) -> None:
     for folder in ("My Project!", "ünï", "---", "a" * 80):
         file = tmp_path / folder / "vmctl.yaml"
         file.parent.mkdir()
-        assert spec.NAME_RE.match(spec.folder_name(file))
+        assert NAME_RE.match(spec.folder_name(file))
 
 
 def test_duplicate_keys_name_both_lines(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vmctl import lifecycle, render
+from vmctl.compose_values import Restart
 from vmctl.container_image import ImageConfig, PreparedImage
 from vmctl.errors import UsageError
 from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_status, volume_tag
@@ -22,7 +23,7 @@ from vmctl.host_container import PortForward
 from vmctl.host_supervisor import Plan
 from vmctl.oci_spec import BindMount, ContainerRequest, make_config
 from vmctl.progress import Progress, quiet_renderer
-from vmctl.spec import Restart, load_environment
+from vmctl.spec import load_environment
 from vmctl.ssh import Guest
 from vmctl.state import EnvState, ForwardState, MachineState
 from vmctl.workloads import (
