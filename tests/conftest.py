@@ -134,21 +134,39 @@ def runc_containers(runtime: Path) -> set[str]:
     return {p.name for p in root.iterdir()} if root.is_dir() else set()
 
 
+def network_devices() -> set[str]:
+    """vmctl's taps and veth ends in the host's namespace (`vt...`, `vc...`: vmctl/network/host.py)."""
+    return {p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(("vt", "vc"))}
+
+
+def namespaces_under(*roots: Path) -> set[str]:
+    """Network namespaces bound to files under `roots` (each environment's: RUNTIME/net/ID/netns)."""
+    prefixes = tuple(str(r).rstrip("/") + "/" for r in roots)
+    found = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "nsfs" and fields[4].startswith(prefixes):
+            found.add(fields[4])
+    return found
+
+
 def vmctl_temp_files() -> set[str]:
     return {p.name for p in Path("/tmp").iterdir() if p.name.startswith(("vmctl-", ".vmctl"))}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container), a
-    port those or pytest listen on, a runc container, or a vmctl temp file; and kill such processes."""
+    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container, a
+    resolver), a port those or pytest listen on, a runc container, a vmctl temp file, a tap or veth, or
+    an environment's network namespace; and kill such processes."""
     runtime = Path(os.environ.get("VMCTL_RUNTIME_DIR", "/nonexistent"))
 
     def snapshot() -> dict[str, set[str]]:
         pids = set(processes_of(tmp_path_factory.getbasetemp(), *RUNTIMES))
         return {"processes": {str(p) for p in pids},
                 "listening ports": {str(p) for p in listening_ports_of(pids | {os.getpid()})},
-                "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files()}
+                "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files(),
+                "network devices": network_devices(), "network namespaces": namespaces_under(*RUNTIMES)}
 
     before = snapshot()
     yield

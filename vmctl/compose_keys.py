@@ -3,8 +3,8 @@
 Plain data, no parsing: `spec` turns each row into a `Setting` of its table (marked `ignored` or `refused`),
 so the parser, the errors and the README reference all come from the one settings table. A key is
 `ignored` only where leaving it out cannot change what the program does; everything else is `refused`.
-The keys of the environment network (`networks`, `hostname`, `dns`, `extra_hosts`, ...) are not listed here:
-they belong to the network's own work.
+The keys of the environment network (`networks`, `hostname`, `expose`, `extra_hosts`, ...) are rows of
+`spec`'s tables, next to the parsers that honour them.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
 from vmctl.errors import GuestError, HostError, UsageError
-from vmctl.oci_spec import ContainerRequest, etc_files, make_config
+from vmctl.oci_spec import ContainerRequest, make_config, request_etc_files
 from vmctl.paths import TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
 from vmctl.ssh import Guest
@@ -90,7 +90,7 @@ def service_dir(name: str) -> str:
 def bundle_tar(req: ContainerRequest) -> bytes:
     """config.json plus etc/{hostname,hosts,resolv.conf}, as the tar `supervise.sh prepare` unpacks."""
     files = {"config.json": (json.dumps(make_config(req), indent=1) + "\n").encode()}
-    files |= {f"etc/{k}": v.encode() for k, v in etc_files(req.hostname, address=None).items()}
+    files |= {f"etc/{k}": v.encode() for k, v in request_etc_files(req).items()}
     if req.init_path is not None:  # `init: true`: the host's static tini travels with the bundle
         files[INIT_FILE] = host_init().read_bytes()
     buf = io.BytesIO()

@@ -9,7 +9,8 @@ most N times for `on-failure:N`, one second apart); a restart removes the old co
 slirp4netns and starts a fresh one from the same request, the log appended to the same file.
 
 Files, next to the service's folder (`services/NAME`, which each restart recreates):
-    NAME.plan.json    what to start: the OCI request, the ports, the policy (written by `up`)
+    NAME.plan         what to start: the OCI request, the ports, the policy, the network join (a pickle
+                      of vmctl's own dataclasses, written by `up`, mode 0600)
     NAME.status.json  state (starting|running|restarting|exited|failed), exit_code, restarts, pid, start
     NAME.log          the container's output across restarts; NAME.supervisor.log, the supervisor's own
 
@@ -19,9 +20,9 @@ Files, next to the service's folder (`services/NAME`, which each restart recreat
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import json
 import os
+import pickle
 import signal
 import sys
 import time
@@ -34,11 +35,25 @@ from typing import Any
 from vmctl.compose_values import Restart
 from vmctl.errors import HostError, VmctlError
 from vmctl.host_container import HostRuntime, PortForward, _alive, _end_process, _spawn, _start_time
-from vmctl.oci_spec import BindMount, ContainerRequest
+from vmctl.network.host import EnvNetwork
+from vmctl.network.plan import Member, NetworkPlan
+from vmctl.oci_spec import ContainerRequest
 
 PR_SET_CHILD_SUBREAPER = 36
 RESTART_DELAY = 1.0
 START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class NetworkJoin:
+    """Joins a created container to the environment network (`HostRuntime.start(on_created=...)`)."""
+
+    host: EnvNetwork
+    member: Member
+    plan: NetworkPlan
+
+    def __call__(self, pid: int) -> None:
+        self.host.join_container(pid, self.member, self.plan)
 
 
 @dataclass(frozen=True)
@@ -49,29 +64,23 @@ class Plan:
     restart: Restart
     retries: int | None
     runc_root: Path
+    join: NetworkJoin | None = None
 
-    def to_json(self) -> str:
-        return json.dumps({"request": dataclasses.asdict(self.request), "cdir": str(self.cdir),
-                           "ports": [dataclasses.asdict(p) for p in self.ports], "restart": self.restart.value,
-                           "retries": self.retries, "runc_root": str(self.runc_root)}, indent=1)
+    def dump(self) -> bytes:
+        # pickle: vmctl's own frozen dataclasses, written and read only by vmctl, in its private state folder
+        return pickle.dumps(self)
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        data = json.loads(text)
-        raw = data["request"]
-        fields = {k: _tuples(v) for k, v in raw.items() if k != "mounts"}
-        request = ContainerRequest(**fields, mounts=tuple(BindMount(**m) for m in raw["mounts"]))
-        return cls(request, Path(data["cdir"]), tuple(PortForward(**p) for p in data["ports"]),
-                   Restart(data["restart"]), data["retries"], Path(data["runc_root"]))
-
-
-def _tuples(value: Any) -> Any:
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+    def load(cls, data: bytes) -> Plan:
+        plan = pickle.loads(data)  # noqa: S301 - see `dump`
+        if not isinstance(plan, cls):
+            raise HostError("the supervisor's plan file is not a plan")
+        return plan
 
 
 def files(cdir: Path) -> dict[str, Path]:
     name = cdir.name
-    return {k: cdir.with_name(f"{name}.{k}") for k in ("plan.json", "status.json", "log", "supervisor.log")}
+    return {k: cdir.with_name(f"{name}.{k}") for k in ("plan", "status.json", "log", "supervisor.log")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,8 +92,9 @@ def launch(plan: Plan, timeout: float = START_TIMEOUT) -> None:
     paths = files(plan.cdir)
     plan.cdir.parent.mkdir(parents=True, exist_ok=True)
     paths["status.json"].unlink(missing_ok=True)
-    paths["plan.json"].write_text(plan.to_json())
-    _spawn([sys.executable, "-m", "vmctl.host_supervisor", str(paths["plan.json"])], out=paths["supervisor.log"],
+    paths["plan"].write_bytes(plan.dump())
+    paths["plan"].chmod(0o600)
+    _spawn([sys.executable, "-m", "vmctl.host_supervisor", str(paths["plan"])], out=paths["supervisor.log"],
            keep={})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,7 +121,7 @@ def end(cdir: Path) -> None:
     status = read_status(cdir)
     if status.get("pid"):
         _end_process(status["pid"], status.get("start"))
-    for key in ("plan.json", "status.json", "supervisor.log"):
+    for key in ("plan", "status.json", "supervisor.log"):
         files(cdir)[key].unlink(missing_ok=True)
 
 
@@ -139,7 +149,7 @@ def supervise(plan: Plan) -> int:
     try:
         while True:
             try:
-                container = host.start(plan.request, plan.cdir, ports=plan.ports, log=log)
+                container = host.start(plan.request, plan.cdir, ports=plan.ports, log=log, on_created=plan.join)
             except VmctlError as e:
                 _write_status(plan.cdir, state="failed", error=e.message, restarts=restarts, **me)
                 return 1
@@ -182,7 +192,7 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    return supervise(Plan.from_json(Path(argv[1]).read_text()))
+    return supervise(Plan.load(Path(argv[1]).read_bytes()))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`services.NAME:`", spec.SERVICE_SETTINGS),
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
+    ("`networks.NAME:`", spec.NETWORK_SETTINGS),
+    ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
     ("`services.NAME.deploy:`", compose_values.DEPLOY_SETTINGS),
     ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
     ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),

@@ -29,6 +29,8 @@ from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
 from vmctl.guest_container import STOP_GRACE_SECONDS as GUEST_STOP_GRACE
 from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, volume_tag
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
+from vmctl.network import plan as netplan
+from vmctl.network.host import EnvNetwork
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
@@ -96,11 +98,13 @@ class HostServiceRuntime:
     isolation = "container"
     share_network = False
 
-    def __init__(self, environment: str, services_dir: Path, names: Mapping[str, str] | None = None) -> None:
+    def __init__(self, environment: str, services_dir: Path, names: Mapping[str, str] | None = None,
+                 network: tuple[EnvNetwork, netplan.NetworkPlan] | None = None) -> None:
         """`names`: service -> its `container_name`, where the file sets one."""
         self.environment = environment
         self.services_dir = services_dir
         self.names_ = dict(names or {})
+        self.network = network  # where the containers join the environment network
         self.host = HostRuntime()
 
     def container_name(self, service: str) -> str:
@@ -130,11 +134,20 @@ class HostServiceRuntime:
         cdir = self.cdir(svc.name)
         log = host_supervisor.files(cdir)["log"]
         log.unlink(missing_ok=True)
+        join = self._joiner(svc.name)
         if svc.restart is Restart.NO:
-            self.host.start(req, cdir, ports=forwards, log=log)
+            self.host.start(req, cdir, ports=forwards, log=log, on_created=join)
             return
         host_supervisor.launch(host_supervisor.Plan(req, cdir, forwards, svc.restart, svc.restart_retries,
-                                                    self.host.runc_root))
+                                                    self.host.runc_root, join))
+
+    def _joiner(self, name: str) -> host_supervisor.NetworkJoin | None:
+        """Adds the container's NICs on the environment network between `runc create` and `start`
+        (picklable: the host supervisor does it again at each restart)."""
+        if self.network is None or (member := self.network[1].member(name)) is None:
+            return None
+        host, plan = self.network
+        return host_supervisor.NetworkJoin(host, member, plan)
 
     def live(self, name: str) -> Live:
         status = host_supervisor.read_status(self.cdir(name))
@@ -175,16 +188,20 @@ class HostServiceRuntime:
 # one request for both sides
 
 
-def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) -> ContainerRequest:
-    """The service as an OCI request: compose's command/entrypoint/env merging over the image config."""
+def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
+                      plan: netplan.NetworkPlan | None = None) -> ContainerRequest:
+    """The service as an OCI request: compose's command/entrypoint/env merging over the image config,
+    and its place on the environment network (nameservers, its own address) when there is one."""
     cfg = image.config
+    member = plan.member(svc.name if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name) \
+        if plan else None
     return ContainerRequest(
         name=runtime.container_name(svc.name),
         args=merge_command(svc.entrypoint, svc.command, cfg),
         env=merge_env(cfg.env, [f"{k}={v}" for k, v in svc.environment]),
         cwd=svc.working_dir or cfg.working_dir or "/",
         user=numeric_user(svc.user or cfg.user, image.rootfs, svc.name),
-        hostname=svc.name,
+        hostname=svc.hostname or svc.name,
         rootfs=runtime.rootfs(svc.name, image),
         readonly_rootfs=svc.read_only,
         mounts=_mounts(svc, runtime),
@@ -192,6 +209,9 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) 
         share_host_network=runtime.share_network,
         cgroups_path=f"/vmctl/{runtime.container_name(svc.name)}",
         etc_dir=runtime.etc_dir(svc.name),
+        extra_hosts=svc.extra_hosts,
+        dns=plan.nameservers(member) if plan and member else (netplan.USER_NET_DNS,),
+        address=member.nics[0].address if member and member.nics else None,
         cap_add=svc.cap_add,
         cap_drop=svc.cap_drop,
         no_new_privileges=svc.no_new_privileges,
@@ -289,6 +309,7 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
 
     def __init__(self, env: Environment, envdir: EnvDir, state: EnvState) -> None:
         self.env, self.envdir, self.state = env, envdir, state
+        self.plan = netplan.plan(env, state.network) if state.network else None
         self._open: dict[str, Runtime] = {}
         self._guests: list[Guest] = []
 
@@ -299,7 +320,8 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
         return self._open[key]
 
     def host(self) -> HostServiceRuntime:
-        return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env))
+        network = (EnvNetwork(str(self.envdir.path)), self.plan) if self.plan else None
+        return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env), network)
 
     def _guest_runtime(self, machine: str, connect_timeout: float = 20.0) -> GuestRuntime:
         ms = self.state.machines.get(machine)
@@ -337,18 +359,18 @@ def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Ma
                 progress.done(svc.name, "already running")
                 continue
             rollback.callback(_forget, envdir, state, svc.name)
-            _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback)
+            _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback, runtimes.plan)
             if wait:
                 wait_ready(svc, rt, progress, deadline)
         rollback.pop_all()
 
 
 def _start_one(svc: ServiceSpec, image: PreparedImage, rt: Runtime, state: EnvState, envdir: EnvDir,
-               progress: Progress, rollback: contextlib.ExitStack) -> None:
+               progress: Progress, rollback: contextlib.ExitStack, plan: netplan.NetworkPlan | None = None) -> None:
     where = f"in `{svc.machine}`" if rt.isolation == "microvm" else "on the host (runc)"
     progress.working(svc.name, f"starting {where}")
     published = published_ports(svc, state)
-    req = container_request(svc, image, rt)
+    req = container_request(svc, image, rt, plan)
     state.services[svc.name] = {
         "name": svc.name, "isolation": svc.isolation.value, "machine": svc.machine, "image": svc.image,
         "digest": image.digest, "container": req.name, "ports": [asdict(p) for p in published],

@@ -222,4 +222,4 @@ def test_host_supervisor_plan_round_trips(tmp_path: Path) -> None:
                            rootfs="/r", mounts=(BindMount("/a", "/b", False),), tmpfs=(("/t", ("size=1m",)),),
                            rlimits=(("nofile", 1, 2),), annotations=(("k", "v"),), cpus=0.5)
     plan = Plan(req, tmp_path / "svc", (PortForward(8080, 80),), Restart.ON_FAILURE, 3, tmp_path / "runc")
-    assert Plan.from_json(plan.to_json()) == plan
+    assert Plan.load(plan.dump()) == plan

@@ -15,6 +15,8 @@ import jinja2
 
 from vmctl.compare.footprint import AFTER_PEAK_S
 from vmctl.compare.results import Report, Row
+from vmctl.errors import HostError, UsageError
+from vmctl.outputs import Requirement, writable_dir, write_atomic
 from vmctl.paths import TEMPLATES_DIR
 
 SHARED, ISOLATED, UNKNOWN = "SHARED", "isolated", "?"
@@ -246,11 +248,36 @@ def html(report: Report) -> str:
     )
 
 
-def write_all(report: Report, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"index.html": html(report), "compare.json": to_json(report) + "\n", "compare.csv": to_csv(report)}
-    paths = {}
-    for name, text in files.items():
-        (out / name).write_text(text)
-        paths[name] = out / name
-    return paths
+HTML_NEEDS = Requirement("matplotlib", "report", "`--out` (index.html and its plots)",
+                         instead="or leave `--out` away: `--json > FILE` needs nothing more")
+
+
+class ReportDir:
+    """`compare --out DIR`: compare.json and compare.csv, rewritten whole after every measurement, and
+    index.html (plots: matplotlib) last, so a failure there, or an interrupted run, keeps the data."""
+
+    DATA = ("compare.json", "compare.csv")
+    PAGE = "index.html"
+
+    def __init__(self, out: Path) -> None:
+        HTML_NEEDS.check()  # before anything is measured
+        self.out = writable_dir(out, "--out")
+        for name in (*self.DATA, self.PAGE):
+            if (out / name).is_dir():
+                raise UsageError(f"`--out`: {out / name} is a folder")
+
+    def save_data(self, report: Report) -> list[Path]:
+        texts = {"compare.json": to_json(report) + "\n", "compare.csv": to_csv(report)}
+        for name, text in texts.items():
+            write_atomic(self.out / name, text)
+        return [self.out / name for name in self.DATA]
+
+    def save_page(self, report: Report) -> Path:
+        path = self.out / self.PAGE
+        try:
+            write_atomic(path, html(report))
+        except Exception as e:  # optional output: whatever breaks in it, the data files stay and say so
+            raise HostError(f"writing {path} failed: {type(e).__name__}: {e}",
+                            hint=f"the measurements are in {', '.join(str(self.out / n) for n in self.DATA)}"
+                            ) from e
+        return path

@@ -79,6 +79,7 @@ class Report:
     isolation: list[Verdict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # "sandbox/measurement" -> why
+    complete: bool = True  # False in what a run writes while it still measures (`compare --out`)
 
     @property
     def emulated(self) -> bool:
@@ -110,6 +111,7 @@ class Report:
             "isolation": [v.to_json() for v in self.isolation],
             "warnings": self.warnings,
             "skipped": self.skipped,
+            "complete": self.complete,
         }
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vmctl import doctor
@@ -85,7 +86,13 @@ def select(env: Environment, wanted: Sequence[str]) -> tuple[list[Sandbox], dict
     return chosen, skipped
 
 
-def compare(env: Environment, options: Options, progress: Progress) -> Report:
+Save = Callable[[], None]
+
+
+def compare(env: Environment, options: Options, progress: Progress,
+            on_update: Callable[[Report], object] | None = None) -> Report:
+    """Measure every sandbox; `on_update` gets the report so far (`complete=False`, ratios as far as the
+    baseline ran) after each measurement, so a caller can put it on disk as the run goes."""
     svc = pick_service(env, options.service)
     sandboxes, skipped = select(env, options.sandboxes)
     workload = workload_for(env, svc, progress)
@@ -95,13 +102,18 @@ def compare(env: Environment, options: Options, progress: Progress) -> Report:
                                "command": list(workload.args), "guest_ram_mib": workload.memory_mib,
                                "vcpus": workload.vcpus, "container_memory_limit_mib": workload.memory_limit_mib,
                                "container_pids_limit": workload.pids_limit}
+
+    def save() -> None:
+        if on_update is not None:
+            on_update(dataclasses.replace(report, results=with_ratios(report.results, BASELINE), complete=False))
+
     for sb in sandboxes:
         try:
             sb.prepare(workload)
             if isinstance(sb, MicroVM):
                 report.accel, report.accel_reason = sb.accel, sb.accel_reason
             report.versions.update(sb.versions())
-            _measure_one(sb, workload, options, report, progress)
+            _measure_one(sb, workload, options, report, progress, save)
         finally:
             sb.close()
     report.results = with_ratios(report.results, BASELINE)
@@ -110,9 +122,11 @@ def compare(env: Environment, options: Options, progress: Progress) -> Report:
     return report
 
 
-def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Report, progress: Progress) -> None:
+def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Report, progress: Progress,
+                 save: Save) -> None:
     if "start" in options.only:
         report.results += start_time.measure(sb, workload, options.runs, progress)
+        save()
     if not {"footprint", "isolation", "perf"} & set(options.only) and not options.density:
         return
     progress.working(sb.name, "starting the long-lived instance")
@@ -120,14 +134,18 @@ def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Repo
     try:
         if "footprint" in options.only:
             report.results += measure_footprint(sb, inst, workload, progress)
+            save()
         if "perf" in options.only:
             report.results += measure_perf(sb, inst, options, report, progress)
+            save()
         if "isolation" in options.only:
             report.isolation += measure_isolation(sb, inst, workload, progress)
+            save()
     finally:
         inst.stop()
     if options.density:
         report.results += measure_density(sb, workload, options.density, progress)
+        save()
 
 
 def measure_footprint(sb: Sandbox, inst: Instance, workload: Workload, progress: Progress) -> list[Row]:
