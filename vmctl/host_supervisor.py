@@ -192,8 +192,17 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    return supervise(Plan.load(Path(argv[1]).read_bytes()))
+    plan_file = Path(argv[1])
+    try:
+        plan = Plan.load(plan_file.read_bytes())
+    except (OSError, pickle.UnpicklingError, VmctlError) as e:  # say so at once: `launch` is waiting
+        _write_status(plan_file.with_suffix(""), state="failed", error=f"cannot read {plan_file}: {e}")
+        return 1
+    return supervise(plan)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    # Run the module's own copy, not `__main__`'s: the plan was pickled as `vmctl.host_supervisor.Plan`.
+    from vmctl.host_supervisor import main as module_main
+
+    sys.exit(module_main(sys.argv))
