@@ -248,6 +248,13 @@ def _network_up(project: Project, state: EnvState) -> netplan.NetworkPlan:
     return plan
 
 
+def machine_network(project: Project, name: str) -> MachineNetwork:
+    """A machine's part of the network as `up` would build it now (addresses kept from the state)."""
+    state = project.envdir.load(str(project.env.file)) if project.envdir.state_file.exists() else None
+    plan = netplan.plan(project.env, state.network if state else None)
+    return MachineNetwork(project.network_host, plan, _member(plan, name))
+
+
 def _member(plan: netplan.NetworkPlan, name: str) -> netplan.Member:
     member = plan.member(name)
     assert member is not None, f"the network plan has no member `{name}`"

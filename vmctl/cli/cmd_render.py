@@ -32,5 +32,5 @@ def command(app: App, machines: tuple[str, ...], accel: str | None) -> None:
         if m.accel is Accel.KVM and accel is None:
             chosen = "kvm"
         view = lifecycle.domain_view(project, m, files, chosen, ports.resolve(m.name, m.ports, check=False),
-                                     ports.free_port())
+                                     ports.free_port(), net=lifecycle.machine_network(project, m.name))
         click.echo(render.render_domain(view), nl=False)

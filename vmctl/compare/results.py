@@ -116,9 +116,11 @@ class Report:
 
 
 def with_ratios(rows: Iterable[Row], baseline: str) -> list[Row]:
-    """Each row gets `ratio` = its median / the baseline sandbox's median of the same workload+metric."""
+    """Each row gets `ratio` = its median / the baseline's median of the same workload+metric. For a pair
+    of sandboxes (`CLIENT -> SERVER`, the network rows) the baseline is the baseline's own pair."""
     rows = list(rows)
-    base = {(r.workload, r.metric): r.median for r in rows if r.sandbox == baseline}
+    pair = f"{baseline} -> {baseline}"
+    base = {(r.workload, r.metric): r.median for r in rows if r.sandbox in (baseline, pair)}
     out = []
     for r in rows:
         b = base.get((r.workload, r.metric))

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vmctl import doctor
-from vmctl.compare import footprint, isolation, perf, start_time
+from vmctl.compare import footprint, isolation, network, perf, start_time
 from vmctl.compare.microvm import MicroVM
 from vmctl.compare.results import Report, Row, Verdict, row, with_ratios
 from vmctl.compare.sandboxes import Instance, Runc, Sandbox, Workload
@@ -19,7 +19,7 @@ from vmctl.oci_spec import merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, ServiceSpec
 
-MEASUREMENTS = ("start", "footprint", "isolation", "perf")
+MEASUREMENTS = ("start", "footprint", "isolation", "perf", "peers")
 SANDBOXES = ("runc", "docker", "podman", "microvm")
 BASELINE = "runc"
 PEAK_MIB = 64  # the footprint's peak workload: a 64 MiB resident allocation, under every limit
@@ -116,6 +116,8 @@ def compare(env: Environment, options: Options, progress: Progress,
             _measure_one(sb, workload, options, report, progress, save)
         finally:
             sb.close()
+    if "peers" in options.only:
+        _measure_network(sandboxes, workload, options, report, progress, save)
     report.results = with_ratios(report.results, BASELINE)
     if report.emulated:
         report.warnings.insert(0, report.banner() or "")
@@ -146,6 +148,26 @@ def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Repo
     if options.density:
         report.results += measure_density(sb, workload, options.density, progress)
         save()
+
+
+def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: Options, report: Report,
+                     progress: Progress, save: Save) -> None:
+    """Service to service on the environment network: needs both of vmctl's own kinds of member."""
+    names = {sb.name for sb in sandboxes}
+    if not {"runc", "microvm"} <= names:
+        report.skipped[network.WORKLOAD] = "needs the runc and microvm sandboxes (vmctl's two kinds of member)"
+        return
+    before = list(report.results)
+
+    def keep(rows: list[Row]) -> None:
+        report.results = before + rows
+        save()
+
+    try:
+        network.measure(workload, options.runs, options.perf_seconds, progress, keep)
+    except VmctlError as e:
+        report.skipped[network.WORKLOAD] = e.message
+        progress.warn(network.WORKLOAD, f"failed: {e.message}")
 
 
 def measure_footprint(sb: Sandbox, inst: Instance, workload: Workload, progress: Progress) -> list[Row]:
