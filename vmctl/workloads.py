@@ -316,14 +316,15 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
     def for_service(self, svc: ServiceSpec) -> Runtime:
         key = HOST if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name
         if key not in self._open:
-            self._open[key] = self.host() if key == HOST else self._guest_runtime(key)
+            self._open[key] = self.host() if key == HOST else self.guest(key)
         return self._open[key]
 
     def host(self) -> HostServiceRuntime:
         network = (EnvNetwork(str(self.envdir.path)), self.plan) if self.plan else None
         return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env), network)
 
-    def _guest_runtime(self, machine: str, connect_timeout: float = 20.0) -> GuestRuntime:
+    def guest(self, machine: str, connect_timeout: float = 20.0) -> GuestRuntime:
+        """The runtime of one machine's guest, over a new SSH connection (closed with this object)."""
         ms = self.state.machines.get(machine)
         if ms is None or ms.hostkey is None:
             raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
@@ -555,7 +556,7 @@ def stop_guest_services(env: Environment, envdir: EnvDir, state: EnvState, progr
     def stop_in(machine: str, services: Sequence[ServiceSpec]) -> None:
         try:
             with Runtimes(env, envdir, state) as runtimes:
-                rt = runtimes._guest_runtime(machine, GUEST_STOP_CONNECT_SECONDS)
+                rt = runtimes.guest(machine, GUEST_STOP_CONNECT_SECONDS)
                 for svc in services:
                     progress.working(svc.name, f"stopping ({svc.stop_signal})")
                     grace = svc.stop_grace_period if svc.stop_grace_period is not None else GUEST_STOP_GRACE

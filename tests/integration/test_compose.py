@@ -2,8 +2,9 @@
 default names (no `-f`), with what they promise checked from the outside.
 
 `config` of every example costs nothing; one environment (webapp: one microVM, one host container) is
-brought up once for the rest and checks the env values (`.env`, `env_file`, the override file), the
-memory limit in the guest's cgroup and the guest's size, and a restart after a crash on both sides.
+brought up once and checks the env values (`.env`, `env_file`, the override file), the memory limit
+in the guest's cgroup and the guest's size, init, sysctls, limits on the host, a restart after a crash
+on both sides and the stop signal `down` sends; a host-only one (retries) checks `on-failure:N`.
 """
 
 from __future__ import annotations
@@ -133,3 +134,22 @@ def test_webapp_env_limits_and_restarts(webapp: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert (webapp / "out" / "signal").read_text() == "got-INT\n"
     assert "web            stopped (exit code 9)" in down.stderr  # SIGUSR1, forwarded by tini: not SIGKILL's 137
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or bool(missing), reason=f"needs root and {TOOLS}")
+def test_on_failure_retries_on_the_host(tmp_path: Path) -> None:
+    folder = tmp_path / "retries"
+    shutil.copytree(EXAMPLES / "retries", folder)
+    build_tiny_image(folder)
+    up = run_vmctl("up", "--no-wait", cwd=folder)
+    try:
+        assert up.returncode == 0, up.stderr
+        deadline = time.monotonic() + 60
+        while _ps(folder)["worker"]["state"] != "exited" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        row = _ps(folder)["worker"]
+        assert (row["state"], row["exit_code"]) == ("exited", 3)
+        assert run_vmctl("logs", "worker", cwd=folder).stdout.count("attempt") == 3  # the first run + 2 restarts
+    finally:
+        down = run_vmctl("down", cwd=folder)
+        assert down.returncode == 0, down.stderr
