@@ -157,7 +157,13 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
         interfaces=tuple(render.InterfaceView(tap, nic.mac, slot) for tap, nic, slot in (net.taps() if net else [])),
         restrict=net.member.internal_only if net else False,
+        labels=_service_labels(project, machine),
     )
+
+
+def _service_labels(project: Project, machine: MachineSpec) -> tuple[tuple[str, str], ...]:
+    svc = project.env.service(machine.dedicated_to) if machine.dedicated_to else None
+    return svc.labels if svc else ()
 
 
 def _disk_views(project: Project, machine: MachineSpec,
@@ -387,6 +393,7 @@ def down(project: Project) -> list[str]:
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
         removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
+        workloads.stop_guest_services(project.env, envdir, state, project.progress)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
         for uri in sorted(uris):
             if is_embedded(uri) and not envdir.libvirt_root.exists():

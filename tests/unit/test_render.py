@@ -177,3 +177,11 @@ def test_environment_network_nics_and_internal_restrict(tmp_path: Path) -> None:
         assert len(taps) == nics and all(t.startswith("vt") and len(t) <= 15 for t in taps)
         assert slots == ["0x11", "0x12"][:nics]
         assert ("restrict=on" in xml) is restricted
+
+
+def test_service_labels_are_escaped_in_the_domain_metadata(tmp_path: Path) -> None:
+    (tmp_path / "x.tar").write_bytes(b"")
+    file = tmp_path / "compose.yaml"
+    file.write_text("services:\n  web: {image: ./x.tar, labels: {com.example.tier: 'a<b&\"c'}}\n")
+    (_name, xml), = rendered(file)
+    assert '<vmctl:label name="com.example.tier">a&lt;b&amp;&#34;c</vmctl:label>' in xml
