@@ -126,7 +126,7 @@ def _wait_for(what: Callable[[], bool], seconds: float) -> bool:
 def _process(argv: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A background process for the block, killed (its whole session) when the block ends."""
     with log.open("wb") as out:
-        proc = spawn(argv, stdout=out, stderr=subprocess.STDOUT, new_session=True)
+        proc = spawn(argv, stdout=out.fileno(), stderr=subprocess.STDOUT, new_session=True)
     try:
         yield proc
     finally:
@@ -266,8 +266,11 @@ class L1:
         (exit 124); L1 itself gets 60 s more before it counts as hung."""
         answer = self._request({"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd,
                                 "timeout": timeout}, timeout + 60)
-        return Result(tuple(argv), int(answer["returncode"]), base64.b64decode(answer["stdout"]).decode(errors="replace"),
-                      base64.b64decode(answer["stderr"]).decode(errors="replace"), float(answer.get("seconds", 0)))
+        def text(key: str) -> str:
+            return base64.b64decode(answer[key]).decode(errors="replace")
+
+        return Result(tuple(argv), int(answer["returncode"]), text("stdout"), text("stderr"),
+                      float(answer.get("seconds", 0)))
 
 
 def with_fresh_l1_retry(config: Config, body: Callable[[L1], T], *, current: L1 | None = None,
