@@ -153,8 +153,8 @@ def _virtiofsd(work: Path) -> Iterator[Path]:
 class L1:
     """One L1 for the block: `with L1() as l1: l1.run([...])`. Leaves no process, socket or mount behind."""
 
-    def __init__(self, config: Config = Config(), *, workdir: Path | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config | None = None, *, workdir: Path | None = None) -> None:
+        self.config = config or Config()
         self._parent = workdir or runtime_root()
         self._stack = contextlib.ExitStack()
         self._ids = itertools.count(1)
@@ -162,6 +162,11 @@ class L1:
         self._qemu: subprocess.Popen[bytes] | None = None
         self.work = Path()
         self.boot_seconds = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        """L1's QEMU process (tests stop it to make L1 hang)."""
+        return self._qemu.pid if self._qemu is not None else None
 
     @property
     def console(self) -> Path:
@@ -261,11 +266,11 @@ class L1:
         raise L1Fault(f"L1 gave no answer within {seconds:.0f} s (hung?)", self.console_tail())
 
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-            timeout: float = 600.0) -> Result:
+            timeout: float = 600.0, grace: float = 60.0) -> Result:
         """Run `argv` in L1 and return its exit code and output. The agent kills it after `timeout`
-        (exit 124); L1 itself gets 60 s more before it counts as hung."""
+        (exit 124); L1 itself gets `grace` seconds more before it counts as hung (L1Fault)."""
         answer = self._request({"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd,
-                                "timeout": timeout}, timeout + 60)
+                                "timeout": timeout}, timeout + grace)
         def text(key: str) -> str:
             return base64.b64decode(answer[key]).decode(errors="replace")
 
@@ -273,23 +278,38 @@ class L1:
                       float(answer.get("seconds", 0)))
 
 
-def with_fresh_l1_retry(config: Config, body: Callable[[L1], T], *, current: L1 | None = None,
-                        log: Callable[[str], None] = print) -> tuple[T, L1]:
-    """Run `body` in `current` (or a new L1); if L1 itself fails (panic, hang), once more in a fresh L1.
-    Returns the result and the L1 it ran in, which the caller then owns. A failure of `body` that is not
-    L1's fault (a command's own exit code, an assertion) is never retried."""
-    l1 = current or L1(config).__enter__()
-    try:
-        return body(l1), l1
-    except L1Fault as fault:
-        log(f"L1 failed, retrying once in a fresh L1: {fault}")
-        l1.close()
-    fresh = L1(config).__enter__()
-    try:
-        return body(fresh), fresh
-    except BaseException:
-        fresh.close()
-        raise
+class Session:
+    """L1s for a series of scenarios: one is booted on first use and shared; when L1 itself fails in a
+    scenario (panic, hang), the scenario runs once more in a fresh L1. A failure that is not L1's (a
+    command's own exit code, an assertion) is never retried, and the L1 stays for the next scenario."""
+
+    def __init__(self, config: Config | None = None, *, log: Callable[[str], None] = print) -> None:
+        self.config, self.log = config or Config(), log
+        self.l1: L1 | None = None
+        self.retries = 0
+
+    def current(self) -> L1:
+        if self.l1 is None:
+            self.l1 = L1(self.config).__enter__()
+        return self.l1
+
+    def scenario(self, body: Callable[[L1], T]) -> T:
+        try:
+            return body(self.current())
+        except L1Fault as fault:
+            self.retries += 1
+            self.log(f"L1 failed, running the scenario once more in a fresh L1: {fault}")
+            self.close()
+        try:
+            return body(self.current())
+        except L1Fault:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.l1 is not None:
+            l1, self.l1 = self.l1, None
+            l1.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,10 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = Config(memory_mib=args.memory, smp=args.smp, tcg_thread="single" if args.single_thread else "multi")
     env = {k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "VMCTL_CACHE_DIR")}
-    with L1(cfg) as l1:
+    def body(l1: L1) -> Result:
         print(f"L1 up in {l1.boot_seconds:.1f} s (-cpu {cfg.cpu}, -smp {cfg.smp}, tcg thread={cfg.tcg_thread})",
               file=sys.stderr)
-        result = l1.run(args.command, env=env, cwd=os.getcwd(), timeout=args.timeout)
+        return l1.run(args.command, env=env, cwd=os.getcwd(), timeout=args.timeout)
+
+    session = Session(cfg, log=lambda text: print(text, file=sys.stderr))
+    try:
+        result = session.scenario(body)
+    finally:
+        session.close()
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     print(f"exit {result.returncode} after {result.seconds:.1f} s in L1", file=sys.stderr)

@@ -134,21 +134,31 @@ def runc_containers(runtime: Path) -> set[str]:
     return {p.name for p in root.iterdir()} if root.is_dir() else set()
 
 
+def mounts_under(*roots: Path | str) -> set[str]:
+    """Mount points under `roots` in this mount namespace: the nested KVM host's read-only view of / must
+    stay inside virtiofsd's private namespace, never appear (or stay) here."""
+    needles = [str(r).rstrip("/") + "/" for r in roots]
+    points = (line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines())
+    return {p for p in points if any(p.startswith(n) for n in needles)}
+
+
 def vmctl_temp_files() -> set[str]:
     return {p.name for p in Path("/tmp").iterdir() if p.name.startswith(("vmctl-", ".vmctl"))}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container), a
-    port those or pytest listen on, a runc container, or a vmctl temp file; and kill such processes."""
+    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container, the
+    nested KVM host's QEMU and virtiofsd), a port those or pytest listen on, a runc container, a mount,
+    or a vmctl temp file; and kill such processes."""
     runtime = Path(os.environ.get("VMCTL_RUNTIME_DIR", "/nonexistent"))
 
     def snapshot() -> dict[str, set[str]]:
         pids = set(processes_of(tmp_path_factory.getbasetemp(), *RUNTIMES))
         return {"processes": {str(p) for p in pids},
                 "listening ports": {str(p) for p in listening_ports_of(pids | {os.getpid()})},
-                "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files()}
+                "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files(),
+                "mounts": mounts_under(tmp_path_factory.getbasetemp(), *RUNTIMES)}
 
     before = snapshot()
     yield

@@ -65,16 +65,21 @@ def _cache_key(kernel: Path, initrd: Path) -> str:
     return "|".join(parts)
 
 
+def cached_report(kernel: Path, initrd: Path) -> AccelReport | None:
+    """This boot's probe answer for these boot files, if a probe ran already; never probes."""
+    cache = cache_root() / "accel.json"
+    try:
+        cached = AccelReport(**json.loads(cache.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return cached if cached.key == _cache_key(kernel, initrd) else None
+
+
 def host_report(kernel: Path, initrd: Path, *, refresh: bool = False) -> AccelReport:
+    if not refresh and (cached := cached_report(kernel, initrd)) is not None:
+        return cached
     cache = cache_root() / "accel.json"
     key = _cache_key(kernel, initrd)
-    if not refresh and cache.exists():
-        try:
-            cached = AccelReport(**json.loads(cache.read_text()))
-            if cached.key == key:
-                return cached
-        except (ValueError, TypeError):
-            pass
     report = probe(kernel, initrd, key)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
