@@ -21,6 +21,7 @@ from bench import kvmhost
 from examples.build_images import build_image
 from tests.conftest import ROOT
 from tests.kvm.conftest import KvmHost, qemus_in_l1, sh, vmctl
+from vmctl.guest_image import Cpio
 
 pytestmark = [pytest.mark.kvm, pytest.mark.vm]
 NESTED_LABEL = "kvm (nested under TCG: correctness only, not speed)"
@@ -45,8 +46,9 @@ services:
 HANGING = """\
 name: kvm-hang
 machines:
-  stuck: {memory: 256M, accel: kvm, cmdline: "rdinit=/bin/cat"}
-"""  # PID 1 is `cat` on a console nobody types into: the guest boots and never says READY
+  stuck: {memory: 256M, accel: kvm, initrd: ./hang.cpio}
+"""
+HANG_INIT = b"#!/bin/busybox sh\necho L2-HANGS-ON-PURPOSE > /dev/console\nwhile :; do /bin/busybox sleep 60; done\n"
 
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())"
 
@@ -56,6 +58,16 @@ def _env_dir(tmp_path_factory: pytest.TempPathFactory, name: str, text: str) -> 
     folder = tmp_path_factory.mktemp(name)
     (folder / "vmctl.yaml").write_text(text)
     return folder
+
+
+def _hanging_initrd(path: Path) -> None:
+    """An initramfs whose init says one line and then waits forever: a guest that never becomes READY."""
+    cpio = Cpio()
+    cpio.dir("dev")
+    cpio.chardev("dev/console", 5, 1)
+    cpio.file("bin/busybox", Path(shutil.which("busybox") or "/bin/busybox").read_bytes(), 0o755)
+    cpio.file("init", HANG_INIT, 0o755)
+    path.write_bytes(cpio.serialize())
 
 
 def _web_tar() -> Path:
@@ -158,6 +170,7 @@ def test_service_with_accel_kvm_answers_on_its_port(kvm_host: KvmHost,
 def test_a_hanging_guest_is_a_bounded_failure_with_its_console(kvm_host: KvmHost,
                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     folder = _env_dir(tmp_path_factory, "kvm-hang", HANGING)
+    _hanging_initrd(folder / "hang.cpio")
     file = str(folder / "vmctl.yaml")
 
     def body(l1: kvmhost.L1) -> kvmhost.Result:
@@ -168,7 +181,7 @@ def test_a_hanging_guest_is_a_bounded_failure_with_its_console(kvm_host: KvmHost
 
     up = kvm_host.scenario(body)
     assert up.returncode == 1, up
-    assert "did not become ready within 45 s" in up.stderr and "Last console lines" in up.stderr, up.stderr
+    assert "did not become ready within 45 s" in up.stderr and "L2-HANGS-ON-PURPOSE" in up.stderr, up.stderr
 
 
 def test_compare_in_l1_flags_every_microvm_figure_as_nested(kvm_host: KvmHost) -> None:
@@ -188,7 +201,7 @@ def test_compare_in_l1_flags_every_microvm_figure_as_nested(kvm_host: KvmHost) -
     vm_rows = [r for r in data["results"] if r["sandbox"] == "microvm"]
     assert vm_rows and all(r["accel"] == "kvm" and r["emulated"] for r in vm_rows), vm_rows
     assert all(not r["emulated"] for r in data["results"] if r["sandbox"] == "runc")
-    assert {v["sandbox"] for v in data["isolation"]} == {"runc", "microvm"}
+    assert {"runc", "microvm"} <= {v["sandbox"] for v in data["isolation"]}
     assert NESTED_LABEL in data["warning"] and NESTED_LABEL in stderr
 
 
