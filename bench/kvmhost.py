@@ -70,6 +70,15 @@ class Config:
     cpu: str = "EPYC,+svm,+npt"
     boot_timeout: float = 180.0  # measured here: L1's agent answers 5-10 s after QEMU starts
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Config:
+        """`VMCTL_L1_SMP`, `VMCTL_L1_TCG_THREAD` (multi|single), `VMCTL_L1_MEMORY` (MiB): to try another L1
+        in the tests without editing them (for instance whether one vCPU avoids L1's rare panic)."""
+        base = cls()
+        return cls(memory_mib=int(env.get("VMCTL_L1_MEMORY", base.memory_mib)),
+                   smp=int(env.get("VMCTL_L1_SMP", base.smp)),
+                   tcg_thread=env.get("VMCTL_L1_TCG_THREAD", base.tcg_thread))
+
 
 @dataclass(frozen=True)
 class Result:

@@ -227,6 +227,10 @@ def _choose_accels(project: Project, machines: Sequence[MachineSpec],
     chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
     if "tcg" in chosen.values() and report.kvm_module:
         project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+    host = virt.host()
+    if "kvm" in chosen.values() and host.emulated:  # the boot times `up` prints are emulation times
+        project.progress.warn("accel", f"using {host.accel_label('kvm')}: this host's own CPU is emulated "
+                                       f"({host.evidence})")
     return chosen
 
 

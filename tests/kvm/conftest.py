@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -30,7 +31,7 @@ class KvmHost:
 
     def __init__(self, config: kvmhost.Config | None = None) -> None:
         self.retried: list[str] = []
-        self.session = kvmhost.Session(config, log=self.retried.append)
+        self.session = kvmhost.Session(config or kvmhost.Config.from_env(), log=self.retried.append)
         self.boot_failure: str | None = None
 
     def scenario(self, body: Callable[[kvmhost.L1], T]) -> T:
@@ -76,3 +77,5 @@ def kvm_host() -> Iterator[KvmHost]:
         yield host
     finally:
         host.close()
+        for retry in host.retried:  # passed on the second try: say so in the run's summary, not silently
+            warnings.warn(pytest.PytestWarning(retry[:2000]), stacklevel=1)

@@ -125,7 +125,7 @@ def test_machine_up_with_accel_auto_runs_under_kvm(kvm_host: KvmHost,
             up.check()
             xml = vmctl(l1, "-f", file, "render", cwd=folder).check().stdout  # `auto`: up's probe answer
             assert '<domain type="kvm"' in xml and '<cpu mode="host-passthrough" check="none"/>' in xml, xml
-            assert "booting (kvm," in up.stderr, up.stderr
+            assert "booting (kvm," in up.stderr and f"using {NESTED_LABEL}" in up.stderr, up.stderr
             status = _json(vmctl(l1, "-f", file, "status", "--json", cwd=folder))
             table = vmctl(l1, "-f", file, "status", cwd=folder).check()
             assert "kvm*" in table.stdout and NESTED_LABEL in table.stderr, table
