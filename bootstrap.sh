@@ -16,8 +16,13 @@ PACKAGES=(
   kmod cpio busybox-static dropbear-bin crun e2fsprogs
   # container images and host containers
   skopeo umoci runc slirp4netns iproute2 procps
+  # the environment network: a resolver per network (util-linux: unshare, nsenter)
+  dnsmasq-base util-linux
   # workloads the example images carry, and the comparison
   stress-ng fio iperf3 redis-server redis-tools chromium
+  # `vmctl compare`'s other default sandboxes: Docker's engine (dockerd and its own client in /usr/bin;
+  # with no systemd, compare starts dockerd itself) and podman (run with runc, networking by slirp4netns)
+  docker.io podman
   # our own microVM kernel (guest_images/minimal)
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev
   # Python
@@ -65,7 +70,11 @@ quickstart() {
   .venv/bin/vmctl -f examples/quickstart.yaml status
   .venv/bin/vmctl -f examples/quickstart.yaml ps 2>/dev/null || true
   log "try: curl http://127.0.0.1:8080/   |   .venv/bin/vmctl -f examples/quickstart.yaml exec worker -- uname -r"
-  log "done? .venv/bin/vmctl -f examples/quickstart.yaml down"
+  log "bringing up examples/app.yaml (web + cache + worker on the environment network)"
+  .venv/bin/vmctl -f examples/app.yaml up
+  .venv/bin/vmctl -f examples/app.yaml ps 2>/dev/null || true
+  log "try: curl http://127.0.0.1:8090/cgi-bin/hits.cgi"
+  log "done? .venv/bin/vmctl -f examples/quickstart.yaml down; .venv/bin/vmctl -f examples/app.yaml down"
 }
 
 run_tests() {

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import bare_qemu
-from bench.vmstats import Scratch, cpu_seconds, fmt, median, scratch, table, timed_up
+from bench.vmstats import Scratch, add_out_option, cpu_seconds, fmt, median, results_file, scratch, table, timed_up
 from vmctl.guest_image import BZIMAGE_FILE, GuestImage, build_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
@@ -204,22 +204,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=10, help="machines in the parallel `up` (0: skip)")
     parser.add_argument("--parallel-variants", default="minimal,cloud")
     parser.add_argument("--json", action="store_true", help="print every run and the summary as JSON")
+    add_out_option(parser)
     args = parser.parse_args(argv)
 
     names = [n for n in args.variants.split(",") if n]
-    chosen = variants(names)
     rows: list[dict[str, object]] = []
     parallel: list[dict[str, object]] = []
-    with scratch() as s:
+    with results_file(parser, args.out) as out, scratch() as s:
+        chosen = variants(names)
         for run in range(args.runs):
             for v in chosen:
                 print(f"bench: run {run + 1}/{args.runs} {v.name}", file=sys.stderr)
-                rows.append(vmctl_boot(s, v, run, args.memory))
-                rows.append(bare_boot(v, run, args.memory, args.tb_cache))
+                for row in (vmctl_boot(s, v, run, args.memory), bare_boot(v, run, args.memory, args.tb_cache)):
+                    rows.append(row)
+                    out.write({"kind": "run", "accel": "tcg", **row})
         if args.parallel:
             for v in variants([n for n in args.parallel_variants.split(",") if n], progress=False):
                 parallel.append(parallel_attempts(s, v, args.parallel, args.memory, attempts=3))
-    summary = summarize(rows, names)
+                out.write({"kind": "parallel", "accel": "tcg", **parallel[-1]})
+        summary = summarize(rows, names)
+        for row in summary:
+            out.write({"kind": "summary", "accel": "tcg", **row})
     if args.json:
         print(json.dumps({"accel": "tcg", "runs": rows, "summary": summary, "parallel": parallel}, indent=1))
     else:

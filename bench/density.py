@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.vmstats import Scratch, fmt, scratch, table, timed_up
+from bench.vmstats import Scratch, add_out_option, fmt, results_file, scratch, table, timed_up
 from vmctl.guest_image import build_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
@@ -31,9 +31,13 @@ from vmctl.runner import output, which
 def page_cache_mib(files: Sequence[Path]) -> float:
     """MiB of these files in the host's page cache, one copy however many VMs map them (mincore(2)
     through util-linux's fincore)."""
-    out = output([which("fincore", package="util-linux"), "--bytes", "--noheadings", "--raw", "--output", "RES",
+    out = output([fincore(), "--bytes", "--noheadings", "--raw", "--output", "RES",
                   *map(str, files)])
     return round(sum(int(line) for line in out.split()) / 2**20, 1)
+
+
+def fincore() -> str:
+    return which("fincore", package="util-linux")
 
 
 def parse_size_mib(text: str) -> int:
@@ -98,14 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--attempts", type=int, default=3, help="tries per N when `up` fails")
     parser.add_argument("--json", action="store_true")
+    add_out_option(parser)
     args = parser.parse_args(argv)
 
     counts = sorted({int(c) for c in args.counts.split(",") if c})
-    image = build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
-    boot_files = [image.kernel, image.initrd]
     rows: list[dict[str, object]] = []
     per_vm = float(args.memory)  # a first guess before anything was measured
-    with scratch() as s:
+    with results_file(parser, args.out, tools=[fincore]) as out, scratch() as s:
+        image = build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
+        boot_files = [image.kernel, image.initrd]
         for count in counts:
             if count * per_vm > args.budget:
                 print(f"density: stop before {count} VMs: ~{count * per_vm:.0f} MiB > budget {args.budget} MiB",
@@ -113,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
             row = attempts(s, args, boot_files, count)
             rows.append(row)
+            out.write({"accel": "tcg", "memory_mib": args.memory, "image": args.image, **row})
             if "error" in row:
                 continue
             per_vm = float(str(row["pss_per_vm_mib"] or per_vm))

@@ -18,8 +18,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.vmstats import add_out_option, results_file
 from vmctl.compare.run import select, workload_for
 from vmctl.compare.sandboxes import Instance, Sandbox, Workload
+from vmctl.outputs import JsonLines
 from vmctl.progress import Progress
 from vmctl.spec import load_environment
 
@@ -76,28 +78,40 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sandboxes", default="", help="comma-separated; default: every one this host has")
     parser.add_argument("--json", action="store_true")
+    add_out_option(parser)
     args = parser.parse_args()
+    with results_file(parser, args.out) as out:
+        results, skipped = run_all(args.runs, [s for s in args.sandboxes.split(",") if s], out)
+    show(results, skipped, args.runs, args.json)
+
+
+def run_all(runs: int, wanted: list[str], out: JsonLines) -> tuple[list[dict[str, Any]], dict[str, str]]:
     progress = Progress()
     env = load_environment(ENV_FILE)
     svc = env.service("web")
     assert svc is not None
     workload = workload_for(env, svc, progress).variant(memory_limit_mib=None, pids_limit=None)
-    sandboxes, skipped = select(env, [s for s in args.sandboxes.split(",") if s])
+    sandboxes, skipped = select(env, wanted)
     results = []
     for sb in sandboxes:
         try:
             sb.prepare(workload)
-            results.append(measure(sb, workload, args.runs, progress))
+            results.append(measure(sb, workload, runs, progress))
+            out.write(results[-1])
         finally:
             sb.close()
+    return results, skipped
+
+
+def show(results: list[dict[str, Any]], skipped: dict[str, str], runs: int, as_json: bool) -> None:
     base = next((r["median"] for r in results if r["sandbox"] == "runc"), None)
     for r in results:
         r["ratio_to_runc"] = round(r["median"] / base, 2) if base else None
-    if args.json:
-        json.dump({"runs": args.runs, "results": results, "skipped": skipped}, sys.stdout, indent=2)
+    if as_json:
+        json.dump({"runs": runs, "results": results, "skipped": skipped}, sys.stdout, indent=2)
         print()
         return
-    print(f"cold start of `web` to its first HTTP answer, median of {args.runs} runs (+1 warm-up excluded)")
+    print(f"cold start of `web` to its first HTTP answer, median of {runs} runs (+1 warm-up excluded)")
     print(f"{'sandbox':<10} {'accel':<6} {'median':>8} {'min':>8} {'max':>8} {'x runc':>7}  answer checked")
     for r in results:
         ratio = f"{r['ratio_to_runc']:.1f}" if r["ratio_to_runc"] else "-"

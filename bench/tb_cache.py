@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.boot import bare_boot, variants
-from bench.vmstats import fmt, median, table
+from bench.vmstats import add_out_option, fmt, median, results_file, table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,15 +23,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--memory", type=int, default=256)
     parser.add_argument("--json", action="store_true")
+    add_out_option(parser)
     args = parser.parse_args(argv)
 
-    v = variants([args.variant])[0]
     sizes = [int(x) for x in args.sizes.split(",") if x]
     rows = []
-    for run in range(args.runs):  # interleaved, so drift in host load hits every size alike
-        for size in sizes:
-            print(f"tb_cache: run {run + 1}/{args.runs} tb-size {size} MiB", file=sys.stderr)
-            rows.append({"tb_mib": size, **bare_boot(v, run, args.memory, size)})
+    with results_file(parser, args.out) as out:
+        v = variants([args.variant])[0]
+        for run in range(args.runs):  # interleaved, so drift in host load hits every size alike
+            for size in sizes:
+                print(f"tb_cache: run {run + 1}/{args.runs} tb-size {size} MiB", file=sys.stderr)
+                rows.append({"tb_mib": size, **bare_boot(v, run, args.memory, size)})
+                out.write({"kind": "run", "accel": "tcg", **rows[-1]})
     summary = []
     for size in sizes:
         mine = [r for r in rows if r["tb_mib"] == size]

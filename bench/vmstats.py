@@ -5,6 +5,7 @@ vmctl.hypervisor.qemu_pid's.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -13,12 +14,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vmctl.errors import VmctlError
+from vmctl.hypervisor import shared_capability_cache, warm_capabilities
+from vmctl.outputs import JsonLines, writable_file
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -65,7 +70,36 @@ class Scratch:
 @contextlib.contextmanager
 def scratch() -> Iterator[Scratch]:
     with tempfile.TemporaryDirectory(prefix="vmctl-bench-") as tmp:
+        # libvirt's QEMU capability cache is the user's, not a cold one per run: a first `up` that
+        # probes QEMU (seconds) would measure the probe, not the boot.
+        shared = shared_capability_cache()
+        shared.mkdir(parents=True, exist_ok=True)
+        (Path(tmp) / "state").mkdir()
+        (Path(tmp) / "state" / "libvirt-cache").symlink_to(shared)
+        warm_capabilities("bench")  # a cold cache's QEMU probe here, not in the first measured `up`
         yield Scratch(Path(tmp))
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+def add_out_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="write every measured row to FILE as JSON lines the moment it is measured "
+                             "(the summary last), so an interrupted or failing run keeps its data")
+
+
+def results_file(parser: argparse.ArgumentParser, path: Path | None, tools: Sequence[Callable[[], object]] = ()
+                 ) -> JsonLines:
+    """Check before anything is measured that `--out` can be written and that every tool a measurement
+    needs is there (a usage error, exit 2), then open the JSON-lines file."""
+    try:
+        for check in tools:
+            check()
+        if path is not None:
+            writable_file(path, "--out")
+    except VmctlError as e:
+        parser.error(e.render())
+    return JsonLines(path)
 
 
 def timed_up(s: Scratch, file: Path, timeout: float = 300) -> float:

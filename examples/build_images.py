@@ -36,7 +36,8 @@ SRC_DIR = EXAMPLES / "images-src"
 EPOCH = "1970-01-01T00:00:00Z"
 TAG = "img"
 TOOL_BINARIES = {"stress-ng": "stress-ng", "fio": "fio", "iperf3": "iperf3",  # program -> Debian package
-                 "redis-server": "redis-server", "redis-benchmark": "redis-tools"}
+                 "redis-server": "redis-server", "redis-benchmark": "redis-tools", "redis-cli": "redis-tools",
+                 "getent": "libc-bin"}  # getent: name lookups through glibc's resolver, as client libraries do
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnobody:x:65534:\n"
 
@@ -143,6 +144,7 @@ def stage_web(root: Path) -> None:
 
 def stage_tools(root: Path) -> None:
     stage_busybox(root)
+    stage_tree(SRC_DIR / "tools", root)  # the example application's page (examples/app.yaml)
     for program, package in TOOL_BINARIES.items():
         stage_dynamic(program, root, package=package)
 

@@ -137,9 +137,23 @@ def runc_containers(runtime: Path) -> set[str]:
 def mounts_under(*roots: Path | str) -> set[str]:
     """Mount points under `roots` in this mount namespace: the nested KVM host's read-only view of / must
     stay inside virtiofsd's private namespace, never appear (or stay) here."""
-    needles = [str(r).rstrip("/") + "/" for r in roots]
-    points = (line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines())
-    return {p for p in points if any(p.startswith(n) for n in needles)}
+    needles = tuple(str(r).rstrip("/") + "/" for r in roots)
+    entries = (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
+    return {e[1] for e in entries if e[2] != "nsfs" and e[1].startswith(needles)}  # nsfs: namespaces_under
+def network_devices() -> set[str]:
+    """vmctl's taps and veth ends in the host's namespace (`vt...`, `vc...`: vmctl/network/host.py)."""
+    return {p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(("vt", "vc"))}
+
+
+def namespaces_under(*roots: Path) -> set[str]:
+    """Network namespaces bound to files under `roots` (each environment's: RUNTIME/net/ID/netns)."""
+    prefixes = tuple(str(r).rstrip("/") + "/" for r in roots)
+    found = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "nsfs" and fields[4].startswith(prefixes):
+            found.add(fields[4])
+    return found
 
 
 def vmctl_temp_files() -> set[str]:
@@ -148,9 +162,10 @@ def vmctl_temp_files() -> set[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container, the
-    nested KVM host's QEMU and virtiofsd), a port those or pytest listen on, a runc container, a mount,
-    or a vmctl temp file; and kill such processes."""
+    """Fail a module that leaves behind a process this run started (QEMU, slirp4netns, a container, a
+    resolver, the nested KVM host's QEMU and virtiofsd), a port those or pytest listen on, a runc
+    container, a vmctl temp file, a tap or veth, an environment's network namespace, or a mount; and
+    kill such processes."""
     runtime = Path(os.environ.get("VMCTL_RUNTIME_DIR", "/nonexistent"))
 
     def snapshot() -> dict[str, set[str]]:
@@ -158,6 +173,7 @@ def leak_audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         return {"processes": {str(p) for p in pids},
                 "listening ports": {str(p) for p in listening_ports_of(pids | {os.getpid()})},
                 "runc containers": runc_containers(runtime), "temp files": vmctl_temp_files(),
+                "network devices": network_devices(), "network namespaces": namespaces_under(*RUNTIMES),
                 "mounts": mounts_under(tmp_path_factory.getbasetemp(), *RUNTIMES)}
 
     before = snapshot()

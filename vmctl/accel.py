@@ -8,8 +8,10 @@ The answer is cached per host boot, QEMU binary and guest image.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 import subprocess
 import tempfile
 import time
@@ -55,6 +57,41 @@ def kvm_module() -> str | None:
         if Path("/sys/module", name).exists():
             return name
     return None
+
+
+KVM_GET_SUPPORTED_CPUID = 0xC008AE05  # _IOWR(KVMIO, 0x05, struct kvm_cpuid2)
+_CPUID_ENTRIES = 256  # room for every leaf a KVM module reports (59 here)
+_CPUID_ENTRY = struct.Struct("7I12x")  # function, index, flags, eax, ebx, ecx, edx, padding[3]
+
+
+def supported_cpuid() -> tuple[tuple[int, ...], ...]:
+    """KVM_GET_SUPPORTED_CPUID of /dev/kvm, asked from the CPU this thread runs on: what libvirt's
+    QEMU driver reads as it starts, and compares with its cached capabilities."""
+    buf = bytearray(struct.pack("II", _CPUID_ENTRIES, 0) + bytes(_CPUID_ENTRY.size * _CPUID_ENTRIES))
+    fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, KVM_GET_SUPPORTED_CPUID, buf)
+    finally:
+        os.close(fd)
+    count = struct.unpack_from("I", buf)[0]
+    return tuple(_CPUID_ENTRY.unpack_from(buf, 8 + i * _CPUID_ENTRY.size) for i in range(count))
+
+
+def cpuid_varies_by_cpu() -> bool | None:
+    """Does this host's KVM give a different supported CPUID on each CPU (kvm_pvm puts the current
+    CPU's APIC ID into leaves 0x1, 0xb and 0x1f)? Then libvirt, left alone, re-probes QEMU whenever its
+    driver starts on another CPU than the one its cache was written from. None: no usable /dev/kvm."""
+    allowed = os.sched_getaffinity(0)
+    answers = set()
+    try:
+        for cpu in sorted(allowed):
+            os.sched_setaffinity(0, {cpu})
+            answers.add(supported_cpuid())
+    except OSError:
+        return None
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return len(answers) > 1
 
 
 def _cache_key(kernel: Path, initrd: Path) -> str:

@@ -10,8 +10,7 @@ from typing import Any
 
 from vmctl import accel, guest_image, virt
 from vmctl.errors import VmctlError
-from vmctl.hypervisor import Hypervisor, embed_uri, prepare_embed_root
-from vmctl.paths import runtime_root, state_root
+from vmctl.hypervisor import warm_capabilities
 
 TOOLS = {  # program -> Debian package
     "qemu-system-x86_64": "qemu-system-x86", "virt-xml-validate": "libxml2-utils", "crun": "crun",
@@ -52,14 +51,12 @@ def report(*, probe: bool = True) -> dict[str, Any]:
         kvm.update(usable=rep.kvm_usable, reason=rep.reason)
     else:
         kvm.update(usable=None, reason="not probed: build the guest image first (`vmctl image build`)")
+    kvm["cpuid_varies_by_cpu"] = accel.cpuid_varies_by_cpu()
     out["kvm"] = kvm
     out["accel"] = "kvm" if kvm["usable"] else "tcg"
     out["accel_label"] = virt.host().accel_label(out["accel"])
-    root = runtime_root() / "libvirt" / "doctor"
     try:
-        prepare_embed_root(root, state_root() / "libvirt-cache")
-        with Hypervisor(embed_uri(root)) as hv:
-            out["versions"] = hv.versions()
+        out["versions"] = warm_capabilities("doctor")
         out["libvirt_embedded"] = "works"
     except VmctlError as e:
         out["libvirt_embedded"] = f"fails: {e.message}"

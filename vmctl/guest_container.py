@@ -33,7 +33,7 @@ from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
 from vmctl.errors import GuestError, UsageError
-from vmctl.oci_spec import ContainerRequest, etc_files, make_config
+from vmctl.oci_spec import ContainerRequest, make_config, request_etc_files
 from vmctl.paths import TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
 from vmctl.ssh import Guest
@@ -82,7 +82,7 @@ def service_dir(name: str) -> str:
 def bundle_tar(req: ContainerRequest) -> bytes:
     """config.json plus etc/{hostname,hosts,resolv.conf}, as the tar `supervise.sh prepare` unpacks."""
     files = {"config.json": json.dumps(make_config(req), indent=1) + "\n"}
-    files |= {f"etc/{k}": v for k, v in etc_files(req.hostname, address=None).items()}
+    files |= {f"etc/{k}": v for k, v in request_etc_files(req).items()}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for path, text in files.items():

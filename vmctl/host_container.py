@@ -30,14 +30,14 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
 from vmctl.errors import CommandFailed, HostError, UsageError
-from vmctl.oci_spec import SLIRP_ADDRESS, ContainerRequest, caps_in_mask, etc_files, limit_caps, make_config
+from vmctl.oci_spec import SLIRP_ADDRESS, ContainerRequest, caps_in_mask, limit_caps, make_config, request_etc_files
 from vmctl.paths import private_dir, runtime_root
 from vmctl.runner import log as run_log
 from vmctl.runner import output, run, which
@@ -106,11 +106,14 @@ class HostRuntime:
         ports: Sequence[PortForward] = (),
         network: bool = True,
         ready_timeout: float = 10.0,
+        on_created: Callable[[int], None] | None = None,
     ) -> HostContainer:
         """Create and start `req` detached. `req.rootfs` is the image's rootfs (the overlay's lower layer).
 
         Network: an own namespace (unless `req.share_host_network`); with `network`, slirp4netns gives it
-        outbound access and `ports`. On any failure everything made so far is removed again.
+        outbound access and `ports`. `on_created(pid)` runs after `runc create`, before the container's
+        process starts (the environment network adds its NICs then). On any failure everything made so
+        far is removed again.
         """
         for p in ports:
             p.validate()
@@ -121,14 +124,16 @@ class HostRuntime:
                             hint=f"stop it first (`runc --root {self.runc_root} delete -f {req.name}`)")  # fmt: skip
         private_dir(self.runc_root)
         try:
-            return self._start(req, cdir, tuple(ports), network and not req.share_host_network, ready_timeout)
+            return self._start(req, cdir, tuple(ports), network and not req.share_host_network, ready_timeout,
+                               on_created)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop(req.name, cdir, grace=0)
             raise
 
     def _start(
-        self, req: ContainerRequest, cdir: Path, ports: tuple[PortForward, ...], network: bool, ready_timeout: float
+        self, req: ContainerRequest, cdir: Path, ports: tuple[PortForward, ...], network: bool, ready_timeout: float,
+        on_created: Callable[[int], None] | None = None,
     ) -> HostContainer:
         lower = Path(req.rootfs)
         if not lower.is_dir():
@@ -138,7 +143,7 @@ class HostRuntime:
         rootfs, etc = bundle / "rootfs", bundle / "etc"
         for d in (rootfs, etc, cdir / "overlay" / "upper", cdir / "overlay" / "work"):
             d.mkdir(parents=True, exist_ok=True)
-        for name, text in etc_files(req.hostname, address=SLIRP_ADDRESS if network else None).items():
+        for name, text in request_etc_files(req, fallback_address=SLIRP_ADDRESS if network else None).items():
             (etc / name).write_text(text)
         state: dict[str, Any] = {"name": req.name, "runc_root": str(self.runc_root), "rootfs": str(rootfs)}
         _write_state(cdir, state)
@@ -162,6 +167,8 @@ class HostRuntime:
                     _add_hostfwd(Path(state["api_socket"]), p)
                 state["ports"] = [dataclasses.asdict(p) for p in ports]
                 _write_state(cdir, state)
+            if on_created is not None:
+                on_created(pid)
         finally:
             os.close(exit_r)
             if exit_w >= 0:

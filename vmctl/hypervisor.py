@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmctl.paths import private_dir, state_root
+from vmctl.paths import private_dir, runtime_root, state_root
 
 # libvirt logs warnings to stderr from the moment it is imported (the embedded driver runs in this
 # process); send its log to a file instead, before the import.
@@ -151,6 +151,31 @@ def wait_for_root(root: Path, wait: float = 15.0) -> None:
         time.sleep(0.1)
 
 
+def _threads() -> set[int]:
+    return {int(t.name) for t in Path("/proc/self/task").iterdir()}
+
+
+@contextlib.contextmanager
+def on_one_cpu() -> Iterator[None]:
+    """Run the body (this thread only) on the lowest CPU this process may use.
+
+    libvirt's QEMU driver reads the host's CPUID through KVM_GET_SUPPORTED_CPUID as it starts, in the
+    thread that opens the connection, and throws its cached QEMU capabilities away when the answer
+    differs from the cached one ("host cpuid changed": a fresh QEMU probe, ~4 s under TCG). Some KVM
+    modules (kvm_pvm) put the APIC ID of the CPU the ioctl ran on into that answer, so it depended on
+    where the thread happened to run. From the same CPU every time, the cache stays valid. Threads
+    libvirt starts meanwhile would inherit the pin (and QEMU from them): they get the full set back."""
+    allowed = os.sched_getaffinity(0)
+    before = _threads()
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        for tid in _threads() - before | {threading.get_native_id()}:
+            with contextlib.suppress(OSError):  # a thread that has exited meanwhile
+                os.sched_setaffinity(tid, allowed)
+
+
 def _ensure_event_loop() -> None:
     """The embedded driver needs libvirt's event loop running in this process."""
     global _loop_started
@@ -188,6 +213,21 @@ def prepare_embed_root(root: Path, shared_cache: Path | None = None) -> None:
             link.symlink_to(shared_cache)
 
 
+def shared_capability_cache() -> Path:
+    """libvirt's QEMU capability cache, shared by every embedded root of this user."""
+    return state_root() / "libvirt-cache"
+
+
+def warm_capabilities(name: str) -> dict[str, str]:
+    """Open an embedded root of vmctl's own (`runtime_root()/libvirt/NAME`) on the shared capability
+    cache and ask for libvirt's and QEMU's versions. QEMU's version comes from its cached capabilities,
+    so when the cache is cold or outdated this is where QEMU gets probed (seconds), not in an `up`."""
+    root = runtime_root() / "libvirt" / name
+    prepare_embed_root(root, shared_capability_cache())
+    with Hypervisor(embed_uri(root)) as hv:
+        return hv.versions()
+
+
 @dataclass(frozen=True)
 class DomainInfo:
     name: str
@@ -219,7 +259,8 @@ class Hypervisor:
                         clear_unstarted_domains(root)
                         _roots_opened.add(root)
         try:
-            self.conn = libvirt.open(self.uri)
+            with on_one_cpu():
+                self.conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
             raise HostError(
                 f"cannot connect to libvirt at `{self.uri}`: {e.get_error_message()}",

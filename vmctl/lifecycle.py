@@ -21,9 +21,11 @@ from typing import Any
 
 from vmctl import accel, console, guest_image, ports, preflight, render, virt, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
-from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid
+from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
 from vmctl.memory import memory_of
-from vmctl.paths import state_root
+from vmctl.network import plan as netplan
+from vmctl.network.host import EnvNetwork
+from vmctl.network.machine import MachineNetwork
 from vmctl.progress import Progress
 from vmctl.runner import which
 from vmctl.spec import Environment, MachineSpec, ServiceSpec
@@ -46,6 +48,11 @@ class Project:
     def __post_init__(self) -> None:
         self.envdir = EnvDir(self.env.name)
 
+    @property
+    def network_host(self) -> EnvNetwork:
+        """The host side of this environment's network, named by its state folder."""
+        return EnvNetwork(str(self.envdir.path))
+
     def uri_for(self, machine: MachineSpec) -> str:
         uri = machine.uri or self.connect or self.env.uri
         return uri or embed_uri(self.envdir.libvirt_root)
@@ -60,7 +67,7 @@ class Project:
             out = {}
             for uri in self.uris():
                 if is_embedded(uri):
-                    prepare_embed_root(self.envdir.libvirt_root, state_root() / "libvirt-cache")
+                    prepare_embed_root(self.envdir.libvirt_root, shared_capability_cache())
                 out[uri] = stack.enter_context(Hypervisor(uri))
             yield out
 
@@ -124,7 +131,8 @@ def accel_report(images: dict[str, guest_image.GuestImage]) -> accel.AccelReport
 
 def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_name: str,
                 forwards: Sequence[render.Forward], ssh_port: int,
-                image_disks: Sequence[tuple[str, Path]] = ()) -> render.DomainView:
+                image_disks: Sequence[tuple[str, Path]] = (),
+                net: MachineNetwork | None = None) -> render.DomainView:
     uri = project.uri_for(machine)
     mdir = project.envdir.machine_dir(machine.name)
     return render.DomainView(
@@ -147,6 +155,8 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         filesystems=tuple(render.FilesystemView(str(source), tag, readonly)
                           for tag, source, readonly in workloads.machine_volumes(project.env, machine.name)),
         dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
+        interfaces=tuple(render.InterfaceView(tap, nic.mac, slot) for tap, nic, slot in (net.taps() if net else [])),
+        restrict=net.member.internal_only if net else False,
     )
 
 
@@ -188,6 +198,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
         chosen = _choose_accels(project, machines, images)
         created: list[str] = []
         try:
+            plan = _network_up(project, state)
             with project.hypervisors() as hvs, contextlib.ExitStack() as rollback:
                 jobs = []
                 for m in machines:
@@ -197,10 +208,11 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                         continue
                     created.append(m.name)
                     disks = workloads.image_disks(project.env, m.name, service_images)
+                    net = MachineNetwork(project.network_host, plan, _member(plan, m.name))
                     jobs.append(_prepare(project, state, hv, m, boot_files(m, images[m.image]), chosen[m.name],
-                                         rollback, disks))
+                                         rollback, disks, net))
                 envdir.save(state)
-                _boot_all(project, hvs, jobs, state, timeout)
+                _boot_all(project, hvs, jobs, state, timeout, plan)
                 envdir.save(state)
                 workloads.start_services(project.env, envdir, state, service_images, project.progress,
                                          timeout=timeout, wait=wait)
@@ -214,9 +226,26 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
             if state.machines or state.services:
                 envdir.save(state)
             else:
+                project.network_host.destroy()
                 _remove_env_files(envdir)
             raise
         return state
+
+
+def _network_up(project: Project, state: EnvState) -> netplan.NetworkPlan:
+    """The environment's network before any member joins it: namespace, bridges, resolvers. The
+    addresses handed out are kept in state, so a later `up` gives running members the same ones."""
+    plan = netplan.plan(project.env, state.network)
+    state.network = plan.remembered()
+    project.envdir.save(state)  # before the namespace exists: `down` finds it even after a SIGKILL
+    project.network_host.create(plan)
+    return plan
+
+
+def _member(plan: netplan.NetworkPlan, name: str) -> netplan.Member:
+    member = plan.member(name)
+    assert member is not None, f"the network plan has no member `{name}`"
+    return member
 
 
 def _choose_accels(project: Project, machines: Sequence[MachineSpec],
@@ -235,12 +264,13 @@ def _choose_accels(project: Project, machines: Sequence[MachineSpec],
 
 
 def _boot_all(project: Project, hvs: dict[str, Hypervisor], jobs: Sequence[tuple[MachineSpec, Any, float]],
-              state: EnvState, timeout: float) -> None:
+              state: EnvState, timeout: float, plan: netplan.NetworkPlan) -> None:
     """Boot machines concurrently; Ctrl-C or one failure cancels the others' waits at once."""
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         futures = [pool.submit(_boot, project, hvs[project.uri_for(m)], m, dom, t_define, state.machines[m.name],
-                               timeout, cancel) for m, dom, t_define in jobs]
+                               timeout, cancel, MachineNetwork(project.network_host, plan, _member(plan, m.name)))
+                   for m, dom, t_define in jobs]
         try:
             for f in as_completed(futures):
                 if f.exception() is not None:
@@ -266,7 +296,8 @@ def _is_ready(hv: Hypervisor, state: EnvState, m: MachineSpec) -> bool:
 
 def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, files: BootFiles,
              accel_name: str, rollback: contextlib.ExitStack,
-             image_disks: Sequence[tuple[str, Path]] = ()) -> tuple[MachineSpec, Any, float]:
+             image_disks: Sequence[tuple[str, Path]] = (),
+             net: MachineNetwork | None = None) -> tuple[MachineSpec, Any, float]:
     """Define the domain (replacing a stale one) and record it in state before it starts."""
     name = render.domain_name(project.env.name, m.name)
     stale = hv.lookup(name)
@@ -277,8 +308,11 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     (mdir / "console.log").unlink(missing_ok=True)
     forwards = ports.resolve(m.name, m.ports)
     ssh_port = ports.free_port()
-    view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks)
+    view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks, net)
     t0 = time.monotonic()
+    if net is not None:
+        rollback.callback(net.remove_taps)
+        net.make_taps()
     dom = hv.define(render.render_domain(view))
     t_defined = time.monotonic()
     rollback.callback(_remove_quietly, hv, dom)
@@ -297,7 +331,7 @@ def _remove_quietly(hv: Hypervisor, dom: Any) -> None:
 
 
 def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: float, ms: MachineState,
-          timeout: float, cancel: threading.Event) -> None:
+          timeout: float, cancel: threading.Event, net: MachineNetwork | None = None) -> None:
     """Start one domain and wait until its guest is ready and answers SSH with the announced key.
 
     The timeline holds host-clock seconds since the definition began, for each phase.
@@ -308,6 +342,8 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
     t0 = time.monotonic()
     hv.start(dom)
     t_started = time.monotonic()
+    if net is not None:
+        net.join()
     try:
         def alive() -> bool:
             if cancel.is_set():
@@ -316,8 +352,12 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
 
         boot = console.wait_ready(log, machine=m.name, timeout=timeout, alive=alive)
         ms.hostkey = boot.hostkey
-        with Guest(name=m.name, port=ms.ssh_port, hostkey=boot.hostkey or "", key_file=project.envdir.key_file):
+        with Guest(name=m.name, port=ms.ssh_port, hostkey=boot.hostkey or "",
+                   key_file=project.envdir.key_file) as guest:
             t_ssh = time.monotonic()
+            if net is not None:
+                net.configure_guest(guest)
+            t_network = time.monotonic()
     except Cancelled:
         progress.error(m.name, "cancelled")
         raise
@@ -326,7 +366,7 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
         raise
     ms.timeline.update({k: round(v - t_define, 4) for k, v in {
         "start_called": t0, "qemu_started": t_started, "first_console_byte": boot.first_byte, "init": boot.init_seen,
-        "ready": boot.ready_seen, "ssh": t_ssh}.items() if v is not None})
+        "ready": boot.ready_seen, "ssh": t_ssh, "network": t_network}.items() if v is not None})
     ms.guest = {k: v for k, v in {"init_uptime": boot.guest_init_uptime,
                                   "ready_uptime": boot.guest_ready_uptime}.items() if v is not None}
     ms.boot_seconds = round(t_ssh - t0, 4)
@@ -354,6 +394,7 @@ def down(project: Project) -> list[str]:
             except HostError:
                 if not is_embedded(uri):
                     raise
+        project.network_host.destroy()
         _remove_env_files(envdir)
     return removed
 
@@ -399,6 +440,7 @@ class MachineStatus:
     dedicated_to: str | None = None
     host_emulated: bool = False  # the host's own CPU is emulated: a `kvm` machine ran at TCG speed
     accel_label: str | None = None  # `accel` as reports print it, e.g. "kvm (nested under TCG: ...)"
+    networks: list[dict[str, str]] = field(default_factory=list)  # {network, address, mac} per NIC
 
 
 def status(project: Project) -> list[MachineStatus]:
@@ -411,9 +453,11 @@ def status(project: Project) -> list[MachineStatus]:
                 dom = hvs[project.uri_for(m)].lookup(render.domain_name(project.env.name, m.name))
                 if dom is not None:
                     live[m.name] = hvs[project.uri_for(m)].info(dom).state
+    plan = netplan.plan(project.env, state.network) if state and state.network else None
     rows = []
     for m in project.env.machines:
         ms = state.machines.get(m.name) if state else None
+        member = plan.member(m.name) if plan else None
         st = live.get(m.name, "absent")
         if st == "running" and (ms is None or ms.hostkey is None):
             st = "starting"
@@ -429,6 +473,8 @@ def status(project: Project) -> list[MachineStatus]:
             timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
             host_emulated=bool(ms and ms.host_emulated),
             accel_label=virt.accel_label(ms.accel, ms.host_emulated) if ms else None,
+            networks=[{"network": n.network, "address": n.address, "mac": n.mac}
+                      for n in (member.nics if member and ms else ())],
         ))
     return rows
 

@@ -10,6 +10,7 @@ RLIMIT_NOFILE 1024. There is no seccomp profile (yet).
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from collections.abc import Sequence
@@ -81,6 +82,9 @@ class ContainerRequest:
     share_host_network: bool = False  # True: no network namespace
     cgroups_path: str | None = None
     etc_dir: str | None = None  # folder holding the files etc_files() describes; bound read-only
+    dns: tuple[str, ...] = (SLIRP_DNS,)  # nameservers for its resolv.conf: the environment network's first
+    address: str | None = None  # its own address for /etc/hosts (None: 127.0.1.1, or user-mode networking's)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) more lines for /etc/hosts
 
 
 def merge_command(
@@ -110,17 +114,35 @@ def merge_env(image_env: Sequence[str], service_env: Sequence[str]) -> tuple[str
 
 
 def etc_files(
-    hostname: str, *, address: str | None = SLIRP_ADDRESS, dns: Sequence[str] = (SLIRP_DNS,)
+    hostname: str, *, address: str | None = SLIRP_ADDRESS, dns: Sequence[str] = (SLIRP_DNS,),
+    extra_hosts: Sequence[tuple[str, str]] = (),
 ) -> dict[str, str]:
     """Contents of /etc/hostname, /etc/hosts and /etc/resolv.conf for a container (pure)."""
     _check_hostname(hostname)
+    for ip in (*dns, *(ip for _, ip in extra_hosts), *([address] if address else [])):
+        _check_ipv4(ip)
+    for name, _ in extra_hosts:
+        _check_hostname(name)
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     hosts.append(f"{address}\t{hostname}" if address else f"127.0.1.1\t{hostname}")
+    hosts += [f"{ip}\t{name}" for name, ip in extra_hosts]
     return {
         "hostname": hostname + "\n",
         "hosts": "\n".join(hosts) + "\n",
         "resolv.conf": "".join(f"nameserver {d}\n" for d in dns),
     }
+
+
+def request_etc_files(req: ContainerRequest, *, fallback_address: str | None = None) -> dict[str, str]:
+    """etc_files() of a request: its own address (or `fallback_address`), nameservers and extra hosts."""
+    return etc_files(req.hostname, address=req.address or fallback_address, dns=req.dns, extra_hosts=req.extra_hosts)
+
+
+def _check_ipv4(text: str) -> None:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError as e:
+        raise UsageError(f"invalid IPv4 address {text!r}") from e
 
 
 def make_config(req: ContainerRequest) -> dict[str, Any]:

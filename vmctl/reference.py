@@ -17,6 +17,8 @@ SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
     ("`services.NAME:`", spec.SERVICE_SETTINGS),
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
+    ("`networks.NAME:`", spec.NETWORK_SETTINGS),
+    ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
 )
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 

@@ -20,6 +20,8 @@ from vmctl.paths import TEMPLATES_DIR
 XMLNS = "https://github.com/vmctl/vmctl/xmlns/instance/1"
 DOMAIN_PREFIX = "vmctl"
 GUEST_NET = "10.0.2.15"  # QEMU user-mode networking's default guest address
+USER_NET_SLOT = 0x10  # pcie.0 slot of the user-mode NIC; environment network NICs follow it
+
 # TCG's translation cache. bench/tb_cache.py: 64 MiB boots fastest here (32 MiB costs +0.06-0.09 s to
 # READY and saves 8-26 MiB of host memory; 128 MiB gains nothing).
 TB_CACHE_MIB = 64
@@ -66,6 +68,16 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class InterfaceView:
+    """A NIC on the environment network: a tap vmctl made (libvirt opens it by name, `managed="no"`),
+    at a fixed slot after user-mode networking's (0x10), so the guest's eth0 stays user-mode's."""
+
+    tap: str
+    mac: str
+    slot: int
+
+
+@dataclass(frozen=True)
 class DomainView:
     """Everything the domain template needs, already resolved and validated."""
 
@@ -85,6 +97,8 @@ class DomainView:
     forwards: tuple[Forward, ...]
     disks: tuple[DiskView, ...] = ()
     filesystems: tuple[FilesystemView, ...] = ()
+    interfaces: tuple[InterfaceView, ...] = ()
+    restrict: bool = False  # user-mode networking only for the forwards: no way out (internal networks)
     machine_type: str = "q35"
     tb_cache_mib: int = TB_CACHE_MIB
     dac_label: str | None = None
@@ -96,21 +110,24 @@ class DomainView:
 
     @property
     def qemu_args(self) -> list[str]:
-        return netdev_args(self.forwards)
+        return netdev_args(self.forwards, restrict=self.restrict)
 
 
 def domain_name(environment: str, machine: str) -> str:
     return f"{DOMAIN_PREFIX}-{environment}-{machine}"
 
 
-def netdev_args(forwards: Sequence[Forward]) -> list[str]:
+def netdev_args(forwards: Sequence[Forward], *, restrict: bool = False) -> list[str]:
     """QEMU user-mode networking with host forwards (libvirt 9.0 has no <portForward> for it).
 
     Values are integers and validated IPv4 addresses, so QEMU's comma syntax cannot be broken into.
-    The address 0x10 avoids libvirt's own pcie-root-port in slot 1.
+    The address 0x10 avoids libvirt's own pcie-root-port in slot 1. `restrict=on` keeps the forwards
+    (SSH, published ports) but lets the guest reach neither the host nor anything beyond it.
     """
     fwd = "".join(f",hostfwd={f.proto}:{f.host_ip}:{int(f.host_port)}-:{int(f.guest_port)}" for f in forwards)
-    return ["-netdev", f"user,id=vmctl0{fwd}", "-device", "virtio-net-pci,netdev=vmctl0,bus=pcie.0,addr=0x10"]
+    restricted = ",restrict=on" if restrict else ""
+    return ["-netdev", f"user,id=vmctl0{restricted}{fwd}",
+            "-device", f"virtio-net-pci,netdev=vmctl0,bus=pcie.0,addr=0x{USER_NET_SLOT:x}"]
 
 
 def accel_kernel_args(accel: str, vcpus: int) -> tuple[str, ...]:

@@ -23,6 +23,9 @@ from vmctl.yamlpos import Document, KeyPath, dotted, load
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_LABEL_RULE = "a DNS label: lowercase letters, digits and `-`, 1-63 characters, not starting or ending with `-`"
+DEFAULT_NETWORK = "default"  # compose's name for the network every service joins unless it names others
 
 
 class Accel(StrEnum):
@@ -76,6 +79,22 @@ class HealthcheckSpec:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """A network of the environment (compose's top-level `networks:`): one L2 segment with its resolver."""
+
+    name: str
+    internal: bool = False  # no way out of the host from it
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A service on one network, with the extra names it answers to there."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     name: str
     vcpus: int = 1
@@ -89,6 +108,7 @@ class MachineSpec:
     accel: Accel = Accel.AUTO
     uri: str | None = None  # None: the environment's connection
     dedicated_to: str | None = None  # set when this VM exists only to run one service
+    networks: tuple[str, ...] = ()  # resolved by load_environment: its own, or the union of its services'
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,16 @@ class ServiceSpec:
     machine: str | None = None  # the VM it runs in (a declared one, or its dedicated one)
     read_only: bool = True
     privileged: bool = False
+    hostname: str | None = None  # None: the service name
+    networks: tuple[Attachment, ...] = (Attachment(DEFAULT_NETWORK),)
+    expose: tuple[int, ...] = ()  # documents ports reachable on the networks; publishes nothing
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) lines for the container's /etc/hosts
+
+    def names_on(self, network: str) -> tuple[str, ...]:
+        """The names this service is found by on `network`: its name, hostname and aliases there."""
+        extra = next((a.aliases for a in self.networks if a.network == network), ())
+        names = [self.name, *([self.hostname] if self.hostname else []), *extra]
+        return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -119,6 +149,7 @@ class Environment:
     uri: str | None
     machines: tuple[MachineSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
+    networks: tuple[NetworkSpec, ...] = ()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def machine(self, name: str) -> MachineSpec | None:
@@ -453,6 +484,118 @@ def p_healthcheck_test(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
     ctx.fail(path, f"invalid healthcheck test {value!r}", 'use ["CMD", "prog", "arg"] or ["CMD-SHELL", "line"]')
 
 
+# -- the environment network (vmctl/network/ builds it; docs/design.md, "The environment network")
+
+
+def p_dns_label(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    """Network names, hostnames and aliases: each becomes a name in DNS (and an interface label)."""
+    if not isinstance(value, str) or not DNS_LABEL_RE.match(value):
+        ctx.fail(path, f"invalid name {value!r}", f"use {DNS_LABEL_RULE}")
+    return value
+
+
+def p_labels(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    return p_environment(value, path, ctx) if value else ()
+
+
+def p_network_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value != "bridge":
+        ctx.fail(path, f"network driver {value!r} is not supported",
+                 "vmctl makes every network itself as a private bridge: remove `driver` or write `bridge`")
+    return "bridge"
+
+
+def p_false_only(reason: str) -> Parser:
+    """A compose switch vmctl can only honour when off (`external`, `enable_ipv6`)."""
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> bool:
+        if p_bool(value, path, ctx):
+            ctx.fail(path, f"`{path[-1]}: true` is not supported: {reason}", f"remove `{path[-1]}`")
+        return False
+
+    return parse
+
+
+def p_networks(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    nets = _named_mapping(value, path, ctx, "networks", parse_name=p_dns_label)
+    return {name: parse_table(NETWORK_SETTINGS, raw, (*path, name), ctx) for name, raw in nets.items()}
+
+
+def p_service_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Attachment, ...]:
+    """compose's two forms: a list of network names, or a mapping name -> {aliases} (or empty)."""
+    if isinstance(value, list):
+        value = {p_dns_label(v, (*path, i), ctx): None for i, v in enumerate(value)}
+    if not isinstance(value, dict) or not value:
+        ctx.fail(path, f"must be a list of network names or a mapping of them, not {_typename(value)}",
+                 'write `networks: [front, back]` or `networks: {front: {aliases: [web]}}`')
+    out = []
+    for name, raw in value.items():
+        p_dns_label(name, (*path, name), ctx)
+        v = parse_table(ATTACHMENT_SETTINGS, raw, (*path, name), ctx)
+        out.append(Attachment(network=name, aliases=v["aliases"]))
+    return tuple(out)
+
+
+def p_aliases(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        ctx.fail(path, f"must be a list of names, not {_typename(value)}")
+    return tuple(p_dns_label(v, (*path, i), ctx) for i, v in enumerate(value))
+
+
+def p_refused(reason: str, hint: str) -> Parser:
+    """A compose key with a meaning vmctl cannot give it (yet): refused, with why and what to do."""
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> NoReturn:
+        ctx.fail(path, f"`{path[-1]}` is not supported: {reason}", hint)
+
+    return parse
+
+
+_EXPOSE = re.compile(r"^(\d+)(?:/(tcp|udp))?$")
+
+
+def p_expose(value: Any, path: KeyPath, ctx: Ctx) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        ctx.fail(path, f"must be a list of ports, not {_typename(value)}")
+    out = []
+    for i, item in enumerate(value):
+        m = _EXPOSE.match(str(item)) if isinstance(item, str | int) and not isinstance(item, bool) else None
+        if not m or not 1 <= int(m.group(1)) <= 65535:
+            ctx.fail((*path, i), f"invalid port {item!r}", 'write a port like `6379` or "6379/tcp"')
+        out.append(int(m.group(1)))
+    return tuple(out)
+
+
+def p_extra_hosts(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    """compose's `["name:IP", "name=IP"]` or `{name: IP}`: lines of the container's /etc/hosts."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        pairs = [re.split(r"[:=]", v, maxsplit=1) for v in value]
+        if any(len(p) != 2 for p in pairs):
+            ctx.fail(path, "each entry must be `NAME:IP`", 'write e.g. `- "db.local:10.1.2.3"`')
+        items = [(i, name, ip) for i, (name, ip) in enumerate(pairs)]
+    elif isinstance(value, dict):
+        items = [(name, name, str(ip)) for name, ip in value.items()]
+    else:
+        ctx.fail(path, f"must be a list of `NAME:IP` strings or a mapping, not {_typename(value)}")
+    out = []
+    for key, name, ip in items:
+        if not _HOSTNAME.match(name):
+            ctx.fail((*path, key), f"invalid host name {name!r}", "use letters, digits, `-` and `.`")
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            ctx.fail((*path, key), f"invalid address {ip!r} for `{name}`", "use an IPv4 address")
+        out.append((name, ip))
+    return tuple(out)
+
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def p_machine_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        ctx.fail(path, f"must be a non-empty list of network names, not {_typename(value)}")
+    return tuple(dict.fromkeys(p_dns_label(v, (*path, i), ctx) for i, v in enumerate(value)))
+
+
 def p_vm(value: Any, path: KeyPath, ctx: Ctx) -> Any:
     """Checked here; merged with `defaults` when the dedicated VM is built, so the raw mapping is kept."""
     parse_table(VM_SETTINGS, value, path, ctx)
@@ -488,6 +631,24 @@ MACHINE_SETTINGS = (
     *VM_SETTINGS,
     Setting("disks", p_disks, (), "list", "extra virtio disks: a path, or {path|size, readonly, name}"),
     Setting("ports", p_ports, (), "list", 'forwarded ports "HOST:GUEST" or "GUEST", bound to 127.0.0.1'),
+    Setting("networks", p_machine_networks, None, "list",
+            "networks it joins (default: those of its services, else `default`)"),
+)
+
+NETWORK_SETTINGS = (
+    Setting("internal", p_bool, False, "bool", "no way out of the host: members reach only each other"),
+    Setting("driver", p_network_driver, "bridge", "bridge", "a private bridge per network (the only driver)"),
+    Setting("external", p_false_only("vmctl creates and removes every network of an environment itself"),
+            False, "false", "networks made by another program are not supported"),
+    Setting("enable_ipv6", p_false_only("environment networks are IPv4 only"), False, "false",
+            "IPv6 is not supported"),
+    Setting("labels", p_labels, (), "mapping|list", "metadata, kept in the resolved model"),
+)
+
+ATTACHMENT_SETTINGS = (
+    Setting("aliases", p_aliases, (), "list", "more names this service is found by on this network"),
+    Setting("ipv4_address", p_refused("addresses are assigned by vmctl",
+                                      "remove it and reach the service by name"), None, "-", "refused"),
 )
 
 HEALTHCHECK_SETTINGS = (
@@ -516,6 +677,13 @@ SERVICE_SETTINGS = (
     Setting("vm", p_vm, None, "mapping", "resources of the dedicated microVM (vcpus, memory, kernel, ...)"),
     Setting("read_only", p_bool, True, "bool", "mount the container's root filesystem read-only"),
     Setting("privileged", p_bool, False, "bool", "all capabilities and devices (weakens isolation)"),
+    Setting("hostname", p_dns_label, None, "name", "the container's hostname, and one more name on its networks"),
+    Setting("networks", p_service_networks, None, "list|mapping",
+            "networks it joins, with `aliases` per network (default: `default`)"),
+    Setting("expose", p_expose, (), "list", "ports reachable on its networks (documentation: all are)"),
+    Setting("extra_hosts", p_extra_hosts, (), "list|mapping", '"NAME:IP" lines for its /etc/hosts'),
+    Setting("network_mode", p_refused("every service is a member of its environment's networks",
+                                      "remove it; use `networks:` to choose networks"), None, "-", "refused"),
 )
 
 LIBVIRT_SETTINGS = (
@@ -531,13 +699,13 @@ def p_services(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
     return _named_mapping(value, path, ctx, "services")
 
 
-def _named_mapping(value: Any, path: KeyPath, ctx: Ctx, what: str) -> dict[str, Any]:
+def _named_mapping(value: Any, path: KeyPath, ctx: Ctx, what: str, parse_name: Parser = p_name) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {_typename(value)}")
     for name in value:
-        p_name(name, (*path, name), ctx)
+        parse_name(name, (*path, name), ctx)
     return value
 
 
@@ -547,6 +715,7 @@ ENV_SETTINGS = (
     Setting("defaults", lambda v, p, c: v, None, "mapping", "machine settings every machine starts from"),
     Setting("machines", p_machines, None, "mapping", "name -> machine settings"),
     Setting("services", p_services, None, "mapping", "name -> container service settings"),
+    Setting("networks", p_networks, None, "mapping", "name -> network settings (`default` always exists)"),
 )
 
 
@@ -570,7 +739,7 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
                  if s.isolation is Isolation.MICROVM and s.machine is None]
     services = [replace(s, machine=s.name) if s.isolation is Isolation.MICROVM and s.machine is None else s
                 for s in services]
-    machines = [_with_service_ports(m, services) for m in machines]
+    machines = [_with_service_networks(_with_service_ports(m, services), services, ctx) for m in machines]
     env = Environment(
         name=name_override or top["name"] or folder_name(file),
         file=file.resolve(),
@@ -578,6 +747,7 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
         uri=(top["libvirt"] or {}).get("uri"),
         machines=tuple(machines),
         services=tuple(services),
+        networks=_used_networks(top["networks"] or {}, machines, services, ctx),
         lines={dotted(k): v for k, v in doc.lines.items()},
     )
     if not env.machines and not env.services:
@@ -585,6 +755,7 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
                  "add a `machines:` or `services:` mapping (see examples/quickstart.yaml)")
     _check_references(env, ctx)
     _check_port_conflicts(env, ctx)
+    _check_names(env, ctx)
     return env
 
 
@@ -598,7 +769,7 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
     v = parse_table(MACHINE_SETTINGS, raw, ("machines", name), ctx, defaults)
     return MachineSpec(name=name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], disks=v["disks"],
-                       ports=v["ports"], accel=v["accel"], uri=v["uri"])
+                       ports=v["ports"], accel=v["accel"], uri=v["uri"], networks=v["networks"] or ())
 
 
 def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
@@ -615,7 +786,9 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
                        ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],
                        healthcheck=v["healthcheck"], restart=v["restart"], isolation=v["isolation"],
-                       machine=v["machine"], read_only=v["read_only"], privileged=v["privileged"])
+                       machine=v["machine"], read_only=v["read_only"], privileged=v["privileged"],
+                       hostname=v["hostname"], networks=v["networks"] or (Attachment(DEFAULT_NETWORK),),
+                       expose=v["expose"], extra_hosts=v["extra_hosts"])
 
 
 def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any],
@@ -630,6 +803,65 @@ def _with_service_ports(machine: MachineSpec, services: Sequence[ServiceSpec]) -
     """A service in a VM shares the guest's network stack, so its ports are forwards of its machine."""
     extra = tuple(p for s in services if s.machine == machine.name for p in s.ports)
     return replace(machine, ports=machine.ports + extra) if extra else machine
+
+
+def _with_service_networks(machine: MachineSpec, services: Sequence[ServiceSpec], ctx: Ctx) -> MachineSpec:
+    """A machine's services share its address (as the containers of a pod do), so it joins their networks.
+
+    A machine that names its `networks` keeps them, and its services may only use those."""
+    mine = [s for s in services if s.machine == machine.name]
+    if machine.networks:
+        for s in mine:
+            for a in s.networks:
+                if a.network not in machine.networks and machine.dedicated_to is None:
+                    ctx.fail(("services", s.name, "networks", a.network),
+                             f"`{s.name}` runs in machine `{machine.name}`, which is not on network `{a.network}`",
+                             f"add `{a.network}` to `machines.{machine.name}.networks`, or remove it here")
+        return machine
+    wanted = [a.network for s in mine for a in s.networks] or [DEFAULT_NETWORK]
+    return replace(machine, networks=tuple(dict.fromkeys(wanted)))
+
+
+def _used_networks(declared: Mapping[str, Any], machines: Sequence[MachineSpec], services: Sequence[ServiceSpec],
+                   ctx: Ctx) -> tuple[NetworkSpec, ...]:
+    """The networks members join, in declaration order (`default` first when used); undeclared ones fail."""
+    used = [n for m in machines for n in m.networks]
+    used += [a.network for s in services if s.isolation is Isolation.CONTAINER for a in s.networks]
+    for m in machines:
+        for n in m.networks:
+            if n != DEFAULT_NETWORK and n not in declared:
+                svc = next((s for s in services if s.machine == m.name and
+                            any(a.network == n for a in s.networks)), None)
+                path = ("services", svc.name, "networks", n) if svc else ("machines", m.name, "networks")
+                ctx.fail(path, f"undeclared network `{n}`", _did_you_mean(n, declared, "networks"))
+    for s in services:
+        for a in s.networks:
+            if a.network != DEFAULT_NETWORK and a.network not in declared:
+                ctx.fail(("services", s.name, "networks", a.network), f"undeclared network `{a.network}`",
+                         _did_you_mean(a.network, declared, "networks") + " (declare it under top-level `networks:`)")
+    names = [n for n in (DEFAULT_NETWORK, *declared) if n in used]
+    return tuple(NetworkSpec(name=n, internal=bool(declared.get(n, {}).get("internal"))) for n in names)
+
+
+def _check_names(env: Environment, ctx: Ctx) -> None:
+    """On each network a name (service, hostname, alias, machine) belongs to one member."""
+    for net in env.networks:
+        owner: dict[str, str] = {}
+        claims = [(m.name, m.name, ("machines", m.name)) for m in env.machines
+                  if m.dedicated_to is None and net.name in m.networks]
+        claims += [(s.machine or s.name, n, ("services", s.name))
+                   for s in env.services if net.name in _networks_of(env, s) for n in s.names_on(net.name)]
+        for member, name, path in claims:
+            if owner.setdefault(name, member) != member:
+                ctx.fail(path, f"the name `{name}` is claimed twice on network `{net.name}`",
+                         "each service name, hostname and alias must be unique on a network: rename one")
+
+
+def _networks_of(env: Environment, svc: ServiceSpec) -> tuple[str, ...]:
+    if svc.isolation is Isolation.CONTAINER:
+        return tuple(a.network for a in svc.networks)
+    machine = env.machine(svc.machine or svc.name)
+    return machine.networks if machine else ()
 
 
 def _check_references(env: Environment, ctx: Ctx) -> None:

@@ -68,6 +68,7 @@ class EnvState:
     file: str
     machines: dict[str, MachineState] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    network: dict[str, Any] = field(default_factory=dict)  # {"subnets", "addresses"}: network.plan keeps them
     version: int = STATE_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +81,7 @@ class EnvState:
             file=raw["file"],
             machines={k: MachineState.from_json(v) for k, v in raw.get("machines", {}).items()},
             services=raw.get("services", {}),
+            network=raw.get("network", {}),
             version=raw.get("version", STATE_VERSION),
         )
 

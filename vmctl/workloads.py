@@ -25,6 +25,8 @@ from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
 from vmctl.guest_container import GuestRuntime, Live, image_serial, volume_tag
 from vmctl.host_container import HostRuntime, PortForward
+from vmctl.network import plan as netplan
+from vmctl.network.host import EnvNetwork
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
@@ -91,9 +93,11 @@ class HostServiceRuntime:
     isolation = "container"
     share_network = False
 
-    def __init__(self, environment: str, services_dir: Path) -> None:
+    def __init__(self, environment: str, services_dir: Path,
+                 network: tuple[EnvNetwork, netplan.NetworkPlan] | None = None) -> None:
         self.environment = environment
         self.services_dir = services_dir
+        self.network = network  # where the containers join the environment network
         self.host = HostRuntime()
 
     def container_name(self, service: str) -> str:
@@ -114,7 +118,14 @@ class HostServiceRuntime:
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None:
         forwards = [PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports]
-        self.host.start(req, self.cdir(svc.name), ports=forwards)
+        self.host.start(req, self.cdir(svc.name), ports=forwards, on_created=self._joiner(svc.name))
+
+    def _joiner(self, name: str) -> Callable[[int], None] | None:
+        """Adds the container's NICs on the environment network between `runc create` and `start`."""
+        if self.network is None or (member := self.network[1].member(name)) is None:
+            return None
+        host, plan = self.network
+        return lambda pid: host.join_container(pid, member, plan)
 
     def live(self, name: str) -> Live:
         st = self.host.state(self.container_name(name))
@@ -149,17 +160,21 @@ class HostServiceRuntime:
 # one request for both sides
 
 
-def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) -> ContainerRequest:
-    """The service as an OCI request: compose's command/entrypoint/env merging over the image config."""
+def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
+                      plan: netplan.NetworkPlan | None = None) -> ContainerRequest:
+    """The service as an OCI request: compose's command/entrypoint/env merging over the image config,
+    and its place on the environment network (nameservers, its own address) when there is one."""
     cfg = image.config
     image_user = cfg.user if cfg.user.replace(":", "").isdigit() else ""
+    member = plan.member(svc.name if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name) \
+        if plan else None
     return ContainerRequest(
         name=runtime.container_name(svc.name),
         args=merge_command(svc.entrypoint, svc.command, cfg),
         env=merge_env(cfg.env, [f"{k}={v}" for k, v in svc.environment]),
         cwd=svc.working_dir or cfg.working_dir or "/",
         user=svc.user or image_user,
-        hostname=svc.name,
+        hostname=svc.hostname or svc.name,
         rootfs=runtime.rootfs(svc.name, image),
         readonly_rootfs=svc.read_only,
         mounts=_mounts(svc, runtime),
@@ -167,6 +182,9 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime) 
         share_host_network=runtime.share_network,
         cgroups_path=f"/vmctl/{runtime.container_name(svc.name)}",
         etc_dir=runtime.etc_dir(svc.name),
+        extra_hosts=svc.extra_hosts,
+        dns=plan.nameservers(member) if plan and member else (netplan.USER_NET_DNS,),
+        address=member.nics[0].address if member and member.nics else None,
     )
 
 
@@ -211,6 +229,7 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
 
     def __init__(self, env: Environment, envdir: EnvDir, state: EnvState) -> None:
         self.env, self.envdir, self.state = env, envdir, state
+        self.plan = netplan.plan(env, state.network) if state.network else None
         self._open: dict[str, Runtime] = {}
         self._guests: list[Guest] = []
 
@@ -221,7 +240,8 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
         return self._open[key]
 
     def host(self) -> HostServiceRuntime:
-        return HostServiceRuntime(self.env.name, self.envdir.path / "services")
+        network = (EnvNetwork(str(self.envdir.path)), self.plan) if self.plan else None
+        return HostServiceRuntime(self.env.name, self.envdir.path / "services", network)
 
     def _guest_runtime(self, machine: str) -> GuestRuntime:
         ms = self.state.machines.get(machine)
@@ -254,18 +274,18 @@ def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Ma
                 progress.done(svc.name, "already running")
                 continue
             rollback.callback(_forget, envdir, state, svc.name)
-            _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback)
+            _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback, runtimes.plan)
             if wait:
                 wait_ready(svc, rt, progress, deadline)
         rollback.pop_all()
 
 
 def _start_one(svc: ServiceSpec, image: PreparedImage, rt: Runtime, state: EnvState, envdir: EnvDir,
-               progress: Progress, rollback: contextlib.ExitStack) -> None:
+               progress: Progress, rollback: contextlib.ExitStack, plan: netplan.NetworkPlan | None = None) -> None:
     where = f"in `{svc.machine}`" if rt.isolation == "microvm" else "on the host (runc)"
     progress.working(svc.name, f"starting {where}")
     published = published_ports(svc, state)
-    req = container_request(svc, image, rt)
+    req = container_request(svc, image, rt, plan)
     state.services[svc.name] = {
         "name": svc.name, "isolation": svc.isolation.value, "machine": svc.machine, "image": svc.image,
         "digest": image.digest, "container": req.name, "ports": [asdict(p) for p in published],

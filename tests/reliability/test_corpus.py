@@ -227,6 +227,25 @@ CASES = [
     Case("flag-unknown", M1 + "    vcpus: 1\n", "No such option '--jsno'. Did you mean '--json'?",
          args=("status", "--jsno"), flag="--jsno"),
     Case("command-unknown", M1 + "    vcpus: 1\n", "No such command 'upp'", args=("upp",), flag="upp"),
+    # --- the environment network -------------------------------------------------------------------------
+    Case("net-undeclared", "name: corpus\nservices:\n  s:\n    image: x\n    networks: [front]\n",
+         "undeclared network `front`", at=(5, "services.s.networks.front")),
+    Case("net-bad-name", "name: corpus\nnetworks:\n  Front_1: {}\nservices:\n  s: {image: x}\n", "invalid name",
+         at=(3, "networks.Front_1")),
+    Case("net-bad-alias", "name: corpus\nservices:\n  s:\n    image: x\n    networks:\n      default:\n"
+         "        aliases: [\"has space\"]\n", "DNS label", at=(7, "services.s.networks.default.aliases[0]")),
+    Case("net-alias-claimed-twice", "name: corpus\nservices:\n  a:\n    image: x\n    networks:\n      default:\n"
+         "        aliases: [db]\n  b:\n    image: x\n    hostname: db\n", "claimed twice on network `default`",
+         at=(8, "services.b")),
+    Case("net-driver", "name: corpus\nnetworks:\n  front: {driver: overlay}\nservices:\n  s: {image: x}\n",
+         "driver 'overlay' is not supported", at=(3, "networks.front.driver")),
+    Case("net-ipv4-address", "name: corpus\nservices:\n  s:\n    image: x\n    networks:\n      default:\n"
+         "        ipv4_address: 10.1.1.1\n", "assigned by vmctl", at=(7, "services.s.networks.default.ipv4_address")),
+    Case("net-network-mode", "name: corpus\nservices:\n  s:\n    image: x\n    network_mode: host\n",
+         "`network_mode` is not supported", at=(5, "services.s.network_mode")),
+    Case("net-machine-not-on-it", "name: corpus\nnetworks: {back: {}}\nmachines:\n  w: {networks: [default]}\n"
+         "services:\n  s:\n    image: x\n    machine: w\n    networks: [back]\n",
+         "not on network `back`", at=(9, "services.s.networks.back")),
     Case("render-accel", M1 + "    vcpus: 1\n", "Invalid value for '--accel'", args=("render", "--accel", "hvf"),
          flag="--accel"),
     Case("logs-no-name", M1 + "    vcpus: 1\n", "Missing argument 'NAME'", args=("logs",), flag="NAME"),

@@ -97,3 +97,19 @@ def test_kvm_nested_under_an_emulated_cpu_is_flagged_in_every_view() -> None:
     assert "emulated" in next(csv.reader(io.StringIO(views.to_csv(rep))))
     plain = _report("kvm")
     assert not plain.emulated and plain.banner() is None and plain.accel_label == "kvm"
+
+
+def test_pairs_get_ratios_to_the_baseline_pair_and_a_table_of_their_own() -> None:
+    from vmctl.compare.report import metric_grid, network_grid
+    from vmctl.compare.results import Report, row, with_ratios
+
+    rows = with_ratios([row("peers", "runc -> runc", "rtt_ms", "ms", [0.05], "none"),
+                        row("peers", "microvm -> microvm", "rtt_ms", "ms", [1.0], "tcg"),
+                        row("start", "runc", "start_seconds", "s", [0.1], "none")], "runc")
+    assert [r.ratio for r in rows] == [1.0, 20.0, 1.0]
+    report = Report(accel="tcg", accel_reason="", host={}, versions={}, sandboxes=["runc", "microvm"], runs=1,
+                    skipped={}, results=rows)
+    headers, grid = network_grid(report)
+    assert headers == ["pair", "round trip by name (redis PING, p50)"]
+    assert grid == [["runc -> runc", "0.050 ms (1.00x)"], ["microvm -> microvm", "1.000 ms (20.00x)"]]
+    assert [g[0] for g in metric_grid(report)[1]] == ["start: cold start to first output"]  # pairs stay out

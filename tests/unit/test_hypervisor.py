@@ -3,15 +3,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from vmctl.errors import HostError
-from vmctl.hypervisor import Hypervisor, clear_unstarted_domains, embed_uri, prepare_embed_root, wait_for_root
+from vmctl.hypervisor import (
+    Hypervisor,
+    clear_unstarted_domains,
+    embed_uri,
+    on_one_cpu,
+    prepare_embed_root,
+    wait_for_root,
+)
 
 STATUS = """<!--
 WARNING: THIS IS AN AUTO-GENERATED FILE.
@@ -79,3 +88,22 @@ def test_a_root_held_for_longer_names_the_holder(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_on_one_cpu_pins_only_the_body_and_gives_new_threads_the_full_set() -> None:
+    allowed = os.sched_getaffinity(0)
+    seen: dict[str, set[int]] = {}
+    gate = threading.Event()
+
+    def worker() -> None:  # started while pinned, as a thread libvirt might start in `open`
+        gate.wait(10)
+        seen["worker"] = os.sched_getaffinity(0)
+
+    with on_one_cpu():
+        seen["body"] = os.sched_getaffinity(0)
+        thread = threading.Thread(target=worker)
+        thread.start()
+    gate.set()
+    thread.join(10)
+    assert seen["body"] == {min(allowed)}
+    assert os.sched_getaffinity(0) == allowed and seen["worker"] == allowed

@@ -79,6 +79,7 @@ def test_lines_are_recorded(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- every machine key
 
 MACHINE_GOOD: list[tuple[str, Any, str, Any]] = [
+    ("networks", ["default", "default"], "networks", ("default",)),
     ("vcpus", 4, "vcpus", 4),
     ("memory", "1G", "memory_mib", 1024),
     ("memory", "512MiB", "memory_mib", 512),
@@ -125,6 +126,8 @@ MACHINE_BAD: list[tuple[str, Any, str]] = [
     ("disks", [{"size": "1G", "readonly": "yes"}], "true or false"),
     ("disks", [{"size": "0"}], "invalid size"),
     ("disks", [{"size": "1G", "name": "x"}, {"size": "1G", "name": "x"}], "two disks are named"),
+    ("networks", [], "non-empty list"),
+    ("networks", ["back"], "undeclared network `back`"),
 ]
 
 
@@ -175,6 +178,13 @@ SERVICE_GOOD: list[tuple[str, Any, str, Any]] = [
     ("isolation", "container", "isolation", Isolation.CONTAINER),
     ("read_only", False, "read_only", False),
     ("privileged", True, "privileged", True),
+    ("hostname", "db-1", "hostname", "db-1"),
+    ("networks", ["default"], "networks", (spec.Attachment("default"),)),
+    ("networks", {"default": {"aliases": ["db"]}}, "networks", (spec.Attachment("default", ("db",)),)),
+    ("networks", {"default": None}, "networks", (spec.Attachment("default"),)),
+    ("expose", [6379, "53/udp"], "expose", (6379, 53)),
+    ("extra_hosts", ["db.local:10.1.2.3", "x=10.0.0.1"], "extra_hosts", (("db.local", "10.1.2.3"), ("x", "10.0.0.1"))),
+    ("extra_hosts", {"a.b": "1.2.3.4"}, "extra_hosts", (("a.b", "1.2.3.4"),)),
 ]
 
 SERVICE_BAD: list[tuple[str, Any, str]] = [
@@ -207,6 +217,18 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("vm", "big", "mapping of settings"),
     ("read_only", "yes", "true or false"),
     ("privileged", 1, "true or false"),
+    ("hostname", "Bad_Host", "invalid name"),
+    ("hostname", "-x", "DNS label"),
+    ("networks", ["nosuch"], "undeclared network `nosuch`"),
+    ("networks", "front", "list of network names"),
+    ("networks", {"default": {"aliases": ["Not Valid"]}}, "invalid name"),
+    ("networks", {"default": {"ipv4_address": "10.1.1.1"}}, "addresses are assigned by vmctl"),
+    ("networks", {"default": {"alias": ["x"]}}, "did you mean `aliases`"),
+    ("expose", ["http"], "invalid port"),
+    ("expose", 80, "list of ports"),
+    ("extra_hosts", ["nohost"], "NAME:IP"),
+    ("extra_hosts", ["a:not-an-ip"], "invalid address"),
+    ("network_mode", "host", "`network_mode` is not supported"),
 ]
 
 

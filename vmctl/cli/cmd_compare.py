@@ -46,15 +46,15 @@ def command(app: App, runs: int, as_json: bool, out: Path | None, sandboxes: str
     options = Options(runs=runs, only=_csv(only, MEASUREMENTS, "--only") or MEASUREMENTS,
                       sandboxes=_csv(sandboxes, SANDBOXES, "--sandboxes"), density=density,
                       perf_seconds=perf_seconds, service=service)
+    report_dir = views.ReportDir(out) if out is not None else None  # can every output be written? Before measuring
     progress = app.progress
-    result = compare(app.environment(), options, progress)
+    result = compare(app.environment(), options, progress, on_update=report_dir.save_data if report_dir else None)
     if result.emulated:
         progress.warn("accel", result.banner() or "")
-    if out is not None:
-        paths = views.write_all(result, out)
-        progress.done("report", f"wrote {', '.join(str(p) for p in paths.values())}")
-    if as_json:
-        click.echo(views.to_json(result))
-    else:
-        click.echo(views.terminal(result))
+    if report_dir is not None:
+        paths = report_dir.save_data(result)
+        progress.done("report", f"wrote {', '.join(str(p) for p in paths)}")
+    click.echo(views.to_json(result) if as_json else views.terminal(result))
     sys.stdout.flush()
+    if report_dir is not None:  # last: the only output that needs more than vmctl (matplotlib)
+        progress.done("report", f"wrote {report_dir.save_page(result)}")

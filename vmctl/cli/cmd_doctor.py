@@ -19,6 +19,9 @@ def command(app: App, as_json: bool, no_probe: bool) -> None:
     kvm = rep["kvm"]
     click.echo(f"accelerator:  {rep['accel_label'].upper()}  ({kvm['reason']})")
     click.echo(f"kvm module:   {kvm['module'] or '-'}   /dev/kvm: {'yes' if kvm['dev_kvm'] else 'no'}")
+    if kvm["cpuid_varies_by_cpu"]:
+        click.echo("kvm cpuid:    differs per CPU: this host makes libvirt re-probe QEMU (seconds) whenever its "
+                   "driver starts on another CPU; vmctl opens libvirt from one CPU so the cache stays valid")
     versions = rep.get("versions", {})
     click.echo(f"libvirt:      {versions.get('libvirt', '?')} (embedded driver {rep['libvirt_embedded']})")
     click.echo(f"qemu:         {versions.get('qemu', '?')}")

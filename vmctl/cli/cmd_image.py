@@ -6,8 +6,23 @@ import click
 
 from vmctl import guest_image
 from vmctl.cli.app import App, pass_app
+from vmctl.errors import VmctlError
+from vmctl.hypervisor import warm_capabilities
+from vmctl.progress import Progress
 
 KERNELS = {"cloud": "default", "minimal": "minimal"}  # --kernel -> recipe under guest_images/
+
+
+def warm_libvirt(progress: Progress) -> None:
+    """Have libvirt probe QEMU now, if its capability cache needs it, rather than in the first `up`."""
+    progress.working("libvirt", "QEMU capabilities")
+    start = time.monotonic()
+    try:
+        warm_capabilities("warm")
+    except VmctlError as e:  # the image is built; `up` will say what is wrong with libvirt
+        progress.warn("libvirt", f"could not cache QEMU's capabilities: {e.message}")
+        return
+    progress.done("libvirt", f"QEMU capabilities cached ({time.monotonic() - start:.1f}s)")
 
 
 @click.group("image")
@@ -39,6 +54,7 @@ def build(app: App, name: str | None, kernel: str | None, force: bool, as_json: 
     image = guest_image.build_guest_image(name, force=force, progress=progress.callback(f"image {name}"))
     seconds = time.monotonic() - start
     progress.done(f"image {name}", f"{image.kernel_release} in {seconds:.1f}s")
+    warm_libvirt(progress)
     data = {"name": image.name, "kernel": str(image.kernel), "initrd": str(image.initrd),
             "kernel_release": image.kernel_release, "digest": image.digest, "directory": str(image.directory),
             "seconds": round(seconds, 3)}

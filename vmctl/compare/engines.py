@@ -9,6 +9,7 @@ hybrid cgroups) and explicit ulimits, with slirp4netns networking and 127.0.0.1 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
@@ -145,26 +146,48 @@ def privileged_args() -> list[str]:
     return args + [a for c in missing for a in ("--cap-drop", c.removeprefix("CAP_"))]
 
 
+def dockerd() -> str | None:
+    return shutil.which("dockerd") or shutil.which("dockerd", path="/usr/sbin:/sbin")
+
+
+def docker_client() -> str | None:
+    """The `docker` client that came with this host's `dockerd` (Debian's docker.io: /usr/sbin/dockerd and
+    /usr/bin/docker), before any other on PATH: a newer client in /usr/local/bin talks to an older daemon
+    only by negotiation, and reports its own version, not the engine's."""
+    daemon = dockerd()
+    if daemon is not None:
+        sibling = Path(daemon).resolve().parent.parent / "bin" / "docker"
+        if sibling.is_file() and os.access(sibling, os.X_OK):
+            return str(sibling)
+    return shutil.which("docker")
+
+
 class Docker(Engine):
-    name, program, transport = "docker", "docker", "docker-daemon:"
+    name, transport = "docker", "docker-daemon:"
 
     def __init__(self) -> None:
         self.daemon: subprocess.Popen[bytes] | None = None
+        self.program = docker_client() or "docker"
 
     def _daemon_up(self) -> bool:
         return run([self.program, "info"], check=False, timeout=30).returncode == 0
 
     def unavailable(self) -> str | None:
-        if shutil.which("docker") is None:
+        if docker_client() is None:
             return "`docker` is not installed (`apt-get install docker.io`)"
-        if not self._daemon_up() and shutil.which("dockerd") is None:
+        if not self._daemon_up() and dockerd() is None:
             return "no docker daemon is running and `dockerd` is not installed (`apt-get install docker.io`)"
         return None
 
+    def versions(self) -> dict[str, str]:
+        server = run([self.program, "version", "--format", "{{.Server.Version}}"], check=False, timeout=30)
+        engine = server.stdout.decode(errors="replace").strip() if server.returncode == 0 else "?"
+        return {**super().versions(), "dockerd": engine}
+
     def prepare(self, workload: Workload) -> None:
         if not self._daemon_up():
-            self.daemon = spawn(["dockerd", "--iptables=false", "--bridge=none"], stderr=subprocess.DEVNULL,
-                                new_session=True)
+            self.daemon = spawn([dockerd() or "dockerd", "--iptables=false", "--bridge=none"],
+                                stderr=subprocess.DEVNULL, new_session=True)
             deadline = time.monotonic() + DAEMON_WAIT
             while not self._daemon_up():
                 if time.monotonic() > deadline or self.daemon.poll() is not None:

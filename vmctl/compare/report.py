@@ -15,6 +15,8 @@ import jinja2
 
 from vmctl.compare.footprint import AFTER_PEAK_S
 from vmctl.compare.results import Report, Row
+from vmctl.errors import HostError, UsageError
+from vmctl.outputs import Requirement, writable_dir, write_atomic
 from vmctl.paths import TEMPLATES_DIR
 
 SHARED, ISOLATED, UNKNOWN = "SHARED", "isolated", "?"
@@ -29,14 +31,16 @@ METRIC_LABELS = {
     ("disk", "image_mib"): "disk: image",
     ("disk", "boot_files_mib"): "disk: guest kernel+initramfs",
     ("disk", "writable_mib"): "disk: writable, per instance",
+    ("peers", "rtt_ms"): "round trip by name (redis PING, p50)",
+    ("peers", "throughput_mbit"): "throughput by name (iperf3)",
 }
 
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "bit/s":
         return f"{value / 1e9:.2f} Gbit/s" if value >= 1e9 else f"{value / 1e6:.1f} Mbit/s"
-    if unit == "s":
-        return f"{value:.3f} s"
+    if unit in ("s", "ms"):
+        return f"{value:.3f} {unit}"
     if abs(value) >= 1000:
         return f"{value:,.0f} {unit}"
     if abs(value) < 10:
@@ -48,7 +52,7 @@ def cell(r: Row) -> str:
     text = _fmt(r.median, r.unit)
     if len(r.samples) > 1:
         text += f" ±{r.spread * 100:.0f}%"
-    if r.ratio is not None and r.higher_is_better:
+    if r.ratio is not None and (r.higher_is_better or " -> " in r.sandbox):  # a pair: both metrics are ratios
         text += f" ({r.ratio:.2f}x)"
     return text
 
@@ -71,13 +75,24 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def metric_grid(report: Report) -> tuple[list[str], list[list[str]]]:
     sandboxes = report.sandboxes
-    keys = list(dict.fromkeys((r.workload, r.metric) for r in report.results))
+    keys = list(dict.fromkeys((r.workload, r.metric) for r in report.results if " -> " not in r.sandbox))
     grid = []
     for workload, metric in keys:
         by = {r.sandbox: r for r in report.rows(workload=workload, metric=metric)}
         first = next(iter(by.values()))
         grid.append([label(first), *(cell(by[s]) if s in by else "-" for s in sandboxes)])
     return ["measurement", *sandboxes], grid
+
+
+def network_grid(report: Report) -> tuple[list[str], list[list[str]]]:
+    """One line per pair of sandboxes: the network rows, whose `sandbox` is `CLIENT -> SERVER`."""
+    rows = [r for r in report.results if " -> " in r.sandbox]
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    grid = []
+    for pair in dict.fromkeys(r.sandbox for r in rows):
+        by = {r.metric: r for r in rows if r.sandbox == pair}
+        grid.append([pair, *(cell(by[m]) if m in by else "-" for m in metrics)])
+    return ["pair", *(label(next(r for r in rows if r.metric == m)) for m in metrics)], grid
 
 
 def isolation_grid(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -101,14 +116,19 @@ def terminal(report: Report) -> str:
     out.append("versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
     out.append(f"runs: {report.runs} (+1 warm-up, excluded); ratios (Nx) are to the plain container (runc); "
                "±% is the spread (max-min)/median")
-    if report.results:
-        out += ["", _table(*metric_grid(report))]
+    grid = metric_grid(report)
+    if grid[1]:
+        out += ["", _table(*grid)]
         phases = [r for r in report.rows(metric="start_seconds", workload="start") if r.phases]
         for r in phases:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in r.phases.items())
             out.append(f"  {r.sandbox} start phases (s): {parts}")
             if r.note:
                 out.append(f"  {r.sandbox} {r.note}")
+    pairs = network_grid(report)
+    if pairs[1]:
+        out += ["", "service to service, by name on the environment network (ratios to runc -> runc):",
+                _table(*pairs)]
     if report.isolation:
         out += ["", "isolation (SHARED = the sandbox reached the host's own; see --json for evidence):",
                 _table(*isolation_grid(report))]
@@ -238,21 +258,47 @@ def html(report: Report) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     headers, grid = metric_grid(report)
     iso_headers, iso_grid = isolation_grid(report)
+    net_headers, net_grid = network_grid(report)
     evidence = {(v.probe, v.sandbox): v.evidence for v in report.isolation}
     meaning = {v.probe: v.meaning for v in report.isolation}
     return env.get_template("index.html.j2").render(
         report=report, data=report.to_json(), headers=headers, grid=grid, iso_headers=iso_headers,
-        iso_grid=iso_grid, evidence=evidence, meaning=meaning,
+        iso_grid=iso_grid, net_headers=net_headers, net_grid=net_grid, evidence=evidence, meaning=meaning,
         plots={"Start time": plot_start(report), "Footprint": plot_footprint(report),
                "Performance": plot_perf(report)},
     )
 
 
-def write_all(report: Report, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"index.html": html(report), "compare.json": to_json(report) + "\n", "compare.csv": to_csv(report)}
-    paths = {}
-    for name, text in files.items():
-        (out / name).write_text(text)
-        paths[name] = out / name
-    return paths
+HTML_NEEDS = Requirement("matplotlib", "report", "`--out` (index.html and its plots)",
+                         instead="or leave `--out` away: `--json > FILE` needs nothing more")
+
+
+class ReportDir:
+    """`compare --out DIR`: compare.json and compare.csv, rewritten whole after every measurement, and
+    index.html (plots: matplotlib) last, so a failure there, or an interrupted run, keeps the data."""
+
+    DATA = ("compare.json", "compare.csv")
+    PAGE = "index.html"
+
+    def __init__(self, out: Path) -> None:
+        HTML_NEEDS.check()  # before anything is measured
+        self.out = writable_dir(out, "--out")
+        for name in (*self.DATA, self.PAGE):
+            if (out / name).is_dir():
+                raise UsageError(f"`--out`: {out / name} is a folder")
+
+    def save_data(self, report: Report) -> list[Path]:
+        texts = {"compare.json": to_json(report) + "\n", "compare.csv": to_csv(report)}
+        for name, text in texts.items():
+            write_atomic(self.out / name, text)
+        return [self.out / name for name in self.DATA]
+
+    def save_page(self, report: Report) -> Path:
+        path = self.out / self.PAGE
+        try:
+            write_atomic(path, html(report))
+        except Exception as e:  # optional output: whatever breaks in it, the data files stay and say so
+            raise HostError(f"writing {path} failed: {type(e).__name__}: {e}",
+                            hint=f"the measurements are in {', '.join(str(self.out / n) for n in self.DATA)}"
+                            ) from e
+        return path

@@ -83,6 +83,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # "sandbox/measurement" -> why
     host_emulated: bool = False  # vmctl's host itself has an emulated CPU (vmctl/virt.py)
+    complete: bool = True  # False in what a run writes while it still measures (`compare --out`)
 
     @property
     def emulated(self) -> bool:
@@ -125,13 +126,16 @@ class Report:
             "isolation": [v.to_json() for v in self.isolation],
             "warnings": self.warnings,
             "skipped": self.skipped,
+            "complete": self.complete,
         }
 
 
 def with_ratios(rows: Iterable[Row], baseline: str) -> list[Row]:
-    """Each row gets `ratio` = its median / the baseline sandbox's median of the same workload+metric."""
+    """Each row gets `ratio` = its median / the baseline's median of the same workload+metric. For a pair
+    of sandboxes (`CLIENT -> SERVER`, the network rows) the baseline is the baseline's own pair."""
     rows = list(rows)
-    base = {(r.workload, r.metric): r.median for r in rows if r.sandbox == baseline}
+    pair = f"{baseline} -> {baseline}"
+    base = {(r.workload, r.metric): r.median for r in rows if r.sandbox in (baseline, pair)}
     out = []
     for r in rows:
         b = base.get((r.workload, r.metric))

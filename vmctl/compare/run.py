@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from vmctl import doctor, virt
-from vmctl.compare import footprint, isolation, perf, start_time
+from vmctl.compare import footprint, isolation, network, perf, start_time
 from vmctl.compare.microvm import MicroVM
 from vmctl.compare.results import Report, Row, Verdict, row, with_ratios
 from vmctl.compare.sandboxes import Instance, Runc, Sandbox, Workload
@@ -18,7 +19,7 @@ from vmctl.oci_spec import merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, ServiceSpec
 
-MEASUREMENTS = ("start", "footprint", "isolation", "perf")
+MEASUREMENTS = ("start", "footprint", "isolation", "perf", "peers")
 SANDBOXES = ("runc", "docker", "podman", "microvm")
 BASELINE = "runc"
 PEAK_MIB = 64  # the footprint's peak workload: a 64 MiB resident allocation, under every limit
@@ -85,7 +86,13 @@ def select(env: Environment, wanted: Sequence[str]) -> tuple[list[Sandbox], dict
     return chosen, skipped
 
 
-def compare(env: Environment, options: Options, progress: Progress) -> Report:
+Save = Callable[[], None]
+
+
+def compare(env: Environment, options: Options, progress: Progress,
+            on_update: Callable[[Report], object] | None = None) -> Report:
+    """Measure every sandbox; `on_update` gets the report so far (`complete=False`, ratios as far as the
+    baseline ran) after each measurement, so a caller can put it on disk as the run goes."""
     svc = pick_service(env, options.service)
     sandboxes, skipped = select(env, options.sandboxes)
     workload = workload_for(env, svc, progress)
@@ -96,15 +103,22 @@ def compare(env: Environment, options: Options, progress: Progress) -> Report:
                                "command": list(workload.args), "guest_ram_mib": workload.memory_mib,
                                "vcpus": workload.vcpus, "container_memory_limit_mib": workload.memory_limit_mib,
                                "container_pids_limit": workload.pids_limit}
+
+    def save() -> None:
+        if on_update is not None:
+            on_update(dataclasses.replace(report, results=with_ratios(report.results, BASELINE), complete=False))
+
     for sb in sandboxes:
         try:
             sb.prepare(workload)
             if isinstance(sb, MicroVM):
                 report.accel, report.accel_reason = sb.accel, sb.accel_reason
             report.versions.update(sb.versions())
-            _measure_one(sb, workload, options, report, progress)
+            _measure_one(sb, workload, options, report, progress, save)
         finally:
             sb.close()
+    if "peers" in options.only:
+        _measure_network(sandboxes, workload, options, report, progress, save)
     report.results = [replace(r, emulated=r.accel == "tcg" or (r.accel == "kvm" and report.host_emulated))
                       for r in with_ratios(report.results, BASELINE)]
     if report.emulated:
@@ -112,9 +126,11 @@ def compare(env: Environment, options: Options, progress: Progress) -> Report:
     return report
 
 
-def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Report, progress: Progress) -> None:
+def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Report, progress: Progress,
+                 save: Save) -> None:
     if "start" in options.only:
         report.results += start_time.measure(sb, workload, options.runs, progress)
+        save()
     if not {"footprint", "isolation", "perf"} & set(options.only) and not options.density:
         return
     progress.working(sb.name, "starting the long-lived instance")
@@ -122,14 +138,38 @@ def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Repo
     try:
         if "footprint" in options.only:
             report.results += measure_footprint(sb, inst, workload, progress)
+            save()
         if "perf" in options.only:
             report.results += measure_perf(sb, inst, options, report, progress)
+            save()
         if "isolation" in options.only:
             report.isolation += measure_isolation(sb, inst, workload, progress)
+            save()
     finally:
         inst.stop()
     if options.density:
         report.results += measure_density(sb, workload, options.density, progress)
+        save()
+
+
+def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: Options, report: Report,
+                     progress: Progress, save: Save) -> None:
+    """Service to service on the environment network: needs both of vmctl's own kinds of member."""
+    names = {sb.name for sb in sandboxes}
+    if not {"runc", "microvm"} <= names:
+        report.skipped[network.WORKLOAD] = "needs the runc and microvm sandboxes (vmctl's two kinds of member)"
+        return
+    before = list(report.results)
+
+    def keep(rows: list[Row]) -> None:
+        report.results = before + rows
+        save()
+
+    try:
+        network.measure(workload, options.runs, options.perf_seconds, progress, keep)
+    except VmctlError as e:
+        report.skipped[network.WORKLOAD] = e.message
+        progress.warn(network.WORKLOAD, f"failed: {e.message}")
 
 
 def measure_footprint(sb: Sandbox, inst: Instance, workload: Workload, progress: Progress) -> list[Row]:

@@ -1,0 +1,67 @@
+#!/bin/sh
+# vmctl: join a guest to its environment networks. Run by the host over SSH once the guest is READY
+# (vmctl/network/guest.py; docs/design.md, "The environment network"), and again after a restore.
+#
+#   sh -s -- NAMESERVERS MAC=ADDRESS/PREFIX...
+#
+# NAMESERVERS: comma-separated IPv4 addresses for /etc/resolv.conf, in order ("-" for none). Each
+# MAC=CIDR configures the NIC with that MAC (found in /sys/class/net, whatever the kernel named it).
+# Every value is checked against a strict character set before use; nothing is evaluated.
+set -eu
+
+fail() { echo "network.sh: $*" >&2; exit 2; }
+
+is_ipv4() {
+    case "$1" in ""|*[!0-9.]*) return 1 ;; esac
+    IFS=. ; set -- $1 ; IFS=' '
+    [ "$#" -eq 4 ] || return 1
+    for octet in "$@"; do
+        [ -n "$octet" ] && [ "$octet" -le 255 ] || return 1
+    done
+}
+
+is_mac() {
+    case "$1" in
+        [0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]) return 0 ;;
+    esac
+    return 1
+}
+
+device_with_mac() {
+    for dev in /sys/class/net/*; do
+        [ "$(cat "$dev/address")" = "$1" ] && { echo "${dev##*/}"; return 0; }
+    done
+    return 1
+}
+
+configure_nic() {
+    mac="${1%%=*}"
+    cidr="${1#*=}"
+    is_mac "$mac" || fail "invalid MAC address"
+    is_ipv4 "${cidr%/*}" || fail "invalid address"
+    case "${cidr#*/}" in 8|16|24) ;; *) fail "invalid prefix" ;; esac
+    dev="$(device_with_mac "$mac")" || fail "no interface with MAC $mac"
+    ip addr flush dev "$dev"
+    ip addr add "$cidr" dev "$dev"
+    ip link set "$dev" up
+}
+
+write_resolv_conf() {
+    : > /etc/resolv.conf.new
+    [ "$1" = - ] || {
+        IFS=, ; set -f ; set -- $1 ; set +f ; IFS=' '
+        for server in "$@"; do
+            is_ipv4 "$server" || fail "invalid nameserver"
+            echo "nameserver $server" >> /etc/resolv.conf.new
+        done
+    }
+    mv /etc/resolv.conf.new /etc/resolv.conf
+}
+
+[ "$#" -ge 1 ] || fail "usage: network.sh NAMESERVERS MAC=CIDR..."
+servers="$1"
+shift
+for nic in "$@"; do
+    configure_nic "$nic"
+done
+write_resolv_conf "$servers"

@@ -1,0 +1,239 @@
+"""The environment network end to end, through the real CLI: real guests (TCG here), real runc
+containers, real bridges, taps, veth pairs and dnsmasq, real sockets. Nothing is mocked.
+
+One application environment (three microVMs and a host container on three networks) serves most
+tests; a second environment beside it proves that two environments cannot reach each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from examples.build_images import EXAMPLES, IMAGES_DIR
+from tests.conftest import environment_up, run_vmctl
+
+TOOLS = ("runc", "slirp4netns", "dnsmasq", "nsenter", "unshare", "ip")
+missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+if missing:  # a missing tool is a failed set-up, not a reason to skip: `./bootstrap.sh` installs them
+    raise RuntimeError(f"the network tests need {missing}: run ./bootstrap.sh (it installs them)")
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="bridges and taps need root")]
+
+REDIS = '["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]'
+APP = f"""\
+name: netapp
+networks:
+  front: {{}}
+  back: {{internal: true}}
+machines:
+  worker: {{networks: [default, front]}}
+services:
+  cache:                      # a microVM on the internal network only, also found as `redis`
+    image: ./tools.tar
+    command: {REDIS}
+    networks:
+      back: {{aliases: [redis]}}
+  web:                        # a microVM on both networks
+    image: ./tools.tar
+    command: {REDIS}
+    hostname: www
+    networks: [front, back]
+  job:                        # inside the declared machine: found by its name and the machine's
+    image: ./tools.tar
+    machine: worker
+    command: {REDIS}
+  edge:                       # a plain container on the host, on the front network only
+    image: ./tools.tar
+    isolation: container
+    command: {REDIS}
+    networks: [front]
+    expose: [6379]
+"""
+OTHER = """\
+name: netother
+services:
+  probe:
+    image: ./tools.tar
+    isolation: container
+    command: ["sleep", "3600"]
+"""
+
+
+def write_env(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "tools.tar").exists():
+        (folder / "tools.tar").symlink_to(IMAGES_DIR / "tools.tar")
+    file = folder / f"{name}.yaml"
+    file.write_text(text)
+    return file
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if not (IMAGES_DIR / "tools.tar").exists():
+        pytest.fail("examples/images/tools.tar is missing: run `python examples/build_images.py`")
+    folder = tmp_path_factory.mktemp("net")
+    with environment_up(write_env(folder, "app", APP)) as file:
+        yield file
+
+
+def sh(file: Path, service: str, line: str, *, timeout: float = 60) -> tuple[int, str]:
+    """A shell line inside a service's container (the line is ours, never a user's)."""
+    proc = run_vmctl("-f", str(file), "exec", service, "--", "sh", "-c", line, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def redis_ping(file: Path, client: str, server: str) -> str:
+    """PONG when `client` reaches `server`'s redis by name (glibc's resolver, as any client library)."""
+    # the first connection can be reset while redis is still starting: wait, bounded, as compose users do
+    code, out = sh(file, client, f"for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h {server} ping && exit 0; "
+                                 "sleep 0.5; done; exit 1")
+    return out.strip().splitlines()[-1] if out.strip() else f"(exit {code})"
+
+
+def test_microvm_to_microvm_by_name(app: Path) -> None:
+    assert redis_ping(app, "web", "cache") == "PONG"
+    _, out = sh(app, "web", "redis-cli -h cache incr hits; redis-cli -h redis incr hits")  # alias on `back`
+    assert out.split() == ["1", "2"]
+
+
+def test_resolution_goes_through_the_resolver(app: Path) -> None:
+    code, getent = sh(app, "web", "getent hosts cache")
+    assert code == 0 and getent.split()[1] == "cache", getent
+    code, nslookup = sh(app, "web", "nslookup cache")
+    assert code == 0 and getent.split()[0] in nslookup, nslookup
+    _, resolv = sh(app, "web", "cat /etc/resolv.conf")
+    assert resolv.split()[1].startswith("10.77."), resolv  # the network's resolver comes first
+
+
+def test_container_and_microvm_are_peers(app: Path) -> None:
+    assert redis_ping(app, "edge", "web") == "PONG"  # host container -> microVM
+    assert redis_ping(app, "edge", "www") == "PONG"  # by the service's hostname
+    assert redis_ping(app, "web", "edge") == "PONG"  # microVM -> host container
+
+
+def test_declared_machine_is_found_by_its_name(app: Path) -> None:
+    assert redis_ping(app, "edge", "worker") == "PONG"
+    _, a = sh(app, "edge", "getent hosts worker")
+    _, b = sh(app, "edge", "getent hosts job")
+    assert a.split()[0] == b.split()[0]  # services of a machine share its address, as a pod's do
+
+
+def test_networks_isolate_front_from_back(app: Path) -> None:
+    code, out = sh(app, "edge", "getent hosts cache")
+    assert code != 0, f"`cache` is only on `back`, yet `edge` (front only) resolved it: {out}"
+    _, address = sh(app, "web", "getent hosts cache")
+    code, out = sh(app, "edge", f"timeout 5 redis-cli -h {address.split()[0]} ping")
+    assert "PONG" not in out, "a front-only container reached a back-only service"
+    assert redis_ping(app, "edge", "web") == "PONG"  # ...while the same probe works on the shared network
+
+
+def test_internal_network_has_no_way_out(app: Path) -> None:
+    """A listener on the host's loopback: reached through user-mode networking's gateway from a member
+    of a non-internal network, and not at all from a member of an internal network only."""
+    with loopback_listener() as (port, hits):
+        code, out = sh(app, "web", f"echo hi | nc -w 3 10.0.2.2 {port}")
+        assert wait_for(lambda: hits), f"web (front + back) could not reach the host: {code} {out}"
+        hits.clear()
+        sh(app, "cache", f"echo hi | nc -w 3 10.0.2.2 {port}")
+        time.sleep(1)
+        assert not hits, "a member of an internal network only reached the host's loopback"
+    _, resolv = sh(app, "cache", "cat /etc/resolv.conf")
+    assert "10.0.2.3" not in resolv  # no DNS forwarder out of the host either
+
+
+def test_two_environments_cannot_reach_each_other(app: Path, tmp_path: Path) -> None:
+    _, worker = sh(app, "job", "getent hosts worker")
+    address = worker.split()[0]
+    with environment_up(write_env(tmp_path, "other", OTHER)) as other:
+        code, out = sh(other, "probe", "getent hosts worker")
+        assert code != 0, f"another environment resolved `worker`: {out}"
+        code, out = sh(other, "probe", f"timeout 5 redis-cli -h {address} ping")
+        assert "PONG" not in out, "a container of another environment reached this environment's member"
+
+
+def test_restarted_member_is_found_again(app: Path) -> None:
+    status = json.loads(run_vmctl("-f", str(app), "status", "--json").stdout)
+    pid = next(m["pid"] for m in status["machines"] if m["name"] == "cache")
+    os.kill(pid, signal.SIGKILL)  # the guest is gone; `up` makes it again
+    assert wait_for(lambda: machine_state(app, "cache") != "running", timeout=30)
+    code, out = sh(app, "web", "timeout 5 redis-cli -h cache ping")
+    assert "PONG" not in out
+    up = run_vmctl("-f", str(app), "up", "cache", "--timeout", "180")
+    assert up.returncode == 0, up.stderr
+    assert redis_ping(app, "web", "cache") == "PONG"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+class loopback_listener:  # noqa: N801 - used as a context manager
+    """A TCP listener on 127.0.0.1 that counts connections, for as long as the block runs."""
+
+    def __enter__(self) -> tuple[int, list[bool]]:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.hits: list[bool] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self.sock.getsockname()[1], self.hits
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.hits.append(True)
+            conn.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def machine_state(file: Path, name: str) -> str:
+    status = json.loads(run_vmctl("-f", str(file), "status", "--json").stdout)
+    return str(next(m["state"] for m in status["machines"] if m["name"] == name))
+
+
+def wait_for(check: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_example_application_answers(tmp_path: Path) -> None:
+    """examples/app.yaml, as the README's main command brings it up: the page counts visits in `cache`."""
+
+    def page() -> str:
+        for _ in range(40):  # the first connections can be reset while httpd starts listening
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8090/cgi-bin/hits.cgi", timeout=10) as r:
+                    return str(r.read().decode())
+            except OSError:
+                time.sleep(0.5)
+        return ""
+
+    with environment_up(EXAMPLES / "app.yaml"):
+        first, second = page(), page()
+    assert "served by: web" in first, first
+    counts = [int(p.split("visits: ")[1].split()[0]) for p in (first, second)]
+    assert counts[1] == counts[0] + 1, (first, second)

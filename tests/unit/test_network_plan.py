@@ -1,0 +1,138 @@
+"""The environment network as planned from the spec (pure: no namespaces, no processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmctl import spec
+from vmctl.errors import SpecError
+from vmctl.network.host import EnvNetwork, dnsmasq_conf
+from vmctl.network.plan import Kind, plan
+
+APP = """
+name: app
+networks:
+  front: {}
+  back: {internal: true}
+machines:
+  worker: {}
+services:
+  web:
+    image: x
+    networks: [front, back]
+    hostname: www
+  cache:
+    image: x
+    networks:
+      back: {aliases: [redis]}
+  job:
+    image: x
+    machine: worker
+  proxy:
+    image: x
+    isolation: container
+    networks: [front]
+"""
+
+
+def load(tmp_path: Path, text: str) -> spec.Environment:
+    (tmp_path / "vmctl.yaml").write_text(text)
+    return spec.load_environment(tmp_path / "vmctl.yaml")
+
+
+def test_segments_members_and_names(tmp_path: Path) -> None:
+    env = load(tmp_path, APP)
+    assert [n.name for n in env.networks] == ["default", "front", "back"]
+    p = plan(env)
+    assert [(s.name, s.subnet, s.resolver, s.internal) for s in p.segments] == [
+        ("default", "10.77.0.0/24", "10.77.0.1", False), ("front", "10.77.1.0/24", "10.77.1.1", False),
+        ("back", "10.77.2.0/24", "10.77.2.1", True)]
+    web = p.member("web")
+    assert web is not None and web.kind is Kind.MACHINE and [n.network for n in web.nics] == ["front", "back"]
+    assert web.nics[0].names == ("web", "www")
+    cache = p.member("cache")
+    assert cache is not None and cache.internal_only and cache.nics[0].names == ("cache", "redis")
+    worker = p.member("worker")  # a declared machine answers to its name and to its services'
+    assert worker is not None and worker.nics[0].names == ("worker", "job") and worker.nics[0].network == "default"
+    proxy = p.member("proxy")
+    assert proxy is not None and proxy.kind is Kind.CONTAINER
+    back = p.resolver_of(cache)
+    assert back.networks == ("back",) and back.address == "10.77.2.1"
+    assert dict(p.records(back)) == {"web": web.nics[1].address, "www": web.nics[1].address,
+                                     "cache": cache.nics[0].address, "redis": cache.nics[0].address}
+    assert "proxy" not in dict(p.records(back))  # compose's isolation: names only where a member is
+    both = p.resolver_of(web)  # on front and back: one resolver answers for both, from front's subnet
+    assert both.networks == ("front", "back") and both.address == "10.77.1.254"
+    assert dict(p.records(both))["cache"] == cache.nics[0].address
+    assert dict(p.records(both))["proxy"] == proxy.nics[0].address
+
+
+def test_nameservers_follow_internal(tmp_path: Path) -> None:
+    p = plan(load(tmp_path, APP))
+    web, cache = p.member("web"), p.member("cache")
+    assert web is not None and cache is not None
+    assert p.nameservers(web) == ("10.77.1.254", "10.0.2.3")
+    assert p.nameservers(cache) == ("10.77.2.1",)  # internal only: no forwarder out of the host
+
+
+def test_addresses_are_kept_across_ups(tmp_path: Path) -> None:
+    env = load(tmp_path, APP)
+    first = plan(env).remembered()
+    # another `up` after a member was added in front of the others keeps every known address
+    env2 = load(tmp_path, APP.replace("services:\n", "services:\n  new:\n    image: x\n    networks: [front]\n"))
+    second = plan(env2, first).remembered()
+    for member, nets in first["addresses"].items():
+        assert second["addresses"][member] == nets
+    assert second["resolvers"]["front,back"] == first["resolvers"]["front,back"]
+    assert second["addresses"]["new"]["front"] not in first["addresses"]["web"].values()
+    assert plan(env, first) == plan(env, first)
+
+
+def test_unique_addresses_and_macs(tmp_path: Path) -> None:
+    text = "services:\n" + "".join(f"  s{i}: {{image: x}}\n" for i in range(60))
+    p = plan(load(tmp_path, text))
+    addresses = [n.address for m in p.members for n in m.nics]
+    macs = [n.mac for m in p.members for n in m.nics]
+    assert len(set(addresses)) == len(addresses) == 60 and "10.77.0.1" not in addresses
+    assert len(set(macs)) == 60 and all(m.startswith("52:54:00:") for m in macs)
+
+
+@pytest.mark.parametrize(("text", "message", "key"), [
+    ("services:\n  a: {image: x, networks: [front]}\n", "undeclared network `front`", "services.a.networks.front"),
+    ("networks: {Front: {}}\nservices:\n  a: {image: x}\n", "invalid name", "networks"),
+    ("networks: {front: {driver: overlay}}\nservices:\n  a: {image: x}\n", "not supported", "networks.front.driver"),
+    ("networks: {front: {external: true}}\nservices:\n  a: {image: x}\n", "not supported", "networks.front.external"),
+    ("services:\n  a: {image: x, hostname: b}\n  b: {image: x}\n", "claimed twice", "services.b"),
+    ("services:\n  a: {image: x, networks: {default: {aliases: [b]}}}\n  b: {image: x, isolation: container}\n",
+     "claimed twice", "services"),
+    ("machines:\n  w: {networks: [default]}\nnetworks: {front: {}}\nservices:\n  a: {image: x, machine: w, "
+     "networks: [front]}\n", "not on network `front`", "services.a.networks.front"),
+])
+def test_bad_networks_name_file_line_and_key(tmp_path: Path, text: str, message: str, key: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load(tmp_path, text)
+    assert message in err.value.render()
+    assert err.value.where is not None and err.value.where.line is not None
+    assert (err.value.where.key or "").startswith(key)
+
+
+def test_dnsmasq_conf_answers_only_its_names(tmp_path: Path) -> None:
+    p = plan(load(tmp_path, APP))
+    cache = p.member("cache")
+    assert cache is not None
+    back = p.resolver_of(cache)
+    conf = dnsmasq_conf(back.address, p.records(back), tmp_path / "p", tmp_path / "l")
+    lines = conf.splitlines()
+    assert "no-resolv" in lines and "listen-address=10.77.2.1" in lines and "bind-interfaces" in lines
+    assert f"host-record=redis,{cache.nics[0].address}" in lines and "local=/redis/" in lines
+    assert not any(line.startswith("server=") for line in lines)  # nothing upstream: others are REFUSED
+
+
+def test_host_names_fit_ifnamsiz(tmp_path: Path) -> None:
+    net = EnvNetwork(str(tmp_path))
+    tap = net.tap_name("a-very-long-machine-name-of-32ch", "a-network-name")
+    assert len(tap) <= 15 and tap.startswith("vt" + net.id[:6])
+    other = EnvNetwork(str(tmp_path / "x"))
+    assert net.tap_name("a", "front") != net.tap_name("a", "back") != other.tap_name("a", "back")
