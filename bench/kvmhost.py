@@ -235,8 +235,8 @@ class L1:
             text = self.console.read_text(errors="replace") if self.console.exists() else ""
             if "VMCTL-L1-KVM missing" in text:
                 raise NoKvmInL1("L1 booted without /dev/kvm: its kernel did not get SVM from the emulated CPU "
-                                f"`{self.config.cpu}` (kvm_amd loaded, /dev/kvm absent)\n--- L1 console ---\n"
-                                + self.console_tail(30))
+                                f"`{self.config.cpu}` (kvm_amd gave no /dev/kvm; its kernel lines follow)\n"
+                                "--- L1 console ---\n" + self.console_tail(30))
             if "VMCTL-L1-FAIL" in text:
                 raise L1Fault("L1's init failed", self.console_tail())
             if "VMCTL-L1-AGENT ready" in text:

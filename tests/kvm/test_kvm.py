@@ -209,7 +209,8 @@ def test_l1_without_svm_fails_naming_it_with_the_kernel_log() -> None:
     with pytest.raises(kvmhost.NoKvmInL1) as failure, kvmhost.L1(kvmhost.Config(cpu="qemu64,-svm", memory_mib=512)):
         pass
     assert "without /dev/kvm" in str(failure.value) and "qemu64,-svm" in str(failure.value)
-    assert "VMCTL-L1-KVM missing" in str(failure.value)
+    assert "VMCTL-L1-KVM missing" in str(failure.value) and "kvm: no hardware support for 'kvm_amd'" in str(
+        failure.value)
 
 
 def test_a_hung_l1_is_bounded_and_the_scenario_retries_in_a_fresh_l1() -> None:
