@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmctl import accel, console, guest_image, ports, preflight, render, workloads
+from vmctl import accel, console, guest_image, ports, preflight, render, virt, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
 from vmctl.memory import memory_of
@@ -269,6 +269,10 @@ def _choose_accels(project: Project, machines: Sequence[MachineSpec],
     chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
     if "tcg" in chosen.values() and report.kvm_module:
         project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+    host = virt.host()
+    if "kvm" in chosen.values() and host.emulated:  # the boot times `up` prints are emulation times
+        project.progress.warn("accel", f"using {host.accel_label('kvm')}: this host's own CPU is emulated "
+                                       f"({host.evidence})")
     return chosen
 
 
@@ -329,7 +333,7 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
         name=m.name, domain=name, uri=hv.uri, accel=accel_name, ssh_port=ssh_port,
         forwards=[ForwardState(f.host_ip, f.host_port, f.guest_port, f.proto) for f in forwards],
         memory_mib=m.memory_mib, vcpus=m.vcpus, kernel_release=files.kernel_release,
-        timeline={"defined": round(t_defined - t0, 4)},
+        timeline={"defined": round(t_defined - t0, 4)}, host_emulated=virt.host().emulated,
     )
     return m, dom, t0
 
@@ -448,6 +452,8 @@ class MachineStatus:
     timeline: dict[str, float] = field(default_factory=dict)
     guest: dict[str, float] = field(default_factory=dict)
     dedicated_to: str | None = None
+    host_emulated: bool = False  # the host's own CPU is emulated: a `kvm` machine ran at TCG speed
+    accel_label: str | None = None  # `accel` as reports print it, e.g. "kvm (nested under TCG: ...)"
     networks: list[dict[str, str]] = field(default_factory=list)  # {network, address, mac} per NIC
 
 
@@ -479,6 +485,8 @@ def status(project: Project) -> list[MachineStatus]:
             pid=(pid := qemu_pid(ms.domain) if ms and st in ("running", "starting") else None),
             memory=_memory(pid, m.memory_mib),
             timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
+            host_emulated=bool(ms and ms.host_emulated),
+            accel_label=virt.accel_label(ms.accel, ms.host_emulated) if ms else None,
             networks=[{"network": n.network, "address": n.address, "mac": n.mac}
                       for n in (member.nics if member and ms else ())],
         ))

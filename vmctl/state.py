@@ -53,6 +53,7 @@ class MachineState:
     timeline: dict[str, float] = field(default_factory=dict)  # phase -> seconds since define
     guest: dict[str, float] = field(default_factory=dict)  # guest uptime stamps (init, ready)
     boot_seconds: float | None = None  # domain start to SSH handshake done, measured
+    host_emulated: bool = False  # booted in a host whose own CPU is emulated (vmctl/virt.py): KVM at TCG speed
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> MachineState:
