@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vmctl import render, virt
 from vmctl.errors import HostError
-from vmctl.paths import cache_root
+from vmctl.paths import cache_root, private_dir, runtime_root
 from vmctl.runner import spawn, which
 from vmctl.spec import Accel
 
@@ -143,7 +143,8 @@ def probe(kernel: Path, initrd: Path, key: str = "") -> AccelReport:
 def _boot_under_kvm(kernel: Path, initrd: Path) -> tuple[bool, str, float]:
     qemu = which("qemu-system-x86_64", package="qemu-system-x86")
     cmdline = render.kernel_cmdline("probe", "AAAA", probe=True)
-    with tempfile.TemporaryDirectory(prefix="vmctl-probe-") as tmp:
+    # Under the runtime folder, not /tmp: what a probe leaves (a SIGKILLed vmctl) is the runtime's.
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=private_dir(runtime_root())) as tmp:
         log = Path(tmp) / "console.log"
         argv = [qemu, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "128", "-smp", "1",
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
