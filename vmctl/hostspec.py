@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmctl.spec import Ctx, Setting, _named_mapping, p_int, p_name, p_size_mib, p_uri, parse_table
+from vmctl.settings import Ctx, Setting, p_int, p_name, p_size_mib, p_uri, parse_table
+from vmctl.spec import _named_mapping
 from vmctl.yamlpos import KeyPath
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")

@@ -134,4 +134,4 @@ def _fits_nowhere(env: Environment, m: MachineSpec, loads: Sequence[HostLoad]) -
 
 def _where(env: Environment, path: tuple[str, ...]) -> Where:
     dotted = ".".join(path)
-    return Where(str(env.file), env.lines.get(dotted), dotted)
+    return env.place(dotted) or Where(str(env.file), None, dotted)

@@ -55,4 +55,4 @@ def check(env: Environment, machines: Sequence[tuple[MachineSpec, HostSpec]]) ->
             raise UsageError(f"machine `{m.name}` runs on host `{host.name}`, and {what} of a machine on another "
                              "host are not supported yet (they are files of this machine)",
                              hint="run it here (remove `hosts:`), or drop them",
-                             where=Where(str(env.file), env.lines.get(key), key))
+                             where=env.place(key) or Where(str(env.file), None, key))

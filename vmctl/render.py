@@ -103,6 +103,7 @@ class DomainView:
     tb_cache_mib: int = TB_CACHE_MIB
     dac_label: str | None = None
     xmlns: str = XMLNS
+    labels: tuple[tuple[str, str], ...] = ()  # the compose `labels` of the service a dedicated VM runs
 
     @property
     def domain_name(self) -> str:

@@ -24,6 +24,7 @@ import yaml
 from vmctl.compare.results import Row, row
 from vmctl.compare.sandboxes import Workload
 from vmctl.errors import VmctlError
+from vmctl.paths import private_dir, runtime_root
 from vmctl.progress import Progress
 
 SERVE = "redis-server --bind 0.0.0.0 --protected-mode no --save '' --daemonize yes; exec iperf3 -s"
@@ -78,7 +79,7 @@ def measure(workload: Workload, runs: int, seconds: float, progress: Progress,
             save: Callable[[list[Row]], None]) -> list[Row]:
     """Every pair, `runs` times each after a warm-up; `save` gets the rows so far after each pair."""
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="vmctl-compare-net-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="compare-net-", dir=private_dir(runtime_root())) as tmp:
         file = Path(tmp) / "network.yaml"
         file.write_text(yaml.safe_dump(environment(workload)))
         progress.working(WORKLOAD, "bringing up 2 host containers and 2 microVMs on one network")

@@ -110,7 +110,7 @@ def terminal(report: Report) -> str:
     if banner:
         out += ["!" * 100, f"!! {banner}", "!" * 100, ""]
     host = report.host
-    out.append(f"accelerator: {report.accel.upper()} ({report.accel_reason})")
+    out.append(f"accelerator: {report.accel_label.upper()} ({report.accel_reason})")
     out.append(f"host: {host.get('cpu')} x{host.get('cpus')}, kernel {host.get('kernel')}, "
                f"cgroups {host.get('cgroups')}")
     out.append("versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
@@ -142,7 +142,7 @@ def to_json(report: Report) -> str:
 
 
 CSV_FIELDS = ("workload", "sandbox", "metric", "unit", "median", "min", "max", "spread", "ratio", "accel",
-              "samples", "note")
+              "emulated", "samples", "note")
 
 
 def to_csv(report: Report) -> str:
@@ -154,8 +154,10 @@ def to_csv(report: Report) -> str:
         data["samples"] = " ".join(str(s) for s in r.samples)
         writer.writerow([data.get(k, "") for k in CSV_FIELDS])
     for v in report.isolation:
-        writer.writerow(["isolation", v.sandbox, v.probe, "", int(bool(v.shared_with_host)) if v.shared_with_host
-                         is not None else "", "", "", "", "", report.accel, "", v.evidence])
+        shared = int(bool(v.shared_with_host)) if v.shared_with_host is not None else ""
+        data = {"workload": "isolation", "sandbox": v.sandbox, "metric": v.probe, "median": shared,
+                "accel": report.accel, "emulated": report.emulated, "note": v.evidence}
+        writer.writerow([data.get(k, "") for k in CSV_FIELDS])
     return buf.getvalue()
 
 
@@ -245,7 +247,7 @@ def plot_perf(report: Report) -> str | None:
         ax.axhline(1.0, color="k", linewidth=0.8)
         ax.set_xticks([i + width * (len(sandboxes) - 1) / 2 for i in range(len(workloads))], workloads)
         ax.set_ylabel("ratio to runc (higher is better)")
-        ax.set_title("Workload performance" + (" — microVM under TCG emulation" if report.emulated else ""))
+        ax.set_title("Workload performance" + (f" — microVM under {report.accel_label}" if report.emulated else ""))
         ax.legend(fontsize=8)
 
     return _png(draw)

@@ -6,9 +6,9 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vmctl import doctor
+from vmctl import doctor, virt
 from vmctl.compare import footprint, isolation, network, perf, start_time
 from vmctl.compare.microvm import MicroVM
 from vmctl.compare.results import Report, Row, Verdict, row, with_ratios
@@ -97,7 +97,8 @@ def compare(env: Environment, options: Options, progress: Progress,
     sandboxes, skipped = select(env, options.sandboxes)
     workload = workload_for(env, svc, progress)
     report = Report(accel="none", accel_reason="no microVM ran", host=doctor.host_facts(), versions={},
-                    sandboxes=[s.name for s in sandboxes], runs=options.runs, skipped=skipped)
+                    sandboxes=[s.name for s in sandboxes], runs=options.runs, skipped=skipped,
+                    host_emulated=virt.host().emulated)
     report.host["workload"] = {"service": svc.name, "image": svc.image, "digest": workload.image.digest,
                                "command": list(workload.args), "guest_ram_mib": workload.memory_mib,
                                "vcpus": workload.vcpus, "container_memory_limit_mib": workload.memory_limit_mib,
@@ -118,7 +119,8 @@ def compare(env: Environment, options: Options, progress: Progress,
             sb.close()
     if "peers" in options.only:
         _measure_network(sandboxes, workload, options, report, progress, save)
-    report.results = with_ratios(report.results, BASELINE)
+    report.results = [replace(r, emulated=r.accel == "tcg" or (r.accel == "kvm" and report.host_emulated))
+                      for r in with_ratios(report.results, BASELINE)]
     if report.emulated:
         report.warnings.insert(0, report.banner() or "")
     return report
