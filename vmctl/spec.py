@@ -108,6 +108,7 @@ class MachineSpec:
     accel: Accel = Accel.AUTO
     uri: str | None = None  # None: the environment's connection
     dedicated_to: str | None = None  # set when this VM exists only to run one service
+    template: bool = True  # restore from a booted template of its shape (vmctl/template.py) when it can
     networks: tuple[str, ...] = ()  # resolved by load_environment: its own, or the union of its services'
 
 
@@ -625,6 +626,8 @@ VM_SETTINGS = (
     Setting("cmdline", p_cmdline, (), "string|list", "extra kernel arguments"),
     Setting("accel", p_enum(Accel), Accel.AUTO, "auto|kvm|tcg", "accelerator; auto probes KVM, else TCG"),
     Setting("uri", p_uri, None, "uri", "this machine's own libvirt URI (default: the environment's)"),
+    Setting("template", p_bool, True, "bool",
+            "start by restoring a booted template of the machine's shape; `false` boots its kernel every time"),
 )
 
 MACHINE_SETTINGS = (
@@ -769,7 +772,8 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
     v = parse_table(MACHINE_SETTINGS, raw, ("machines", name), ctx, defaults)
     return MachineSpec(name=name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], disks=v["disks"],
-                       ports=v["ports"], accel=v["accel"], uri=v["uri"], networks=v["networks"] or ())
+                       ports=v["ports"], accel=v["accel"], uri=v["uri"], networks=v["networks"] or (),
+                       template=v["template"])
 
 
 def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
@@ -796,7 +800,7 @@ def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mappin
     v = parse_table(VM_SETTINGS, raw.get("vm"), ("services", service.name, "vm"), ctx, defaults)
     return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
-                       uri=v["uri"], dedicated_to=service.name)
+                       uri=v["uri"], dedicated_to=service.name, template=v["template"])
 
 
 def _with_service_ports(machine: MachineSpec, services: Sequence[ServiceSpec]) -> MachineSpec:

@@ -53,6 +53,7 @@ class MachineState:
     timeline: dict[str, float] = field(default_factory=dict)  # phase -> seconds since define
     guest: dict[str, float] = field(default_factory=dict)  # guest uptime stamps (init, ready)
     boot_seconds: float | None = None  # domain start to SSH handshake done, measured
+    template: str | None = None  # name of the template it was restored from (vmctl/template.py), None: cold
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> MachineState:
