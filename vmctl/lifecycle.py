@@ -392,6 +392,8 @@ def _boot(project: Project, hv: Hypervisor, job: Job, ms: MachineState, timeout:
                 boot = _start_clone(project, hv, job, log, net, alive, stamps)
             except template.TemplateError as e:
                 progress.warn(m.name, f"{e.message}; booting cold")
+                if isinstance(e, template.TemplateDamaged):
+                    template.discard(job.clone.template.key)
                 dom = _redefine_cold(hv, job, log, net)
                 ms.template, stamps = None, {}
                 t0 = time.monotonic()

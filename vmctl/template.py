@@ -57,6 +57,10 @@ class TemplateError(VmctlError):
     """A template that cannot be used: `up` boots the machine cold instead, with a one-line warning."""
 
 
+class TemplateDamaged(TemplateError):
+    """A template whose files are not what was saved (checksum, size): forgotten, rebuilt when next needed."""
+
+
 @dataclass(frozen=True)
 class Shape:
     """What a template's saved state depends on, besides QEMU's and libvirt's versions."""
@@ -124,7 +128,7 @@ def lookup(key: str, versions: Mapping[str, str]) -> Template | None:
     except OSError:
         raise TemplateError(f"template {key[:16]} has no saved state") from None
     if size != manifest.get("size"):
-        raise TemplateError(f"template {key[:16]}'s saved state is {size} bytes, {manifest.get('size')} were saved")
+        raise TemplateDamaged(f"template {key[:16]}'s saved state is {size} bytes, {manifest.get('size')} were saved")
     return Template(key=key, directory=directory, size=size, sha256=str(manifest.get("sha256")),
                     macs=tuple(manifest.get("macs", ())))
 
@@ -349,7 +353,7 @@ def start_paused(dom: Any, template: Template) -> None:
         except libvirt.libvirtError as e:
             raise TemplateError(f"libvirt could not start the clone: {e.get_error_message()}") from None
         if digest.result() != template.sha256:
-            raise TemplateError(f"template {template.name}'s saved state does not match its checksum")
+            raise TemplateDamaged(f"template {template.name}'s saved state does not match its checksum")
 
 
 def clone_line(hostname: str, ssh_key_blob: str, now: float | None = None, seed: bytes | None = None) -> bytes:
