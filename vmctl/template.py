@@ -162,6 +162,13 @@ def listing() -> list[dict[str, Any]]:
     return out
 
 
+def _prune(shape: Shape) -> None:
+    """Templates of `shape`'s image made from an earlier build of it: no `up` will look them up again."""
+    for entry in listing():
+        if entry["image"] == shape.image and entry["shape"].get("image_digest") != shape.image_digest:
+            discard(entry["name"])
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -298,6 +305,7 @@ def _build(hv: Any, view: render.DomainView, shape: Shape, key: str, versions: M
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         folder.chmod(0o755)
         final = cache.install(key[:16], folder, key)
+        _prune(shape)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -377,3 +385,4 @@ def clone_channel(path: Path, line: bytes, timeout: float = 5.0) -> Iterator[Non
         yield
     finally:
         sock.close()
+
