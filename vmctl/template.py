@@ -338,8 +338,10 @@ class Clone:
 
 def shape_for(machine: MachineSpec, image: GuestImage, view: render.DomainView, *, embedded: bool) -> Shape | None:
     """The machine's shape, or None when it boots cold: `template: false`, a kernel or initrd of its own,
-    disks or volumes (their devices are not in a template), or a libvirt other than the embedded driver."""
-    if not (machine.template and embedded) or machine.kernel or machine.initrd or machine.disks or view.filesystems:
+    a writable disk or a volume (their devices are not in a template), or a libvirt other than the
+    embedded driver. Read-only disks (container images) are slots the template holds placeholders for."""
+    writable = any(not d.readonly for d in machine.disks)
+    if not (machine.template and embedded) or machine.kernel or machine.initrd or writable or view.filesystems:
         return None
     return Shape(image=image.name, image_digest=image.digest, kernel=str(image.kernel), initrd=str(image.initrd),
                  memory_mib=view.memory_mib, vcpus=view.vcpus, accel=view.accel, cmdline=machine.cmdline,

@@ -47,7 +47,9 @@ configure_nic() {
     if [ -n "$from" ] && ! device_with_mac "$mac" > /dev/null; then
         is_mac "$from" || fail "invalid MAC address"
         dev="$(device_with_mac "$from")" || fail "no interface with MAC $from"
-        ip link set dev "$dev" address "$mac"
+        # ifconfig's ioctl needs only an AF_INET socket; busybox's `ip link set address` wants AF_PACKET,
+        # which the `minimal` kernel is built without.
+        ifconfig "$dev" hw ether "$mac"
     fi
     dev="$(device_with_mac "$mac")" || fail "no interface with MAC $mac"
     ip addr flush dev "$dev"

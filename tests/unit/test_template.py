@@ -134,6 +134,8 @@ def test_which_machines_have_a_shape() -> None:
     assert template.shape_for(replace(plain, template=False), image, view, embedded=True) is None
     assert template.shape_for(replace(plain, kernel=Path("/x")), image, view, embedded=True) is None
     assert template.shape_for(replace(plain, disks=(DiskSpec("d", size_mib=1),)), image, view, embedded=True) is None
+    read_only = (DiskSpec("d", path=Path("/img"), readonly=True),)
+    assert template.shape_for(replace(plain, disks=read_only), image, view, embedded=True) == SHAPE
     with_volume = replace(view, filesystems=(render.FilesystemView("/data", "vol-0", True),))
     assert template.shape_for(plain, image, with_volume, embedded=True) is None
 

@@ -20,7 +20,7 @@ from vmctl.progress import Progress
 from vmctl.spec import Environment, ServiceSpec
 
 MEASUREMENTS = ("start", "footprint", "isolation", "perf")
-SANDBOXES = ("runc", "docker", "podman", "microvm")
+SANDBOXES = ("runc", "docker", "podman", "microvm", "microvm-template")
 BASELINE = "runc"
 PEAK_MIB = 64  # the footprint's peak workload: a 64 MiB resident allocation, under every limit
 
@@ -66,7 +66,8 @@ def workload_for(env: Environment, svc: ServiceSpec, progress: Progress) -> Work
 def all_sandboxes(env: Environment) -> dict[str, Sandbox]:
     from vmctl.compare.engines import Docker, Podman
 
-    return {"runc": Runc(), "docker": Docker(), "podman": Podman(), "microvm": MicroVM(env.base_dir)}
+    return {"runc": Runc(), "docker": Docker(), "podman": Podman(), "microvm": MicroVM(env.base_dir),
+            "microvm-template": MicroVM(env.base_dir, template=True)}
 
 
 def select(env: Environment, wanted: Sequence[str]) -> tuple[list[Sandbox], dict[str, str]]:
