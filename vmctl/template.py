@@ -246,12 +246,13 @@ def clone_view(view: render.DomainView, shape: Shape, socket_path: Path) -> rend
 
 def template_view(view: render.DomainView, shape: Shape, key: str, folder: Path,
                   placeholders: Sequence[Path]) -> render.DomainView:
-    """The template's own domain, from one clone's: no forwards, placeholder disks, NICs on no bridge."""
+    """The template's own domain, from one clone's: no forwards, placeholder disks, NICs on no bridge.
+    Tagged with the clone's environment, so that `down` removes it too if `up` was killed mid-build."""
     disks = tuple(render.DiskView(str(p), d.dev, f"tpl-slot{i}", readonly=True)
                   for i, (p, d) in enumerate(zip(placeholders, view.disks, strict=True)))
     nics = tuple(render.InterfaceView(None, mac, nic.slot)
                  for mac, nic in zip(template_macs(shape.nics), view.interfaces, strict=True))
-    return replace(view, environment=f"tpl{key[:12]}", environment_file="", machine="template",
+    return replace(view, machine=f"template-{key[:12]}",
                    cmdline=template_cmdline(shape), console_log=str(folder / "console.log"), forwards=(),
                    disks=disks, filesystems=(), interfaces=nics, restrict=False,
                    clone_socket=str(folder / "clone.sock"), incoming=False, loader=None)
