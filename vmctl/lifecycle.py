@@ -440,10 +440,10 @@ def _start_clone(project: Project, hv: Hypervisor, job: Job, log: Path, net: Mac
         net.join()
     line = template.clone_line(job.machine.name, project.envdir.ssh_key_blob())
     with template.clone_channel(job.clone.socket, line):
-        hv.resume(job.dom)
         try:
+            hv.resume(job.dom)
             return console.wait_ready(log, machine=job.machine.name, timeout=CLONE_TIMEOUT, alive=alive)
-        except GuestError as e:
+        except (GuestError, HostError) as e:
             raise template.TemplateError(f"the clone did not become ready: {e.message.splitlines()[0]}") from None
 
 
