@@ -26,3 +26,4 @@ def test_answers_are_kept_per_image(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "accel.json").write_text('{"kvm_usable": false}')  # the one-answer format of before
     accel.host_report(Path("a"), Path("i"))
     assert probes == ["a|i", "b|i", "a|i"]
+

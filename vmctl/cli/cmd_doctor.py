@@ -28,6 +28,11 @@ def command(app: App, as_json: bool, no_probe: bool) -> None:
     host = rep["host"]
     click.echo(f"host:         {host['cpu']}, {host['cpus']} CPUs, {host['memory_mib']} MiB, kernel {host['kernel']}, "
                f"cgroups {host['cgroups']}")
+    ksm = rep["ksm"]
+    click.echo("ksm:          " + ("not in this kernel" if not ksm["available"] else
+                                   f"on, saving {ksm['saving_mib']} MiB now" if ksm["on"] else
+                                   "off (identical guest pages of VMs, a template's clones' most of all, are kept "
+                                   "once each when on: echo 1 > /sys/kernel/mm/ksm/run)"))
     image = rep["guest_image"]
     click.echo(f"guest image:  {image['kernel_release'] + ' ' + image['digest'][:12] if image else 'not built'}")
     for name, path in rep["tools"].items():
