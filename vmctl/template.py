@@ -29,9 +29,10 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -355,16 +356,34 @@ def clone_socket(state_folder: Path, machine: str) -> Path:
     return private_dir(runtime_root() / "clones") / f"{digest}.sock"
 
 
+_checks: dict[tuple[str, int, int], Future[str]] = {}
+_checks_lock = threading.Lock()
+_checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template-checksum")
+
+
+def _checksum(template: Template) -> Future[str]:
+    """The state file's SHA-256, computed once per process and file version: the clones of one `up`
+    share one check (10 clones: 0.1 s of CPU instead of 1 s)."""
+    st = template.state.stat()
+    key = (str(template.state), st.st_size, st.st_mtime_ns)
+    with _checks_lock:
+        if key not in _checks:
+            _checks[key] = _checker.submit(file_sha256, template.state)
+        return _checks[key]
+
+
 def start_paused(dom: Any, template: Template) -> None:
     """Start a defined clone domain paused, checking the template's checksum while libvirt starts QEMU."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(file_sha256, template.state)
-        try:
-            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-        except libvirt.libvirtError as e:
-            raise TemplateError(f"libvirt could not start the clone: {e.get_error_message()}") from None
-        if digest.result() != template.sha256:
-            raise TemplateDamaged(f"template {template.name}'s saved state does not match its checksum")
+    try:
+        digest = _checksum(template)
+    except OSError as e:
+        raise TemplateDamaged(f"template {template.name}'s saved state cannot be read: {e}") from None
+    try:
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    except libvirt.libvirtError as e:
+        raise TemplateError(f"libvirt could not start the clone: {e.get_error_message()}") from None
+    if digest.result() != template.sha256:
+        raise TemplateDamaged(f"template {template.name}'s saved state does not match its checksum")
 
 
 def clone_line(hostname: str, ssh_key_blob: str, now: float | None = None, seed: bytes | None = None) -> bytes:
