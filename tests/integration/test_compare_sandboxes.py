@@ -16,7 +16,7 @@ from tests.conftest import ROOT, run_vmctl
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the README's set-up runs as root")
 EXAMPLE = ROOT / "examples" / "compare.yaml"
-DEFAULT_SANDBOXES = ["runc", "docker", "podman", "microvm", "microvm (template)"]
+DEFAULT_SANDBOXES = ["runc", "docker", "podman", "microvm"]
 
 
 @pytest.fixture(scope="module", autouse=True)
