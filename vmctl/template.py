@@ -203,11 +203,13 @@ def _pass_fd(dom: Any, path: Path, flags: int, name: str = "vmctl-template") -> 
 def _wait_migration(dom: Any, timeout: float = MIGRATION_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = (_qmp(dom, "query-migrate") or {}).get("status")
+        info = _qmp(dom, "query-migrate") or {}
+        status = info.get("status")
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise TemplateError(f"QEMU's migration of the template state ended `{status}`")
+            why = f": {info['error-desc']}" if info.get("error-desc") else ""
+            raise TemplateError(f"QEMU's migration of the template state ended `{status}`{why}")
         time.sleep(0.005)
     raise TemplateError(f"QEMU's migration of the template state took more than {timeout:.0f} s")
 
@@ -246,7 +248,7 @@ def clone_view(view: render.DomainView, shape: Shape, socket_path: Path) -> rend
 
 
 def template_view(view: render.DomainView, shape: Shape, key: str, folder: Path,
-                  placeholders: Sequence[Path]) -> render.DomainView:
+                  placeholders: Sequence[Path], socket_path: Path) -> render.DomainView:
     """The template's own domain, from one clone's: no forwards, placeholder disks, NICs on no bridge.
     Tagged with the clone's environment, so that `down` removes it too if `up` was killed mid-build."""
     disks = tuple(render.DiskView(str(p), d.dev, f"tpl-slot{i}", readonly=True)
@@ -256,7 +258,7 @@ def template_view(view: render.DomainView, shape: Shape, key: str, folder: Path,
     return replace(view, machine=f"template-{key[:12]}",
                    cmdline=template_cmdline(shape), console_log=str(folder / "console.log"), forwards=(),
                    disks=disks, filesystems=(), interfaces=nics, restrict=False,
-                   clone_socket=str(folder / "clone.sock"), incoming=False, loader=None)
+                   clone_socket=str(socket_path), incoming=False, loader=None)
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -288,7 +290,7 @@ def _build(hv: Any, view: render.DomainView, shape: Shape, key: str, versions: M
         for p in placeholders:
             with p.open("wb") as f:
                 f.truncate(PLACEHOLDER_BYTES)
-        tview = template_view(view, shape, key, folder, placeholders)
+        tview = template_view(view, shape, key, folder, placeholders, template_socket(key))
         started = time.monotonic()
         with _running(hv, render.render_domain(tview)) as dom:
             log = Path(tview.console_log)
@@ -297,7 +299,6 @@ def _build(hv: Any, view: render.DomainView, shape: Shape, key: str, versions: M
             save_state(dom, folder / STATE_FILE)
         for p in placeholders:
             p.unlink()
-        (folder / "clone.sock").unlink(missing_ok=True)
         state = folder / STATE_FILE
         size, digest = state.stat().st_size, file_sha256(state)
         manifest = {"format": FORMAT, "key": key, "shape": asdict(shape), "versions": dict(versions),
@@ -354,6 +355,12 @@ def clone_socket(state_folder: Path, machine: str) -> Path:
     """Short (a UNIX socket path holds at most 107 bytes), and private to this environment's machine."""
     digest = hashlib.sha256(f"{state_folder}\0{machine}".encode()).hexdigest()[:16]
     return private_dir(runtime_root() / "clones") / f"{digest}.sock"
+
+
+def template_socket(key: str) -> Path:
+    """The template guest's ttyS1 while it is built (never written to): short, like a clone's, not in
+    the cache folder, whose path may be long."""
+    return private_dir(runtime_root() / "clones") / f"tpl-{key[:16]}.sock"
 
 
 _checks: dict[tuple[str, int, int], Future[str]] = {}

@@ -1,10 +1,12 @@
-"""A SIGKILL while a template is being saved: no half template is ever used, `down` removes the
-template guest, and the next `up` builds the template again and restores from it."""
+"""Templates under faults: a SIGKILL while one is being saved (no half template is ever used, `down`
+removes the template guest, the next `up` builds it again), and a disk full while saving (cold boot)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from tests.conftest import run_vmctl
 from tests.reliability.conftest import kill, leftovers, one_machine, qemu_of, spawn_vmctl, wait_until, write_env
 from vmctl import template
+from vmctl.paths import cache_root
 
 ENV = "tplcrash"
 
@@ -52,4 +55,37 @@ def test_sigkill_while_saving_a_template_leaves_no_half_template(state_dir: Path
         assert run_vmctl("-f", str(file), "down", timeout=120).returncode == 0
         for name in {p.name for p in set(folder.glob("*")) - before if not p.name.startswith(".")}:
             template.discard(name)
+    assert leftovers(state_dir) == {}
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs for the templates")
+def test_a_disk_full_while_saving_means_a_cold_boot(state_dir: Path, tmp_path: Path, no_leftover_qemu: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The templates' folder on a 16 MiB tmpfs (a template of the default image is ~76 MiB): QEMU's
+    migration to the file fails, `up` says so in one line and boots the machine cold."""
+    real = cache_root()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("guest", "kernels", "accel.json"):  # the images and the probe's answer as they are
+        if (real / name).exists():
+            (cache / name).symlink_to(real / name)
+    small = cache / "templates"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setenv("VMCTL_CACHE_DIR", str(cache))
+        file = write_env(tmp_path / "env", one_machine(ENV, memory="256M"))
+        up = run_vmctl("-f", str(file), "--progress", "plain", "up", "--timeout", "120", timeout=300)
+        try:
+            assert up.returncode == 0, up.stderr
+            warnings = [line for line in up.stderr.splitlines() if "booting cold" in line]
+            assert len(warnings) == 1 and "migration of the template state ended `failed`" in warnings[0], up.stderr
+            machine = json.loads(run_vmctl("-f", str(file), "status", "--json").stdout)["machines"][0]
+            assert machine["template"] is None and machine["state"] == "running"
+            assert [p.name for p in small.iterdir() if not p.name.startswith(".")] == []
+        finally:
+            assert run_vmctl("-f", str(file), "down", timeout=120).returncode == 0
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
     assert leftovers(state_dir) == {}

@@ -108,7 +108,7 @@ def test_the_clone_and_template_domains_share_their_device_set(tmp_path: Path) -
     view = _view()
     clone = ET.fromstring(render.render_domain(template.clone_view(view, SHAPE, tmp_path / "c.sock")))
     tpl = ET.fromstring(render.render_domain(template.template_view(view, SHAPE, "f" * 64, tmp_path,
-                                                                    [tmp_path / "slot0.raw"])))
+                                                                    [tmp_path / "slot0.raw"], tmp_path / "t.sock")))
     for root in (clone, tpl):
         assert root.find("genid") is not None
         assert root.find("os/loader") is None  # SeaBIOS: qboot does not boot with vmgenid
