@@ -436,12 +436,12 @@ def _start_clone(project: Project, hv: Hypervisor, job: Job, log: Path, net: Mac
     stamps["qemu_started"] = time.monotonic()
     template.load_state(job.dom, job.clone.template)
     stamps["restored"] = time.monotonic()
-    if net is not None:
-        net.join()
     line = template.clone_line(job.machine.name, project.envdir.ssh_key_blob())
     with template.clone_channel(job.clone.socket, line):
         try:
             hv.resume(job.dom)
+            if net is not None:  # while the guest makes its host key: it needs the bridges only after SSH
+                net.join()
             return console.wait_ready(log, machine=job.machine.name, timeout=CLONE_TIMEOUT, alive=alive)
         except (GuestError, HostError) as e:
             raise template.TemplateError(f"the clone did not become ready: {e.message.splitlines()[0]}") from None
