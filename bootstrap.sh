@@ -16,6 +16,8 @@ PACKAGES=(
   kmod cpio busybox-static dropbear-bin crun e2fsprogs
   # container images and host containers
   skopeo umoci runc slirp4netns iproute2 procps
+  # compose's `init: true`: a static tini bound into the container as PID 1
+  tini
   # the environment network: a resolver per network (util-linux: unshare, nsenter)
   dnsmasq-base util-linux
   # workloads the example images carry, and the comparison

@@ -24,6 +24,7 @@ import yaml
 from vmctl.errors import VmctlError
 from vmctl.hypervisor import shared_capability_cache, warm_capabilities
 from vmctl.outputs import JsonLines, writable_file
+from vmctl.paths import private_dir, runtime_root
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -69,7 +70,9 @@ class Scratch:
 
 @contextlib.contextmanager
 def scratch() -> Iterator[Scratch]:
-    with tempfile.TemporaryDirectory(prefix="vmctl-bench-") as tmp:
+    # Under the runtime folder, not /tmp: a killed benchmark's leftovers are its runtime's (and a test
+    # run's leak audit attributes them to that run).
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=private_dir(runtime_root())) as tmp:
         # libvirt's QEMU capability cache is the user's, not a cold one per run: a first `up` that
         # probes QEMU (seconds) would measure the probe, not the boot.
         shared = shared_capability_cache()

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vmctl import accel, guest_image
+from vmctl import accel, guest_image, virt
 from vmctl.errors import VmctlError
 from vmctl.hypervisor import warm_capabilities
 
@@ -32,8 +32,11 @@ def host_facts() -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor())
     mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                        if line.startswith("MemTotal")))
+    host = virt.host()
     return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "memory_mib": mem_kib // 1024,
-            "cgroups": cgroup_mode()}
+            "cgroups": cgroup_mode(),
+            "virtualization": {"hypervisor": host.hypervisor, "nested": host.nested, "emulated": host.emulated,
+                               "evidence": host.evidence}}
 
 
 KSM = Path("/sys/kernel/mm/ksm")
@@ -69,6 +72,7 @@ def report(*, probe: bool = True) -> dict[str, Any]:
     kvm["cpuid_varies_by_cpu"] = accel.cpuid_varies_by_cpu()
     out["kvm"] = kvm
     out["accel"] = "kvm" if kvm["usable"] else "tcg"
+    out["accel_label"] = virt.host().accel_label(out["accel"])
     out["ksm"] = ksm_facts()
     try:
         out["versions"] = warm_capabilities("doctor")

@@ -16,11 +16,13 @@ EXIT_INTERRUPTED = 130
 
 @dataclass(frozen=True)
 class Where:
-    """A place in an environment file: file, line (1-based) and key path like `machines.web.memory`."""
+    """A place in an environment file: file, line (1-based), key path like `machines.web.memory`, and the
+    variables an interpolated value came from."""
 
     file: str
     line: int | None = None
     key: str | None = None
+    variables: tuple[str, ...] = ()  # the `${VAR}`s the value was interpolated from
 
     def __str__(self) -> str:
         place = self.file
@@ -28,6 +30,8 @@ class Where:
             place += f":{self.line}"
         if self.key:
             place += f": `{self.key}`"
+        if self.variables:
+            place += " (from " + ", ".join(f"`${{{v}}}`" for v in self.variables) + ")"
         return place
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
-from vmctl.errors import GuestError, UsageError
+from vmctl.errors import GuestError, HostError, UsageError
 from vmctl.oci_spec import ContainerRequest, make_config, request_etc_files
 from vmctl.paths import TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
@@ -44,6 +44,8 @@ SVC_ROOT = "/run/vmctl/svc"
 SERIAL_PREFIX = "img-"
 SERIAL_HEX = 16  # virtio-blk serials hold at most 20 bytes
 STOP_GRACE_SECONDS = 5
+INIT_FILE = "init"  # the static init in the bundle, bound at /sbin/docker-init
+TINI = Path("/usr/bin/tini-static")  # Debian's `tini` package: static, so it runs in any image
 _SERIAL = re.compile(rf"{SERIAL_PREFIX}[0-9a-f]{{{SERIAL_HEX}}}")
 VOLUME_ROOT = "/run/vmctl/volumes"
 VOLUME_PREFIX = "vol-"
@@ -58,6 +60,12 @@ class Live:
     state: str  # starting, running, restarting, exited, absent
     exit_code: int | None = None
     restarts: int = 0
+
+
+def host_init() -> Path:
+    if not TINI.is_file():
+        raise HostError(f"`init: true` needs a static init at `{TINI}`", hint="install it: `apt-get install tini`")
+    return TINI
 
 
 def image_serial(digest: str) -> str:
@@ -81,14 +89,15 @@ def service_dir(name: str) -> str:
 
 def bundle_tar(req: ContainerRequest) -> bytes:
     """config.json plus etc/{hostname,hosts,resolv.conf}, as the tar `supervise.sh prepare` unpacks."""
-    files = {"config.json": json.dumps(make_config(req), indent=1) + "\n"}
-    files |= {f"etc/{k}": v for k, v in request_etc_files(req).items()}
+    files = {"config.json": (json.dumps(make_config(req), indent=1) + "\n").encode()}
+    files |= {f"etc/{k}": v.encode() for k, v in request_etc_files(req).items()}
+    if req.init_path is not None:  # `init: true`: the host's static tini travels with the bundle
+        files[INIT_FILE] = host_init().read_bytes()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path, text in files.items():
-            data = text.encode()
+        for path, data in files.items():
             info = tarfile.TarInfo(path)
-            info.size, info.mode = len(data), 0o644
+            info.size, info.mode = len(data), 0o755 if path == INIT_FILE else 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -107,17 +116,23 @@ class GuestRuntime:
     isolation = "microvm"
     share_network = True  # the container uses the guest's network stack: guest port == container port
 
-    def __init__(self, guest: Guest, volumes: Mapping[str, bool] | None = None) -> None:
-        """`volumes`: tag -> read-only, for every 9p device of the machine (`workloads.machine_volumes`)."""
+    def __init__(self, guest: Guest, volumes: Mapping[str, bool] | None = None,
+                 names: Mapping[str, str] | None = None) -> None:
+        """`volumes`: tag -> read-only, for every 9p device of the machine (`workloads.machine_volumes`);
+        `names`: service -> its `container_name`, where the file sets one."""
         self.guest = guest
         self.volumes = dict(volumes or {})
+        self.names = dict(names or {})
         self._uploaded = False
 
     def rootfs(self, name: str, image: PreparedImage) -> str:
-        return f"{service_dir(name)}/rootfs"
+        return f"{service_dir(self.container_name(name))}/rootfs"
 
     def etc_dir(self, name: str) -> str | None:
-        return f"{service_dir(name)}/bundle/etc"
+        return f"{service_dir(self.container_name(name))}/bundle/etc"
+
+    def init_path(self, name: str) -> str:
+        return f"{service_dir(self.container_name(name))}/bundle/{INIT_FILE}"
 
     def volume_source(self, source: Path) -> str:
         return volume_path(volume_tag(source))
@@ -131,7 +146,8 @@ class GuestRuntime:
         return out.decode(errors="replace")
 
     def container_name(self, service: str) -> str:
-        return service  # one guest belongs to one environment: the service name is unique in it
+        # one guest belongs to one environment: the service name is unique in it
+        return self.names.get(service, service)
 
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[object] = ()) -> None:
@@ -148,15 +164,21 @@ class GuestRuntime:
         if not all(_VOLUME_TAG.fullmatch(t) for t in volumes[::2]):
             raise UsageError(f"invalid volume tags {volumes[::2]}")
         self._helper("prepare", req.name, serial, *volumes, stdin=bundle_tar(req))
-        self._helper("start", req.name, svc.restart.value)
+        # the container shares the guest's network stack (its own VM: spec refuses net.* in a shared one),
+        # so its net.* sysctls are the guest's; crun refuses them without a network namespace of its own
+        net = [part for key, value in svc.sysctls if key.startswith("net.") for part in (key, value)]
+        if net:
+            self._helper("sysctl", *net)
+        retries = f":{svc.restart_retries}" if svc.restart_retries is not None else ""
+        self._helper("start", req.name, f"{svc.restart.value}{retries}")
 
     def live(self, name: str) -> Live:
-        return parse_status(self._helper("status", name))
+        return parse_status(self._helper("status", self.container_name(name)))
 
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
              timeout: float | None = None) -> tuple[int, bytes]:
         """`crun exec` in the container; (exit code, output). Not captured: streams to this terminal."""
-        cmd = ["crun", "exec", name, *argv]
+        cmd = ["crun", "exec", self.container_name(name), *argv]
         if timeout is not None:
             cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
         if not capture:
@@ -171,10 +193,13 @@ class GuestRuntime:
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
         argv = ["tail", "-n", str(tail) if tail is not None else "+1"]
         argv += ["-f"] if follow else []
-        code = self.guest.stream([*argv, f"{service_dir(name)}/container.log"], out, out)
+        code = self.guest.stream([*argv, f"{service_dir(self.container_name(name))}/container.log"], out, out)
         if code != 0:
             raise GuestError(f"cannot read the log of `{name}` in machine `{self.guest.name}` "
                              f"(`{shlex.join(argv)}` exited {code})")
 
-    def stop(self, name: str, grace: float = STOP_GRACE_SECONDS) -> None:
-        self._helper("stop", name, str(max(0, math.ceil(grace))), timeout=grace + 30)
+    def stop(self, name: str, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> int | None:
+        """The container's exit code, when it had one (it tells whether `signal` ended it, or SIGKILL)."""
+        out = self._helper("stop", self.container_name(name), str(max(0, math.ceil(grace))),
+                           signal.removeprefix("SIG"), timeout=grace + 30)
+        return parse_status(out).exit_code

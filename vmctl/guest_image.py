@@ -72,6 +72,7 @@ class Recipe:
     compression: str
     kernel_build: str | None = None  # a kernel of our own (vmctl/kernel_build.py), everything built in
     modules_after_ready: tuple[str, ...] = ()  # loaded once the guest announced READY (not needed for it)
+    init: Path = INIT_TEMPLATE  # the init's template (the nested KVM test host has its own)
 
 
 # ---------------------------------------------------------------------------------------------- recipe
@@ -84,7 +85,9 @@ _RECIPE_KEYS: dict[str, str] = {
     "modules": "a list of kernel module names, such as `virtio_net`",
     "modules_after_ready": "a list of kernel module names loaded after READY, such as `virtio_balloon`",
     "compression": "`none` or `gzip`",
+    "init": "a template path under templates/, such as `guest/init.sh.j2` (optional; that is the default)",
 }
+OPTIONAL_KEYS = ("kernel_build", "init")
 
 
 def recipe_path(name: str) -> Path:
@@ -105,7 +108,7 @@ def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
     if "kernel_build" in data:
         return _parse_built_kernel_recipe(name, data, where)
     unknown = sorted(set(data) - set(_RECIPE_KEYS))
-    missing = [k for k in _RECIPE_KEYS if k not in data and k != "kernel_build"]
+    missing = [k for k in _RECIPE_KEYS if k not in data and k not in OPTIONAL_KEYS]
     if unknown or missing:
         raise UsageError(f"{where}: unknown keys {unknown}, missing keys {missing}",
                          hint=f"the keys are {', '.join(f'`{k}`' for k in _RECIPE_KEYS)}")
@@ -120,7 +123,17 @@ def parse_recipe(name: str, text: str, where: str = "recipe.yaml") -> Recipe:
     return Recipe(name=name, path=Path(where), kernel=data["kernel"],
                   packages=_str_list(data["packages"], "packages", where), binaries=binaries,
                   modules=_str_list(data["modules"], "modules", where), compression=data["compression"],
-                  modules_after_ready=_str_list(data["modules_after_ready"], "modules_after_ready", where))
+                  modules_after_ready=_str_list(data["modules_after_ready"], "modules_after_ready", where),
+                  init=_init_template(data.get("init"), where))
+
+
+def _init_template(value: object, where: str) -> Path:
+    if value is None:
+        return INIT_TEMPLATE
+    if not isinstance(value, str) or value.startswith("/") or ".." in Path(value).parts \
+            or not (TEMPLATES_DIR / value).is_file():
+        raise UsageError(f"{where}: `init` must be {_RECIPE_KEYS['init']}, got {value!r}")
+    return TEMPLATES_DIR / value
 
 
 def _parse_built_kernel_recipe(name: str, data: dict[str, object], where: str) -> Recipe:
@@ -245,7 +258,7 @@ def kernel_package(versions: Mapping[str, str]) -> str:
 
 
 def _current_digest(recipe: Recipe, versions: Mapping[str, str]) -> str:
-    return compute_digest(recipe.path.read_text(), INIT_TEMPLATE.read_text(), versions)
+    return compute_digest(recipe.path.read_text(), recipe.init.read_text(), versions)
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -293,12 +306,13 @@ def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Sequence[str]) 
 # ---------------------------------------------------------------------------------------------- init
 
 def render_init(image_name: str, kernel_release: str, modules: Sequence[str],
-                template_text: str | None = None, modules_after_ready: Sequence[str] = ()) -> str:
+                template_text: str | None = None, modules_after_ready: Sequence[str] = (),
+                template: Path | None = None) -> str:
     # Shell uses `${#var}`: Jinja comments are `{## ... ##}` here, not `{# ... #}`.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                              comment_start_string="{##", comment_end_string="##}")
-    template = env.from_string(template_text if template_text is not None else INIT_TEMPLATE.read_text())
-    return template.render(image_name=image_name, kernel_release=kernel_release, modules=list(modules),
+    text = template_text if template_text is not None else (template or INIT_TEMPLATE).read_text()
+    return env.from_string(text).render(image_name=image_name, kernel_release=kernel_release, modules=list(modules),
                            modules_after_ready=list(modules_after_ready))
 
 
@@ -434,8 +448,8 @@ def _build_initramfs(recipe: Recipe, root: Path, release: str, modules: Sequence
         _add_busybox(cpio, root / "bin" / "busybox")
     for module in (*modules, *modules_after_ready):
         cpio.file(f"lib/modules/{release}/{module}", (root / "lib" / "modules" / release / module).read_bytes())
-    cpio.file("init", render_init(recipe.name, release, modules, modules_after_ready=modules_after_ready).encode(),
-              0o755)
+    init = render_init(recipe.name, release, modules, modules_after_ready=modules_after_ready, template=recipe.init)
+    cpio.file("init", init.encode(), 0o755)
     data = cpio.serialize()
     return gzip.compress(data, compresslevel=6, mtime=0) if recipe.compression == "gzip" else data
 

@@ -6,7 +6,7 @@ One container = one directory the caller gives (`cdir`):
     cdir/bundle/rootfs/        overlay: lower = the prepared image's rootfs (shared, never written),
                                upper/work = cdir/overlay/ (catches mountpoints runc creates)
     cdir/bundle/etc/           hostname, hosts, resolv.conf (bound read-only into the container)
-    cdir/container.log         the container's stdout and stderr
+    cdir/container.log         the container's stdout and stderr (unless `start(log=...)` puts it elsewhere)
     cdir/slirp.log, state.json slirp4netns output; what `stop` needs (helper PID, socket, ports)
 
 Networking mirrors the microVM's QEMU user-mode networking: the container gets its own network namespace
@@ -106,6 +106,7 @@ class HostRuntime:
         ports: Sequence[PortForward] = (),
         network: bool = True,
         ready_timeout: float = 10.0,
+        log: Path | None = None,
         on_created: Callable[[int], None] | None = None,
     ) -> HostContainer:
         """Create and start `req` detached. `req.rootfs` is the image's rootfs (the overlay's lower layer).
@@ -125,7 +126,7 @@ class HostRuntime:
         private_dir(self.runc_root)
         try:
             return self._start(req, cdir, tuple(ports), network and not req.share_host_network, ready_timeout,
-                               on_created)
+                               log or cdir / "container.log", on_created)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop(req.name, cdir, grace=0)
@@ -133,7 +134,7 @@ class HostRuntime:
 
     def _start(
         self, req: ContainerRequest, cdir: Path, ports: tuple[PortForward, ...], network: bool, ready_timeout: float,
-        on_created: Callable[[int], None] | None = None,
+        log_path: Path, on_created: Callable[[int], None] | None = None,
     ) -> HostContainer:
         lower = Path(req.rootfs)
         if not lower.is_dir():
@@ -153,7 +154,6 @@ class HostRuntime:
         limit_caps(config, bounding_caps())
         (bundle / "config.json").write_text(json.dumps(config, indent=1) + "\n")
 
-        log_path = cdir / "container.log"
         exit_r, exit_w = os.pipe()
         try:
             self._create(req.name, bundle, log_path, exit_w)
@@ -260,14 +260,14 @@ class HostRuntime:
     def kill(self, name: str, sig: str = "TERM") -> None:
         run([self.runc, "--root", self.runc_root, "kill", name, sig], timeout=30)
 
-    def stop(self, name: str, cdir: Path, *, grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM, then SIGKILL after `grace` s; delete; end slirp4netns; unmount; remove `cdir`."""
+    def stop(self, name: str, cdir: Path, *, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> None:
+        """`signal` (SIGTERM), then SIGKILL after `grace` s; delete; end slirp4netns; unmount; remove `cdir`."""
         state = _read_state(cdir)
         st = self.state(name)
         if st is not None:
             if st.status in ("running", "created", "paused"):
                 with contextlib.suppress(CommandFailed):
-                    self.kill(name, "TERM" if grace > 0 and st.status == "running" else "KILL")
+                    self.kill(name, signal.removeprefix("SIG") if grace > 0 and st.status == "running" else "KILL")
                 self._wait_stopped(name, grace)
             run([self.runc, "--root", self.runc_root, "delete", "--force", name], check=False, timeout=30)
         _end_process(state.get("slirp_pid"), state.get("slirp_start"))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmctl import accel, console, guest_image, ports, preflight, render, template, workloads
+from vmctl import accel, console, guest_image, ports, preflight, render, template, virt, workloads
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
 from vmctl.memory import memory_of
@@ -157,7 +157,13 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
         dac_label=None if is_embedded(uri) else f"+{os.getuid()}:+{os.getgid()}",
         interfaces=tuple(render.InterfaceView(tap, nic.mac, slot) for tap, nic, slot in (net.taps() if net else [])),
         restrict=net.member.internal_only if net else False,
+        labels=_service_labels(project, machine),
     )
+
+
+def _service_labels(project: Project, machine: MachineSpec) -> tuple[tuple[str, str], ...]:
+    svc = project.env.service(machine.dedicated_to) if machine.dedicated_to else None
+    return svc.labels if svc else ()
 
 
 def _disk_views(project: Project, machine: MachineSpec,
@@ -243,6 +249,13 @@ def _network_up(project: Project, state: EnvState) -> netplan.NetworkPlan:
     return plan
 
 
+def machine_network(project: Project, name: str) -> MachineNetwork:
+    """A machine's part of the network as `up` would build it now (addresses kept from the state)."""
+    state = project.envdir.load(str(project.env.file)) if project.envdir.state_file.exists() else None
+    plan = netplan.plan(project.env, state.network if state else None)
+    return MachineNetwork(project.network_host, plan, _member(plan, name))
+
+
 def _member(plan: netplan.NetworkPlan, name: str) -> netplan.Member:
     member = plan.member(name)
     assert member is not None, f"the network plan has no member `{name}`"
@@ -257,6 +270,10 @@ def _choose_accels(project: Project, machines: Sequence[MachineSpec],
     chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
     if "tcg" in chosen.values() and report.kvm_module:
         project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+    host = virt.host()
+    if "kvm" in chosen.values() and host.emulated:  # the boot times `up` prints are emulation times
+        project.progress.warn("accel", f"using {host.accel_label('kvm')}: this host's own CPU is emulated "
+                                       f"({host.evidence})")
     return chosen
 
 
@@ -333,7 +350,8 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
         name=m.name, domain=name, uri=hv.uri, accel=accel_name, ssh_port=ssh_port,
         forwards=[ForwardState(f.host_ip, f.host_port, f.guest_port, f.proto) for f in forwards],
         memory_mib=m.memory_mib, vcpus=m.vcpus, kernel_release=files.kernel_release,
-        timeline={"defined": round(t_defined - t0, 4)}, template=clone.template.name if clone else None,
+        timeline={"defined": round(t_defined - t0, 4)}, host_emulated=virt.host().emulated,
+        template=clone.template.name if clone else None,
     )
     return Job(m, dom, t0, cold_xml, clone)
 
@@ -468,6 +486,7 @@ def down(project: Project) -> list[str]:
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
         state = envdir.load(str(project.env.file))
         removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
+        workloads.stop_guest_services(project.env, envdir, state, project.progress)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
         for uri in sorted(uris):
             if is_embedded(uri) and not envdir.libvirt_root.exists():
@@ -522,6 +541,8 @@ class MachineStatus:
     timeline: dict[str, float] = field(default_factory=dict)
     guest: dict[str, float] = field(default_factory=dict)
     dedicated_to: str | None = None
+    host_emulated: bool = False  # the host's own CPU is emulated: a `kvm` machine ran at TCG speed
+    accel_label: str | None = None  # `accel` as reports print it, e.g. "kvm (nested under TCG: ...)"
     networks: list[dict[str, str]] = field(default_factory=list)  # {network, address, mac} per NIC
     hostkey: str | None = None  # pinned from the guest's READY line (a clone's own, never its template's)
     template: str | None = None  # the template it was restored from, or None: booted cold
@@ -555,6 +576,8 @@ def status(project: Project) -> list[MachineStatus]:
             pid=(pid := qemu_pid(ms.domain) if ms and st in ("running", "starting") else None),
             memory=_memory(pid, m.memory_mib),
             timeline=ms.timeline if ms else {}, guest=ms.guest if ms else {}, dedicated_to=m.dedicated_to,
+            host_emulated=bool(ms and ms.host_emulated),
+            accel_label=virt.accel_label(ms.accel, ms.host_emulated) if ms else None,
             networks=[{"network": n.network, "address": n.address, "mac": n.mac}
                       for n in (member.nics if member and ms else ())],
             hostkey=ms.hostkey if ms else None, template=ms.template if ms else None,

@@ -48,6 +48,7 @@ MASKED_PATHS: tuple[str, ...] = (
 )  # fmt: skip
 READONLY_PATHS: tuple[str, ...] = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 ETC_FILES: tuple[str, ...] = ("hostname", "hosts", "resolv.conf")
+CPU_PERIOD = 100_000  # microseconds; `cpus: 0.5` is a quota of half of it
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -85,6 +86,16 @@ class ContainerRequest:
     dns: tuple[str, ...] = (SLIRP_DNS,)  # nameservers for its resolv.conf: the environment network's first
     address: str | None = None  # its own address for /etc/hosts (None: 127.0.1.1, or user-mode networking's)
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) more lines for /etc/hosts
+    cap_add: tuple[str, ...] = ()  # CAP_X names, or "ALL"
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    rlimits: tuple[tuple[str, int, int], ...] = ()  # (name like "nofile", soft, hard); -1 is unlimited
+    sysctls: tuple[tuple[str, str], ...] = ()
+    tmpfs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (target, mount options)
+    cpus: float | None = None
+    memory_reservation_bytes: int | None = None
+    annotations: tuple[tuple[str, str], ...] = ()
+    init_path: str | None = None  # a static init (tini) in the runtime's file system: PID 1, then `args`
 
 
 def merge_command(
@@ -148,7 +159,7 @@ def _check_ipv4(text: str) -> None:
 def make_config(req: ContainerRequest) -> dict[str, Any]:
     """The OCI runtime config for `req`, as a JSON-ready dict. Raises UsageError on bad values."""
     _validate(req)
-    return {
+    config: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": _process(req),
         "root": {"path": req.rootfs, "readonly": req.readonly_rootfs},
@@ -156,6 +167,29 @@ def make_config(req: ContainerRequest) -> dict[str, Any]:
         "mounts": _mounts(req),
         "linux": _linux(req),
     }
+    if req.annotations:
+        config["annotations"] = dict(req.annotations)
+    return config
+
+
+INIT_TARGET = "/sbin/docker-init"  # where docker puts its init too
+UNLIMITED = 2**64 - 1
+
+
+def capabilities(req: ContainerRequest) -> list[str]:
+    """docker's rule: start from the default set (all when privileged), drop `cap_drop`, add `cap_add`."""
+    caps = list(ALL_CAPS if req.privileged else DEFAULT_CAPS)
+    if "ALL" in req.cap_drop:
+        caps = []
+    caps = [c for c in caps if c not in req.cap_drop]
+    added = ALL_CAPS if "ALL" in req.cap_add else req.cap_add
+    return caps + [c for c in added if c not in caps]
+
+
+def _rlimits(req: ContainerRequest) -> list[dict[str, Any]]:
+    limits = {"nofile": (1024, 1024)} | {name: (soft, hard) for name, soft, hard in req.rlimits}
+    return [{"type": f"RLIMIT_{name.upper()}", "soft": UNLIMITED if soft < 0 else soft,
+             "hard": UNLIMITED if hard < 0 else hard} for name, (soft, hard) in limits.items()]
 
 
 def _process(req: ContainerRequest) -> dict[str, Any]:
@@ -168,16 +202,17 @@ def _process(req: ContainerRequest) -> dict[str, Any]:
         env.append(f"HOSTNAME={req.hostname}")
     if req.terminal and "TERM" not in keys:
         env.append("TERM=xterm")
-    caps = list(ALL_CAPS if req.privileged else DEFAULT_CAPS)
+    caps = capabilities(req)
+    args = [INIT_TARGET, "--", *req.args] if req.init_path else list(req.args)
     return {
         "terminal": req.terminal,
         "user": {"uid": uid, "gid": gid},
-        "args": list(req.args),
+        "args": args,
         "env": env,
         "cwd": req.cwd or "/",
         "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-        "noNewPrivileges": not req.privileged,
+        "rlimits": _rlimits(req),
+        "noNewPrivileges": req.no_new_privileges and not req.privileged,
     }
 
 
@@ -204,6 +239,9 @@ def _mounts(req: ContainerRequest) -> list[dict[str, Any]]:
         for name in ETC_FILES:
             mounts.append(_bind(posixpath.join(req.etc_dir, name), f"/etc/{name}", read_only=True))
     mounts.extend(_bind(m.source, m.target, read_only=m.read_only) for m in req.mounts)
+    mounts.extend(_tmpfs(target, ["nosuid", "nodev", *options]) for target, options in req.tmpfs)
+    if req.init_path:
+        mounts.append(_bind(req.init_path, INIT_TARGET, read_only=True))
     return mounts
 
 
@@ -223,8 +261,11 @@ def _linux(req: ContainerRequest) -> dict[str, Any]:
     resources: dict[str, Any] = {
         "devices": [{"allow": req.privileged, "access": "rwm"}],
     }
-    if req.memory_limit_bytes is not None:
-        resources["memory"] = {"limit": req.memory_limit_bytes}
+    memory = {"limit": req.memory_limit_bytes, "reservation": req.memory_reservation_bytes}
+    if any(v is not None for v in memory.values()):
+        resources["memory"] = {k: v for k, v in memory.items() if v is not None}
+    if req.cpus is not None:
+        resources["cpu"] = {"quota": round(req.cpus * CPU_PERIOD), "period": CPU_PERIOD}
     if req.pids_limit is not None:
         resources["pids"] = {"limit": req.pids_limit}
     linux: dict[str, Any] = {
@@ -233,6 +274,8 @@ def _linux(req: ContainerRequest) -> dict[str, Any]:
     }
     if req.cgroups_path is not None:
         linux["cgroupsPath"] = req.cgroups_path
+    if req.sysctls:
+        linux["sysctl"] = dict(req.sysctls)
     if not req.privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)

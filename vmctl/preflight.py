@@ -77,8 +77,8 @@ def where(env: Environment, m: MachineSpec, key: str) -> Where:
         candidates.append(("services", m.dedicated_to))
     for path in candidates:
         dotted = ".".join(str(p) for p in path)
-        if dotted in env.lines:
-            return Where(str(env.file), env.lines[dotted], dotted)
+        if (place := env.place(dotted)) is not None:
+            return place
     return Where(str(env.file), None, ".".join(str(p) for p in candidates[0]))
 
 
@@ -119,8 +119,8 @@ def _port_where(env: Environment, m: MachineSpec, port: PortSpec) -> Where:
     for base, entries in declared:
         for i, p in enumerate(entries):
             dotted = f"{'.'.join(base)}[{i}]"
-            if p == port and dotted in env.lines:
-                return Where(str(env.file), env.lines[dotted], dotted)
+            if p == port and (place := env.place(dotted)) is not None:
+                return place
     return where(env, m, "ports")
 
 
@@ -153,7 +153,7 @@ def check_volumes(env: Environment, machines: Sequence[MachineSpec]) -> None:
             f"guest image `{m.image}` has none",
             hint=f"give it {'`vm: {image: minimal}`' if m.dedicated_to else '`image: minimal`'} (that kernel has "
                  "virtio-9p built in), or use `isolation: container`",
-            where=Where(str(env.file), env.lines.get(dotted), dotted))
+            where=env.place(dotted) or Where(str(env.file), None, dotted))
 
 
 def check_uris(uris: Iterable[str]) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import spec
+from vmctl import compose_values, settings, spec
 
-SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
+SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
     ("`libvirt:`", spec.LIBVIRT_SETTINGS),
     ("`machines.NAME:` (and `defaults:`)", spec.MACHINE_SETTINGS),
@@ -19,15 +19,19 @@ SECTIONS: tuple[tuple[str, Sequence[spec.Setting]], ...] = (
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
     ("`networks.NAME:`", spec.NETWORK_SETTINGS),
     ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
+    ("`services.NAME.deploy:`", compose_values.DEPLOY_SETTINGS),
+    ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
+    ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),
+    ("`services.NAME.ulimits.NAME:`", compose_values.ULIMIT_SETTINGS),
 )
 BEGIN, END = "<!-- reference:begin -->", "<!-- reference:end -->"
 
 
-def _default(setting: spec.Setting) -> str:
+def _default(setting: settings.Setting) -> str:
     value = setting.default
     if setting.shown:
         return f"`{setting.shown}`"
-    if value is spec.REQUIRED:
+    if value is settings.REQUIRED:
         return "**required**"
     if value is None or value == ():
         return "-"
@@ -42,12 +46,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _meaning(setting: settings.Setting) -> str:
+    if setting.support is settings.Support.REFUSED:
+        return f"**refused**: {setting.help}; {setting.hint}"
+    if setting.support is settings.Support.IGNORED:
+        return f"**ignored** (with a warning): {setting.help}"
+    return setting.help
+
+
+def counts() -> dict[settings.Support, int]:
+    """How many keys of each mark the tables hold (each key once, however many sections show it)."""
+    seen = {(id(table), s.key): s.support for _t, table in SECTIONS for s in table}
+    return {mark: sum(1 for v in seen.values() if v is mark) for mark in settings.Support}
+
+
 def markdown() -> str:
     parts = []
     for title, table in SECTIONS:
-        rows = [f"| `{s.key}` | {_cell(s.kind)} | {_default(s)} | {_cell(s.help)} |" for s in table]
+        rows = [f"| `{s.key}` | {_cell(s.kind)} | {_default(s)} | {_cell(_meaning(s))} |" for s in table]
         parts.append(f"#### {title}\n\n| key | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows))
-    return "\n\n".join(parts) + "\n"
+    summary = ", ".join(f"{n} {mark.value}" for mark, n in counts().items())
+    return f"Keys: {summary}.\n\n" + "\n\n".join(parts) + "\n"
 
 
 def readme_block(readme: Path) -> str:

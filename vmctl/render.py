@@ -108,6 +108,7 @@ class DomainView:
     clone_socket: str | None = None
     incoming: bool = False
     xmlns: str = XMLNS
+    labels: tuple[tuple[str, str], ...] = ()  # the compose `labels` of the service a dedicated VM runs
 
     @property
     def domain_name(self) -> str:

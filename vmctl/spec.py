@@ -2,27 +2,77 @@
 
 Parsing ends in frozen dataclasses (`Environment`, `MachineSpec`, `ServiceSpec`); nothing after this
 module sees raw YAML. Every error names the file, line and key path, and says how to fix it.
+The table machinery and the generic value parsers are in `settings`, the parsers of compose's own
+service keys in `compose_values`, the compose keys vmctl does not honour in `compose_keys`; what
+this module reads comes resolved from the loading stage (`vmctl.load`).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
+import math
 import re
-import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from vmctl import cmdline
-from vmctl.errors import SpecError, UsageError
-from vmctl.paths import GUEST_IMAGES_DIR
-from vmctl.yamlpos import Document, KeyPath, dotted, load
+from vmctl import compose_keys
+from vmctl.compose_values import (
+    GUEST_OVERHEAD_MIB,
+    Limits,
+    Restart,
+    TmpfsSpec,
+    Ulimit,
+    p_bytes_mib,
+    p_caps,
+    p_container_name,
+    p_cpus,
+    p_deploy,
+    p_labels,
+    p_pids_limit,
+    p_platform,
+    p_profiles,
+    p_pull_policy,
+    p_restart,
+    p_security_opt,
+    p_signal,
+    p_sysctls,
+    p_tmpfs,
+    p_ulimits,
+)
+from vmctl.errors import UsageError, Where
+from vmctl.load import Model, load_project
+from vmctl.settings import (
+    NAME_RE,
+    NAME_RULE,
+    REQUIRED,
+    Ctx,
+    Parser,
+    Setting,
+    Support,
+    did_you_mean,
+    p_abs_path,
+    p_argv,
+    p_bool,
+    p_cmdline,
+    p_dir,
+    p_duration,
+    p_enum,
+    p_file,
+    p_image,
+    p_int,
+    p_name,
+    p_size_mib,
+    p_str,
+    p_uri,
+    parse_table,
+    typename,
+    unsupported,
+)
+from vmctl.yamlpos import KeyPath, dotted
 
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-NAME_RULE = "lowercase letters, digits and `-`, 1-32 characters, starting and ending with a letter or digit"
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DNS_LABEL_RULE = "a DNS label: lowercase letters, digits and `-`, 1-63 characters, not starting or ending with `-`"
 DEFAULT_NETWORK = "default"  # compose's name for the network every service joins unless it names others
@@ -37,11 +87,6 @@ class Accel(StrEnum):
 class Isolation(StrEnum):
     MICROVM = "microvm"
     CONTAINER = "container"
-
-
-class Restart(StrEnum):
-    NO = "no"
-    ON_FAILURE = "on-failure"
 
 
 @dataclass(frozen=True)
@@ -126,10 +171,25 @@ class ServiceSpec:
     depends_on: tuple[str, ...] = ()
     healthcheck: HealthcheckSpec | None = None
     restart: Restart = Restart.NO
+    restart_retries: int | None = None  # `on-failure:N`: at most N restarts
     isolation: Isolation = Isolation.MICROVM
     machine: str | None = None  # the VM it runs in (a declared one, or its dedicated one)
     read_only: bool = True
     privileged: bool = False
+    container_name: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+    tmpfs: tuple[TmpfsSpec, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    init: bool = False
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: float | None = None  # None: the runtime's default
+    ulimits: tuple[Ulimit, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    limits: Limits = Limits()
+    profiles: tuple[str, ...] = ()
     hostname: str | None = None  # None: the service name
     networks: tuple[Attachment, ...] = (Attachment(DEFAULT_NETWORK),)
     expose: tuple[int, ...] = ()  # documents ports reachable on the networks; publishes nothing
@@ -151,7 +211,13 @@ class Environment:
     machines: tuple[MachineSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
-    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    places: Mapping[str, Where] = field(default_factory=dict, compare=False, repr=False)
+    files: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()  # ignored keys, unset variables: the CLI shows them as progress warnings
+
+    def place(self, dotted_path: str) -> Where | None:
+        """Where a key (`services.web.ports[0]`) was written: file, line and variables."""
+        return self.places.get(dotted_path)
 
     def machine(self, name: str) -> MachineSpec | None:
         return next((m for m in self.machines if m.name == name), None)
@@ -164,203 +230,7 @@ class Environment:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Parsing context and the settings table
-
-
-class Ctx:
-    def __init__(self, doc: Document) -> None:
-        self.doc = doc
-        self.base_dir = doc.file.resolve().parent
-
-    def fail(self, path: KeyPath, message: str, hint: str | None = None) -> NoReturn:
-        raise SpecError(message, hint=hint, where=self.doc.where(path))
-
-
-Parser = Callable[[Any, KeyPath, Ctx], Any]
-REQUIRED: Any = object()
-
-
-@dataclass(frozen=True)
-class Setting:
-    key: str
-    parse: Parser
-    default: Any
-    kind: str  # what the README shows as the value type
-    help: str
-    shown: str | None = None  # how the README shows the default, when `str(default)` would mislead
-
-
-def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
-                defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Parse a mapping against `table`: unknown keys are errors with a did-you-mean hint."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping of settings, not {_typename(value)}",
-                 f"write `key: value` lines; known keys: {', '.join(s.key for s in table)}")
-    known = {s.key: s for s in table}
-    for key in value:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(sorted(known))}"
-            ctx.fail((*path, key), f"unknown key `{key}`", hint)
-    out: dict[str, Any] = {}
-    for s in table:
-        if s.key in value:
-            try:
-                out[s.key] = s.parse(value[s.key], (*path, s.key), ctx)
-            except SpecError as e:
-                if e.hint is None:  # the table says what the setting takes: that is the fix
-                    e.hint = f"`{s.key}` takes {s.kind}: {s.help}"
-                raise
-        elif defaults is not None and s.key in defaults:
-            out[s.key] = defaults[s.key]
-        elif s.default is REQUIRED:
-            ctx.fail(path, f"missing required key `{s.key}` ({s.help})", f"add `{s.key}:` ({s.kind})")
-        else:
-            out[s.key] = s.default
-    return out
-
-
-def _typename(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)
-
-
-# ---------------------------------------------------------------------------------------------------
 # Value parsers: each takes (value, key path, context) and returns a typed value or fails.
-
-
-def p_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        ctx.fail(path, f"invalid name {value!r}", f"names use {NAME_RULE}")
-    return value
-
-
-def p_image(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    name = p_name(value, path, ctx)
-    if not (GUEST_IMAGES_DIR / name / "recipe.yaml").is_file():
-        recipes = sorted(p.name for p in GUEST_IMAGES_DIR.iterdir() if (p / "recipe.yaml").is_file()) \
-            if GUEST_IMAGES_DIR.is_dir() else []
-        ctx.fail(path, f"no guest image recipe `{name}` (looked for `{GUEST_IMAGES_DIR / name / 'recipe.yaml'}`)",
-                 _did_you_mean(name, recipes, "recipes"))
-    return name
-
-
-def p_str(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if not isinstance(value, str) or not value:
-        ctx.fail(path, f"must be a non-empty string, not {_typename(value)}")
-    if any(ord(c) < 0x20 for c in value):
-        ctx.fail(path, "must not contain control characters (newlines, tabs, ...)")
-    return value
-
-
-def p_bool(value: Any, path: KeyPath, ctx: Ctx) -> bool:
-    if not isinstance(value, bool):
-        ctx.fail(path, f"must be true or false, not {value!r}")
-    return value
-
-
-def p_int(lo: int, hi: int) -> Parser:
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            ctx.fail(path, f"must be a whole number from {lo} to {hi}, not {value!r}")
-        return value
-
-    return parse
-
-
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
-_UNITS_MIB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024, "": 1}
-
-
-def p_size_mib(lo: int, hi: int) -> Parser:
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
-        m = _SIZE.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
-        mib = int(int(m.group(1)) * _UNITS_MIB[m.group(2).upper()]) if m else -1
-        if not lo <= mib <= hi:
-            ctx.fail(path, f"invalid size {value!r}",
-                     f"write a size like `256M` or `1G` (bare numbers are MiB), from {lo}M to {hi}M")
-        return mib
-
-    return parse
-
-
-_DURATION = re.compile(r"^(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
-
-
-def p_duration(value: Any, path: KeyPath, ctx: Ctx) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    m = _DURATION.match(value) if isinstance(value, str) and value else None
-    if not m or not any(m.groups()):
-        ctx.fail(path, f"invalid duration {value!r}", "write durations like `500ms`, `5s` or `1m30s`")
-    minutes, seconds, millis = m.groups()
-    return int(minutes or 0) * 60 + float(seconds or 0) + int(millis or 0) / 1000
-
-
-def p_enum(enum: type[StrEnum]) -> Parser:
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> StrEnum:
-        if value is False and "no" in enum._value2member_map_:  # YAML 1.1 reads a bare `no` as false
-            value = "no"
-        try:
-            return enum(value)
-        except ValueError:
-            ctx.fail(path, f"invalid value {value!r}", f"use one of: {', '.join(e.value for e in enum)}")
-
-    return parse
-
-
-def p_existing(kind: str, exists: Callable[[Path], bool]) -> Parser:
-    """A path relative to the environment file's folder that must exist as a `kind` (file, folder)."""
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> Path:
-        text = p_str(value, path, ctx)
-        resolved = (ctx.base_dir / Path(text).expanduser()).resolve()
-        if not exists(resolved):
-            ctx.fail(path, f"{kind} `{text}` does not exist (looked for `{resolved}`)",
-                     "paths are relative to the environment file's folder")
-        return resolved
-
-    return parse
-
-
-p_file = p_existing("file", Path.is_file)
-p_dir = p_existing("folder", Path.is_dir)
-
-
-_URI = re.compile(r"^[a-z][a-z0-9+]*:(//[^\s]*)?$")
-
-
-def p_uri(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    text = p_str(value, path, ctx)
-    if not _URI.match(text):
-        ctx.fail(path, f"invalid libvirt URI {text!r}", "use e.g. `qemu:///system` or `qemu+ssh://host/system`")
-    return text
-
-
-def p_argv(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    """A command: a list of strings (taken as is) or a string (split like a shell would, never run by one)."""
-    if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError as e:
-            ctx.fail(path, f"cannot split command {value!r}: {e}", "use a list of strings instead")
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        argv = list(value)
-    else:
-        ctx.fail(path, f"must be a string or a list of strings, not {_typename(value)}")
-    if not argv:
-        ctx.fail(path, "must not be empty")
-    return tuple(argv)
-
-
-def p_cmdline(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-        ctx.fail(path, f"must be a string or a list of strings, not {_typename(value)}")
-    try:
-        return cmdline.user_tokens(value)
-    except cmdline.CmdlineError as e:
-        ctx.fail(path, e.message, e.hint)
 
 
 _PORT = re.compile(r"^(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp))?$")
@@ -368,7 +238,7 @@ _PORT = re.compile(r"^(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d+):)?(?P<target>\d+)(?:
 
 def p_ports(value: Any, path: KeyPath, ctx: Ctx) -> tuple[PortSpec, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of port strings, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of port strings, not {typename(value)}")
     out = []
     for i, item in enumerate(value):
         m = _PORT.match(str(item)) if isinstance(item, str | int) and not isinstance(item, bool) else None
@@ -391,7 +261,7 @@ def p_ports(value: Any, path: KeyPath, ctx: Ctx) -> tuple[PortSpec, ...]:
 
 def p_disks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[DiskSpec, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of disks, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of disks, not {typename(value)}")
     disks = []
     for i, item in enumerate(value):
         item_path = (*path, i)
@@ -417,7 +287,7 @@ def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str],
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         pairs = [tuple(v.split("=", 1)) if "=" in v else (v, None) for v in value]
     else:
-        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {_typename(value)}")
+        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {typename(value)}")
     out = []
     for key, val in pairs:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
@@ -431,23 +301,17 @@ def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str],
     return tuple(out)
 
 
-def p_abs_path(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    text = p_str(value, path, ctx)
-    if not text.startswith("/") or "/../" in f"{text}/":
-        ctx.fail(path, f"{text!r} must be an absolute path without `..`")
-    return text
-
-
 def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else p_str(value, path, ctx)
-    if not re.match(r"^\d+(:\d+)?$", text):
-        ctx.fail(path, f"invalid user {value!r}", 'write a numeric "UID" or "UID:GID" (e.g. "1000:1000")')
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", text):
+        ctx.fail(path, f"invalid user {value!r}",
+                 'write "UID[:GID]" or "NAME[:GROUP]" (names are looked up in the image\'s /etc/passwd and /etc/group)')
     return text
 
 
 def p_volumes(value: Any, path: KeyPath, ctx: Ctx) -> tuple[VolumeSpec, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of `SOURCE:TARGET[:ro|rw]` strings, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of `SOURCE:TARGET[:ro|rw]` strings, not {typename(value)}")
     out = []
     for i, item in enumerate(value):
         parts = item.split(":") if isinstance(item, str) else []
@@ -463,7 +327,7 @@ def p_depends_on(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
     if isinstance(value, dict):
         value = list(value)
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of service names, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of service names, not {typename(value)}")
     return tuple(p_name(v, (*path, i), ctx) for i, v in enumerate(value))
 
 
@@ -495,10 +359,6 @@ def p_dns_label(value: Any, path: KeyPath, ctx: Ctx) -> str:
     return value
 
 
-def p_labels(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
-    return p_environment(value, path, ctx) if value else ()
-
-
 def p_network_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
     if value != "bridge":
         ctx.fail(path, f"network driver {value!r} is not supported",
@@ -526,7 +386,7 @@ def p_service_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Attachment,
     if isinstance(value, list):
         value = {p_dns_label(v, (*path, i), ctx): None for i, v in enumerate(value)}
     if not isinstance(value, dict) or not value:
-        ctx.fail(path, f"must be a list of network names or a mapping of them, not {_typename(value)}",
+        ctx.fail(path, f"must be a list of network names or a mapping of them, not {typename(value)}",
                  'write `networks: [front, back]` or `networks: {front: {aliases: [web]}}`')
     out = []
     for name, raw in value.items():
@@ -538,16 +398,8 @@ def p_service_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Attachment,
 
 def p_aliases(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of names, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of names, not {typename(value)}")
     return tuple(p_dns_label(v, (*path, i), ctx) for i, v in enumerate(value))
-
-
-def p_refused(reason: str, hint: str) -> Parser:
-    """A compose key with a meaning vmctl cannot give it (yet): refused, with why and what to do."""
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> NoReturn:
-        ctx.fail(path, f"`{path[-1]}` is not supported: {reason}", hint)
-
-    return parse
 
 
 _EXPOSE = re.compile(r"^(\d+)(?:/(tcp|udp))?$")
@@ -555,7 +407,7 @@ _EXPOSE = re.compile(r"^(\d+)(?:/(tcp|udp))?$")
 
 def p_expose(value: Any, path: KeyPath, ctx: Ctx) -> tuple[int, ...]:
     if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of ports, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of ports, not {typename(value)}")
     out = []
     for i, item in enumerate(value):
         m = _EXPOSE.match(str(item)) if isinstance(item, str | int) and not isinstance(item, bool) else None
@@ -575,7 +427,7 @@ def p_extra_hosts(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str],
     elif isinstance(value, dict):
         items = [(name, name, str(ip)) for name, ip in value.items()]
     else:
-        ctx.fail(path, f"must be a list of `NAME:IP` strings or a mapping, not {_typename(value)}")
+        ctx.fail(path, f"must be a list of `NAME:IP` strings or a mapping, not {typename(value)}")
     out = []
     for key, name, ip in items:
         if not _HOSTNAME.match(name):
@@ -593,7 +445,7 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0
 
 def p_machine_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        ctx.fail(path, f"must be a non-empty list of network names, not {_typename(value)}")
+        ctx.fail(path, f"must be a non-empty list of network names, not {typename(value)}")
     return tuple(dict.fromkeys(p_dns_label(v, (*path, i), ctx) for i, v in enumerate(value)))
 
 
@@ -650,8 +502,8 @@ NETWORK_SETTINGS = (
 
 ATTACHMENT_SETTINGS = (
     Setting("aliases", p_aliases, (), "list", "more names this service is found by on this network"),
-    Setting("ipv4_address", p_refused("addresses are assigned by vmctl",
-                                      "remove it and reach the service by name"), None, "-", "refused"),
+    Setting("ipv4_address", lambda v, p, c: None, None, "-", "addresses are assigned by vmctl",
+            support=Support.REFUSED, hint="remove it and reach the service by name"),
 )
 
 HEALTHCHECK_SETTINGS = (
@@ -668,12 +520,15 @@ SERVICE_SETTINGS = (
     Setting("entrypoint", p_argv, None, "list|string", "overrides the image's ENTRYPOINT"),
     Setting("environment", p_environment, (), "mapping|list", "environment variables"),
     Setting("working_dir", p_abs_path, None, "path", "working directory in the container"),
-    Setting("user", p_user, None, "UID[:GID]", "numeric user to run as"),
+    Setting("user", p_user, None, "USER[:GROUP]", "user to run as: numbers, or names looked up in the image's "
+            "/etc/passwd and /etc/group"),
     Setting("ports", p_ports, (), "list", 'published ports "HOST:CONTAINER", bound to 127.0.0.1'),
     Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]", read-only by default'),
     Setting("depends_on", p_depends_on, (), "list", "services started (and healthy) before this one"),
     Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
-    Setting("restart", p_enum(Restart), Restart.NO, '"no"|on-failure', "restart policy"),
+    Setting("restart", p_restart, (Restart.NO, None), '"no"|always|on-failure[:N]|unless-stopped',
+            "restart policy, applied by the guest's supervisor (microVM) or vmctl's host supervisor (container)",
+            shown='"no"'),
     Setting("isolation", p_enum(Isolation), Isolation.MICROVM, "microvm|container",
             "a dedicated microVM, or a plain container on the host"),
     Setting("machine", p_name, None, "name", "run inside this declared machine instead of a dedicated VM"),
@@ -685,8 +540,44 @@ SERVICE_SETTINGS = (
             "networks it joins, with `aliases` per network (default: `default`)"),
     Setting("expose", p_expose, (), "list", "ports reachable on its networks (documentation: all are)"),
     Setting("extra_hosts", p_extra_hosts, (), "list|mapping", '"NAME:IP" lines for its /etc/hosts'),
-    Setting("network_mode", p_refused("every service is a member of its environment's networks",
-                                      "remove it; use `networks:` to choose networks"), None, "-", "refused"),
+    Setting("network_mode", lambda v, p, c: None, None, "-", "every service is a member of its environment's "
+            "networks", support=Support.REFUSED, hint="remove it; use `networks:` to choose networks"),
+    Setting("env_file", lambda v, p, c: None, None, "path|list",
+            "read into `environment` at load time (`environment` wins); `{path, required: false}` for optional"),
+    Setting("container_name", p_container_name, None, "string",
+            "the runtime's container name (runc on the host, crun in the guest); default: the service's"),
+    Setting("labels", p_labels, (), "mapping|list", "OCI annotations of the container, and the dedicated "
+            "microVM's domain metadata (`<vmctl:label>`)"),
+    Setting("annotations", p_labels, (), "mapping|list", "OCI annotations of the container"),
+    Setting("tmpfs", p_tmpfs, (), "path|list", "tmpfs mounts: `/path[:size=64m,mode=1777,noexec,...]`"),
+    Setting("cap_add", p_caps, (), "list", "capabilities added to docker's default set (`NET_ADMIN`, `ALL`)"),
+    Setting("cap_drop", p_caps, (), "list", "capabilities removed from it (`ALL`: none left but those added)"),
+    Setting("security_opt", p_security_opt, True, "list", "only `no-new-privileges[:true|false]` (vmctl's "
+            "default: on; compose's: off)", shown="[no-new-privileges]"),
+    Setting("init", p_bool, False, "bool", "run tini (the host's `tini-static`) as PID 1: it reaps zombies and "
+            "forwards signals"),
+    Setting("stop_signal", p_signal, "SIGTERM", "signal", "the signal that asks the container to stop"),
+    Setting("stop_grace_period", p_duration, None, "duration",
+            "time between `stop_signal` and SIGKILL at `down` (default: 5s in a microVM, 10s on the host)"),
+    Setting("ulimits", p_ulimits, (), "mapping", "`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}` (default: "
+            "nofile 1024)"),
+    Setting("sysctls", p_sysctls, (), "mapping|list", "namespaced sysctls only: net.*, kernel.shm*, kernel.msg*, "
+            "kernel.sem, fs.mqueue.*; in a microVM, net.* are set on the guest's network stack (the container "
+            "shares it; not allowed with `machine`)"),
+    Setting("mem_limit", p_bytes_mib, None, "size", "the container's memory limit (cgroup); a dedicated microVM gets "
+            f"this plus {GUEST_OVERHEAD_MIB} MiB unless `vm.memory` says otherwise"),
+    Setting("mem_reservation", p_bytes_mib, None, "size", "a soft memory limit (cgroup `memory.low`/reservation)"),
+    Setting("cpus", p_cpus, None, "number", "CPU time limit (cgroup quota); a dedicated microVM gets "
+            "ceil(cpus) vCPUs unless `vm.vcpus` says otherwise"),
+    Setting("pids_limit", p_pids_limit, None, "int", "the most processes the container may have (-1: no limit)"),
+    Setting("deploy", p_deploy, Limits(), "mapping", "`resources.limits` (memory, cpus, pids) and "
+            "`resources.reservations.memory`, as `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`", shown="-"),
+    Setting("profiles", p_profiles, (), "list", "the service starts only when one of these is active "
+            "(`--profile`, COMPOSE_PROFILES)"),
+    Setting("platform", p_platform, None, "string", "`linux/amd64` only (anything else is refused)"),
+    Setting("pull_policy", p_pull_policy, None, "missing|never",
+            "images are local archives: `missing` and `never` both use the archive; others are refused"),
+    *unsupported(compose_keys.SERVICE),
 )
 
 LIBVIRT_SETTINGS = (
@@ -706,7 +597,7 @@ def _named_mapping(value: Any, path: KeyPath, ctx: Ctx, what: str, parse_name: P
     if value is None:
         return {}
     if not isinstance(value, dict):
-        ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {_typename(value)}")
+        ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {typename(value)}")
     for name in value:
         parse_name(name, (*path, name), ctx)
     return value
@@ -719,6 +610,7 @@ ENV_SETTINGS = (
     Setting("machines", p_machines, None, "mapping", "name -> machine settings"),
     Setting("services", p_services, None, "mapping", "name -> container service settings"),
     Setting("networks", p_networks, None, "mapping", "name -> network settings (`default` always exists)"),
+    *unsupported(compose_keys.TOP_LEVEL),
 )
 
 
@@ -726,14 +618,23 @@ ENV_SETTINGS = (
 # From the document to the Environment
 
 
-def load_environment(file: Path, *, name_override: str | None = None) -> Environment:
+def load_environment(files: Path | Sequence[Path] = (), *, name_override: str | None = None,
+                     profiles: Sequence[str] = (), cwd: Path | None = None,
+                     environ: Mapping[str, str] | None = None) -> Environment:
+    """Load the files as compose does (`vmctl.load`), then check them against the settings table."""
+    model = load_project([files] if isinstance(files, Path) else files, cwd=cwd, environ=environ,
+                         project_name=name_override, profiles=profiles)
+    return environment_from(model)
+
+
+def environment_from(model: Model) -> Environment:
+    name_override = model.project_name
     if name_override is not None and not NAME_RE.match(name_override):
         # The name becomes a folder, a lock file and libvirt domain names: never a path or markup.
-        raise UsageError(f"invalid environment name {name_override!r} (from `-p/--project-name`)",
-                         hint=f"names use {NAME_RULE}")
-    doc = load(file)
-    ctx = Ctx(doc)
-    top = parse_table(ENV_SETTINGS, doc.data, (), ctx)
+        raise UsageError(f"invalid environment name {name_override!r} (from `-p/--project-name` or "
+                         "COMPOSE_PROJECT_NAME)", hint=f"names use {NAME_RULE}")
+    ctx = Ctx(model)
+    top = parse_table(ENV_SETTINGS, model.data, (), ctx, extensible=True)
     defaults = parse_table(MACHINE_SETTINGS, top["defaults"], ("defaults",), ctx)
     machines = [_machine(name, raw, ctx, defaults) for name, raw in (top["machines"] or {}).items()]
     services = [_service(name, raw, ctx, defaults) for name, raw in (top["services"] or {}).items()]
@@ -744,14 +645,16 @@ def load_environment(file: Path, *, name_override: str | None = None) -> Environ
                 for s in services]
     machines = [_with_service_networks(_with_service_ports(m, services), services, ctx) for m in machines]
     env = Environment(
-        name=name_override or top["name"] or folder_name(file),
-        file=file.resolve(),
+        name=name_override or top["name"] or folder_name(model.file),
+        file=model.file,
         base_dir=ctx.base_dir,
         uri=(top["libvirt"] or {}).get("uri"),
         machines=tuple(machines),
         services=tuple(services),
         networks=_used_networks(top["networks"] or {}, machines, services, ctx),
-        lines={dotted(k): v for k, v in doc.lines.items()},
+        places={dotted(k): model.where(k) for k in model.origins},
+        files=model.files,
+        warnings=tuple(dict.fromkeys(ctx.warnings)),
     )
     if not env.machines and not env.services:
         ctx.fail((), "the environment declares no machines and no services",
@@ -778,7 +681,7 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
 
 def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
     path = ("services", name)
-    v = parse_table(SERVICE_SETTINGS, raw, path, ctx)
+    v = parse_table(SERVICE_SETTINGS, raw, path, ctx, extensible=True)
     if v["isolation"] is Isolation.CONTAINER and (v["machine"] or v["vm"]):
         key = "machine" if v["machine"] else "vm"
         ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",
@@ -786,21 +689,52 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
     if v["machine"] and v["vm"]:
         ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
                  "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
+    restart, retries = v["restart"]
+    if v["machine"] and any(key.startswith("net.") for key, _ in v["sysctls"]):
+        ctx.fail((*path, "sysctls"), "net.* sysctls of a service in a shared machine would change the network of "
+                 "every service in it (containers in a guest share its network stack)",
+                 "give the service its own microVM (drop `machine`), or use `isolation: container`")
     return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
                        ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],
-                       healthcheck=v["healthcheck"], restart=v["restart"], isolation=v["isolation"],
-                       machine=v["machine"], read_only=v["read_only"], privileged=v["privileged"],
-                       hostname=v["hostname"], networks=v["networks"] or (Attachment(DEFAULT_NETWORK),),
-                       expose=v["expose"], extra_hosts=v["extra_hosts"])
+                       healthcheck=v["healthcheck"], restart=restart, restart_retries=retries,
+                       isolation=v["isolation"], machine=v["machine"], read_only=v["read_only"],
+                       privileged=v["privileged"], container_name=v["container_name"], labels=v["labels"],
+                       annotations=v["annotations"], tmpfs=v["tmpfs"], cap_add=v["cap_add"], cap_drop=v["cap_drop"],
+                       no_new_privileges=v["security_opt"], init=v["init"], stop_signal=v["stop_signal"],
+                       stop_grace_period=v["stop_grace_period"], ulimits=v["ulimits"], sysctls=v["sysctls"],
+                       limits=_limits(v), profiles=v["profiles"], hostname=v["hostname"],
+                       networks=v["networks"] or (Attachment(DEFAULT_NETWORK),), expose=v["expose"],
+                       extra_hosts=v["extra_hosts"])
+
+
+def _limits(v: Mapping[str, Any]) -> Limits:
+    """The service's own keys win over `deploy.resources` (compose lets both say it; they should agree)."""
+    deploy: Limits = v["deploy"]
+    return Limits(memory_mib=v["mem_limit"] or deploy.memory_mib,
+                  memory_reservation_mib=v["mem_reservation"] or deploy.memory_reservation_mib,
+                  cpus=v["cpus"] or deploy.cpus, pids=v["pids_limit"] or deploy.pids)
 
 
 def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any],
                   ctx: Ctx) -> MachineSpec:
     v = parse_table(VM_SETTINGS, raw.get("vm"), ("services", service.name, "vm"), ctx, defaults)
+    v.update(_sized_for(service.limits, set(raw.get("vm") or {}) | set(ctx.doc.data.get("defaults") or {})))
     return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
                        uri=v["uri"], dedicated_to=service.name, template=v["template"])
+
+
+def _sized_for(limits: Limits, explicit: set[str]) -> dict[str, Any]:
+    """A dedicated microVM sized by its container's limits, where `vm:` and `defaults:` do not size it:
+    RAM = the memory limit + GUEST_OVERHEAD_MIB (kernel, the tmpfs root, crun, the writable layer's tmpfs),
+    vCPUs = the CPU limit rounded up."""
+    sized: dict[str, Any] = {}
+    if limits.memory_mib is not None and "memory" not in explicit:
+        sized["memory"] = limits.memory_mib + GUEST_OVERHEAD_MIB
+    if limits.cpus is not None and "vcpus" not in explicit:
+        sized["vcpus"] = math.ceil(limits.cpus)
+    return sized
 
 
 def _with_service_ports(machine: MachineSpec, services: Sequence[ServiceSpec]) -> MachineSpec:
@@ -837,12 +771,12 @@ def _used_networks(declared: Mapping[str, Any], machines: Sequence[MachineSpec],
                 svc = next((s for s in services if s.machine == m.name and
                             any(a.network == n for a in s.networks)), None)
                 path = ("services", svc.name, "networks", n) if svc else ("machines", m.name, "networks")
-                ctx.fail(path, f"undeclared network `{n}`", _did_you_mean(n, declared, "networks"))
+                ctx.fail(path, f"undeclared network `{n}`", did_you_mean(n, declared, "networks"))
     for s in services:
         for a in s.networks:
             if a.network != DEFAULT_NETWORK and a.network not in declared:
                 ctx.fail(("services", s.name, "networks", a.network), f"undeclared network `{a.network}`",
-                         _did_you_mean(a.network, declared, "networks") + " (declare it under top-level `networks:`)")
+                         did_you_mean(a.network, declared, "networks") + " (declare it under top-level `networks:`)")
     names = [n for n in (DEFAULT_NETWORK, *declared) if n in used]
     return tuple(NetworkSpec(name=n, internal=bool(declared.get(n, {}).get("internal"))) for n in names)
 
@@ -876,20 +810,15 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
                      "machines and services share one namespace (so `exec NAME` is unambiguous): rename one")
         if s.machine and s.machine != s.name and s.machine not in declared:
             ctx.fail(("services", s.name, "machine"), f"unknown machine `{s.machine}`",
-                     _did_you_mean(s.machine, declared, "machines"))
+                     did_you_mean(s.machine, declared, "machines"))
         for i, dep in enumerate(s.depends_on):
             if env.service(dep) is None:
                 ctx.fail(("services", s.name, "depends_on", i), f"unknown service `{dep}`",
-                         _did_you_mean(dep, [x.name for x in env.services], "services"))
+                         did_you_mean(dep, [x.name for x in env.services], "services"))
     cycle = _find_cycle({s.name: s.depends_on for s in env.services})
     if cycle:
         ctx.fail(("services", cycle[0], "depends_on"), f"`depends_on` cycle: {' -> '.join(cycle)}",
                  "remove one of these dependencies")
-
-
-def _did_you_mean(word: str, choices: Any, what: str) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean `{close[0]}`?" if close else f"declared {what}: {', '.join(sorted(choices)) or 'none'}"
 
 
 def _find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:

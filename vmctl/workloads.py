@@ -16,15 +16,19 @@ import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
+from vmctl import host_supervisor
 from vmctl import ports as host_ports
+from vmctl.compose_values import Restart
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
-from vmctl.guest_container import GuestRuntime, Live, image_serial, volume_tag
-from vmctl.host_container import HostRuntime, PortForward
+from vmctl.guest_container import STOP_GRACE_SECONDS as GUEST_STOP_GRACE
+from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, volume_tag
+from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
@@ -69,6 +73,7 @@ class Runtime(Protocol):
     def container_name(self, service: str) -> str: ...
     def rootfs(self, name: str, image: PreparedImage) -> str: ...
     def etc_dir(self, name: str) -> str | None: ...
+    def init_path(self, name: str) -> str: ...
     def volume_source(self, source: Path) -> str: ...
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None: ...
@@ -76,7 +81,7 @@ class Runtime(Protocol):
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
              timeout: float | None = None) -> tuple[int, bytes]: ...
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None: ...
-    def stop(self, name: str, grace: float = ...) -> None: ...
+    def stop(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
 
 
 class ServiceFailed(GuestError):
@@ -93,15 +98,21 @@ class HostServiceRuntime:
     isolation = "container"
     share_network = False
 
-    def __init__(self, environment: str, services_dir: Path,
+    def __init__(self, environment: str, services_dir: Path, names: Mapping[str, str] | None = None,
                  network: tuple[EnvNetwork, netplan.NetworkPlan] | None = None) -> None:
+        """`names`: service -> its `container_name`, where the file sets one."""
         self.environment = environment
         self.services_dir = services_dir
+        self.names_ = dict(names or {})
         self.network = network  # where the containers join the environment network
         self.host = HostRuntime()
 
     def container_name(self, service: str) -> str:
-        return f"{self.environment}.{service}"  # `.` never occurs in names: no clash between environments
+        # `.` never occurs in service names: no clash between environments
+        return self.names_.get(service) or f"{self.environment}.{service}"
+
+    def init_path(self, name: str) -> str:
+        return str(host_init())
 
     def cdir(self, name: str) -> Path:
         return self.services_dir / name
@@ -117,17 +128,31 @@ class HostServiceRuntime:
 
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None:
-        forwards = [PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports]
-        self.host.start(req, self.cdir(svc.name), ports=forwards, on_created=self._joiner(svc.name))
+        """Without a restart policy runc runs the container by itself; with one, vmctl's host supervisor
+        (host_supervisor.py) starts it and restarts it after it exits, outliving this command."""
+        forwards = tuple(PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports)
+        cdir = self.cdir(svc.name)
+        log = host_supervisor.files(cdir)["log"]
+        log.unlink(missing_ok=True)
+        join = self._joiner(svc.name)
+        if svc.restart is Restart.NO:
+            self.host.start(req, cdir, ports=forwards, log=log, on_created=join)
+            return
+        host_supervisor.launch(host_supervisor.Plan(req, cdir, forwards, svc.restart, svc.restart_retries,
+                                                    self.host.runc_root, join))
 
-    def _joiner(self, name: str) -> Callable[[int], None] | None:
-        """Adds the container's NICs on the environment network between `runc create` and `start`."""
+    def _joiner(self, name: str) -> host_supervisor.NetworkJoin | None:
+        """Adds the container's NICs on the environment network between `runc create` and `start`
+        (picklable: the host supervisor does it again at each restart)."""
         if self.network is None or (member := self.network[1].member(name)) is None:
             return None
         host, plan = self.network
-        return lambda pid: host.join_container(pid, member, plan)
+        return host_supervisor.NetworkJoin(host, member, plan)
 
     def live(self, name: str) -> Live:
+        status = host_supervisor.read_status(self.cdir(name))
+        if status and (host_supervisor.is_supervised(self.cdir(name)) or status.get("state") == "exited"):
+            return Live(str(status.get("state", "starting")), status.get("exit_code"), int(status.get("restarts", 0)))
         st = self.host.state(self.container_name(name))
         if st is None:
             return Live("absent")
@@ -142,17 +167,20 @@ class HostServiceRuntime:
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
 
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
-        copy_file(self.cdir(name) / "container.log", out, tail=tail, follow=follow)
+        copy_file(host_supervisor.files(self.cdir(name))["log"], out, tail=tail, follow=follow)
 
-    def stop(self, name: str, grace: float = 5.0) -> None:
-        self.host.stop(self.container_name(name), self.cdir(name), grace=grace)
+    def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
+        host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
+        self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
+        host_supervisor.files(self.cdir(name))["log"].unlink(missing_ok=True)
+        return None
 
     def names(self) -> list[str]:
         """Services of this environment that runc knows, or that left a folder behind."""
         prefix = f"{self.environment}."
         known = {p.name[len(prefix):] for p in self.host.runc_root.glob(f"{prefix}*")} if \
             self.host.runc_root.is_dir() else set()
-        known |= {p.name for p in self.services_dir.iterdir()} if self.services_dir.is_dir() else set()
+        known |= {p.name for p in self.services_dir.iterdir() if p.is_dir()} if self.services_dir.is_dir() else set()
         return sorted(known)
 
 
@@ -165,7 +193,6 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
     """The service as an OCI request: compose's command/entrypoint/env merging over the image config,
     and its place on the environment network (nameservers, its own address) when there is one."""
     cfg = image.config
-    image_user = cfg.user if cfg.user.replace(":", "").isdigit() else ""
     member = plan.member(svc.name if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name) \
         if plan else None
     return ContainerRequest(
@@ -173,7 +200,7 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         args=merge_command(svc.entrypoint, svc.command, cfg),
         env=merge_env(cfg.env, [f"{k}={v}" for k, v in svc.environment]),
         cwd=svc.working_dir or cfg.working_dir or "/",
-        user=svc.user or image_user,
+        user=numeric_user(svc.user or cfg.user, image.rootfs, svc.name),
         hostname=svc.hostname or svc.name,
         rootfs=runtime.rootfs(svc.name, image),
         readonly_rootfs=svc.read_only,
@@ -185,7 +212,60 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         extra_hosts=svc.extra_hosts,
         dns=plan.nameservers(member) if plan and member else (netplan.USER_NET_DNS,),
         address=member.nics[0].address if member and member.nics else None,
+        cap_add=svc.cap_add,
+        cap_drop=svc.cap_drop,
+        no_new_privileges=svc.no_new_privileges,
+        rlimits=tuple((u.name, u.soft, u.hard) for u in svc.ulimits),
+        sysctls=tuple((k, v) for k, v in svc.sysctls if not (runtime.share_network and k.startswith("net."))),
+        tmpfs=tuple((t.target, t.options) for t in svc.tmpfs),
+        memory_limit_bytes=_bytes(svc.limits.memory_mib),
+        memory_reservation_bytes=_bytes(svc.limits.memory_reservation_mib),
+        cpus=svc.limits.cpus,
+        pids_limit=svc.limits.pids,
+        annotations=(*svc.labels, *svc.annotations),
+        init_path=runtime.init_path(svc.name) if svc.init else None,
     )
+
+
+def _bytes(mib: int | None) -> int | None:
+    return None if mib is None else mib << 20
+
+
+def numeric_user(user: str, rootfs: Path, service: str) -> str:
+    """`USER[:GROUP]` as `uid[:gid]`: numbers as they are, names looked up in the image's /etc/passwd and
+    /etc/group (a user without a group gets its passwd entry's primary group, as docker does)."""
+    if not user:
+        return ""
+    name, _, group = user.partition(":")
+    passwd = _id_table(rootfs / "etc" / "passwd")
+    if name.isdigit():
+        uid, gid = name, next((e[3] for e in passwd.values() if e[2] == name), name)
+    elif name in passwd:
+        uid, gid = passwd[name][2], passwd[name][3]
+    else:
+        raise UsageError(f"service `{service}`: user `{name}` is not in the image's /etc/passwd",
+                         hint=f"use a numeric uid, or one of: {', '.join(sorted(passwd)) or 'none'}")
+    if group:
+        groups = _id_table(rootfs / "etc" / "group")
+        if group.isdigit():
+            gid = group
+        elif group in groups:
+            gid = groups[group][2]
+        else:
+            raise UsageError(f"service `{service}`: group `{group}` is not in the image's /etc/group",
+                             hint=f"use a numeric gid, or one of: {', '.join(sorted(groups)) or 'none'}")
+    return f"{uid}:{gid}"
+
+
+def _id_table(file: Path) -> dict[str, list[str]]:
+    """name -> the `:`-separated fields of /etc/passwd or /etc/group (a missing file is empty)."""
+    try:
+        lines = file.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    entries = [line.split(":") for line in lines if line and not line.startswith("#")]
+    return {e[0]: e for e in entries if len(e) >= 4 and e[2].isdigit() and e[3 if file.name == "passwd" else 2]
+            .isdigit()}
 
 
 def _mounts(svc: ServiceSpec, runtime: Runtime) -> tuple[BindMount, ...]:
@@ -236,24 +316,30 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
     def for_service(self, svc: ServiceSpec) -> Runtime:
         key = HOST if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name
         if key not in self._open:
-            self._open[key] = self.host() if key == HOST else self._guest_runtime(key)
+            self._open[key] = self.host() if key == HOST else self.guest(key)
         return self._open[key]
 
     def host(self) -> HostServiceRuntime:
         network = (EnvNetwork(str(self.envdir.path)), self.plan) if self.plan else None
-        return HostServiceRuntime(self.env.name, self.envdir.path / "services", network)
+        return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env), network)
 
-    def _guest_runtime(self, machine: str) -> GuestRuntime:
+    def guest(self, machine: str, connect_timeout: float = 20.0) -> GuestRuntime:
+        """The runtime of one machine's guest, over a new SSH connection (closed with this object)."""
         ms = self.state.machines.get(machine)
         if ms is None or ms.hostkey is None:
             raise VmctlError(f"machine `{machine}` is not running", hint="start it with `vmctl up`")
         guest = Guest(name=machine, port=ms.ssh_port, hostkey=ms.hostkey, key_file=self.envdir.key_file)
-        self._guests.append(guest.connect())
-        return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)})
+        self._guests.append(guest.connect(timeout=connect_timeout))
+        return GuestRuntime(guest, {tag: ro for tag, _, ro in machine_volumes(self.env, machine)},
+                            container_names(self.env))
 
     def __exit__(self, *exc: object) -> None:
         for guest in self._guests:
             guest.close()
+
+
+def container_names(env: Environment) -> dict[str, str]:
+    return {s.name: s.container_name for s in env.services if s.container_name}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,7 +420,7 @@ def wait_ready(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: floa
     elif live.state == "exited":
         progress.done(svc.name, f"exited 0 in {time.monotonic() - t0:.2f}s")
     elif live.state == "restarting":
-        progress.warn(svc.name, f"restarting (exit code {live.exit_code}, restart: on-failure)")
+        progress.warn(svc.name, f"restarting (exit code {live.exit_code}, restart: {svc.restart})")
     else:
         progress.done(svc.name, f"running in {time.monotonic() - t0:.2f}s")
 
@@ -454,6 +540,35 @@ def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, o
             writer.close()
 
 
+GUEST_STOP_CONNECT_SECONDS = 3.0  # a guest that does not answer by then is powered off without it
+
+
+def stop_guest_services(env: Environment, envdir: EnvDir, state: EnvState, progress: Progress) -> None:
+    """Before `down` powers the guests off: each running microVM service stopped with its `stop_signal`,
+    SIGKILL after its `stop_grace_period`, dependents first, the machines in parallel. A guest that
+    cannot be reached is only warned about: powering it off is what `down` does anyway."""
+    by_machine: dict[str, list[ServiceSpec]] = {}
+    for svc in reversed(topological_services(env)):
+        rec = state.services.get(svc.name)
+        if rec and rec.get("isolation") == Isolation.MICROVM.value and svc.machine in state.machines:
+            by_machine.setdefault(svc.machine, []).append(svc)
+
+    def stop_in(machine: str, services: Sequence[ServiceSpec]) -> None:
+        try:
+            with Runtimes(env, envdir, state) as runtimes:
+                rt = runtimes.guest(machine, GUEST_STOP_CONNECT_SECONDS)
+                for svc in services:
+                    progress.working(svc.name, f"stopping ({svc.stop_signal})")
+                    grace = svc.stop_grace_period if svc.stop_grace_period is not None else GUEST_STOP_GRACE
+                    code = rt.stop(svc.name, grace, svc.stop_signal)
+                    progress.done(svc.name, "stopped" + (f" (exit code {code})" if code is not None else ""))
+        except VmctlError as e:
+            progress.warn(machine, f"its services were not stopped before power-off: {e.message}")
+
+    with ThreadPoolExecutor(max_workers=max(1, len(by_machine))) as pool:
+        list(pool.map(lambda item: stop_in(*item), by_machine.items()))
+
+
 def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progress: Progress) -> list[str]:
     """Stop every host container of the environment (from state, and any runc still knows of)."""
     names = {n for n, rec in state.services.items() if rec.get("isolation") == Isolation.CONTAINER.value}
@@ -463,7 +578,9 @@ def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progre
     stopped = []
     for name in sorted(names | set(rt.names())):
         progress.working(name, "stopping (runc)")
-        rt.stop(name)
+        svc = env.service(name)
+        grace = svc.stop_grace_period if svc and svc.stop_grace_period is not None else STOP_GRACE_SECONDS
+        rt.stop(name, grace, svc.stop_signal if svc else "SIGTERM")
         progress.done(name, "removed")
         stopped.append(name)
     return stopped

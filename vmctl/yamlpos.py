@@ -91,14 +91,15 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
                         hint="write plain strings, numbers, lists and mappings")
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("a key must be a plain string, not a list or mapping",
                                 where=Where(str(doc.file), key_node.start_mark.line + 1, dotted(path) or None),
                                 hint="write `name: value`")
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise SpecError("YAML merge keys (`<<`) are not supported", where=doc.where(path),
-                                hint="write the settings out, or put shared machine settings under `defaults`")
+                merged += _merge_sources(value_node, doc, path)
+                continue
             key = _scalar(key_node, doc, path)
             if not isinstance(key, str):
                 where = Where(str(doc.file), key_node.start_mark.line + 1, dotted(path))
@@ -113,10 +114,31 @@ def _convert(node: yaml.Node, path: KeyPath, doc: Document) -> Any:
                 )
             doc.lines[child] = key_node.start_mark.line + 1
             out[key] = _convert(value_node, child, doc)
+        for key_node, value_node in merged:  # `<<:` fills in only what the mapping does not set itself
+            key = _scalar(key_node, doc, path)
+            if isinstance(key, str) and key not in out:
+                doc.lines[(*path, key)] = key_node.start_mark.line + 1  # where the anchor defines it
+                out[key] = _convert(value_node, (*path, key), doc)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(item, (*path, i), doc) for i, item in enumerate(node.value)]
     return _scalar(node, doc, path)
+
+
+def _merge_sources(node: yaml.Node, doc: Document, path: KeyPath) -> list[tuple[yaml.Node, yaml.Node]]:
+    """The pairs a merge key brings in: one `*alias` mapping, or a list of them (earlier ones win)."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    pairs: list[tuple[yaml.Node, yaml.Node]] = []
+    for source in sources:
+        if not isinstance(source, yaml.MappingNode):
+            raise SpecError("a merge key (`<<`) takes a mapping or a list of mappings (`*alias`)",
+                            where=Where(str(doc.file), source.start_mark.line + 1, dotted(path) or None),
+                            hint="write `<<: *name` where `&name` marks a mapping")
+        pairs += [(k, v) for k, v in source.value if k.tag != "tag:yaml.org,2002:merge"]
+        nested = [v for k, v in source.value if k.tag == "tag:yaml.org,2002:merge"]
+        for inner in nested:
+            pairs += _merge_sources(inner, doc, path)
+    return pairs
 
 
 def _scalar(node: yaml.Node, doc: Document, path: KeyPath) -> Any:

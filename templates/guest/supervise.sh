@@ -11,9 +11,13 @@
 #                         as a tar on stdin
 #   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid
 #   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log, the exit
-#                         code recorded; restarts after a non-zero exit when RESTART is on-failure
+#                         code recorded; RESTART is compose's policy: no, always, unless-stopped (both
+#                         restart after any exit), on-failure or on-failure:N (after a non-zero exit,
+#                         at most N times)
+#   sysctl KEY VALUE...   set net.* sysctls of the guest (the network stack its one container shares)
 #   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
-#   stop NAME GRACE       SIGTERM, SIGKILL after GRACE seconds, delete, unmount, remove the folder
+#   stop NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, delete, unmount, remove the
+#                         folder; prints exit_code=N when the container had ended with one
 #
 # Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/), rootfs/ (the overlay), rw/
 # (tmpfs: upper, work), container.log, state (starting|running|restarting|exited), exit_code,
@@ -120,13 +124,33 @@ supervise() {
         echo "$code" > "$dir/exit_code"
         crun delete -f "$1" > /dev/null 2>&1
         [ ! -e "$dir/stopping" ] || break
-        [ "$2" = on-failure ] && [ "$code" -ne 0 ] || break
+        should_restart "$2" "$code" "$restarts" || break
         restarts=$((restarts + 1))
         echo "$restarts" > "$dir/restarts"
         echo restarting > "$dir/state"
         sleep 1
     done
     echo exited > "$dir/state"
+}
+
+set_sysctls() {
+    while [ $# -ge 2 ]; do
+        case "$1" in net.*) ;; *) die "only net.* sysctls are set on the guest: $1" ;; esac
+        case "$1" in *[!a-z0-9_.-]*|*..*) die "invalid sysctl name $1" ;; esac
+        case "$2" in *[!A-Za-z0-9\ ._-]*) die "invalid sysctl value for $1" ;; esac
+        echo "$2" > "/proc/sys/$(echo "$1" | tr . /)" || die "cannot set sysctl $1"
+        shift 2
+    done
+}
+
+# should_restart POLICY EXIT_CODE RESTARTS_SO_FAR
+should_restart() {
+    case "$1" in
+        always|unless-stopped) return 0 ;;
+        on-failure) [ "$2" -ne 0 ] ;;
+        on-failure:*) [ "$2" -ne 0 ] && [ "$3" -lt "${1#on-failure:}" ] ;;
+        *) return 1 ;;
+    esac
 }
 
 status() {
@@ -146,7 +170,7 @@ stop() {
     dir="$SVC_ROOT/$1"
     [ -d "$dir" ] || return 0
     touch "$dir/stopping"
-    crun kill "$1" TERM > /dev/null 2>&1
+    crun kill "$1" "${3:-TERM}" > /dev/null 2>&1
     ticks=0
     while [ "$(cat "$dir/state" 2> /dev/null)" = running ] && [ "$ticks" -lt $(($2 * 10)) ]; do
         usleep 100000
@@ -154,6 +178,7 @@ stop() {
     done
     crun kill "$1" KILL > /dev/null 2>&1
     read -r pid < "$dir/supervisor.pid" 2> /dev/null && kill "$pid" 2> /dev/null
+    [ ! -r "$dir/exit_code" ] || echo "exit_code=$(cat "$dir/exit_code")"
     crun delete -f "$1" > /dev/null 2>&1
     for m in "$dir/rootfs" "$dir/rw"; do
         ! is_mounted "$m" || umount "$m" || die "cannot unmount $m"
@@ -164,9 +189,15 @@ stop() {
 case "$1" in
     prepare) [ $# -ge 3 ] && [ $((($# - 3) % 2)) -eq 0 ] || die "usage: prepare NAME SERIAL [TAG ro|rw]..."
         shift; prepare "$@" ;;
-    start) [ $# -eq 3 ] || die "usage: start NAME RESTART"; start "$2" "$3" ;;
+    start) [ $# -eq 3 ] || die "usage: start NAME RESTART"
+        case "$3" in no|always|unless-stopped|on-failure|on-failure:[0-9]*) ;; *) die "invalid restart policy $3" ;; esac
+        start "$2" "$3" ;;
     supervise) supervise "$2" "$3" ;;
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
-    stop) [ $# -eq 3 ] || die "usage: stop NAME GRACE"; stop "$2" "$3" ;;
+    sysctl) [ $# -ge 3 ] && [ $((($# - 1) % 2)) -eq 0 ] || die "usage: sysctl KEY VALUE..."
+        shift; set_sysctls "$@" ;;
+    stop) [ $# -ge 3 ] && [ $# -le 4 ] || die "usage: stop NAME GRACE [SIGNAL]"
+        case "${4:-TERM}" in HUP|INT|QUIT|KILL|USR1|USR2|TERM|STOP|WINCH|PWR) ;; *) die "invalid signal $4" ;; esac
+        stop "$2" "$3" "${4:-TERM}" ;;
     *) die "unknown command: $1" ;;
 esac

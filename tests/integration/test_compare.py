@@ -34,7 +34,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
         build_image("tools", ROOT / "examples" / "images")
     out = tmp_path_factory.mktemp("compare-report")
     proc = run_vmctl("-f", str(EXAMPLE), "--progress", "plain", "compare", "--sandboxes", "runc,microvm",
-                     "--runs", "2", "--perf-seconds", "1", "--json", "--out", str(out), timeout=420)
+                     "--runs", "2", "--perf-seconds", "1", "--json", "--out", str(out), timeout=720)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not _compare_qemus(), "compare left a QEMU process behind"
     return json.loads(proc.stdout), out, proc.stderr
@@ -88,6 +88,17 @@ def test_start_times_and_phases(result: tuple[dict[str, Any], Path, str]) -> Non
         vm["phases"])
     assert {"runtime create", "start", "first output"} <= set(runc["phases"])
     assert abs(sum(vm["phases"].values()) - vm["median"]) < 0.25 * vm["median"]
+
+
+def test_service_to_service_pairs(result: tuple[dict[str, Any], Path, str]) -> None:
+    """Round trips and throughput by name on the environment network, for each pair, ratios to runc's."""
+    data, out, _ = result
+    for pair in ("runc -> runc", "microvm -> microvm", "runc -> microvm", "microvm -> runc"):
+        rtt, thr = _row(data, pair, "peers", "rtt_ms"), _row(data, pair, "peers", "throughput_mbit")
+        assert len(rtt["samples"]) == 2 and rtt["median"] > 0 and thr["median"] > 0
+        assert rtt["accel"] == ("none" if pair == "runc -> runc" else data["accel"])
+    assert _row(data, "runc -> runc", "peers", "throughput_mbit")["ratio"] == 1.0
+    assert "Service to service" in (out / "index.html").read_text()
 
 
 def test_footprints_positive_and_microvm_includes_qemu(result: tuple[dict[str, Any], Path, str]) -> None:

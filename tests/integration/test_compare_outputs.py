@@ -78,7 +78,11 @@ def test_missing_report_extra_is_a_usage_error_before_measuring(tmp_path: Path) 
     assert proc.returncode == 2, proc.stderr
     assert "matplotlib" in proc.stderr and "`report` extra" in proc.stderr and "pip install '.[report]'" in proc.stderr
     assert "internal error" not in proc.stderr
-    assert took < 1.0, f"the usage error took {took:.2f} s"
+    # Before anything was measured: no image prepared, no sandbox started (a measurement takes tens of
+    # seconds). Its time (0.4 s on a quiet machine) is reported, not asserted to the millisecond: a
+    # loaded 2-core machine alone can take a second to start the interpreter.
+    assert "preparing" not in proc.stderr, proc.stderr
+    assert took < 10, f"the usage error took {took:.2f} s"
     assert not list(out.glob("*")), "nothing may be written before the check"
 
 

@@ -60,17 +60,20 @@ def _domains() -> list[str]:
 def test_up_exec_down_through_the_system_daemon(system_libvirtd: None, tmp_path: Path) -> None:
     env = tmp_path / "vmctl.yaml"
     env.write_text(ENV)
-    before = qemu_pids()
+    before = qemu_pids("vmctl-sysd-")
     try:
         proc = run_vmctl("-f", str(env), "up", "--timeout", "180")
         assert proc.returncode == 0, proc.stderr
         assert "vmctl-sysd-beta" in _domains()
         proc = run_vmctl("-f", str(env), "exec", "beta", "--", "cat", "/proc/sys/kernel/hostname")
         assert (proc.returncode, proc.stdout) == (0, "beta\n")
+        # the environment network works through the system daemon too (libvirt opens vmctl's tap)
+        proc = run_vmctl("-f", str(env), "exec", "beta", "--", "ping", "-c", "1", "-W", "5", "10.77.0.1")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         status = run_vmctl("-f", str(env), "status", "--json")
         assert '"uri": "qemu:///system"' in status.stdout
     finally:
         proc = run_vmctl("-f", str(env), "down")
     assert proc.returncode == 0, proc.stderr
     assert "vmctl-sysd-beta" not in _domains()
-    assert qemu_pids() <= before
+    assert qemu_pids("vmctl-sysd-") <= before  # this test's own domain (other tests may run VMs meanwhile)

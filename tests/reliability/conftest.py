@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VMCTL, listening_ports, runtime_of
+from tests.conftest import VMCTL, listening_ports, namespaces_under, processes_of, runtime_of
 from tests.conftest import qemu_of as shared_qemu_of
 from vmctl import lifecycle
 
@@ -59,11 +59,22 @@ def libvirt_roots(state: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
+def networks(state: Path) -> list[str]:
+    """The environment networks of this state folder still there: their folders (each holds the
+    namespace file, resolver configurations and pid files), namespaces and resolver processes."""
+    folder = runtime_of(state) / "net"
+    found = sorted(str(p) for p in folder.iterdir()) if folder.is_dir() else []
+    found += sorted(namespaces_under(runtime_of(state)))
+    found += [argv for argv in processes_of(runtime_of(state)).values() if "dnsmasq" in argv]
+    return found
+
+
 def leftovers(state: Path) -> dict[str, object]:
     """Everything a fully cleaned-up state folder must not have: QEMU, domains, environment folders,
-    embedded libvirt roots."""
+    embedded libvirt roots, environment networks (namespace, resolvers)."""
     found: dict[str, object] = {"qemu": qemu_of(state), "domains": defined_domains(state),
-                                "env folders": env_folders(state), "libvirt roots": libvirt_roots(state)}
+                                "env folders": env_folders(state), "libvirt roots": libvirt_roots(state),
+                                "networks": networks(state)}
     return {k: v for k, v in found.items() if v}
 
 

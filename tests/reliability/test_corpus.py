@@ -55,6 +55,7 @@ def y(text: str) -> str:
 
 
 M1 = "name: corpus\nmachines:\n  m1:\n"  # line 3 is `m1:`, its settings start on line 4
+S1 = "name: corpus\nservices:\n  web:\n    image: x.tar\n"  # a service's further keys start on line 5
 
 CASES = [
     # --- YAML syntax --------------------------------------------------------------------------------------
@@ -65,13 +66,13 @@ CASES = [
          at=(5, "machines.m1.memory")),
     Case("yaml-duplicate-machine", M1 + "    vcpus: 1\n  m1:\n    vcpus: 2\n", "duplicate key `m1`",
          at=(5, "machines.m1")),
-    Case("yaml-merge-key", y("""
+    Case("yaml-merge-key-scalar", y("""
         name: corpus
-        base: &b {vcpus: 1}
+        x-base: &b 1
         machines:
           m1:
             <<: *b
-        """), "merge keys", at=(4, "machines.m1")),
+        """), "a merge key (`<<`) takes a mapping", at=(2, "machines.m1")),
     Case("yaml-list-key", "name: corpus\nmachines:\n  ? [a, b]\n  : {}\n", "plain string", at=(3, "machines")),
     Case("yaml-number-key", "name: corpus\nmachines:\n  1: {}\n", "must be a string", at=(3, "machines")),
     Case("yaml-python-tag", M1 + "    memory: !!python/object/apply:os.system [id]\n", "invalid YAML value",
@@ -124,14 +125,55 @@ CASES = [
          at=(3, "services.web")),
     Case("service-env-name", "name: corpus\nservices:\n  web:\n    image: x.tar\n    environment: {1BAD: x}\n",
          "invalid variable name", at=(5, "services.web.environment.1BAD")),
-    Case("service-user-name", "name: corpus\nservices:\n  web:\n    image: x.tar\n    user: root\n",
+    Case("service-user-name", "name: corpus\nservices:\n  web:\n    image: x.tar\n    user: 'a b'\n",
          "invalid user", at=(5, "services.web.user")),
-    Case("service-restart", "name: corpus\nservices:\n  web:\n    image: x.tar\n    restart: always\n",
-         "use one of: no, on-failure", at=(5, "services.web.restart")),
+    Case("service-restart", "name: corpus\nservices:\n  web:\n    image: x.tar\n    restart: sometimes\n",
+         'use one of: "no", always, on-failure', at=(5, "services.web.restart")),
     Case("service-volume-missing", "name: corpus\nservices:\n  web:\n    image: x.tar\n    volumes: ['./nope:/data']\n",
          "folder `./nope` does not exist", at=(5, "services.web.volumes[0]")),
     Case("healthcheck-no-test", "name: corpus\nservices:\n  web:\n    image: x.tar\n    healthcheck: {retries: 3}\n",
          "missing required key `test`", at=(5, "services.web.healthcheck")),
+    # --- compose keys vmctl refuses, each with its reason and a hint (the settings table's marks) -------------
+    Case("compose-build", S1 + "    build: .\n", "`build` is not supported: building images",
+         at=(5, "services.web.build")),
+    Case("compose-top-volumes", S1 + "volumes:\n  data: {}\n", "`volumes` is not supported: named volumes",
+         at=(5, "volumes")),
+    Case("compose-top-secrets", S1 + "secrets:\n  pw: {file: ./pw}\n", "`secrets` is not supported",
+         at=(5, "secrets")),
+    Case("compose-include", S1 + "include: [other.yaml]\n", "`include` is not supported", at=(5, "include")),
+    Case("compose-extends", S1 + "    extends: {service: base}\n", "`extends` is not supported",
+         at=(5, "services.web.extends")),
+    Case("compose-replicas", S1 + "    deploy: {replicas: 3}\n", "`replicas` is not supported",
+         at=(5, "services.web.deploy.replicas")),
+    Case("compose-scale", S1 + "    scale: 2\n", "`scale` is not supported", at=(5, "services.web.scale")),
+    Case("compose-platform", S1 + "    platform: linux/arm64\n", "platform 'linux/arm64' is not supported",
+         at=(5, "services.web.platform")),
+    Case("compose-pull-always", S1 + "    pull_policy: always\n", "`pull_policy: always` is not supported",
+         at=(5, "services.web.pull_policy")),
+    Case("compose-seccomp", S1 + "    security_opt: [seccomp:unconfined]\n", "seccomp, AppArmor and SELinux",
+         at=(5, "services.web.security_opt[0]")),
+    Case("compose-sysctl-global", S1 + "    sysctls: {kernel.pid_max: 100}\n", "is not namespaced",
+         at=(5, 'services.web.sysctls["kernel.pid_max"]')),
+    Case("compose-logging", S1 + "    logging: {driver: syslog}\n", "`logging` is not supported",
+         at=(5, "services.web.logging")),
+    Case("compose-devices", S1 + "    devices: [/dev/kvm]\n", "`devices` is not supported",
+         at=(5, "services.web.devices")),
+    Case("compose-shm-size", S1 + "    shm_size: 1g\n", "`shm_size` is not supported", at=(5, "services.web.shm_size")),
+    Case("compose-tty", S1 + "    tty: true\n", "`tty` is not supported", at=(5, "services.web.tty")),
+    Case("compose-group-add", S1 + "    group_add: [audio]\n", "`group_add` is not supported",
+         at=(5, "services.web.group_add")),
+    Case("compose-gpus", S1 + "    gpus: all\n", "`gpus` is not supported", at=(5, "services.web.gpus")),
+    Case("compose-reservation-devices", S1 + "    deploy: {resources: {reservations: {devices: []}}}\n",
+         "`devices` is not supported", at=(5, "services.web.deploy.resources.reservations.devices")),
+    # --- interpolation and env files: the variable is named ---------------------------------------------------
+    Case("interp-required", S1 + "    user: ${APP_USER:?set APP_USER}\n", "required variable `APP_USER`",
+         at=(5, "services.web.user")),
+    Case("interp-invalid", S1 + "    command: echo $(id)\n", "invalid `$`", at=(5, "services.web.command")),
+    Case("interp-dotenv-required", S1 + "    user: ${FROM_ENV:?}\n", "required variable `FROM_ENV` is empty",
+         at=(5, "services.web.user"), files={".env": "FROM_ENV=\n"}),
+    Case("env-file-missing", S1 + "    env_file: web.env\n", "env file `web.env` does not exist",
+         at=(5, "services.web.env_file")),
+    Case("env-file-bad-line", S1 + "    env_file: web.env\n", "invalid line", files={"web.env": "OK=1\n2BAD\n"}),
     # --- unknown keys, with a did-you-mean ---------------------------------------------------------------------
     Case("unknown-machine-key", M1 + "    memroy: 256M\n", "did you mean `memory`?", at=(4, "machines.m1.memroy")),
     Case("unknown-top-key", "name: corpus\nmachine:\n  m1: {}\n", "did you mean `machines`?", at=(2, "machine")),

@@ -19,6 +19,7 @@ from tests.reliability.conftest import (
     defined_domains,
     kill,
     leftovers,
+    networks,
     one_machine,
     qemu_of,
     spawn_vmctl,
@@ -43,6 +44,7 @@ def console(state: Path) -> bytes:
 # Each moment: what to watch for, in the order `up` reaches them.
 MOMENTS: dict[str, Callable[[Path], object]] = {
     "during-libvirt-probe": lambda s: any("-machine none" in argv for argv in qemu_of(s).values()),
+    "after-network": lambda s: any(networks(s)),  # the namespace and its resolver exist, no domain yet
     "after-define": lambda s: defined_domains(s),
     "after-start": lambda s: any(f"guest=vmctl-{ENV}-m1," in argv for argv in qemu_of(s).values()),
     "waiting-for-ssh": lambda s: b"VMCTL-INIT" in console(s),

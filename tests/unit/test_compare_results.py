@@ -82,3 +82,34 @@ def test_html_is_self_contained_with_plots() -> None:
     assert page.count("data:image/png;base64,") == 3
     assert "software emulation" in page and 'class="SHARED"' in page and 'class="isolated"' in page
     assert "<script src" not in page and "http://" not in page and "https://" not in page
+
+
+def test_kvm_nested_under_an_emulated_cpu_is_flagged_in_every_view() -> None:
+    """KVM in a host whose CPU is emulated (the nested test host): `kvm`, and flagged as emulation figures."""
+    rep = _report("kvm")
+    rep.host_emulated = True
+    label = "kvm (nested under TCG: correctness only, not speed)"
+    assert rep.emulated and rep.accel_label == label
+    text = views.terminal(rep)
+    assert f"accelerator: {label.upper()}" in text and "correctness" in (rep.banner() or "")
+    data = json.loads(views.to_json(rep))
+    assert (data["accel"], data["accel_label"], data["host_emulated"], data["emulated"]) == ("kvm", label, True, True)
+    assert "emulated" in next(csv.reader(io.StringIO(views.to_csv(rep))))
+    plain = _report("kvm")
+    assert not plain.emulated and plain.banner() is None and plain.accel_label == "kvm"
+
+
+def test_pairs_get_ratios_to_the_baseline_pair_and_a_table_of_their_own() -> None:
+    from vmctl.compare.report import metric_grid, network_grid
+    from vmctl.compare.results import Report, row, with_ratios
+
+    rows = with_ratios([row("peers", "runc -> runc", "rtt_ms", "ms", [0.05], "none"),
+                        row("peers", "microvm -> microvm", "rtt_ms", "ms", [1.0], "tcg"),
+                        row("start", "runc", "start_seconds", "s", [0.1], "none")], "runc")
+    assert [r.ratio for r in rows] == [1.0, 20.0, 1.0]
+    report = Report(accel="tcg", accel_reason="", host={}, versions={}, sandboxes=["runc", "microvm"], runs=1,
+                    skipped={}, results=rows)
+    headers, grid = network_grid(report)
+    assert headers == ["pair", "round trip by name (redis PING, p50)"]
+    assert grid == [["runc -> runc", "0.050 ms (1.00x)"], ["microvm -> microvm", "1.000 ms (20.00x)"]]
+    assert [g[0] for g in metric_grid(report)[1]] == ["start: cold start to first output"]  # pairs stay out

@@ -215,3 +215,16 @@ def test_modules_after_ready_load_after_the_ready_line(tmp_path: Path) -> None:
     assert [Path(line.split()[1]).name for line in late_fn.splitlines() if line.strip().startswith("insmod ")] == [
         "failover.ko", "net_failover.ko", "virtio_net.ko"]  # virtio_ring & co. came with virtio_pci already
     assert "load_modules_after_ready" in text[text.index("\nafter_ready() {"):]
+
+
+def test_a_recipe_may_name_its_own_init_template() -> None:
+    """The nested KVM test host's image (`l1`) has its own init; the default stays guest/init.sh.j2."""
+    l1 = gi.load_recipe("l1")
+    assert l1.init == gi.TEMPLATES_DIR / "l1" / "init.sh.j2" and "kvm_amd" in l1.modules
+    assert gi.load_recipe("default").init == gi.INIT_TEMPLATE
+    text = gi.render_init("l1", "6.1.0-57-cloud-amd64", ["kernel/arch/x86/kvm/kvm-amd.ko"], template=l1.init)
+    assert "VMCTL-L1-KVM" in text and "kernel/arch/x86/kvm/kvm-amd.ko" in text
+    base = "kernel: k\npackages: [a]\nbinaries: [bin/a]\nmodules: [m]\nmodules_after_ready: [n]\ncompression: none\n"
+    for bad in ("/etc/passwd", "../README.md", "guest/nonexistent.j2", "[1]"):
+        with pytest.raises(UsageError, match="`init` must be"):
+            gi.parse_recipe("x", base + f"init: {bad}\n")

@@ -212,3 +212,31 @@ def test_limit_caps_keeps_only_what_the_runtime_can_grant() -> None:
     for names in limited["process"]["capabilities"].values():
         assert "CAP_SYS_RESOURCE" not in names
         assert "CAP_SYS_ADMIN" in names
+
+
+def test_compose_keys_reach_the_config() -> None:
+    req = dataclasses.replace(
+        BASE, cap_add=("CAP_NET_ADMIN",), cap_drop=("CAP_NET_RAW", "CAP_CHOWN"), no_new_privileges=False,
+                  rlimits=(("nofile", 4096, 8192), ("core", -1, -1)), sysctls=(("net.core.somaxconn", "1024"),),
+                  tmpfs=(("/scratch", ("size=8m",)),), cpus=0.5, memory_limit_bytes=64 << 20,
+                  memory_reservation_bytes=32 << 20, annotations=(("com.example.tier", "web"),),
+                  init_path="/run/init")
+    cfg = make_config(req)
+    caps = cfg["process"]["capabilities"]["bounding"]
+    assert "CAP_NET_ADMIN" in caps and "CAP_NET_RAW" not in caps and "CAP_CHOWN" not in caps
+    assert not cfg["process"]["noNewPrivileges"]
+    limits = {r["type"]: (r["soft"], r["hard"]) for r in cfg["process"]["rlimits"]}
+    assert limits == {"RLIMIT_NOFILE": (4096, 8192), "RLIMIT_CORE": (2**64 - 1, 2**64 - 1)}
+    assert cfg["linux"]["sysctl"] == {"net.core.somaxconn": "1024"}
+    assert cfg["linux"]["resources"]["cpu"] == {"quota": 50000, "period": 100000}
+    assert cfg["linux"]["resources"]["memory"] == {"limit": 64 << 20, "reservation": 32 << 20}
+    assert cfg["annotations"] == {"com.example.tier": "web"}
+    assert cfg["process"]["args"][:2] == ["/sbin/docker-init", "--"]
+    mounts = {m["destination"]: m for m in cfg["mounts"]}
+    assert mounts["/scratch"]["type"] == "tmpfs" and "size=8m" in mounts["/scratch"]["options"]
+    assert mounts["/sbin/docker-init"]["source"] == "/run/init" and "ro" in mounts["/sbin/docker-init"]["options"]
+
+
+def test_cap_drop_all_keeps_only_what_is_added() -> None:
+    cfg = make_config(dataclasses.replace(BASE, cap_drop=("ALL",), cap_add=("CAP_KILL",)))
+    assert cfg["process"]["capabilities"]["effective"] == ["CAP_KILL"]

@@ -156,3 +156,32 @@ def test_apic_timer_calibration_skipped_only_for_one_vcpu_under_tcg(accel: str, 
     tokens = render.kernel_cmdline("m", "QUFBQQ==", ["loglevel=3"], accel=accel, vcpus=vcpus).split()
     assert ("nolapic_timer" in tokens) is ticks_from_hpet
     assert "noreplace-smp" in tokens and tokens[-1] == "loglevel=3"  # the machine's own arguments come last
+
+
+def test_environment_network_nics_and_internal_restrict(tmp_path: Path) -> None:
+    """`render` shows the NICs `up` defines: a tap per network at slots after user-mode networking's."""
+    (tmp_path / "vmctl.yaml").write_text("name: r\nnetworks: {back: {internal: true}}\nservices:\n"
+                                         "  web: {image: x, networks: [default, back]}\n"
+                                         "  db: {image: x, networks: [back]}\n")
+    project = lifecycle.Project(load_environment(tmp_path / "vmctl.yaml"), Progress(quiet_renderer))
+    files = lifecycle.BootFiles(tmp_path / "k", None, None)
+    for name, nics, restricted in (("web", 2, False), ("db", 1, True)):
+        machine = project.env.machine(name)
+        assert machine is not None
+        net = lifecycle.machine_network(project, name)
+        xml = render.render_domain(lifecycle.domain_view(project, machine, files, "tcg", [], 2222, net=net))
+        root = ET.fromstring(xml)
+        nic_elems = list(root.iter("interface"))
+        taps = [str(i.find("target").get("dev")) for i in nic_elems]  # type: ignore[union-attr]
+        slots = [i.find("address").get("slot") for i in nic_elems]  # type: ignore[union-attr]
+        assert len(taps) == nics and all(t.startswith("vt") and len(t) <= 15 for t in taps)
+        assert slots == ["0x11", "0x12"][:nics]
+        assert ("restrict=on" in xml) is restricted
+
+
+def test_service_labels_are_escaped_in_the_domain_metadata(tmp_path: Path) -> None:
+    (tmp_path / "x.tar").write_bytes(b"")
+    file = tmp_path / "compose.yaml"
+    file.write_text("services:\n  web: {image: ./x.tar, labels: {com.example.tier: 'a<b&\"c'}}\n")
+    (_name, xml), = rendered(file)
+    assert '<vmctl:label name="com.example.tier">a&lt;b&amp;&#34;c</vmctl:label>' in xml

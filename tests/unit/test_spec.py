@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from vmctl import spec
+from vmctl.compose_values import GUEST_OVERHEAD_MIB, Limits, Restart, TmpfsSpec, Ulimit
 from vmctl.errors import SpecError, UsageError
-from vmctl.spec import Accel, Isolation, PortSpec, Restart
+from vmctl.settings import NAME_RE, Setting, Support
+from vmctl.spec import Accel, Isolation, PortSpec
 
 
 def load(tmp_path: Path, text: str, **kw: Any) -> spec.Environment:
@@ -73,7 +75,7 @@ def test_defaults_apply_and_machines_override(tmp_path: Path) -> None:
 
 def test_lines_are_recorded(tmp_path: Path) -> None:
     env = load(tmp_path, "name: t\nmachines:\n  m1:\n    vcpus: 2\n")
-    assert env.lines["machines.m1.vcpus"] == 4 and env.lines["name"] == 1
+    assert env.places["machines.m1.vcpus"].line == 4 and env.places["name"].line == 1
 
 
 # ---------------------------------------------------------------------------------------------- every machine key
@@ -195,12 +197,12 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("command", "a 'b", "cannot split command"),
     ("entrypoint", [1], "string or a list of strings"),
     ("environment", {"1A": "x"}, "invalid variable name"),
-    ("environment", {"A": None}, "needs a plain value"),
+    ("environment", {"A": {"b": 1}}, "needs a plain value"),
     ("environment", {"A": "x\0y"}, "NUL"),
     ("environment", 5, "mapping or a list"),
     ("working_dir", "relative", "absolute path"),
     ("working_dir", "/a/../b", "absolute path"),
-    ("user", "root", "invalid user"),
+    ("user", "a b", "invalid user"),
     ("ports", ["x"], "invalid port"),
     ("volumes", ["nope:/x"], "does not exist"),
     ("volumes", ["a"], "invalid volume"),
@@ -212,7 +214,32 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("healthcheck", {"test": "true", "interval": "soon"}, "invalid duration"),
     ("healthcheck", {"test": "true", "retries": 0}, "whole number"),
     ("healthcheck", {}, "missing required key `test`"),
-    ("restart", "always", "use one of"),
+    ("restart", "sometimes", "use one of"),
+    ("restart", "always:3", "use one of"),
+    ("env_file", 5, "`env_file` takes a path"),
+    ("container_name", "-x", "invalid container name"),
+    ("labels", "x", "mapping or a list"),
+    ("annotations", {"a b": 1}, "invalid label"),
+    ("tmpfs", ["/run:exec=1"], "invalid tmpfs option"),
+    ("tmpfs", ["run"], "absolute path"),
+    ("cap_add", ["NET_ADMN"], "unknown capability"),
+    ("cap_drop", "ALL", "list of capability names"),
+    ("security_opt", ["seccomp:unconfined"], "is not supported"),
+    ("init", "yes", "true or false"),
+    ("stop_signal", "SIGFOO", "invalid signal"),
+    ("stop_grace_period", "soon", "invalid duration"),
+    ("ulimits", {"nofiles": 1}, "unknown ulimit"),
+    ("ulimits", {"nofile": {"soft": 10, "hard": 5}}, "above the hard limit"),
+    ("sysctls", {"kernel.pid_max": "1"}, "not namespaced"),
+    ("mem_limit", "lots", "invalid memory size"),
+    ("mem_reservation", "1k", "invalid memory size"),
+    ("cpus", 0, "invalid cpus"),
+    ("pids_limit", 0, "pids limit of 0"),
+    ("deploy", {"replicas": 2}, "is not supported"),
+    ("deploy", {"resources": {"limits": {"memory": "x"}}}, "invalid memory size"),
+    ("profiles", "debug", "list of profile names"),
+    ("platform", "linux/arm64", "is not supported"),
+    ("pull_policy", "always", "is not supported"),
     ("isolation", "vm", "use one of"),
     ("machine", "Bad!", "invalid name"),
     ("vm", {"memroy": "1G"}, "did you mean `memory`"),
@@ -249,7 +276,87 @@ def test_service_setting_errors(tmp_path: Path, key: str, value: Any, message: s
 
 def test_every_service_setting_is_covered() -> None:
     covered = {k for k, *_ in SERVICE_GOOD} | {k for k, *_ in SERVICE_BAD}
-    assert {s.key for s in spec.SERVICE_SETTINGS} <= covered
+    assert {s.key for s in spec.SERVICE_SETTINGS if s.support is Support.HONOURED} <= covered
+
+
+COMPOSE_GOOD = [
+    ("restart", "always", "restart", Restart.ALWAYS),
+    ("restart", "unless-stopped", "restart", Restart.UNLESS_STOPPED),
+    ("restart", "on-failure:3", "restart_retries", 3),
+    ("restart", False, "restart", Restart.NO),
+    ("user", "app:staff", "user", "app:staff"),
+    ("container_name", "My_web.1", "container_name", "My_web.1"),
+    ("labels", ["com.example.tier=web", "empty="], "labels", (("com.example.tier", "web"), ("empty", ""))),
+    ("tmpfs", "/run", "tmpfs", (TmpfsSpec("/run"),)),
+    ("tmpfs", ["/cache:size=64m,mode=1777,noexec"], "tmpfs", (TmpfsSpec("/cache", ("size=64m", "mode=1777",
+                                                                                          "noexec")),)),
+    ("cap_add", ["net_admin", "CAP_SYS_TIME"], "cap_add", ("CAP_NET_ADMIN", "CAP_SYS_TIME")),
+    ("cap_drop", ["ALL"], "cap_drop", ("ALL",)),
+    ("security_opt", ["no-new-privileges:false"], "no_new_privileges", False),
+    ("security_opt", ["no-new-privileges"], "no_new_privileges", True),
+    ("init", True, "init", True),
+    ("stop_signal", "INT", "stop_signal", "SIGINT"),
+    ("stop_grace_period", "1m30s", "stop_grace_period", 90.0),
+    ("ulimits", {"nofile": {"soft": 100, "hard": 200}, "nproc": 64}, "ulimits",
+     (Ulimit("nofile", 100, 200), Ulimit("nproc", 64, 64))),
+    ("sysctls", {"net.core.somaxconn": 1024}, "sysctls", (("net.core.somaxconn", "1024"),)),
+    ("mem_limit", "512m", "limits", Limits(memory_mib=512)),
+    ("mem_limit", 268435456, "limits", Limits(memory_mib=256)),
+    ("cpus", "0.5", "limits", Limits(cpus=0.5)),
+    ("pids_limit", 100, "limits", Limits(pids=100)),
+    ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
+                              "reservations": {"memory": "256m"}}},
+     "limits", Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "attr", "want"), COMPOSE_GOOD)
+def test_compose_setting_parses(tmp_path: Path, key: str, value: Any, attr: str, want: Any) -> None:
+    assert getattr(service_with(tmp_path, key, value), attr) == want
+
+
+REFUSED = [s for s in spec.SERVICE_SETTINGS if s.support is Support.REFUSED]
+IGNORED = [s for s in spec.SERVICE_SETTINGS if s.support is Support.IGNORED]
+
+
+@pytest.mark.parametrize("setting", REFUSED, ids=[s.key for s in REFUSED])
+def test_refused_compose_keys_name_the_key_reason_and_hint(tmp_path: Path, setting: Setting) -> None:
+    err = fails(tmp_path, f"services:\n  s1:\n    image: x.tar\n    {setting.key}: v\n")
+    assert f"`{setting.key}` is not supported: {setting.help}" in err.message and err.hint == setting.hint
+    assert err.where is not None and err.where.key == f"services.s1.{setting.key}" and err.where.line == 4
+
+
+@pytest.mark.parametrize("setting", IGNORED, ids=[s.key for s in IGNORED])
+def test_ignored_compose_keys_warn_naming_the_key(tmp_path: Path, setting: Setting) -> None:
+    env = load(tmp_path, yaml.safe_dump({"services": {"s1": {"image": "x.tar", setting.key: True}}}))
+    assert any(f"`services.s1.{setting.key}`" in w and "is ignored" in w for w in env.warnings)
+
+
+def test_top_level_compose_keys(tmp_path: Path) -> None:
+    env = load(tmp_path, "version: '3.8'\nx-anything: {a: 1}\nservices:\n  s1: {image: x.tar, x-note: hi}\n")
+    assert any("`version` is ignored" in w for w in env.warnings)
+    err = fails(tmp_path, "services:\n  s1: {image: x.tar}\nvolumes:\n  data: {}\n")
+    assert "`volumes` is not supported" in err.message and err.where is not None and err.where.line == 3
+
+
+def test_cpu_reservations_warn(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  a:\n    image: x.tar\n    deploy: {resources: {reservations: {cpus: 1}}}\n")
+    assert any("`cpus` is ignored in `reservations`" in w and "services.a.deploy.resources.reservations.cpus" in w
+               for w in env.warnings)
+
+
+def test_profiles_select_services(tmp_path: Path) -> None:
+    text = "services:\n  a: {image: x.tar}\n  b: {image: x.tar, profiles: [debug]}\n"
+    assert [s.name for s in load(tmp_path, text).services] == ["a"]
+    env = load(tmp_path, text, profiles=["debug"])
+    assert [s.name for s in env.services] == ["a", "b"] and env.services[1].profiles == ("debug",)
+
+
+def test_memory_limit_sizes_the_dedicated_microvm(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  a: {image: x.tar, mem_limit: 64m, cpus: 1.5}\n"
+                         "  b: {image: x.tar, mem_limit: 64m, vm: {memory: 1G}}\n  c: {image: x.tar}\n")
+    sizes = {m.name: (m.memory_mib, m.vcpus) for m in env.machines}
+    assert sizes == {"a": (64 + GUEST_OVERHEAD_MIB, 2), "b": (1024, 1), "c": (256, 1)}
 
 
 def test_healthcheck_forms_and_durations(tmp_path: Path) -> None:
@@ -317,7 +424,7 @@ def test_folder_name_is_always_a_valid_name(tmp_path: Path) -> None:
     for folder in ("My Project!", "ünï", "---", "a" * 80):
         file = tmp_path / folder / "vmctl.yaml"
         file.parent.mkdir()
-        assert spec.NAME_RE.match(spec.folder_name(file))
+        assert NAME_RE.match(spec.folder_name(file))
 
 
 def test_duplicate_keys_name_both_lines(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from vmctl import lifecycle, render
+from vmctl.compose_values import Restart
 from vmctl.container_image import ImageConfig, PreparedImage
+from vmctl.errors import UsageError
 from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_status, volume_tag
-from vmctl.oci_spec import BindMount, make_config
+from vmctl.host_container import PortForward
+from vmctl.host_supervisor import Plan
+from vmctl.oci_spec import BindMount, ContainerRequest, make_config
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import load_environment
 from vmctl.ssh import Guest
@@ -64,9 +69,9 @@ def env_file(tmp_path: Path) -> Path:
     return file
 
 
-def _image(digest: str = "sha256:" + "ab" * 32) -> PreparedImage:
-    config = ImageConfig(entrypoint=("/bin/web-start",), env=("PATH=/usr/bin", "A=1"), user="nobody")
-    return PreparedImage("./web.tar", digest, Path("/cache/rootfs"), Path("/cache/disk.ext4"), config, 1)
+def _image(digest: str = "sha256:" + "ab" * 32, user: str = "", rootfs: Path = Path("/cache/rootfs")) -> PreparedImage:
+    config = ImageConfig(entrypoint=("/bin/web-start",), env=("PATH=/usr/bin", "A=1"), user=user)
+    return PreparedImage("./web.tar", digest, rootfs, Path("/cache/disk.ext4"), config, 1)
 
 
 def _guest_runtime() -> GuestRuntime:
@@ -84,7 +89,22 @@ def test_request_merges_service_over_image(env_file: Path) -> None:
     assert req.hostname == "web" and req.name == "web"
     assert req.rootfs == "/run/vmctl/svc/web/rootfs" and req.etc_dir == "/run/vmctl/svc/web/bundle/etc"
     assert req.share_host_network and not req.readonly_rootfs
-    assert req.user == ""  # a user name in the image cannot be resolved: root, like the image would be
+    assert req.user == ""
+
+
+def test_user_names_are_looked_up_in_the_image(env_file: Path, tmp_path: Path) -> None:
+    etc = tmp_path / "rootfs" / "etc"
+    etc.mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+    (etc / "group").write_text("root:x:0:\nstaff:x:50:\n")
+    svc = load_environment(env_file).service("web")
+    assert svc is not None
+    image = _image(user="nobody", rootfs=tmp_path / "rootfs")
+    assert container_request(svc, image, _guest_runtime()).user == "65534:65534"
+    for user, want in (("nobody:staff", "65534:50"), ("1000", "1000:1000"), ("0:staff", "0:50")):
+        assert container_request(replace(svc, user=user), image, _guest_runtime()).user == want
+    with pytest.raises(UsageError, match="user `ghost` is not in the image's /etc/passwd"):
+        container_request(replace(svc, user="ghost"), image, _guest_runtime())
 
 
 def test_microvm_volumes_bind_the_guest_9p_mount(tmp_path: Path) -> None:
@@ -185,3 +205,21 @@ def test_prefix_writer_and_copy_file(tmp_path: Path) -> None:
     tail = io.BytesIO()
     copy_file(log, tail, tail=2, follow=False)  # type: ignore[arg-type]
     assert tail.getvalue() == b"b\nc\n"
+
+
+def test_net_sysctls_of_a_microvm_service_go_to_the_guest_not_the_oci_config(tmp_path: Path) -> None:
+    (tmp_path / "web.tar").write_bytes(b"")
+    file = tmp_path / "compose.yaml"
+    file.write_text("services:\n  web: {image: ./web.tar, sysctls: {net.core.somaxconn: 1024, kernel.shmmax: 1}}\n")
+    svc = load_environment(file).service("web")
+    assert svc is not None
+    req = container_request(svc, _image(), _guest_runtime())
+    assert req.sysctls == (("kernel.shmmax", "1"),)  # crun refuses net.* without a network namespace of its own
+
+
+def test_host_supervisor_plan_round_trips(tmp_path: Path) -> None:
+    req = ContainerRequest(name="e.web", args=("sh", "-c", "x"), env=("A=1",), cwd="/", user="1:2", hostname="web",
+                           rootfs="/r", mounts=(BindMount("/a", "/b", False),), tmpfs=(("/t", ("size=1m",)),),
+                           rlimits=(("nofile", 1, 2),), annotations=(("k", "v"),), cpus=0.5)
+    plan = Plan(req, tmp_path / "svc", (PortForward(8080, 80),), Restart.ON_FAILURE, 3, tmp_path / "runc")
+    assert Plan.load(plan.dump()) == plan

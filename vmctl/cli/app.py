@@ -12,14 +12,16 @@ import click
 
 from vmctl.errors import VmctlError
 from vmctl.lifecycle import Project
+from vmctl.load import Model, load_project
 from vmctl.progress import Progress, json_renderer, plain_renderer, quiet_renderer
-from vmctl.spec import Environment, load_environment
+from vmctl.spec import Environment, environment_from
 
 
 @dataclass
 class App:
-    file: Path
+    files: tuple[Path, ...] = ()  # empty: compose's default names (`vmctl.load.DEFAULT_FILES`)
     project_name: str | None = None
+    profiles: tuple[str, ...] = ()
     connect: str | None = None
     progress_mode: str = "auto"
     debug: bool = False
@@ -36,9 +38,17 @@ class App:
 
     def project(self) -> Project:
         if self._project is None:
-            env = load_environment(self.file, name_override=self.project_name)
-            self._project = Project(env=env, progress=self.progress, connect=self.connect)
+            _, env = self.load()
+            progress = self.progress
+            for warning in env.warnings:
+                progress.warn("config", warning)
+            self._project = Project(env=env, progress=progress, connect=self.connect)
         return self._project
+
+    def load(self) -> tuple[Model, Environment]:
+        """The resolved files (what `config` prints) and the environment checked against the table."""
+        model = load_project(self.files, project_name=self.project_name, profiles=self.profiles)
+        return model, environment_from(model)
 
     # -- output -------------------------------------------------------------------------------------
 

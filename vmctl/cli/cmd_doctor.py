@@ -17,7 +17,7 @@ def command(app: App, as_json: bool, no_probe: bool) -> None:
         app.print_json(rep)
         return
     kvm = rep["kvm"]
-    click.echo(f"accelerator:  {rep['accel'].upper()}  ({kvm['reason']})")
+    click.echo(f"accelerator:  {rep['accel_label'].upper()}  ({kvm['reason']})")
     click.echo(f"kvm module:   {kvm['module'] or '-'}   /dev/kvm: {'yes' if kvm['dev_kvm'] else 'no'}")
     if kvm["cpuid_varies_by_cpu"]:
         click.echo("kvm cpuid:    differs per CPU: this host makes libvirt re-probe QEMU (seconds) whenever its "
@@ -28,6 +28,10 @@ def command(app: App, as_json: bool, no_probe: bool) -> None:
     host = rep["host"]
     click.echo(f"host:         {host['cpu']}, {host['cpus']} CPUs, {host['memory_mib']} MiB, kernel {host['kernel']}, "
                f"cgroups {host['cgroups']}")
+    hv = host["virtualization"]
+    kind = "bare metal" if not hv["nested"] else f"a {hv['hypervisor']} guest" + (
+        " with an emulated CPU: guests under KVM here run at emulation speed" if hv["emulated"] else "")
+    click.echo(f"host is:      {kind} ({hv['evidence']})")
     ksm = rep["ksm"]
     click.echo("ksm:          " + ("not in this kernel" if not ksm["available"] else
                                    f"on, saving {ksm['saving_mib']} MiB now" if ksm["on"] else

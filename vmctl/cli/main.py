@@ -12,6 +12,7 @@ import click
 from vmctl import __version__
 from vmctl.cli import (
     cmd_compare,
+    cmd_config,
     cmd_doctor,
     cmd_down,
     cmd_exec,
@@ -40,23 +41,28 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage error (bad file, flag or name), 130
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-f", "--file", "file", type=click.Path(path_type=Path), default=Path("vmctl.yaml"),
-              show_default=True, help="Environment file.")
-@click.option("-p", "--project-name", help="Environment name (default: `name` in the file, else its folder).")
+@click.option("-f", "--file", "files", type=click.Path(path_type=Path), multiple=True,
+              help="Environment file; several are merged by compose's rules (default: compose.yaml, compose.yml, "
+                   "docker-compose.yaml, docker-compose.yml, then vmctl.yaml).")
+@click.option("-p", "--project-name", help="Environment name (default: COMPOSE_PROJECT_NAME, `name` in the file, "
+                                           "else its folder).")
+@click.option("--profile", "profiles", multiple=True, help="Activate services of this profile (repeatable).")
 @click.option("-c", "--connect", metavar="URI", help="libvirt URI (default: an embedded driver, no daemon).")
 @click.option("--progress", type=click.Choice(["auto", "plain", "json", "quiet"]), default="auto",
               help="How progress is shown on stderr.")
 @click.option("--debug", is_flag=True, help="Log every command vmctl runs, and show tracebacks.")
 @click.version_option(__version__, prog_name="vmctl")
 @click.pass_context
-def cli(ctx: click.Context, file: Path, project_name: str | None, connect: str | None, progress: str,
-        debug: bool) -> None:
+def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, profiles: tuple[str, ...],
+        connect: str | None, progress: str, debug: bool) -> None:
     """Run containers inside real microVMs (libvirt + QEMU/KVM, TCG where KVM cannot run the guest)."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
-    ctx.obj = App(file=file, project_name=project_name, connect=connect, progress_mode=progress, debug=debug)
+    ctx.obj = App(files=files, project_name=project_name, profiles=profiles, connect=connect,
+                  progress_mode=progress, debug=debug)
 
 
-for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_doctor, cmd_image):
+for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config, cmd_doctor,
+               cmd_image):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 

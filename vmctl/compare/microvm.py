@@ -105,7 +105,10 @@ class MicroVMInstance(Instance):
         self.siblings.append(name)
         sibling = MicroVMInstance(self.project, self.guest, self.workload, name, self.machine, self.sandbox)
         sibling.domain, sibling.accel, sibling.ports = self.domain, self.accel, self.ports
-        sibling.stop = lambda: self.runtime.stop(name, 0)  # type: ignore[method-assign]
+        def stop_sibling() -> None:
+            self.runtime.stop(name, 0)
+
+        sibling.stop = stop_sibling  # type: ignore[method-assign]
         return sibling
 
     def stop(self) -> None:

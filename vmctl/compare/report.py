@@ -31,14 +31,16 @@ METRIC_LABELS = {
     ("disk", "image_mib"): "disk: image",
     ("disk", "boot_files_mib"): "disk: guest kernel+initramfs",
     ("disk", "writable_mib"): "disk: writable, per instance",
+    ("peers", "rtt_ms"): "round trip by name (redis PING, p50)",
+    ("peers", "throughput_mbit"): "throughput by name (iperf3)",
 }
 
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "bit/s":
         return f"{value / 1e9:.2f} Gbit/s" if value >= 1e9 else f"{value / 1e6:.1f} Mbit/s"
-    if unit == "s":
-        return f"{value:.3f} s"
+    if unit in ("s", "ms"):
+        return f"{value:.3f} {unit}"
     if abs(value) >= 1000:
         return f"{value:,.0f} {unit}"
     if abs(value) < 10:
@@ -50,7 +52,7 @@ def cell(r: Row) -> str:
     text = _fmt(r.median, r.unit)
     if len(r.samples) > 1:
         text += f" ±{r.spread * 100:.0f}%"
-    if r.ratio is not None and r.higher_is_better:
+    if r.ratio is not None and (r.higher_is_better or " -> " in r.sandbox):  # a pair: both metrics are ratios
         text += f" ({r.ratio:.2f}x)"
     return text
 
@@ -73,13 +75,24 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def metric_grid(report: Report) -> tuple[list[str], list[list[str]]]:
     sandboxes = report.sandboxes
-    keys = list(dict.fromkeys((r.workload, r.metric) for r in report.results))
+    keys = list(dict.fromkeys((r.workload, r.metric) for r in report.results if " -> " not in r.sandbox))
     grid = []
     for workload, metric in keys:
         by = {r.sandbox: r for r in report.rows(workload=workload, metric=metric)}
         first = next(iter(by.values()))
         grid.append([label(first), *(cell(by[s]) if s in by else "-" for s in sandboxes)])
     return ["measurement", *sandboxes], grid
+
+
+def network_grid(report: Report) -> tuple[list[str], list[list[str]]]:
+    """One line per pair of sandboxes: the network rows, whose `sandbox` is `CLIENT -> SERVER`."""
+    rows = [r for r in report.results if " -> " in r.sandbox]
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    grid = []
+    for pair in dict.fromkeys(r.sandbox for r in rows):
+        by = {r.metric: r for r in rows if r.sandbox == pair}
+        grid.append([pair, *(cell(by[m]) if m in by else "-" for m in metrics)])
+    return ["pair", *(label(next(r for r in rows if r.metric == m)) for m in metrics)], grid
 
 
 def isolation_grid(report: Report) -> tuple[list[str], list[list[str]]]:
@@ -97,20 +110,25 @@ def terminal(report: Report) -> str:
     if banner:
         out += ["!" * 100, f"!! {banner}", "!" * 100, ""]
     host = report.host
-    out.append(f"accelerator: {report.accel.upper()} ({report.accel_reason})")
+    out.append(f"accelerator: {report.accel_label.upper()} ({report.accel_reason})")
     out.append(f"host: {host.get('cpu')} x{host.get('cpus')}, kernel {host.get('kernel')}, "
                f"cgroups {host.get('cgroups')}")
     out.append("versions: " + ", ".join(f"{k} {v}" for k, v in report.versions.items()))
     out.append(f"runs: {report.runs} (+1 warm-up, excluded); ratios (Nx) are to the plain container (runc); "
                "±% is the spread (max-min)/median")
-    if report.results:
-        out += ["", _table(*metric_grid(report))]
+    grid = metric_grid(report)
+    if grid[1]:
+        out += ["", _table(*grid)]
         phases = [r for r in report.rows(metric="start_seconds", workload="start") if r.phases]
         for r in phases:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in r.phases.items())
             out.append(f"  {r.sandbox} start phases (s): {parts}")
             if r.note:
                 out.append(f"  {r.sandbox} {r.note}")
+    pairs = network_grid(report)
+    if pairs[1]:
+        out += ["", "service to service, by name on the environment network (ratios to runc -> runc):",
+                _table(*pairs)]
     if report.isolation:
         out += ["", "isolation (SHARED = the sandbox reached the host's own; see --json for evidence):",
                 _table(*isolation_grid(report))]
@@ -124,7 +142,7 @@ def to_json(report: Report) -> str:
 
 
 CSV_FIELDS = ("workload", "sandbox", "metric", "unit", "median", "min", "max", "spread", "ratio", "accel",
-              "samples", "note")
+              "emulated", "samples", "note")
 
 
 def to_csv(report: Report) -> str:
@@ -136,8 +154,10 @@ def to_csv(report: Report) -> str:
         data["samples"] = " ".join(str(s) for s in r.samples)
         writer.writerow([data.get(k, "") for k in CSV_FIELDS])
     for v in report.isolation:
-        writer.writerow(["isolation", v.sandbox, v.probe, "", int(bool(v.shared_with_host)) if v.shared_with_host
-                         is not None else "", "", "", "", "", report.accel, "", v.evidence])
+        shared = int(bool(v.shared_with_host)) if v.shared_with_host is not None else ""
+        data = {"workload": "isolation", "sandbox": v.sandbox, "metric": v.probe, "median": shared,
+                "accel": report.accel, "emulated": report.emulated, "note": v.evidence}
+        writer.writerow([data.get(k, "") for k in CSV_FIELDS])
     return buf.getvalue()
 
 
@@ -227,7 +247,7 @@ def plot_perf(report: Report) -> str | None:
         ax.axhline(1.0, color="k", linewidth=0.8)
         ax.set_xticks([i + width * (len(sandboxes) - 1) / 2 for i in range(len(workloads))], workloads)
         ax.set_ylabel("ratio to runc (higher is better)")
-        ax.set_title("Workload performance" + (" — microVM under TCG emulation" if report.emulated else ""))
+        ax.set_title("Workload performance" + (f" — microVM under {report.accel_label}" if report.emulated else ""))
         ax.legend(fontsize=8)
 
     return _png(draw)
@@ -238,11 +258,12 @@ def html(report: Report) -> str:
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     headers, grid = metric_grid(report)
     iso_headers, iso_grid = isolation_grid(report)
+    net_headers, net_grid = network_grid(report)
     evidence = {(v.probe, v.sandbox): v.evidence for v in report.isolation}
     meaning = {v.probe: v.meaning for v in report.isolation}
     return env.get_template("index.html.j2").render(
         report=report, data=report.to_json(), headers=headers, grid=grid, iso_headers=iso_headers,
-        iso_grid=iso_grid, evidence=evidence, meaning=meaning,
+        iso_grid=iso_grid, net_headers=net_headers, net_grid=net_grid, evidence=evidence, meaning=meaning,
         plots={"Start time": plot_start(report), "Footprint": plot_footprint(report),
                "Performance": plot_perf(report)},
     )

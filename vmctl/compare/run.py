@@ -6,10 +6,10 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vmctl import doctor
-from vmctl.compare import footprint, isolation, perf, start_time
+from vmctl import doctor, virt
+from vmctl.compare import footprint, isolation, network, perf, start_time
 from vmctl.compare.microvm import MicroVM
 from vmctl.compare.results import Report, Row, Verdict, row, with_ratios
 from vmctl.compare.sandboxes import Instance, Runc, Sandbox, Workload
@@ -19,7 +19,7 @@ from vmctl.oci_spec import merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, ServiceSpec
 
-MEASUREMENTS = ("start", "footprint", "isolation", "perf")
+MEASUREMENTS = ("start", "footprint", "isolation", "perf", "peers")
 SANDBOXES = ("runc", "docker", "podman", "microvm")
 # Selectable, not in the default set: libvirt 9.0 registers its embedded QEMU driver again at every open
 # (`Too many drivers, cannot register QEMU` after ~20 in one process), and two microVM sandboxes of
@@ -103,7 +103,8 @@ def compare(env: Environment, options: Options, progress: Progress,
     sandboxes, skipped = select(env, options.sandboxes)
     workload = workload_for(env, svc, progress)
     report = Report(accel="none", accel_reason="no microVM ran", host=doctor.host_facts(), versions={},
-                    sandboxes=[s.name for s in sandboxes], runs=options.runs, skipped=skipped)
+                    sandboxes=[s.name for s in sandboxes], runs=options.runs, skipped=skipped,
+                    host_emulated=virt.host().emulated)
     report.host["workload"] = {"service": svc.name, "image": svc.image, "digest": workload.image.digest,
                                "command": list(workload.args), "guest_ram_mib": workload.memory_mib,
                                "vcpus": workload.vcpus, "container_memory_limit_mib": workload.memory_limit_mib,
@@ -122,7 +123,10 @@ def compare(env: Environment, options: Options, progress: Progress,
             _measure_one(sb, workload, options, report, progress, save)
         finally:
             sb.close()
-    report.results = with_ratios(report.results, BASELINE)
+    if "peers" in options.only:
+        _measure_network(sandboxes, workload, options, report, progress, save)
+    report.results = [replace(r, emulated=r.accel == "tcg" or (r.accel == "kvm" and report.host_emulated))
+                      for r in with_ratios(report.results, BASELINE)]
     if report.emulated:
         report.warnings.insert(0, report.banner() or "")
     return report
@@ -152,6 +156,26 @@ def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Repo
     if options.density:
         report.results += measure_density(sb, workload, options.density, progress)
         save()
+
+
+def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: Options, report: Report,
+                     progress: Progress, save: Save) -> None:
+    """Service to service on the environment network: needs both of vmctl's own kinds of member."""
+    names = {sb.name for sb in sandboxes}
+    if not {"runc", "microvm"} <= names:
+        report.skipped[network.WORKLOAD] = "needs the runc and microvm sandboxes (vmctl's two kinds of member)"
+        return
+    before = list(report.results)
+
+    def keep(rows: list[Row]) -> None:
+        report.results = before + rows
+        save()
+
+    try:
+        network.measure(workload, options.runs, options.perf_seconds, progress, keep)
+    except VmctlError as e:
+        report.skipped[network.WORKLOAD] = e.message
+        progress.warn(network.WORKLOAD, f"failed: {e.message}")
 
 
 def measure_footprint(sb: Sandbox, inst: Instance, workload: Workload, progress: Progress) -> list[Row]:

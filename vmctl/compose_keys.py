@@ -1,0 +1,107 @@
+"""The compose specification's keys that vmctl does not honour (yet), each with why and what to do instead.
+
+Plain data, no parsing: `spec` turns each row into a `Setting` of its table (marked `ignored` or `refused`),
+so the parser, the errors and the README reference all come from the one settings table. A key is
+`ignored` only where leaving it out cannot change what the program does; everything else is `refused`.
+The keys of the environment network (`networks`, `hostname`, `expose`, `extra_hosts`, ...) are rows of
+`spec`'s tables, next to the parsers that honour them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    key: str
+    kind: str
+    reason: str  # why it is not honoured
+    hint: str = ""  # what to do instead (refused keys); empty for ignored ones
+    ignored: bool = False
+
+
+_NO_REGISTRY = "vmctl runs images from local archives only; registry pulls are not implemented yet"
+_MOUNTS = "only host folders (`./dir:/path[:ro|rw]`) are mounted so far"
+
+TOP_LEVEL = (
+    Unsupported("version", "string", "obsolete in the compose specification; compose ignores it too", ignored=True),
+    Unsupported("volumes", "mapping", "named volumes are not implemented yet",
+                "mount a host folder instead: `volumes: [\"./data:/data:rw\"]`"),
+    Unsupported("secrets", "mapping", "secrets are not implemented yet",
+                "mount the secret file from a host folder (`volumes: [\"./secrets:/run/secrets:ro\"]`)"),
+    Unsupported("configs", "mapping", "configs are not implemented yet",
+                "mount the config file from a host folder (`volumes: [\"./conf:/etc/app:ro\"]`)"),
+    Unsupported("include", "list", "including other compose files is not implemented yet",
+                "pass the files with several `-f` (they merge by compose's rules)"),
+    Unsupported("models", "mapping", "AI models are not a thing vmctl runs", "remove it"),
+)
+
+SERVICE = (
+    Unsupported("attach", "bool", "`vmctl up` never attaches to the containers' output (see `vmctl logs`)",
+                ignored=True),
+    Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
+    Unsupported("build", "mapping|string", "building images is not implemented yet (no builder integration)",
+                "build with docker or podman, save the image (`docker save -o app.tar IMAGE`) and set "
+                "`image: ./app.tar`"),
+    Unsupported("extends", "mapping|string", "`extends` is not implemented yet",
+                "share settings with a YAML anchor and merge key (`x-base: &base ...`, `<<: *base`)"),
+    Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),
+    Unsupported("configs", "list", "configs are not implemented yet", "mount the file from a host folder"),
+    Unsupported("volumes_from", "list", _MOUNTS, "mount the same host folder in both services"),
+    Unsupported("scale", "int", "several instances of a service are not implemented yet", "declare one service each"),
+    Unsupported("logging", "mapping", "each container's output goes to its own log file (`vmctl logs`); "
+                "log drivers and their options are not implemented", "remove `logging`"),
+    Unsupported("devices", "list", "passing host devices into a microVM is not implemented", "remove it"),
+    Unsupported("device_cgroup_rules", "list", "device access rules are not implemented", "remove it"),
+    Unsupported("gpus", "list|string", "GPUs are not passed to microVMs or containers", "remove it"),
+    Unsupported("group_add", "list", "supplementary groups are not implemented yet",
+                'run as a user whose groups suffice (`user: "UID:GID"`)'),
+    Unsupported("shm_size", "size", "/dev/shm is a fixed 64 MiB tmpfs so far", "remove it, or mount a `tmpfs`"),
+    Unsupported("stdin_open", "bool", "containers run detached, without stdin, so far",
+                "use `vmctl exec` for interactive work"),
+    Unsupported("tty", "bool", "containers run without a terminal so far", "use `vmctl exec` for a terminal"),
+    Unsupported("ipc", "string", "containers always get their own IPC namespace", "remove it"),
+    Unsupported("pid", "string", "containers always get their own PID namespace", "remove it"),
+    Unsupported("uts", "string", "containers always get their own UTS namespace", "remove it"),
+    Unsupported("userns_mode", "string", "user namespaces are not configurable", "remove it"),
+    Unsupported("cgroup", "string", "containers always get their own cgroup namespace", "remove it"),
+    Unsupported("cgroup_parent", "string", "vmctl places containers under its own `/vmctl` cgroup", "remove it"),
+    Unsupported("runtime", "string", "the runtime is crun in a microVM and runc on the host",
+                "choose with `isolation: microvm|container`"),
+    Unsupported("cpu_count", "int", "Windows-only in compose", "use `cpus`"),
+    Unsupported("cpu_percent", "int", "Windows-only in compose", "use `cpus`"),
+    Unsupported("cpu_shares", "int", "CPU weights are not implemented yet", "use `cpus` for a hard limit"),
+    Unsupported("cpu_period", "duration", "set through `cpus` only", "use `cpus`"),
+    Unsupported("cpu_quota", "duration", "set through `cpus` only", "use `cpus`"),
+    Unsupported("cpu_rt_runtime", "duration", "real-time scheduling is not implemented", "remove it"),
+    Unsupported("cpu_rt_period", "duration", "real-time scheduling is not implemented", "remove it"),
+    Unsupported("cpuset", "string", "CPU pinning is not implemented", "remove it"),
+    Unsupported("blkio_config", "mapping", "block I/O limits are not implemented", "remove it"),
+    Unsupported("mem_swappiness", "int", "swap is not configurable (guests have no swap)", "remove it"),
+    Unsupported("memswap_limit", "size", "swap is not configurable (guests have no swap)", "use `mem_limit`"),
+    Unsupported("oom_kill_disable", "bool", "the OOM killer is not configurable", "remove it"),
+    Unsupported("oom_score_adj", "int", "OOM scores are not configurable yet", "remove it"),
+    Unsupported("storage_opt", "mapping", "the writable layer is a tmpfs; storage options do not apply",
+                "remove it"),
+    Unsupported("credential_spec", "mapping", "Windows-only in compose", "remove it"),
+    Unsupported("label_file", "list|string", "label files are not implemented yet", "write the `labels` out"),
+    Unsupported("post_start", "list", "lifecycle hooks are not implemented yet",
+                "run the command with `vmctl exec` after `up`"),
+    Unsupported("pre_stop", "list", "lifecycle hooks are not implemented yet", "handle `stop_signal` in the program"),
+    Unsupported("provider", "mapping", "provider services are not implemented", "remove it"),
+    Unsupported("use_api_socket", "bool", "there is no container engine socket to share", "remove it"),
+    Unsupported("models", "list", "AI models are not a thing vmctl runs", "remove it"),
+)
+
+DEPLOY = (
+    Unsupported("mode", "string", "only one instance per service so far", "remove it"),
+    Unsupported("replicas", "int", "several instances of a service are not implemented yet",
+                "declare one service each"),
+    Unsupported("endpoint_mode", "string", "Swarm-only", "remove it"),
+    Unsupported("placement", "mapping", "Swarm-only: every service runs on this host", "remove it"),
+    Unsupported("restart_policy", "mapping", "Swarm-only in this form", "use the service's `restart:`"),
+    Unsupported("rollback_config", "mapping", "Swarm-only: there are no rolling updates", "remove it"),
+    Unsupported("update_config", "mapping", "Swarm-only: there are no rolling updates", "remove it"),
+    Unsupported("labels", "mapping", "Swarm service labels; vmctl has no Swarm services", "use the service's `labels`"),
+)

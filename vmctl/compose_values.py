@@ -1,0 +1,303 @@
+"""The compose service keys vmctl honours beyond its own: their typed values and their value parsers
+(`restart`, `container_name`, `labels`, `tmpfs`, capabilities, `security_opt`, signals, `ulimits`,
+`sysctls`, memory/CPU/pids limits and `deploy.resources`, `profiles`, `platform`, `pull_policy`).
+
+The rows that use them are in `spec.SERVICE_SETTINGS`; the keys vmctl does not honour are in
+`compose_keys`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from vmctl import compose_keys
+from vmctl.oci_spec import ALL_CAPS
+from vmctl.settings import (
+    REQUIRED,
+    Ctx,
+    Setting,
+    Support,
+    did_you_mean,
+    p_abs_path,
+    p_int,
+    parse_table,
+    typename,
+    unsupported,
+)
+from vmctl.yamlpos import KeyPath
+
+GUEST_OVERHEAD_MIB = 192  # what a service's own guest needs beside the container (see docs/design.md)
+
+
+class Restart(StrEnum):
+    """compose's `restart:`; the supervisor (supervise.sh in a guest) applies it after each exit."""
+
+    NO = "no"
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    UNLESS_STOPPED = "unless-stopped"  # = always here: nothing restarts a stopped service by itself
+
+    def restarts(self, exit_code: int) -> bool:
+        return self in (Restart.ALWAYS, Restart.UNLESS_STOPPED) or (self is Restart.ON_FAILURE and exit_code != 0)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one container (compose's `mem_limit`, `cpus`, `pids_limit`, `deploy.resources`)."""
+
+    memory_mib: int | None = None
+    memory_reservation_mib: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str  # nofile, nproc, ... (RLIMIT_ + upper case)
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class TmpfsSpec:
+    target: str
+    options: tuple[str, ...] = ()  # mount options from a closed set (`size=64m`, `mode=1777`, `noexec`, ...)
+
+
+def p_restart(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Restart, int | None]:
+    """`no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N` (at most N restarts)."""
+    text = "no" if value is False else value
+    mode, _, retries = str(text).partition(":") if isinstance(text, str) else ("", "", "")
+    if mode in Restart._value2member_map_ and (not retries or (mode == "on-failure" and retries.isdigit())):
+        return Restart(mode), int(retries) if retries else None
+    ctx.fail(path, f"invalid value {value!r}", 'use one of: "no", always, on-failure, on-failure:N, unless-stopped')
+
+
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def p_container_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if not isinstance(value, str) or not _CONTAINER_NAME.match(value):
+        ctx.fail(path, f"invalid container name {value!r}", "use letters, digits, `_`, `.` and `-` (1-63)")
+    return value
+
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
+
+
+def p_labels(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    """A mapping or a list of `key=value` (compose's two forms); values are strings."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = dict(v.partition("=")[::2] for v in value)
+    if not isinstance(value, dict):
+        ctx.fail(path, f"must be a mapping or a list of key=value strings, not {typename(value)}")
+    out = []
+    for key, val in value.items():
+        if not _LABEL_KEY.match(key) or isinstance(val, dict | list):
+            ctx.fail((*path, key), f"invalid label {key!r}", "keys like `com.example.tier`, plain values")
+        text = "" if val is None else str(val).lower() if isinstance(val, bool) else str(val)
+        if any(ord(c) < 0x20 for c in text):
+            ctx.fail((*path, key), "label values must not contain control characters")
+        out.append((key, text))
+    return tuple(out)
+
+
+_TMPFS_FLAGS = frozenset({"rw", "ro", "noexec", "exec", "nosuid", "suid", "nodev", "dev"})
+_TMPFS_OPTION = re.compile(r"^(size=\d+[kmgKMG]?|mode=[0-7]{3,4}|uid=\d+|gid=\d+)$")
+
+
+def p_tmpfs(value: Any, path: KeyPath, ctx: Ctx) -> tuple[TmpfsSpec, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        ctx.fail(path, f"must be a path or a list of paths, not {typename(value)}")
+    out = []
+    for i, item in enumerate(items):
+        target, _, opts = item.partition(":")
+        options = tuple(o for o in opts.split(",") if o)
+        bad = [o for o in options if o not in _TMPFS_FLAGS and not _TMPFS_OPTION.match(o)]
+        if bad:
+            ctx.fail((*path, i), f"invalid tmpfs option `{bad[0]}`",
+                     "write `/path` or `/path:size=64m,mode=1777,noexec` (size, mode, uid, gid, rw/ro, "
+                     "noexec, nosuid, nodev)")
+        out.append(TmpfsSpec(p_abs_path(target, (*path, i), ctx), options))
+    return tuple(out)
+
+
+def p_caps(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    """Capability names with or without `CAP_`, any case, or `ALL`."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        ctx.fail(path, f"must be a list of capability names, not {typename(value)}")
+    out = []
+    for i, name in enumerate(value):
+        cap = name.upper() if name.upper() == "ALL" or name.upper().startswith("CAP_") else f"CAP_{name.upper()}"
+        if cap != "ALL" and cap not in ALL_CAPS:
+            ctx.fail((*path, i), f"unknown capability {name!r}", did_you_mean(cap, ALL_CAPS, "capabilities"))
+        out.append(cap)
+    return tuple(out)
+
+
+def p_security_opt(value: Any, path: KeyPath, ctx: Ctx) -> bool:
+    """Only `no-new-privileges[:true|false]`; returns whether it is on (vmctl's default: on)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        ctx.fail(path, f"must be a list of strings, not {typename(value)}")
+    on = True
+    for i, opt in enumerate(value):
+        key, _, flag = opt.replace("=", ":", 1).partition(":")
+        if key != "no-new-privileges" or flag not in ("", "true", "false"):
+            ctx.fail((*path, i), f"`security_opt: {opt}` is not supported: seccomp, AppArmor and SELinux "
+                     "profiles are not implemented", "only `no-new-privileges[:true|false]` is honoured")
+        on = flag != "false"
+    return on
+
+
+_SIGNALS = {f"SIG{n}" for n in ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "WINCH", "PWR")}
+
+
+def p_signal(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    name = str(value).upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    if name not in _SIGNALS:
+        ctx.fail(path, f"invalid signal {value!r}", f"use one of: {', '.join(sorted(_SIGNALS))}")
+    return name
+
+
+ULIMITS = ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc",
+           "rss", "rtprio", "rttime", "sigpending", "stack")
+
+
+def p_ulimits(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Ulimit, ...]:
+    """`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}`."""
+    if not isinstance(value, dict):
+        ctx.fail(path, f"must be a mapping of limit names, not {typename(value)}")
+    out = []
+    number = p_int(-1, 2**62)
+    for name, limit in value.items():
+        if name not in ULIMITS:
+            ctx.fail((*path, name), f"unknown ulimit `{name}`", did_you_mean(name, ULIMITS, "ulimits"))
+        if isinstance(limit, dict):
+            raw = parse_table(ULIMIT_SETTINGS, limit, (*path, name), ctx)
+            soft, hard = raw["soft"], raw["hard"]
+        else:
+            soft = hard = number(limit, (*path, name), ctx)
+        if soft > hard and hard >= 0:
+            ctx.fail((*path, name), f"soft limit {soft} is above the hard limit {hard}", "lower `soft`")
+        out.append(Ulimit(name, soft, hard))
+    return tuple(out)
+
+
+# The sysctls a container's own namespaces isolate (docker's rule): nothing that would change the host or guest.
+_NAMESPACED_SYSCTL = re.compile(r"^(net\.[a-z0-9_.-]+|kernel\.(shm[a-z_]+|msg[a-z_]+|sem)|fs\.mqueue\.[a-z_]+)$")
+
+
+def p_sysctls(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    pairs = p_labels(value, path, ctx)
+    for key, val in pairs:
+        if not _NAMESPACED_SYSCTL.match(key):
+            ctx.fail((*path, key), f"sysctl `{key}` is not namespaced: it would change the whole kernel, not the "
+                     "container's", "only net.*, kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* are allowed")
+        if not re.match(r"^[A-Za-z0-9 ._-]*$", val):
+            ctx.fail((*path, key), f"invalid sysctl value {val!r}", "write a number or a word")
+    return pairs
+
+
+_BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?$", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def p_bytes_mib(value: Any, path: KeyPath, ctx: Ctx) -> int:
+    """compose sizes: a number of bytes, or `512m`, `1g`, `1024k`, `100b`; in MiB (at least 4)."""
+    m = _BYTES.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    mib = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) >> 20 if m else 0
+    if not 4 <= mib <= 1024 * 1024:
+        ctx.fail(path, f"invalid memory size {value!r}", "write e.g. `512m` or `1g` (a bare number is bytes), "
+                 "at least 4m")
+    return mib
+
+
+def p_cpus(value: Any, path: KeyPath, ctx: Ctx) -> float:
+    try:
+        cpus = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        cpus = -1.0
+    if not 0.01 <= cpus <= 64:
+        ctx.fail(path, f"invalid cpus {value!r}", "write a number of CPUs like `0.5` or `2` (0.01 to 64)")
+    return cpus
+
+
+def p_pids_limit(value: Any, path: KeyPath, ctx: Ctx) -> int | None:
+    limit = p_int(-1, 4_194_304)(value, path, ctx)
+    if limit == 0:
+        ctx.fail(path, "a pids limit of 0 would not even start the container", "use -1 for no limit")
+    return None if limit == -1 else limit
+
+
+def p_resources(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return parse_table(RESOURCES_SETTINGS, value, path, ctx)
+
+
+def p_limits(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
+    return parse_table(LIMIT_SETTINGS, value, path, ctx)
+
+
+def p_deploy(value: Any, path: KeyPath, ctx: Ctx) -> Limits:
+    """Only `deploy.resources` (limits, reservations) is honoured: the rest is Swarm's or not built yet."""
+    resources = parse_table(DEPLOY_SETTINGS, value, path, ctx)["resources"] or {}
+    limits, reservations = resources.get("limits") or {}, resources.get("reservations") or {}
+    for key in ("cpus", "pids"):
+        if reservations.get(key) is not None:  # only a scheduler placing services on hosts could keep them
+            ctx.warn((*path, "resources", "reservations", key),
+                     f"`{key}` is ignored in `reservations`: there is no scheduler to reserve it on one host")
+    return Limits(memory_mib=limits.get("memory"), memory_reservation_mib=reservations.get("memory"),
+                  cpus=limits.get("cpus"), pids=limits.get("pids"))
+
+
+_PROFILE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def p_profiles(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _PROFILE.match(v) for v in value):
+        ctx.fail(path, f"must be a list of profile names, not {value!r}", "names use letters, digits, `_`, `.`, `-`")
+    return tuple(value)
+
+
+def p_platform(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value not in ("linux/amd64", "linux/x86_64", "linux/amd64/v1", "linux/amd64/v2", "linux/amd64/v3"):
+        ctx.fail(path, f"platform {value!r} is not supported: guests and host containers run x86_64 Linux only",
+                 "use an image built for linux/amd64 (and drop `platform`)")
+    return "linux/amd64"
+
+
+def p_pull_policy(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value not in ("missing", "never", "if_not_present"):
+        ctx.fail(path, f"`pull_policy: {value}` is not supported: images are local archives, never pulled or built",
+                 "use `missing` or `never` (both mean: use the local archive), or drop `pull_policy`")
+    return str(value)
+
+
+ULIMIT_SETTINGS = (
+    Setting("soft", p_int(-1, 2**62), REQUIRED, "int", "the soft limit (-1: unlimited)"),
+    Setting("hard", p_int(-1, 2**62), REQUIRED, "int", "the hard limit (-1: unlimited)"),
+)
+
+LIMIT_SETTINGS = (
+    Setting("memory", p_bytes_mib, None, "size", "as `mem_limit` (in `reservations`: as `mem_reservation`)"),
+    Setting("cpus", p_cpus, None, "number", "as `cpus` (in `reservations`: ignored with a warning)"),
+    Setting("pids", p_pids_limit, None, "int", "as `pids_limit` (in `reservations`: ignored with a warning)"),
+    Setting("devices", lambda v, p, c: None, None, "list", "device reservations (GPUs) are not implemented",
+            support=Support.REFUSED, hint="remove it"),
+    Setting("generic_resources", lambda v, p, c: None, None, "list", "Swarm-only", support=Support.REFUSED,
+            hint="remove it"),
+)
+
+RESOURCES_SETTINGS = (
+    Setting("limits", p_limits, None, "mapping", "cpus, memory, pids"),
+    Setting("reservations", p_limits, None, "mapping", "memory"),
+)
+
+DEPLOY_SETTINGS = (
+    Setting("resources", p_resources, None, "mapping", "`limits` and `reservations`"),
+    *unsupported(compose_keys.DEPLOY),
+)

@@ -1,0 +1,203 @@
+"""Loading, as compose loads: find the files, read `.env`, interpolate, merge, resolve `env_file:` and
+profiles. What comes out (`Model`) is still plain data, with the file and line of every key; `spec` turns
+it into the frozen environment, and nothing after `spec` sees this stage.
+
+The steps, in order (each file is interpolated on its own, then the files are merged, as compose does):
+1. files: `-f` as given, else `COMPOSE_FILE`, else the first default name in the folder (`DEFAULT_FILES`),
+   plus its `NAME.override.EXT` when there is one;
+2. variables: the process environment over the project's `.env` (the first file's folder);
+3. interpolation of every string value (`interpolate.py`); unset variables become "" with a warning;
+4. merging (`merge.py`); 5. `env_file:` read into `environment:` (`environment:` wins), bare `KEY`
+   entries taken from the variables; 6. services whose `profiles` are not active dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmctl.errors import SpecError, UsageError, Where
+from vmctl.load import dotenv
+from vmctl.load.interpolate import InterpolationError, interpolate
+from vmctl.load.merge import as_mapping, merge_files
+from vmctl.load.tree import Node, Origin, from_document, mapping, origins, plain
+from vmctl.yamlpos import KeyPath, dotted, load
+
+DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml", "vmctl.yaml")
+DOTENV = ".env"
+
+
+@dataclass(frozen=True)
+class Model:
+    """The resolved files: merged, interpolated data and where each key of it was written."""
+
+    files: tuple[Path, ...]
+    project_dir: Path
+    data: dict[str, Any]
+    origins: Mapping[KeyPath, Origin] = field(repr=False)
+    project_name: str | None = None  # `-p`, else COMPOSE_PROJECT_NAME (both beat `name:`)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def file(self) -> Path:
+        return self.files[0]
+
+    def where(self, path: KeyPath) -> Where:
+        """The nearest known place for `path` (walking up to a parent when needed)."""
+        probe = path
+        while probe and probe not in self.origins:
+            probe = probe[:-1]
+        origin = self.origins.get(probe) or Origin(str(self.file), None)
+        variables = origin.variables if probe == path else ()
+        return Where(origin.file, origin.line, dotted(path) or None, variables)
+
+
+def load_project(files: Sequence[Path] = (), *, cwd: Path | None = None, environ: Mapping[str, str] | None = None,
+                 project_name: str | None = None, profiles: Sequence[str] = ()) -> Model:
+    environ = dict(os.environ if environ is None else environ)
+    cwd = cwd or Path.cwd()
+    warnings: list[str] = []
+    chosen = [cwd / f for f in files] if files else discover(cwd, environ, warnings)
+    project_dir = chosen[0].resolve().parent
+    variables = {**_dotenv(project_dir), **environ}  # the shell's environment wins over `.env`
+    trees = [_interpolated(from_document(load(f)), variables, warnings) for f in chosen]
+    tree = merge_files(trees)
+    _resolve_environments(tree, project_dir, variables)
+    active = {*profiles, *filter(None, environ.get("COMPOSE_PROFILES", "").split(","))}
+    _drop_inactive(tree, active)
+    if project_name is None:
+        project_name = environ.get("COMPOSE_PROJECT_NAME")
+    return Model(files=tuple(f.resolve() for f in chosen), project_dir=project_dir, data=plain(tree) or {},
+                 origins=dict(origins(tree)), project_name=project_name, warnings=tuple(dict.fromkeys(warnings)))
+
+
+def discover(cwd: Path, environ: Mapping[str, str], warnings: list[str]) -> list[Path]:
+    if environ.get("COMPOSE_FILE"):
+        return [cwd / f for f in environ["COMPOSE_FILE"].split(os.pathsep) if f]
+    found = [cwd / name for name in DEFAULT_FILES if (cwd / name).is_file()]
+    if not found:
+        raise UsageError(f"no environment file in `{cwd}` (looked for {', '.join(DEFAULT_FILES)})",
+                         hint="pass one with `-f FILE`, or create `compose.yaml` (see examples/quickstart.yaml)")
+    if len(found) > 1:
+        warnings.append(f"found {', '.join(f.name for f in found)}: using `{found[0].name}`")
+    base = found[0]
+    override = base.with_name(f"{base.stem}.override{base.suffix}")
+    return [base, override] if base.name != "vmctl.yaml" and override.is_file() else [base]
+
+
+def _dotenv(project_dir: Path) -> dict[str, str]:
+    file = project_dir / DOTENV
+    if not file.is_file():
+        return {}
+    return {e.key: e.value for e in dotenv.read(file, os.environ.get) if e.value is not None}
+
+
+# ------------------------------------------------------------------------------------------------
+# interpolation
+
+
+def _interpolated(node: Node, variables: Mapping[str, str], warnings: list[str], path: KeyPath = ()) -> Node:
+    if isinstance(node.children, dict):
+        for key, child in node.children.items():
+            node.children[key] = _interpolated(child, variables, warnings, (*path, key))
+    elif isinstance(node.children, list):
+        node.children[:] = [_interpolated(c, variables, warnings, (*path, i)) for i, c in enumerate(node.children)]
+    elif isinstance(node.value, str) and "$" in node.value:
+        try:
+            result = interpolate(node.value, variables.get)
+        except InterpolationError as e:
+            where = Where(node.origin.file, node.origin.line, dotted(path) or None,
+                          (e.variable,) if e.variable else ())
+            raise SpecError(e.message, hint=e.hint, where=where) from None
+        warnings += [f"the variable `{v}` is not set (`{dotted(path)}`, {node.origin.file}:{node.origin.line}):"
+                     " using an empty string" for v in result.unset]
+        origin = Origin(node.origin.file, node.origin.line, result.used)
+        return Node(result.text, origin)
+    return node
+
+
+# ------------------------------------------------------------------------------------------------
+# env_file and environment
+
+
+def _resolve_environments(tree: Node, project_dir: Path, variables: Mapping[str, str]) -> None:
+    services = tree.get("services")
+    if services is None or not isinstance(services.children, dict):
+        return
+    for name, svc in services.children.items():
+        if isinstance(svc.children, dict):
+            _resolve_environment(svc, ("services", name), project_dir, variables)
+
+
+def _resolve_environment(svc: Node, path: KeyPath, project_dir: Path, variables: Mapping[str, str]) -> None:
+    """`env_file:` entries first, `environment:` over them; a value-less `KEY` comes from the variables
+    (and is left out when they do not set it, as compose does)."""
+    assert isinstance(svc.children, dict)
+    declared = svc.children.get("environment")
+    env = as_mapping(declared) if declared is not None else None
+    if env is not None and not isinstance(env.children, dict):
+        return  # not a list of strings nor a mapping: the settings table says what it takes
+    merged: dict[str, Node] = {}
+    env_file = svc.children.pop("env_file", None)
+    if env_file is not None:
+        for file in _env_files(env_file, dotted((*path, "env_file")), project_dir):
+            for e in dotenv.read(file, variables.get):
+                merged[e.key] = Node(e.value, Origin(str(file), e.line))
+    merged.update(env.children if env is not None and isinstance(env.children, dict) else {})
+    for key, node in list(merged.items()):
+        if node.value is None and node.children is None:
+            if key in variables:
+                merged[key] = Node(variables[key], Origin(node.origin.file, node.origin.line, (key,)))
+            else:
+                del merged[key]
+    if env_file is not None or env is not None:
+        svc.children["environment"] = mapping(merged, (env or svc).origin)
+
+
+def _env_files(node: Node, key: str, project_dir: Path) -> list[Path]:
+    items = node.children if isinstance(node.children, list) else [node]
+    out = []
+    for item in items:
+        path_node, required = item, True
+        if isinstance(item.children, dict):
+            unknown = sorted(set(item.children) - {"path", "required"})
+            if unknown:
+                raise SpecError(f"`env_file` entries take `path` and `required`, not `{unknown[0]}`",
+                                where=Where(item.origin.file, item.origin.line, key),
+                                hint="write `{path: FILE, required: false}` (the `format` key is not supported)")
+            path_node = item.children.get("path") or item
+            flag = item.children.get("required")
+            required = flag is None or flag.value is not False
+        if not isinstance(path_node.value, str) or not path_node.value:
+            raise SpecError("`env_file` takes a path, a list of paths, or `{path: FILE, required: false}`",
+                            where=Where(item.origin.file, item.origin.line, key),
+                            hint='write `env_file: .env.web` or `env_file: [{path: .env.local, required: false}]`')
+        file = (project_dir / Path(path_node.value).expanduser()).resolve()
+        if file.is_file():
+            out.append(file)
+        elif required:
+            raise SpecError(f"env file `{path_node.value}` does not exist (looked for `{file}`)",
+                            where=Where(path_node.origin.file, path_node.origin.line, key),
+                            hint="paths are relative to the project folder (the first file's); "
+                                 "mark an optional one `{path: FILE, required: false}`")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# profiles
+
+
+def _drop_inactive(tree: Node, active: set[str]) -> None:
+    """A service with `profiles:` runs only when one of them is active (`--profile`, COMPOSE_PROFILES;
+    `*` activates all); one without runs always."""
+    services = tree.get("services")
+    if services is None or not isinstance(services.children, dict) or "*" in active:
+        return
+    for name, svc in list(services.children.items()):
+        profiles = svc.get("profiles")
+        listed = profiles.children if profiles is not None else None
+        if isinstance(listed, list) and not {str(p.value) for p in listed} & active:
+            del services.children[name]
