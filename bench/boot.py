@@ -9,9 +9,12 @@ cost (every QEMU, and the vmctl process) divided by the host's cores.
 
 Variants: `cloud` (the default image: Debian's cloud kernel, its vmlinux extracted from the bzImage and
 entered through PVH), `cloud-bzimage` (the same kernel booted as the bzImage: real-mode setup +
-decompression), `minimal` (our own kernel, guest_images/minimal, PVH vmlinux, no modules).
+decompression), `minimal` (our own kernel, guest_images/minimal, PVH vmlinux, no modules). Each is booted
+cold (`template: false`); `NAME:template` is the same machine restored from its template
+(vmctl/template.py), shown as `NAME (template)`. A template variant's template is built (one `up`)
+before anything is measured; the bare QEMU baseline is the cold boot's, once per kernel.
 
-    .venv/bin/python -m bench.boot                     # cloud + minimal, 5 runs, 10 in parallel
+    .venv/bin/python -m bench.boot                     # cloud, minimal, cold and templated, 5 runs, 10 in parallel
     .venv/bin/python -m bench.boot --variants cloud,cloud-bzimage,minimal --runs 7 --json
     .venv/bin/python -m bench.boot --tb-cache 32 --parallel 0
 """
@@ -40,12 +43,22 @@ DEFAULT_TB_MIB = 64  # what templates/domain/domain.xml.j2 gives libvirt's <tb-c
 
 @dataclass(frozen=True)
 class Variant:
-    name: str
+    kernel_name: str  # cloud, cloud-bzimage, minimal
     image: GuestImage
     kernel: Path  # what both vmctl and bare QEMU boot
+    template: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel_name} (template)" if self.template else self.kernel_name
+
+    @property
+    def slug(self) -> str:  # for environment and domain names
+        return f"{self.kernel_name}-t" if self.template else self.kernel_name
 
     def machine(self, memory_mib: int) -> dict[str, object]:
-        spec: dict[str, object] = {"image": self.image.name, "memory": f"{memory_mib}M", "accel": "tcg"}
+        spec: dict[str, object] = {"image": self.image.name, "memory": f"{memory_mib}M", "accel": "tcg",
+                                   "template": self.template}
         if self.kernel != self.image.kernel:
             spec["kernel"] = str(self.kernel)
         return spec
@@ -57,26 +70,44 @@ def variants(names: Sequence[str], progress: bool = True) -> list[Variant]:
             print(f"bench: {msg}", file=sys.stderr)
 
     out = []
-    for name in names:
+    for spec in names:
+        name, _, how = spec.partition(":")
+        if how not in ("", "template") or (how and name == "cloud-bzimage"):
+            raise SystemExit(f"unknown variant `{spec}` (cloud, minimal, cloud-bzimage, cloud:template, "
+                             "minimal:template)")
         image = build_guest_image("minimal" if name == "minimal" else "default", progress=say)
         kernel = image.kernel
         if name == "cloud-bzimage":
             kernel = image.directory / BZIMAGE_FILE
         elif name not in ("cloud", "minimal"):
             raise SystemExit(f"unknown variant `{name}` (cloud, cloud-bzimage, minimal)")
-        out.append(Variant(name, image, kernel))
+        out.append(Variant(name, image, kernel, template=how == "template"))
     return out
+
+
+def build_templates(s: Scratch, chosen: Sequence[Variant], memory_mib: int) -> None:
+    """One unmeasured `up` per template variant, which builds its template if the cache has none."""
+    for v in chosen:
+        if v.template:
+            print(f"bench: template for {v.name}", file=sys.stderr)
+            file = s.write_env(f"bench-warm-{v.slug}", {"m": v.machine(memory_mib)})
+            try:
+                s.vmctl(file, "up")
+            finally:
+                s.vmctl(file, "down")
 
 
 # ---------------------------------------------------------------------------------------------- one boot each
 
 def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int) -> dict[str, object]:
-    env = f"bench-{v.name}"
+    env = f"bench-{v.slug}"
     file = s.write_env(env, {"m": v.machine(memory_mib)})
     try:
         wall = timed_up(s, file)
         machine = s.machines(file)[0]
         timeline = machine["timeline"]
+        if (machine["template"] is not None) != v.template:
+            raise RuntimeError(f"{v.name}: expected template={v.template}, got {machine['template']}")
         pid = qemu_pid(f"vmctl-{env}-m")
         time.sleep(SETTLE)
         found = memory_of(pid, memory_mib) if pid else None
@@ -84,7 +115,8 @@ def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int) -> dict[str, o
     finally:
         s.vmctl(file, "down")
     return {"variant": v.name, "run": run, "up_wall_s": round(wall, 3), "boot_s": machine["boot_seconds"],
-            "qemu_started_s": timeline.get("qemu_started"), "ready_s": timeline.get("ready"),
+            "qemu_started_s": timeline.get("qemu_started"), "restored_s": timeline.get("restored"),
+            "ready_s": timeline.get("ready"),
             "ssh_s": timeline.get("ssh"),
             "guest_ready_uptime_s": machine["guest"].get("ready_uptime"), **memory}
 
@@ -107,7 +139,7 @@ def bare_boot(v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, o
 # ---------------------------------------------------------------------------------------------- parallel
 
 def parallel_up(s: Scratch, v: Variant, count: int, memory_mib: int) -> dict[str, object]:
-    env = f"bench-par-{v.name}"
+    env = f"bench-par-{v.slug}"
     file = s.write_env(env, {f"m{i}": v.machine(memory_mib) for i in range(count)})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
@@ -147,13 +179,16 @@ def summarize(rows: Sequence[dict[str, object]], names: Sequence[str]) -> list[d
     out = []
     for name in names:
         mine = [r for r in rows if r["variant"] == name]
+        # a templated start is compared with the bare boot of the same kernel
+        baseline = [r for r in rows if r["variant"] == name.removesuffix(" (template)")]
 
         def med(key: str, rows_: Sequence[dict[str, object]] = mine) -> float | None:
             return median([float(str(r[key])) for r in rows_ if r.get(key) is not None])
 
-        ready, bare, wall = med("ready_s"), med("bare_ready_s"), med("up_wall_s")
+        ready, bare, wall = med("ready_s"), med("bare_ready_s", baseline), med("up_wall_s")
         out.append({"variant": name, "runs": len([r for r in mine if "up_wall_s" in r]),
-                    "up_wall_s": wall, "up_qemu_started_s": med("qemu_started_s"), "up_ready_s": ready,
+                    "up_wall_s": wall, "up_qemu_started_s": med("qemu_started_s"),
+                    "up_restored_s": med("restored_s"), "up_ready_s": ready,
                     "up_ssh_s": med("ssh_s"),
                     "guest_ready_uptime_s": med("guest_ready_uptime_s"), "bare_ready_s": bare,
                     "ratio_ready": ready / bare if ready and bare else None,
@@ -161,7 +196,8 @@ def summarize(rows: Sequence[dict[str, object]], names: Sequence[str]) -> list[d
                     "pss_mib": med("pss_mib"), "guest_ram_mib": med("guest_ram_touched_mib"),
                     "tcg_cache_mib": med("tcg_cache_mib"), "overhead_mib": med("qemu_overhead_mib"),
                     "files_mib": med("mapped_files_mib"), "private_mib": med("qemu_private_mib"),
-                    "bare_pss_mib": med("bare_pss_mib"), "bare_overhead_mib": med("bare_qemu_overhead_mib")})
+                    "bare_pss_mib": med("bare_pss_mib", baseline),
+                    "bare_overhead_mib": med("bare_qemu_overhead_mib", baseline)})
     return out
 
 
@@ -171,11 +207,12 @@ def render(summary: Sequence[dict[str, object]], parallel: Sequence[dict[str, ob
         value = row.get(key)
         return fmt(float(str(value)) if value is not None else None, digits, suffix)
 
-    head = ["variant", "runs", "up wall", "up->QEMU", "up->READY", "up->SSH", "bare->READY", "ready/bare", "wall/bare",
+    head = ["variant", "runs", "up wall", "up->QEMU", "up->restored", "up->READY", "up->SSH", "bare->READY",
+            "ready/bare", "wall/bare",
             "guest uptime@READY", "PSS", "guest RAM", "TCG cache", "files", "private", "overhead",
             "bare overhead"]
     rows = [[str(r["variant"]), str(r["runs"]), f(r, "up_wall_s", 2, "s"), f(r, "up_qemu_started_s", 2, "s"),
-             f(r, "up_ready_s", 2, "s"),
+             f(r, "up_restored_s", 2, "s"), f(r, "up_ready_s", 2, "s"),
              f(r, "up_ssh_s", 2, "s"), f(r, "bare_ready_s", 2, "s"), f(r, "ratio_ready", 2, "x"),
              f(r, "ratio_wall", 2, "x"), f(r, "guest_ready_uptime_s", 2, "s"), f(r, "pss_mib", 0, "M"),
              f(r, "guest_ram_mib", 0, "M"), f(r, "tcg_cache_mib", 0, "M"), f(r, "files_mib", 0, "M"),
@@ -195,34 +232,40 @@ def render(summary: Sequence[dict[str, object]], parallel: Sequence[dict[str, ob
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.boot", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="cloud,minimal", help="comma list of cloud, cloud-bzimage, minimal")
+    parser.add_argument("--variants", default="cloud,cloud:template,minimal,minimal:template",
+                        help="comma list of cloud, cloud-bzimage, minimal, and cloud:template, minimal:template")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory", type=int, default=256, help="guest RAM in MiB")
     parser.add_argument("--tb-cache", type=int, default=DEFAULT_TB_MIB,
                         help="TCG cache (MiB) for the bare boots and the memory split; vmctl's comes from its "
                              "domain template")
     parser.add_argument("--parallel", type=int, default=10, help="machines in the parallel `up` (0: skip)")
-    parser.add_argument("--parallel-variants", default="minimal,cloud")
+    parser.add_argument("--parallel-variants", default="minimal,minimal:template,cloud,cloud:template")
     parser.add_argument("--json", action="store_true", help="print every run and the summary as JSON")
     add_out_option(parser)
     args = parser.parse_args(argv)
 
-    names = [n for n in args.variants.split(",") if n]
     rows: list[dict[str, object]] = []
     parallel: list[dict[str, object]] = []
     with results_file(parser, args.out) as out, scratch() as s:
-        chosen = variants(names)
+        chosen = variants([n for n in args.variants.split(",") if n])
+        in_parallel = variants([n for n in args.parallel_variants.split(",") if n], progress=False) \
+            if args.parallel else []
+        build_templates(s, list({v.name: v for v in [*chosen, *in_parallel]}.values()), args.memory)
         for run in range(args.runs):
             for v in chosen:
                 print(f"bench: run {run + 1}/{args.runs} {v.name}", file=sys.stderr)
-                for row in (vmctl_boot(s, v, run, args.memory), bare_boot(v, run, args.memory, args.tb_cache)):
+                boots = [vmctl_boot(s, v, run, args.memory)]
+                if not v.template:  # the bare baseline is the kernel's, not the start's
+                    boots.append(bare_boot(v, run, args.memory, args.tb_cache))
+                for row in boots:
                     rows.append(row)
                     out.write({"kind": "run", "accel": "tcg", **row})
         if args.parallel:
-            for v in variants([n for n in args.parallel_variants.split(",") if n], progress=False):
+            for v in in_parallel:
                 parallel.append(parallel_attempts(s, v, args.parallel, args.memory, attempts=3))
                 out.write({"kind": "parallel", "accel": "tcg", **parallel[-1]})
-        summary = summarize(rows, names)
+        summary = summarize(rows, [v.name for v in chosen])
         for row in summary:
             out.write({"kind": "summary", "accel": "tcg", **row})
     if args.json:

@@ -4,7 +4,9 @@ memory budget would be exceeded; report the start time and the host memory (PSS)
 Each N is a fresh environment of N machines (`--memory` MiB each, default 64, the `minimal` image by
 default), brought up in parallel by the real CLI, left idle `--settle` seconds, measured (every QEMU's
 PSS split into guest RAM touched, TCG cache and QEMU's own, see bench/vmstats.py) and taken down. The next
-N runs only if N x (PSS per VM so far) fits in the budget.
+N runs only if N x (PSS per VM so far) fits in the budget. Each N is measured for every start in
+`--starts`: `cold` (`template: false`, each VM boots its kernel) and `template` (each VM is restored from
+the shape's template, vmctl/template.py; built by an unmeasured `up` first), side by side.
 
     .venv/bin/python -m bench.density 4G                        # N = 1, 5, 10: a few minutes under TCG
     .venv/bin/python -m bench.density 12G --counts 1,5,10,20,30,40,50 --json    # the full curve
@@ -49,9 +51,9 @@ def parse_size_mib(text: str) -> int:
 
 
 def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memory_mib: int, settle: float,
-            timeout: float) -> dict[str, object]:
-    env = f"density-{count}"
-    machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg"}
+            timeout: float, start: str = "cold") -> dict[str, object]:
+    env = f"density-{start}-{count}"
+    machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg", "template": start == "template"}
     file = s.write_env(env, {f"d{i}": machine for i in range(count)})
     try:
         wall = timed_up(s, file, timeout=timeout)
@@ -63,7 +65,7 @@ def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memo
     finally:
         s.vmctl(file, "down", timeout=timeout)
     total = sum(m.pss for m in mems)
-    return {"machines": count, "measured": len(mems), "up_wall_s": round(wall, 2),
+    return {"start": start, "machines": count, "measured": len(mems), "up_wall_s": round(wall, 2),
             "boot_median_s": round(statistics.median(boots), 2) if boots else None,
             "boot_max_s": round(max(boots), 2) if boots else None,
             "pss_total_mib": round(total, 1), "pss_per_vm_mib": round(total / len(mems), 1) if mems else None,
@@ -77,19 +79,21 @@ def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memo
             "boot_files_cached_mib": cached}
 
 
-def attempts(s: Scratch, args: argparse.Namespace, boot_files: Sequence[Path], count: int) -> dict[str, object]:
+def attempts(s: Scratch, args: argparse.Namespace, boot_files: Sequence[Path], count: int,
+             start: str) -> dict[str, object]:
     """`measure`, tried again (`--attempts`) after a failed `up` (which rolled itself back); the errors
     of failed tries are kept in the row: a failed `up` is a data point too."""
     errors: list[str] = []
     for attempt in range(args.attempts):
-        print(f"density: {count} VMs (attempt {attempt + 1})", file=sys.stderr)
+        print(f"density: {count} VMs, {start} (attempt {attempt + 1})", file=sys.stderr)
         try:
-            row = measure(s, args.image, boot_files, count, args.memory, args.settle, args.timeout)
+            row = measure(s, args.image, boot_files, count, args.memory, args.settle, args.timeout, start)
             return {**row, "failed_tries": len(errors), "failed_attempts": errors}
         except RuntimeError as e:
             errors.append(" ".join(str(e).strip().splitlines()[-2:])[-200:])
             print(f"density: {count} VMs failed: {errors[-1]}", file=sys.stderr)
-    return {"machines": count, "error": errors[-1], "failed_tries": len(errors), "failed_attempts": errors}
+    return {"start": start, "machines": count, "error": errors[-1], "failed_tries": len(errors),
+            "failed_attempts": errors}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before measuring")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--attempts", type=int, default=3, help="tries per N when `up` fails")
+    parser.add_argument("--starts", default="cold,template", help="comma list of cold, template")
     parser.add_argument("--json", action="store_true")
     add_out_option(parser)
     args = parser.parse_args(argv)
@@ -111,17 +116,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     with results_file(parser, args.out, tools=[fincore]) as out, scratch() as s:
         image = build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
         boot_files = [image.kernel, image.initrd]
+        starts = [x for x in args.starts.split(",") if x]
+        if "template" in starts:  # the template is built here, not in a measured `up`
+            measure(s, args.image, boot_files, 1, args.memory, 0.0, args.timeout, "template")
         for count in counts:
             if count * per_vm > args.budget:
                 print(f"density: stop before {count} VMs: ~{count * per_vm:.0f} MiB > budget {args.budget} MiB",
                       file=sys.stderr)
                 break
-            row = attempts(s, args, boot_files, count)
-            rows.append(row)
-            out.write({"accel": "tcg", "memory_mib": args.memory, "image": args.image, **row})
-            if "error" in row:
-                continue
-            per_vm = float(str(row["pss_per_vm_mib"] or per_vm))
+            for start in starts:
+                row = attempts(s, args, boot_files, count, start)
+                rows.append(row)
+                out.write({"accel": "tcg", "memory_mib": args.memory, "image": args.image, **row})
+                if "error" not in row:
+                    per_vm = max(per_vm, float(str(row["pss_per_vm_mib"] or per_vm)))
     if args.json:
         print(json.dumps({"accel": "tcg", "budget_mib": args.budget, "memory_mib": args.memory, "rows": rows},
                          indent=1))
@@ -132,16 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fmt(float(str(value)) if value is not None else None, digits, suffix)
 
     print(f"accelerator = tcg; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
-    print(table(["VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
+    print(table(["start", "VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
                  "TCG cache/VM", "files/VM", "private/VM", "overhead/VM", "w/o TCG", "kernel+initrd cached",
                  "failed tries"],
-                [[str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
+                [[str(r["start"]), str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
                   f(r, "boot_max_s", 2, "s"), f(r, "pss_total_mib", 0, "M"), f(r, "pss_per_vm_mib", 1, "M"),
                   f(r, "guest_ram_per_vm_mib", 1, "M"), f(r, "tcg_cache_per_vm_mib", 1, "M"),
                   f(r, "files_per_vm_mib", 1, "M"), f(r, "private_per_vm_mib", 1, "M"),
                   f(r, "overhead_per_vm_mib", 1, "M"), f(r, "overhead_without_tcg_per_vm_mib", 1, "M"),
                   f(r, "boot_files_cached_mib", 1, "M"), str(r["failed_tries"])] if "error" not in r else
-                 [str(r["machines"]), "failed", *[""] * 11, str(r["failed_tries"])] for r in rows]))
+                 [str(r["start"]), str(r["machines"]), "failed", *[""] * 11, str(r["failed_tries"])] for r in rows]))
     for r in rows:
         if "error" in r:
             print(f"{r['machines']} VMs failed: {r['error']}")

@@ -14,6 +14,8 @@ INIT_RE = re.compile(r"VMCTL-INIT uptime=(?P<up>[\d.]+)")
 # The line must be complete: under load the console file can end in the middle of the host key.
 READY_RE = re.compile(r"VMCTL-READY uptime=(?P<up>[\d.]+) hostkey=(?P<key>ssh-ed25519 [A-Za-z0-9+/]+=*)\r?\n")
 PROBE_RE = re.compile(r"VMCTL-PROBE-OK")
+# A template guest (vmctl/template.py) waits for its clone line from here on: no identity, no host key.
+TEMPLATE_RE = re.compile(r"VMCTL-TEMPLATE uptime=(?P<up>[\d.]+)\r?\n")
 FAIL_RE = re.compile(r"VMCTL-FAIL step=(?P<step>\S+)")
 PANIC_RE = re.compile(r"Kernel panic - not syncing[^\r\n]*")
 
@@ -51,8 +53,10 @@ def file_reader(path: Path) -> Callable[[int], bytes]:
 
 
 def wait_ready(path: Path, *, machine: str, timeout: float, alive: Callable[[], bool],
-               offset: int = 0, poll: float = 0.02, read: Callable[[int], bytes] | None = None) -> Boot:
-    """Follow the console from `offset` until the READY line; fail fast on FAIL, panic or a dead VM.
+               offset: int = 0, poll: float = 0.02, read: Callable[[int], bytes] | None = None,
+               template: bool = False) -> Boot:
+    """Follow the console from `offset` until the READY line (a template's: the TEMPLATE line); fail fast
+    on FAIL, panic or a dead VM.
 
     `read` gives the console's bytes from an offset (default: the local file at `path`; for a machine on
     another host, its console volume read through libvirt, `path` then only names it in messages)."""
@@ -73,7 +77,10 @@ def wait_ready(path: Path, *, machine: str, timeout: float, alive: Callable[[], 
             text = buf.decode(errors="replace")
             if boot.init_seen is None and (m := INIT_RE.search(text)):
                 boot.init_seen, boot.guest_init_uptime = now, float(m["up"])
-            if m := READY_RE.search(text):
+            if template and (m := TEMPLATE_RE.search(text)):
+                boot.ready_seen, boot.guest_ready_uptime = now, float(m["up"])
+                return boot
+            if not template and (m := READY_RE.search(text)):
                 boot.ready_seen, boot.guest_ready_uptime, boot.hostkey = now, float(m["up"]), m["key"]
                 return boot
             if m := FAIL_RE.search(text):

@@ -39,6 +39,24 @@ def host_facts() -> dict[str, Any]:
                                "evidence": host.evidence}}
 
 
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+def ksm_facts(root: Path = KSM) -> dict[str, Any]:
+    """The host's kernel samepage merging: on or off, and what it saves now (MiB). QEMU marks guest RAM
+    mergeable by default (`mem-merge`), so with KSM on, identical pages of VMs (a template's clones
+    share most of theirs) are kept once; vmctl does not turn it on: it is a host-wide setting."""
+    def read(name: str) -> int | None:
+        try:
+            return int((root / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    run, sharing = read("run"), read("pages_sharing")
+    return {"available": run is not None, "on": run == 1,
+            "saving_mib": round((sharing or 0) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1) if run is not None else None}
+
+
 def report(*, probe: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"host": host_facts()}
     out["tools"] = {name: shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") for name in TOOLS}
@@ -55,6 +73,7 @@ def report(*, probe: bool = True) -> dict[str, Any]:
     out["kvm"] = kvm
     out["accel"] = "kvm" if kvm["usable"] else "tcg"
     out["accel_label"] = virt.host().accel_label(out["accel"])
+    out["ksm"] = ksm_facts()
     try:
         out["versions"] = warm_capabilities("doctor")
         out["libvirt_embedded"] = "works"

@@ -460,7 +460,7 @@ def image_dir(name: str = "default") -> Path:
     return cache_root() / "guest" / name
 
 
-def _read_manifest(directory: Path) -> dict[str, object] | None:
+def read_manifest(directory: Path) -> dict[str, object] | None:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -486,7 +486,7 @@ def find_guest_image(name: str = "default") -> GuestImage | None:
     Candidate versions are asked of apt (~0.5 s here) only when apt's state changed since the build."""
     recipe = load_recipe(name)
     directory = image_dir(name).resolve()
-    manifest = _read_manifest(directory)
+    manifest = read_manifest(directory)
     if manifest is None:
         return None
     image = _from_manifest(name, directory, manifest)

@@ -338,6 +338,12 @@ class Hypervisor:
             raise HostError(f"cannot start `{dom.name()}`: {e.get_error_message()}"
                             + (f"\n  QEMU's log ({log}):\n{said}" if said else "")) from None
 
+    def resume(self, dom: Any) -> None:
+        try:
+            dom.resume()
+        except libvirt.libvirtError as e:
+            raise HostError(f"cannot resume `{dom.name()}`: {e.get_error_message()}") from None
+
     def qemu_log(self, name: str) -> Path | None:
         """Where libvirt keeps this domain's QEMU log (command line and QEMU's own errors), if local."""
         if (root := embed_root(self.uri)) is not None:

@@ -19,7 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vmctl import accel, console, guest_image, host_files, placement, ports, preflight, remote, render, virt, workloads
+from vmctl import (
+    accel,
+    console,
+    guest_image,
+    host_files,
+    placement,
+    ports,
+    preflight,
+    remote,
+    render,
+    template,
+    virt,
+    workloads,
+)
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
@@ -217,11 +230,12 @@ def _disk_views(project: Project, machine: MachineSpec,
 
 
 def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT,
-       wait: bool = True) -> EnvState:
+       wait: bool = True, templates: bool = True) -> EnvState:
     """Boot the machines, then start the services in `depends_on` order; roll everything back on failure.
 
     Services' images are prepared before any boot: each distinct image's ext4 disk is attached
-    read-only to every machine that runs it."""
+    read-only to every machine that runs it. With `templates`, a machine of a shape that has a template
+    (vmctl/template.py; built on first use) is restored from it instead of booting its kernel."""
     machines, services = project.select_with_services(names)
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
@@ -245,8 +259,8 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                     created.append(m.name)
                     disks = workloads.image_disks(project.env, m.name, service_images)
                     net = _machine_network(project, plan, m)
-                    jobs.append(_prepare(project, state, hv, m, boot_files(m, images[m.image]), chosen[m.name],
-                                         rollback, disks, net))
+                    jobs.append(_prepare(project, state, hv, m, images[m.image], chosen[m.name],
+                                         rollback, disks, net, templates=templates))
                 envdir.save(state)
                 _boot_all(project, hvs, jobs, state, timeout, plan)
                 envdir.save(state)
@@ -314,14 +328,14 @@ def _choose_accels(project: Project, machines: Sequence[MachineSpec],
     return chosen
 
 
-def _boot_all(project: Project, hvs: dict[str, Hypervisor], jobs: Sequence[tuple[MachineSpec, Any, float]],
+def _boot_all(project: Project, hvs: dict[str, Hypervisor], jobs: Sequence[Job],
               state: EnvState, timeout: float, plan: netplan.NetworkPlan) -> None:
     """Boot machines concurrently; Ctrl-C or one failure cancels the others' waits at once."""
     cancel = threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        futures = [pool.submit(_boot, project, hvs[project.uri_for(m)], m, dom, t_define, state.machines[m.name],
-                               timeout, cancel, _machine_network(project, plan, m))
-                   for m, dom, t_define in jobs]
+        futures = [pool.submit(_boot, project, hvs[project.uri_for(j.machine)], j, state.machines[j.machine.name],
+                               timeout, cancel, _machine_network(project, plan, j.machine))
+                   for j in jobs]
         try:
             for f in as_completed(futures):
                 if f.exception() is not None:
@@ -345,11 +359,24 @@ def _is_ready(hv: Hypervisor, state: EnvState, m: MachineSpec) -> bool:
     return dom is not None and dom.isActive() and ms is not None and ms.hostkey is not None
 
 
-def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, files: BootFiles,
+@dataclass(frozen=True)
+class Job:
+    """A defined machine, ready to start: cold, or as a clone of a template (with its cold definition
+    to fall back to)."""
+
+    machine: MachineSpec
+    dom: Any
+    t_define: float
+    cold_xml: str
+    clone: template.Clone | None = None
+
+
+def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, image: guest_image.GuestImage,
              accel_name: str, rollback: contextlib.ExitStack,
              image_disks: Sequence[tuple[str, Path]] = (),
-             net: MachineNetwork | None = None) -> tuple[MachineSpec, Any, float]:
+             net: MachineNetwork | None = None, *, templates: bool = True) -> Job:
     """Define the domain (replacing a stale one) and record it in state before it starts."""
+    files = boot_files(m, image)
     name = render.domain_name(project.env.name, m.name)
     stale = hv.lookup(name)
     if stale is not None:
@@ -362,11 +389,13 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     forwards = ports.resolve(m.name, m.ports)
     ssh_port = ports.free_port()
     view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks, net)
+    clone = _clone_of(project, hv, m, image, view) if templates else None
     t0 = time.monotonic()
     if net is not None:
         rollback.callback(net.remove_taps)
         net.make_taps()
-    dom = hv.define(render.render_domain(view))
+    cold_xml = render.render_domain(view)
+    dom = hv.define(render.render_domain(template.clone_view(view, clone.shape, clone.socket)) if clone else cold_xml)
     t_defined = time.monotonic()
     rollback.callback(_remove_quietly, hv, dom)
     state.machines[m.name] = MachineState(
@@ -375,8 +404,26 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
         memory_mib=m.memory_mib, vcpus=m.vcpus, kernel_release=files.kernel_release,
         timeline={"defined": round(t_defined - t0, 4)}, host_emulated=virt.host().emulated,
         host=project.placed.get(m.name, m.host),
+        template=clone.template.name if clone else None,
     )
-    return m, dom, t0
+    return Job(m, dom, t0, cold_xml, clone)
+
+
+def _clone_of(project: Project, hv: Hypervisor, m: MachineSpec, image: guest_image.GuestImage,
+              view: render.DomainView) -> template.Clone | None:
+    """The template this machine starts from (built on first use), or None: a cold boot. A template that
+    cannot be used is reported in one line, forgotten, and the machine boots cold."""
+    shape = template.shape_for(m, image, view, embedded=is_embedded(hv.uri))
+    if shape is None:
+        return None
+    versions = hv.versions()
+    try:
+        found = template.ensure(hv, view, shape, versions, say=lambda text: project.progress.working(m.name, text))
+    except template.TemplateError as e:
+        project.progress.warn(m.name, f"{e.message}; booting cold")
+        template.discard(shape.key(versions))
+        return None
+    return template.Clone(found, shape, template.clone_socket(project.envdir.path, m.name))
 
 
 def _send_files(project: Project, hv: Hypervisor, m: MachineSpec, host: HostSpec, files: BootFiles,
@@ -392,47 +439,65 @@ def _send_files(project: Project, hv: Hypervisor, m: MachineSpec, host: HostSpec
 
 
 def _remove_quietly(hv: Hypervisor, dom: Any) -> None:
+    """By name: after a failed restore the machine's cold definition replaced the one `dom` names."""
     with contextlib.suppress(Exception):
-        hv.remove(dom)
+        found = hv.lookup(dom.name())
+        if found is not None:
+            hv.remove(found)
 
 
-def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: float, ms: MachineState,
-          timeout: float, cancel: threading.Event, net: MachineNetwork | None = None) -> None:
-    """Start one domain and wait until its guest is ready and answers SSH with the announced key.
+CLONE_TIMEOUT = 30.0  # a clone that is not READY by then is given up: the machine boots cold
+
+
+def _boot(project: Project, hv: Hypervisor, job: Job, ms: MachineState, timeout: float, cancel: threading.Event,
+          net: MachineNetwork | None = None) -> None:
+    """Start one domain (a clone, or cold) and wait until its guest is ready and answers SSH with the
+    key it announced.
 
     The timeline holds host-clock seconds since the definition began, for each phase.
     """
-    progress = project.progress
-    progress.working(m.name, f"booting ({ms.accel}, {m.vcpus} vCPU, {m.memory_mib} MiB)")
+    progress, m = project.progress, job.machine
     host = project.host_of(m)
     log = project.envdir.machine_dir(m.name) / "console.log"
     read = None
     if host is not None:  # the console is a file on that host, read through libvirt
         log = Path(f"{host.name}:{host_files.console_path(ms.domain)}")
         read = remote.console_reader(hv.conn, ms.domain)
+    dom = job.dom
     t0 = time.monotonic()
-    try:
-        hv.start(dom)
-    except HostError as e:
-        if host is None:
-            raise
-        raise HostError(f"host `{host.name}` ({host.uri}): {e.message}", hint=e.hint) from None
-    t_started = time.monotonic()
-    if net is not None:
-        net.join()
-    try:
-        def alive() -> bool:
-            if cancel.is_set():
-                raise Cancelled()
-            return bool(dom.isActive())
 
-        boot = console.wait_ready(log, machine=m.name, timeout=timeout, alive=alive, read=read)
+    def alive() -> bool:
+        if cancel.is_set():
+            raise Cancelled()
+        return bool(dom.isActive())
+
+    try:
+        stamps: dict[str, float] = {}
+        boot = None
+        if job.clone is not None:  # templates are local only (vmctl/template.py: shape_for)
+            progress.working(m.name, f"restoring template {job.clone.template.name} ({ms.accel})")
+            try:
+                boot = _start_clone(project, hv, job, log, net, alive, stamps)
+            except template.TemplateError as e:
+                progress.warn(m.name, f"{e.message}; booting cold")
+                if isinstance(e, template.TemplateDamaged):
+                    template.discard(job.clone.template.key)
+                dom = _redefine_cold(hv, job, log, net)
+                ms.template, stamps = None, {}
+                t0 = time.monotonic()
+        if boot is None:
+            progress.working(m.name, f"booting ({ms.accel}, {m.vcpus} vCPU, {m.memory_mib} MiB)")
+            _start_cold(hv, dom, host)
+            stamps["qemu_started"] = time.monotonic()
+            if net is not None:
+                net.join()
+            boot = console.wait_ready(log, machine=m.name, timeout=timeout, alive=alive, read=read)
         ms.hostkey = boot.hostkey
         with Guest(name=m.name, port=ms.ssh_port, hostkey=boot.hostkey or "",
                    key_file=project.envdir.key_file, via=remote.jump(host)) as guest:
             t_ssh = time.monotonic()
             if net is not None:
-                net.configure_guest(guest)
+                net.configure_guest(guest, job.clone.template.macs if ms.template and job.clone else ())
             t_network = time.monotonic()
     except Cancelled:
         progress.error(m.name, "cancelled")
@@ -440,14 +505,55 @@ def _boot(project: Project, hv: Hypervisor, m: MachineSpec, dom: Any, t_define: 
     except VmctlError:
         progress.error(m.name, "failed")
         raise
-    ms.timeline.update({k: round(v - t_define, 4) for k, v in {
-        "start_called": t0, "qemu_started": t_started, "first_console_byte": boot.first_byte, "init": boot.init_seen,
+    ms.timeline.update({k: round(v - job.t_define, 4) for k, v in {
+        "start_called": t0, **stamps, "first_console_byte": boot.first_byte, "init": boot.init_seen,
         "ready": boot.ready_seen, "ssh": t_ssh, "network": t_network}.items() if v is not None})
     ms.guest = {k: v for k, v in {"init_uptime": boot.guest_init_uptime,
                                   "ready_uptime": boot.guest_ready_uptime}.items() if v is not None}
     ms.boot_seconds = round(t_ssh - t0, 4)
+    how = f"from template {ms.template}" if ms.template else "cold"
     where = f"host {host.name}, " if host else ""
-    progress.done(m.name, f"ready in {ms.boot_seconds:.2f}s ({where}ssh 127.0.0.1:{ms.ssh_port})")
+    progress.done(m.name, f"ready in {ms.boot_seconds:.2f}s, {how} ({where}ssh 127.0.0.1:{ms.ssh_port})")
+
+
+def _start_cold(hv: Hypervisor, dom: Any, host: HostSpec | None) -> None:
+    """Start the domain; a refusal on a declared host names the host."""
+    try:
+        hv.start(dom)
+    except HostError as e:
+        if host is None:
+            raise
+        raise HostError(f"host `{host.name}` ({host.uri}): {e.message}", hint=e.hint) from None
+
+
+def _start_clone(project: Project, hv: Hypervisor, job: Job, log: Path, net: MachineNetwork | None,
+                 alive: Any, stamps: dict[str, float]) -> console.Boot:
+    """Restore the template into the clone's QEMU, give the guest its identity over its channel, and wait
+    for the READY line with the host key the clone made itself. Any failure is a TemplateError."""
+    assert job.clone is not None
+    template.start_paused(job.dom, job.clone.template)
+    stamps["qemu_started"] = time.monotonic()
+    template.load_state(job.dom, job.clone.template)
+    stamps["restored"] = time.monotonic()
+    line = template.clone_line(job.machine.name, project.envdir.ssh_key_blob())
+    with template.clone_channel(job.clone.socket, line):
+        try:
+            hv.resume(job.dom)
+            if net is not None:  # while the guest makes its host key: it needs the bridges only after SSH
+                net.join()
+            return console.wait_ready(log, machine=job.machine.name, timeout=CLONE_TIMEOUT, alive=alive)
+        except (GuestError, HostError) as e:
+            raise template.TemplateError(f"the clone did not become ready: {e.message.splitlines()[0]}") from None
+
+
+def _redefine_cold(hv: Hypervisor, job: Job, log: Path, net: MachineNetwork | None) -> Any:
+    """After a failed restore: the machine's cold definition, fresh taps (the clone's moved into the
+    environment's namespace) and an empty console."""
+    hv.remove(job.dom)
+    if net is not None:
+        net.make_taps()
+    log.unlink(missing_ok=True)
+    return hv.define(job.cold_xml)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -537,6 +643,8 @@ class MachineStatus:
     accel_label: str | None = None  # `accel` as reports print it, e.g. "kvm (nested under TCG: ...)"
     networks: list[dict[str, str]] = field(default_factory=list)  # {network, address, mac} per NIC
     host: str | None = None  # the `hosts:` entry it runs on (None: the file names no hosts)
+    hostkey: str | None = None  # pinned from the guest's READY line (a clone's own, never its template's)
+    template: str | None = None  # the template it was restored from, or None: booted cold
 
 
 def status(project: Project) -> list[MachineStatus]:
@@ -569,6 +677,7 @@ def status(project: Project) -> list[MachineStatus]:
             accel_label=virt.accel_label(ms.accel, ms.host_emulated) if ms else None,
             networks=[{"network": n.network, "address": n.address, "mac": n.mac}
                       for n in (member.nics if member and ms else ())],
+            hostkey=ms.hostkey if ms else None, template=ms.template if ms else None,
         ))
     return rows
 

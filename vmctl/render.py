@@ -72,7 +72,7 @@ class InterfaceView:
     """A NIC on the environment network: a tap vmctl made (libvirt opens it by name, `managed="no"`),
     at a fixed slot after user-mode networking's (0x10), so the guest's eth0 stays user-mode's."""
 
-    tap: str
+    tap: str | None  # None: libvirt makes a tap of its own (a template's NIC, joined to nothing)
     mac: str
     slot: int
 
@@ -102,6 +102,11 @@ class DomainView:
     machine_type: str = "q35"
     tb_cache_mib: int = TB_CACHE_MIB
     dac_label: str | None = None
+    # Templates and their clones (vmctl/template.py): the clone channel (ttyS1, a UNIX socket of QEMU's
+    # through which the host sends the clone its identity) and a VM generation ID; `incoming` starts
+    # QEMU waiting for the template's saved state instead of booting.
+    clone_socket: str | None = None
+    incoming: bool = False
     xmlns: str = XMLNS
     labels: tuple[tuple[str, str], ...] = ()  # the compose `labels` of the service a dedicated VM runs
 
@@ -111,7 +116,8 @@ class DomainView:
 
     @property
     def qemu_args(self) -> list[str]:
-        return netdev_args(self.forwards, restrict=self.restrict)
+        incoming = ["-incoming", "defer"] if self.incoming else []
+        return [*netdev_args(self.forwards, restrict=self.restrict), *incoming]
 
 
 def domain_name(environment: str, machine: str) -> str:
@@ -144,12 +150,16 @@ def accel_kernel_args(accel: str, vcpus: int) -> tuple[str, ...]:
 
 
 def kernel_cmdline(hostname: str, ssh_key_blob: str, extra: Sequence[str] = (), *, accel: str = "kvm",
-                   vcpus: int = 1, probe: bool = False) -> str:
-    """The guest contract (docs/design.md): settings travel as `vmctl.*` kernel arguments."""
-    tokens = [*BASE_KERNEL_ARGS, *accel_kernel_args(accel, vcpus), f"vmctl.hostname={hostname}",
-              f"vmctl.sshkey={ssh_key_blob}"]
+                   vcpus: int = 1, probe: bool = False, template: bool = False) -> str:
+    """The guest contract (docs/design.md): settings travel as `vmctl.*` kernel arguments. A template
+    gets no key at all: its clones get theirs after the restore."""
+    tokens = [*BASE_KERNEL_ARGS, *accel_kernel_args(accel, vcpus), f"vmctl.hostname={hostname}"]
+    if ssh_key_blob:
+        tokens.append(f"vmctl.sshkey={ssh_key_blob}")
     if probe:
         tokens.append("vmctl.probe=1")
+    if template:
+        tokens.append("vmctl.template=1")
     return cmdline.join([*tokens, *extra])
 
 

@@ -157,6 +157,7 @@ class MachineSpec:
     uri: str | None = None  # None: the environment's connection
     host: str | None = None  # one of the file's `hosts:`; None: placed by vmctl (vmctl/placement.py)
     dedicated_to: str | None = None  # set when this VM exists only to run one service
+    template: bool = True  # restore from a booted template of its shape (vmctl/template.py) when it can
     networks: tuple[str, ...] = ()  # resolved by load_environment: its own, or the union of its services'
 
 
@@ -492,6 +493,8 @@ VM_SETTINGS = (
     Setting("accel", p_enum(Accel), Accel.AUTO, "auto|kvm|tcg", "accelerator; auto probes KVM, else TCG"),
     Setting("uri", p_uri, None, "uri", "this machine's own libvirt URI (default: the environment's)"),
     Setting("host", p_name, None, "name", "the `hosts:` entry it runs on (default: the one with most free memory)"),
+    Setting("template", p_bool, True, "bool",
+            "start by restoring a booted template of the machine's shape; `false` boots its kernel every time"),
 )
 
 MACHINE_SETTINGS = (
@@ -691,7 +694,8 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
     v = parse_table(MACHINE_SETTINGS, raw, ("machines", name), ctx, defaults)
     return MachineSpec(name=name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], disks=v["disks"],
-                       ports=v["ports"], accel=v["accel"], uri=v["uri"], host=v["host"], networks=v["networks"] or ())
+                       ports=v["ports"], accel=v["accel"], uri=v["uri"], host=v["host"], networks=v["networks"] or (),
+                       template=v["template"])
 
 
 def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
@@ -740,7 +744,8 @@ def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mappin
     v.update(_sized_for(service.limits, set(raw.get("vm") or {}) | set(ctx.doc.data.get("defaults") or {})))
     return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
-                       uri=v["uri"], host=raw.get("host") or v["host"], dedicated_to=service.name)
+                       uri=v["uri"], host=raw.get("host") or v["host"], dedicated_to=service.name,
+                       template=v["template"])
 
 
 def _sized_for(limits: Limits, explicit: set[str]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class MachineState:
     guest: dict[str, float] = field(default_factory=dict)  # guest uptime stamps (init, ready)
     boot_seconds: float | None = None  # domain start to SSH handshake done, measured
     host: str | None = None  # the `hosts:` entry it runs on (None: the file names no hosts)
+    template: str | None = None  # name of the template it was restored from (vmctl/template.py), None: cold
     host_emulated: bool = False  # booted in a host whose own CPU is emulated (vmctl/virt.py): KVM at TCG speed
 
     @classmethod

@@ -2,10 +2,12 @@
 # vmctl: join a guest to its environment networks. Run by the host over SSH once the guest is READY
 # (vmctl/network/guest.py; docs/design.md, "The environment network"), and again after a restore.
 #
-#   sh -s -- NAMESERVERS MAC=ADDRESS/PREFIX...
+#   sh -s -- NAMESERVERS MAC=ADDRESS/PREFIX[@FROM]...
 #
 # NAMESERVERS: comma-separated IPv4 addresses for /etc/resolv.conf, in order ("-" for none). Each
 # MAC=CIDR configures the NIC with that MAC (found in /sys/class/net, whatever the kernel named it).
+# A clone of a template still has the template's MACs: `@FROM` names the NIC by that MAC, and it
+# takes MAC as its own first (virtio-net's control queue tells QEMU).
 # Every value is checked against a strict character set before use; nothing is evaluated.
 set -eu
 
@@ -37,9 +39,18 @@ device_with_mac() {
 configure_nic() {
     mac="${1%%=*}"
     cidr="${1#*=}"
+    from=""
+    case "$cidr" in *@*) from="${cidr#*@}"; cidr="${cidr%%@*}" ;; esac
     is_mac "$mac" || fail "invalid MAC address"
     is_ipv4 "${cidr%/*}" || fail "invalid address"
     case "${cidr#*/}" in 8|16|24) ;; *) fail "invalid prefix" ;; esac
+    if [ -n "$from" ] && ! device_with_mac "$mac" > /dev/null; then
+        is_mac "$from" || fail "invalid MAC address"
+        dev="$(device_with_mac "$from")" || fail "no interface with MAC $from"
+        # ifconfig's ioctl needs only an AF_INET socket; busybox's `ip link set address` wants AF_PACKET,
+        # which the `minimal` kernel is built without.
+        ifconfig "$dev" hw ether "$mac"
+    fi
     dev="$(device_with_mac "$mac")" || fail "no interface with MAC $mac"
     ip addr flush dev "$dev"
     ip addr add "$cidr" dev "$dev"

@@ -27,6 +27,7 @@ machines:
   alpha:
     memory: 256M
     ports: ["{port}:8000"]
+    template: false  # this module checks a cold boot's phases; tests/integration/test_templates.py a clone's
 """
 
 

@@ -31,6 +31,7 @@ from vmctl.state import write_atomic
 
 ENV = "crash"
 UP_TIMEOUT = "60"
+COLD = "    template: false\n"  # the moments below are a cold boot's (a clone's console has no VMCTL-INIT)
 
 
 def console(state: Path) -> bytes:
@@ -55,7 +56,7 @@ MOMENTS: dict[str, Callable[[Path], object]] = {
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_sigkill_during_up_then_down_cleans(moment: str, state_dir: Path, tmp_path: Path,
                                             no_leftover_qemu: None) -> None:
-    file = write_env(tmp_path / "env", one_machine(ENV))
+    file = write_env(tmp_path / "env", one_machine(ENV, extra=COLD))
     up = spawn_vmctl("-f", str(file), "up", "--timeout", UP_TIMEOUT)
     try:
         wait_until(moment, lambda: MOMENTS[moment](state_dir) or up.proc.poll() is not None, timeout=90, poll=0.005)
@@ -82,7 +83,7 @@ def test_sigkill_during_up_then_down_cleans(moment: str, state_dir: Path, tmp_pa
 @pytest.mark.vm
 def test_sigkill_then_up_recovers_without_down(state_dir: Path, tmp_path: Path, no_leftover_qemu: None) -> None:
     """A crashed `up` leaves a half-booted domain; the next `up` replaces it (one QEMU, not two)."""
-    file = write_env(tmp_path / "env", one_machine(ENV))
+    file = write_env(tmp_path / "env", one_machine(ENV, extra=COLD))
     up = spawn_vmctl("-f", str(file), "up", "--timeout", UP_TIMEOUT)
     wait_until("QEMU", lambda: MOMENTS["after-start"](state_dir), timeout=90, poll=0.005)
     kill(up.proc)
@@ -97,7 +98,7 @@ def test_sigkill_then_up_recovers_without_down(state_dir: Path, tmp_path: Path, 
 
 @pytest.mark.vm
 def test_ctrl_c_rolls_back(state_dir: Path, tmp_path: Path, no_leftover_qemu: None) -> None:
-    file = write_env(tmp_path / "env", one_machine(ENV))
+    file = write_env(tmp_path / "env", one_machine(ENV, extra=COLD))
     up = spawn_vmctl("-f", str(file), "up", "--timeout", UP_TIMEOUT)
     wait_until("the guest's init", lambda: b"VMCTL-INIT" in console(state_dir), timeout=90, poll=0.01)
     started = time.monotonic()

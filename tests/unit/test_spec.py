@@ -92,11 +92,13 @@ MACHINE_GOOD: list[tuple[str, Any, str, Any]] = [
     ("accel", "tcg", "accel", Accel.TCG),
     ("accel", "kvm", "accel", Accel.KVM),
     ("uri", "qemu:///system", "uri", "qemu:///system"),
+    ("template", False, "template", False),
     ("ports", ["8080:80", "53/udp", "127.0.0.2:9000:90"], "ports",
      (PortSpec(80, 8080), PortSpec(53, None, proto="udp"), PortSpec(90, 9000, "127.0.0.2"))),
 ]
 
 MACHINE_BAD: list[tuple[str, Any, str]] = [
+    ("template", "no", "true or false"),
     ("vcpus", 0, "whole number from 1 to 64"),
     ("vcpus", 65, "whole number"),
     ("vcpus", "2", "whole number"),

@@ -7,7 +7,7 @@ import click
 
 from vmctl.cli.app import App, pass_app
 from vmctl.compare import report as views
-from vmctl.compare.run import MEASUREMENTS, SANDBOXES, Options, compare
+from vmctl.compare.run import EXTRA_SANDBOXES, MEASUREMENTS, SANDBOXES, Options, compare
 from vmctl.errors import UsageError
 
 
@@ -32,7 +32,8 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Write index.html, JSON and CSV here.")
 @click.option("--sandboxes", metavar="LIST", help=f"Comma-separated, from {','.join(SANDBOXES)} "
-              "(default: every one this host has).")
+              f"(default: every one this host has) and {','.join(EXTRA_SANDBOXES)} (the microVM restored from "
+              "its template; run on its own).")
 @click.option("--only", metavar="LIST", help=f"Comma-separated, from {','.join(MEASUREMENTS)} (default: all).")
 @click.option("--density", type=click.IntRange(0, 64), default=0,
               help="Also start N idle instances of each sandbox side by side: memory and start time as N grows.")
@@ -44,7 +45,7 @@ def command(app: App, runs: int, as_json: bool, out: Path | None, sandboxes: str
             density: int, perf_seconds: float, service: str | None) -> None:
     """Run the same workload in a plain container and in a microVM: start time, memory, isolation, speed."""
     options = Options(runs=runs, only=_csv(only, MEASUREMENTS, "--only") or MEASUREMENTS,
-                      sandboxes=_csv(sandboxes, SANDBOXES, "--sandboxes"), density=density,
+                      sandboxes=_csv(sandboxes, (*SANDBOXES, *EXTRA_SANDBOXES), "--sandboxes"), density=density,
                       perf_seconds=perf_seconds, service=service)
     report_dir = views.ReportDir(out) if out is not None else None  # can every output be written? Before measuring
     progress = app.progress

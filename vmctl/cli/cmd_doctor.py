@@ -32,6 +32,11 @@ def command(app: App, as_json: bool, no_probe: bool) -> None:
     kind = "bare metal" if not hv["nested"] else f"a {hv['hypervisor']} guest" + (
         " with an emulated CPU: guests under KVM here run at emulation speed" if hv["emulated"] else "")
     click.echo(f"host is:      {kind} ({hv['evidence']})")
+    ksm = rep["ksm"]
+    click.echo("ksm:          " + ("not in this kernel" if not ksm["available"] else
+                                   f"on, saving {ksm['saving_mib']} MiB now" if ksm["on"] else
+                                   "off (identical guest pages of VMs, a template's clones' most of all, are kept "
+                                   "once each when on: echo 1 > /sys/kernel/mm/ksm/run)"))
     image = rep["guest_image"]
     click.echo(f"guest image:  {image['kernel_release'] + ' ' + image['digest'][:12] if image else 'not built'}")
     for name, path in rep["tools"].items():

@@ -34,6 +34,8 @@ def command(app: App, machines: tuple[str, ...], accel: str | None) -> None:
     """Print the libvirt domain XML that `up` would define, without touching libvirt or building images.
 
     Host ports written as "GUEST" only, and the SSH port, are picked at `up`; here they are examples.
+    This is a cold boot's domain: a machine restored from a template gets the same, plus a ttyS1 socket,
+    `<genid/>`, SeaBIOS and `-incoming defer` (vmctl/template.py).
     """
     project = app.project()
     for m in project.select(machines):

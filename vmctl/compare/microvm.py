@@ -40,11 +40,14 @@ ENV_NAME = "vmctl-compare"  # one environment (one embedded libvirt root) for ev
 BOOT_TIMEOUT = 180.0
 
 
-def environment(workload: Workload, env_name: str, base_dir: Path, count: int = 1) -> Environment:
-    """`count` identical machines `sandbox-0`... with the image disk attached read-only."""
+def environment(workload: Workload, env_name: str, base_dir: Path, count: int = 1,
+                template: bool = False) -> Environment:
+    """`count` identical machines `sandbox-0`... with the image disk attached read-only; cold-booted, or
+    restored from their shape's template (vmctl/template.py)."""
     disk = DiskSpec(name=image_serial(workload.image.digest), path=workload.image.disk, readonly=True)
     machines = tuple(MachineSpec(name=f"{MACHINE}-{i}", vcpus=workload.vcpus, memory_mib=workload.memory_mib,
-                                 disks=(disk,), ports=tuple(PortSpec(target=p) for p in workload.ports))
+                                 disks=(disk,), ports=tuple(PortSpec(target=p) for p in workload.ports),
+                                 template=template)
                      for i in range(count))
     return Environment(name=env_name, file=base_dir / "compare.yaml", base_dir=base_dir, uri=None,
                        machines=machines)
@@ -52,8 +55,8 @@ def environment(workload: Workload, env_name: str, base_dir: Path, count: int = 
 
 class MicroVMInstance(Instance):
     def __init__(self, project: lifecycle.Project, guest: Guest, workload: Workload, container: str,
-                 machine: str = f"{MACHINE}-0") -> None:
-        self.sandbox = "microvm"
+                 machine: str = f"{MACHINE}-0", sandbox: str = "microvm") -> None:
+        self.sandbox = sandbox
         self.machine = machine
         self.group: list[MicroVMInstance] = [self]  # instances of one `up`: the last to stop runs `down`
         self.project, self.guest, self.workload, self.container = project, guest, workload, container
@@ -100,7 +103,7 @@ class MicroVMInstance(Instance):
         self.run_container(name, privileged=True)
         self.first_output(name)
         self.siblings.append(name)
-        sibling = MicroVMInstance(self.project, self.guest, self.workload, name, self.machine)
+        sibling = MicroVMInstance(self.project, self.guest, self.workload, name, self.machine, self.sandbox)
         sibling.domain, sibling.accel, sibling.ports = self.domain, self.accel, self.ports
         def stop_sibling() -> None:
             self.runtime.stop(name, 0)
@@ -124,8 +127,10 @@ class MicroVMInstance(Instance):
 class MicroVM(Sandbox):
     name, kind = "microvm", "microvm"
 
-    def __init__(self, base_dir: Path, env_name: str = ENV_NAME) -> None:
-        self.base_dir, self.env_name = base_dir, env_name
+    def __init__(self, base_dir: Path, env_name: str = ENV_NAME, template: bool = False) -> None:
+        self.base_dir, self.env_name, self.template = base_dir, env_name, template
+        if template:
+            self.name = "microvm (template)"
         self._accel: str | None = None
         self.accel_reason = ""
 
@@ -141,7 +146,7 @@ class MicroVM(Sandbox):
         return None
 
     def project(self, workload: Workload, count: int = 1) -> lifecycle.Project:
-        return lifecycle.Project(env=environment(workload, self.env_name, self.base_dir, count),
+        return lifecycle.Project(env=environment(workload, self.env_name, self.base_dir, count, self.template),
                                  progress=Progress(quiet_renderer))
 
     def prepare(self, workload: Workload) -> None:
@@ -195,7 +200,7 @@ class MicroVM(Sandbox):
         t_begin = time.monotonic()
         guest = lifecycle.guest(project, ms.name)
         t_ssh = time.monotonic()
-        inst = MicroVMInstance(project, guest, workload, name, ms.name)
+        inst = MicroVMInstance(project, guest, workload, name, ms.name, self.name)
         inst.domain, inst.accel = ms.domain, ms.accel
         inst.ports = {f.guest_port: f.host_port for f in ms.forwards}
         inst.run_container(inst.container, workload.privileged)
@@ -204,8 +209,8 @@ class MicroVM(Sandbox):
         tl = ms.timeline
         define_start = t_up - tl.get("ssh", 0.0)
         marks = [("vmctl set-up", define_start)]
-        for phase, key in (("define", "defined"), ("QEMU up", "qemu_started"), ("firmware+kernel to init", "init"),
-                           ("init to SSH-ready", "ssh")):
+        for phase, key in (("define", "defined"), ("QEMU up", "qemu_started"), ("template restored", "restored"),
+                           ("firmware+kernel to init", "init"), ("init to SSH-ready", "ssh")):
             if key in tl:
                 marks.append((phase, define_start + tl[key]))
         # Machines of one `up` start their containers one after another: the wait for the earlier ones is

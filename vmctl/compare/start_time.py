@@ -34,8 +34,12 @@ def measure(sandbox: Sandbox, workload: Workload, runs: int, progress: Progress)
     progress.done(sandbox.name, f"start time: median {med:.3f}s over {runs} runs")
     note = ""
     if guest and all(guest):
-        init = statistics.median([g.get("init_uptime", 0.0) for g in guest])
         ready = statistics.median([g.get("ready_uptime", 0.0) for g in guest])
-        note = f"guest clock: init at {init:.2f}s, SSH-ready at {ready:.2f}s of guest uptime"
+        note = f"guest clock: SSH-ready at {ready:.2f}s of guest uptime"
+        if all("init_uptime" in g for g in guest):  # a clone has no init of its own: its template's ran
+            init = statistics.median([g["init_uptime"] for g in guest])
+            note = f"guest clock: init at {init:.2f}s, SSH-ready at {ready:.2f}s of guest uptime"
+        else:
+            note += " (restored from a template: the uptime continues the template's)"
     return [row("start", sandbox.name, "start_seconds", "s", samples, sandbox.accel,
                 phases=median_phases(phases), note=note)]

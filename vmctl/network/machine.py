@@ -3,6 +3,7 @@ their move onto the bridges once QEMU holds them, and the guest's addresses once
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmctl.network import guest as guest_net
@@ -38,5 +39,5 @@ class MachineNetwork:
         for tap, nic, _ in self.taps():
             self.host.join_tap(tap, self.plan.segment(nic.network))
 
-    def configure_guest(self, guest: Guest) -> None:
-        guest_net.configure(guest, self.plan, self.member)
+    def configure_guest(self, guest: Guest, from_macs: Sequence[str] = ()) -> None:
+        guest_net.configure(guest, self.plan, self.member, from_macs)
