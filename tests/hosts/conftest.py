@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import hostbed
+from examples.build_images import IMAGES_DIR, build_image
 from tests.conftest import ROOT, VMCTL
 
 
@@ -20,6 +21,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hostbed.HostBed]:
     build = subprocess.run([*VMCTL, "image", "build"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                            check=False)
     assert build.returncode == 0, build.stderr
+    build_image("web", IMAGES_DIR)  # the example image the bed's services run (a fresh clone has none)
     with hostbed.running(tmp_path_factory.mktemp("hostbed")) as running:
         yield running
 

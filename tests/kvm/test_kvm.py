@@ -29,7 +29,7 @@ NESTED_LABEL = "kvm (nested under TCG: correctness only, not speed)"
 MACHINE = """\
 name: kvm-one
 machines:
-  box: {memory: 256M, accel: auto}
+  box: {memory: 256M, accel: auto, template: false}   # the cold KVM boot users run first; `web` may restore
 """
 
 SERVICE = """\
