@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmctl import namespaces
 from vmctl.paths import cache_root
 from vmctl.runner import Arg, run, which
 
@@ -309,46 +310,15 @@ def leftovers(bed: HostBed) -> list[str]:
     return found + [f"process {pid} in {ns}" for ns in namespaces for pid in processes_in(ns)]
 
 
-def processes_in(ns: Path) -> list[int]:
-    """Processes whose network namespace is the one bound to `ns`."""
-    if not _is_mountpoint(ns):
-        return []
-    inode = ns.stat().st_ino
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if os.stat(entry / "ns" / "net").st_ino == inode:
-                    found.append(int(entry.name))
-    return found
+processes_in = namespaces.processes_in
+is_gone = namespaces.is_gone
 
 
 def _end(pid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_SECONDS
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not Path(f"/proc/{pid}").exists() or is_gone(pid):
-                return
-            time.sleep(0.02)
+    namespaces.end(pid, grace=STOP_SECONDS)
 
 
-def is_gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _is_mountpoint(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            if line.split()[4] == str(path):
-                return True
-    return False
+_is_mountpoint = namespaces.is_mountpoint
 
 
 def _ip() -> str:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmctl import namespaces
 from vmctl.errors import HostError
 from vmctl.network.plan import Member, NetworkPlan, Segment
 from vmctl.paths import private_dir, runtime_root
@@ -48,7 +47,7 @@ class EnvNetwork:
 
     @property
     def exists(self) -> bool:
-        return _is_mountpoint(self.ns)
+        return namespaces.is_mountpoint(self.ns)
 
     def create(self, plan: NetworkPlan) -> None:
         """Make the namespace and every segment's bridge that is missing (idempotent), then the resolvers."""
@@ -158,16 +157,7 @@ class EnvNetwork:
 
     def _processes_inside(self) -> list[int]:
         """Processes whose network namespace is this one (a resolver whose pid file was lost)."""
-        if not self.exists:
-            return []
-        inode = self.ns.stat().st_ino
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if os.stat(entry / "ns" / "net").st_ino == inode:
-                        found.append(int(entry.name))
-        return found
+        return namespaces.processes_in(self.ns)
 
     def leftovers(self) -> list[str]:
         """What of this network still exists: for `down`'s report and the tests."""
@@ -214,14 +204,6 @@ def host_links(prefix: str) -> list[str]:
     return []
 
 
-def _is_mountpoint(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            if line.split()[4].encode().decode("unicode_escape") == str(path):
-                return True
-    return False
-
-
 def _end_pid_file(pid_file: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         _end(int(pid_file.read_text().strip()), expect="dnsmasq")
@@ -229,28 +211,5 @@ def _end_pid_file(pid_file: Path) -> None:
 
 
 def _end(pid: int, *, expect: str | None = None) -> None:
-    """TERM, then KILL; `expect` guards against a reused pid (the process's name must match)."""
-    if expect:
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() != expect:
-                return
-        except OSError:
-            return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + DNS_STOP_SECONDS
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not Path(f"/proc/{pid}").exists() or _zombie(pid):
-                return
-            time.sleep(0.01)
-    raise HostError(f"process {pid} did not end")
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
+    if not namespaces.end(pid, grace=DNS_STOP_SECONDS, expect=expect):
+        raise HostError(f"process {pid} did not end")
