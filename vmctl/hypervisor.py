@@ -20,16 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmctl.paths import private_dir, runtime_root, state_root
+import libvirt  # vmctl/__init__.py has sent libvirt's log to a file before any import of it
 
-# libvirt logs warnings to stderr from the moment it is imported (the embedded driver runs in this
-# process); send its log to a file instead, before the import.
-if "LIBVIRT_LOG_OUTPUTS" not in os.environ:
-    os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{private_dir(state_root()) / 'libvirt.log'}"
-
-import libvirt  # noqa: E402
-
-from vmctl.errors import HostError  # noqa: E402
+from vmctl.errors import HostError
+from vmctl.paths import runtime_root, state_root
 from vmctl.render import XMLNS
 
 _loop_started = False
