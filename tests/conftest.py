@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from vmctl.network.host import TAP_PREFIX, VETH_PREFIX
+
 ROOT = Path(__file__).resolve().parent.parent
 VMCTL = [sys.executable, "-m", "vmctl"]
 
@@ -143,7 +145,7 @@ def mounts_under(*roots: Path | str) -> set[str]:
     return {e[1] for e in entries if e[2] != "nsfs" and e[1].startswith(needles)}  # nsfs: namespaces_under
 def network_devices() -> set[str]:
     """vmctl's taps and veth ends in the host's namespace (`vt...`, `vc...`: vmctl/network/host.py)."""
-    return {p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(("vt", "vc"))}
+    return {p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith((TAP_PREFIX, VETH_PREFIX))}
 
 
 def namespaces_under(*roots: Path) -> set[str]:

@@ -193,8 +193,7 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
     """The service as an OCI request: compose's command/entrypoint/env merging over the image config,
     and its place on the environment network (nameservers, its own address) when there is one."""
     cfg = image.config
-    member = plan.member(svc.name if svc.isolation is Isolation.CONTAINER else svc.machine or svc.name) \
-        if plan else None
+    member = plan.member(svc.machine or svc.name) if plan else None  # a host container is a member of its own
     return ContainerRequest(
         name=runtime.container_name(svc.name),
         args=merge_command(svc.entrypoint, svc.command, cfg),

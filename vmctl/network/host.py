@@ -2,10 +2,10 @@
 
 Everything of it lives in one network namespace of its own, bound to a file under
 `runtime_root()/net/ID/` (not /run/netns: the folder is the environment's, and a test run's leak audit
-sees what it leaves): one bridge per segment (`br0`, `br1`...) holding the segment's resolver address,
-and one dnsmasq per segment answering for the names on it. The host's own namespace gets no address,
-route or listening socket of it, so nothing outside the host reaches it, two environments never share
-a bridge, and the host's firewall never sees its traffic.
+sees what it leaves): one bridge per segment (`br0`, `br1`...) holding its resolver addresses, and one
+dnsmasq per resolver (a set of networks its members are on) answering for the names there. The host's
+own namespace gets no address, route or listening socket of it, so nothing outside the host reaches it,
+two environments never share a bridge, and the host's firewall never sees its traffic.
 
 - a microVM's NIC is a tap made in the host namespace (`vt...`, so libvirt can open it by name), moved
   into the environment's namespace and onto its bridge once QEMU holds it;
@@ -63,9 +63,8 @@ class EnvNetwork:
     def destroy(self) -> None:
         """End the resolvers, drop the namespace (and with it every bridge, tap and veth), and remove
         taps a killed `up` left in the host namespace before it could move them."""
-        for pid_file in self.dir.glob("dns-*.pid"):
-            _end_pid_file(pid_file)
-        for pid in self._processes_inside():
+        self._end_resolvers()
+        for pid in namespaces.processes_in(self.ns):
             _end(pid)
         if self.exists:
             run([which("umount", package="mount"), self.ns], timeout=30)
@@ -82,11 +81,10 @@ class EnvNetwork:
         """(Re)start each resolver's dnsmasq with the names it answers. dnsmasq reads its configuration
         as root and then runs as nobody; a restart (milliseconds) is how it learns new names."""
         dnsmasq = which("dnsmasq", package="dnsmasq-base")
-        have = self._addresses()
+        have = {line.split()[3].split("/")[0] for line in self._ip_lines("-4", "addr", "show") if " inet " in line}
         self._ip_batch([f"addr add {address}/{seg.subnet.split('/')[1]} dev {seg.bridge}"
                         for seg in plan.segments for address in plan.addresses_on(seg.name) if address not in have])
-        for pid_file in self.dir.glob("dns-*.pid"):
-            _end_pid_file(pid_file)
+        self._end_resolvers()
         for r in plan.resolvers:
             conf, pid_file = self.dir / f"dns-{r.index}.conf", self.dir / f"dns-{r.index}.pid"
             conf.write_text(dnsmasq_conf(r.address, plan.records(r), pid_file, self.dir / f"dns-{r.index}.log"))
@@ -95,8 +93,11 @@ class EnvNetwork:
     # ------------------------------------------------------------ microVMs: taps
 
     def tap_name(self, member: str, network: str) -> str:
-        """15 bytes at most (IFNAMSIZ): `vt` + this environment's id + the NIC's."""
-        return TAP_PREFIX + self.id[:6] + hashlib.sha256(f"{member}/{network}".encode()).hexdigest()[:6]
+        return self._nic_name(TAP_PREFIX, member, network)
+
+    def _nic_name(self, prefix: str, member: str, network: str) -> str:
+        """15 bytes at most (IFNAMSIZ): the prefix + this environment's id + the NIC's."""
+        return prefix + self.id[:6] + hashlib.sha256(f"{member}/{network}".encode()).hexdigest()[:6]
 
     def make_tap(self, name: str) -> None:
         """A tap in the host namespace, for libvirt to open by name (`<target dev managed="no">`)."""
@@ -125,7 +126,7 @@ class EnvNetwork:
         inside: list[str] = []
         for i, nic in enumerate(member.nics):
             seg = plan.segment(nic.network)
-            end = VETH_PREFIX + self.id[:6] + hashlib.sha256(f"{member.name}/{nic.network}".encode()).hexdigest()[:6]
+            end = self._nic_name(VETH_PREFIX, member.name, nic.network)
             self._run_inside([_ip(), "link", "delete", end], check=False)
             run([_ip(), "link", "add", end, "netns", self.ns, "type", "veth", "peer", "name", f"eth{i}",
                  "netns", target], timeout=30)
@@ -145,26 +146,17 @@ class EnvNetwork:
     def _ip_batch(self, commands: Sequence[str]) -> None:
         _ip_batch_in([f"--net={self.ns}"], commands)
 
-    def _addresses(self) -> set[str]:
-        proc = run([which("nsenter", package="util-linux"), f"--net={self.ns}", _ip(), "-o", "-4", "addr", "show"],
-                   timeout=30)
-        return {line.split()[3].split("/")[0] for line in proc.stdout.decode().splitlines() if " inet " in line}
+    def _ip_lines(self, *args: str) -> list[str]:
+        """`ip -o ARGS` inside the namespace: one line per link or address."""
+        proc = run([which("nsenter", package="util-linux"), f"--net={self.ns}", _ip(), "-o", *args], timeout=30)
+        return proc.stdout.decode().splitlines()
 
     def _links(self) -> set[str]:
-        proc = run([which("nsenter", package="util-linux"), f"--net={self.ns}", _ip(), "-o", "link", "show"],
-                   timeout=30)
-        return {line.split(": ")[1].split("@")[0] for line in proc.stdout.decode().splitlines() if ": " in line}
+        return {line.split(": ")[1].split("@")[0] for line in self._ip_lines("link", "show") if ": " in line}
 
-    def _processes_inside(self) -> list[int]:
-        """Processes whose network namespace is this one (a resolver whose pid file was lost)."""
-        return namespaces.processes_in(self.ns)
-
-    def leftovers(self) -> list[str]:
-        """What of this network still exists: for `down`'s report and the tests."""
-        found = [f"network namespace {self.ns}"] if self.exists else []
-        found += [f"process {pid} in it" for pid in self._processes_inside()]
-        found += [f"tap {name}" for name in host_links(f"{TAP_PREFIX}{self.id[:6]}")]
-        return found
+    def _end_resolvers(self) -> None:
+        for pid_file in self.dir.glob("dns-*.pid"):
+            _end_pid_file(pid_file)
 
 
 def dnsmasq_conf(address: str, records: Sequence[tuple[str, str]], pid_file: Path, log_file: Path) -> str:
@@ -181,9 +173,8 @@ def dnsmasq_conf(address: str, records: Sequence[tuple[str, str]], pid_file: Pat
 
 
 def _bridge_commands(seg: Segment) -> list[str]:
-    prefix = seg.subnet.split("/")[1]
-    return [f"link add {seg.bridge} type bridge", f"addr add {seg.resolver}/{prefix} dev {seg.bridge}",
-            f"link set {seg.bridge} up"]
+    """The bridge only: `set_records` gives it the resolver addresses."""
+    return [f"link add {seg.bridge} type bridge", f"link set {seg.bridge} up"]
 
 
 def _ip() -> str:

@@ -136,41 +136,38 @@ class NetworkPlan:
 def plan(env: Environment, previous: Mapping[str, Any] | None = None) -> NetworkPlan:
     """The network of `env`. `previous` is what `NetworkPlan.remembered()` gave after the last `up`
     (state keeps it): subnets and addresses are kept where still valid, so running members keep theirs."""
-    segments = _segments(env, (previous or {}).get("subnets") or {})
+    prev = previous or {}
+    segments = _segments(env, prev.get("subnets") or {})
+    by_name = {s.name: s for s in segments}
     wanted = _wanted(env)
     taken: dict[str, set[str]] = {s.name: {s.resolver} for s in segments}
-    addresses: Mapping[str, Mapping[str, str]] = (previous or {}).get("addresses") or {}
+    addresses: Mapping[str, Mapping[str, str]] = prev.get("addresses") or {}
     chosen: dict[tuple[str, str], str] = {}
     for member, nets in wanted.items():  # first keep what is still valid, so no one else takes it
         for net in nets:
             old = addresses.get(member, {}).get(net)
-            seg = next(s for s in segments if s.name == net)
-            if old and _fits(old, seg.subnet) and old not in taken[net]:
+            if old and _fits(old, by_name[net].subnet) and old not in taken[net]:
                 chosen[(member, net)] = old
                 taken[net].add(old)
     members = []
     macs: set[str] = set()
     for member, nets in wanted.items():
-        nics = []
-        for net in nets:
-            seg = next(s for s in segments if s.name == net)
-            address = chosen.get((member, net)) or _next_free(seg, taken[net])
-            nics.append(Nic(net, address, PREFIX, _unique_mac(env.name, member, net, macs), nets[net]))
-        internal = all(next(s for s in segments if s.name == n).internal for n in nets)
+        nics = tuple(Nic(net, chosen.get((member, net)) or _next_free(by_name[net], taken[net]), PREFIX,
+                         _unique_mac(env.name, member, net, macs), names) for net, names in nets.items())
         kind = Kind.MACHINE if env.machine(member) else Kind.CONTAINER
-        members.append(Member(member, kind, tuple(nics), internal))
-    resolvers = _resolvers(segments, members, taken, (previous or {}).get("resolvers") or {})
+        members.append(Member(member, kind, nics, all(by_name[n].internal for n in nets)))
+    resolvers = _resolvers(by_name, members, taken, prev.get("resolvers") or {})
     return NetworkPlan(env.name, segments, tuple(members), resolvers)
 
 
-def _resolvers(segments: tuple[Segment, ...], members: list[Member], taken: dict[str, set[str]],
+def _resolvers(segments: Mapping[str, Segment], members: list[Member], taken: dict[str, set[str]],
                previous: Mapping[str, str]) -> tuple[Resolver, ...]:
     """One per distinct network set of the members; several networks: an address from the top of the
     first one's subnet (members count up from the bottom), the previous `up`'s when still free."""
     sets = list(dict.fromkeys(tuple(n.network for n in m.nics) for m in members if m.nics))
     out = []
     for i, nets in enumerate(sets):
-        seg = next(s for s in segments if s.name == nets[0])
+        seg = segments[nets[0]]
         if len(nets) == 1:
             address = seg.resolver
         elif (old := previous.get(",".join(nets))) and _fits(old, seg.subnet) and old not in taken[seg.name]:
