@@ -176,7 +176,9 @@ def _prepare_host(bed: HostBed, host: BedHost) -> None:
         (host.dir / sub).mkdir(parents=True, exist_ok=True)
     etc = host.dir / "etc/libvirt"
     shutil.rmtree(etc)
-    shutil.copytree("/etc/libvirt", etc, symlinks=True)
+    # This machine's configuration, without its domains: a bed host starts empty, whatever this
+    # machine's system libvirtd has defined (a test run killed mid-way leaves a definition there).
+    shutil.copytree("/etc/libvirt", etc, symlinks=True, ignore=_domain_definitions)
     # No default NAT network on a bed host (it would start a dnsmasq for nothing), and a host UUID of
     # its own: libvirt refuses to migrate between two hosts with the same one.
     shutil.rmtree(etc / "qemu/networks/autostart", ignore_errors=True)
@@ -188,6 +190,13 @@ def _prepare_host(bed: HostBed, host: BedHost) -> None:
     _keygen(host.host_key)
     (host.dir / "authorized_keys").write_text(bed.client_key.with_suffix(".pub").read_text())
     (host.dir / "sshd_config").write_text(sshd_config(host))
+
+
+def _domain_definitions(folder: str, names: list[str]) -> set[str]:
+    """For copytree: the domain definitions (and their autostart links) under /etc/libvirt/qemu."""
+    if Path(folder) == Path("/etc/libvirt/qemu"):
+        return {n for n in names if n.endswith(".xml") or n == "autostart"}
+    return set()
 
 
 def _kvm_node(path: Path) -> None:

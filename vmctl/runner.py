@@ -40,21 +40,25 @@ def run(
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     full_env = None if env is None else {**os.environ, **env}
+    pipe = subprocess.PIPE if capture else None
     try:
-        proc = subprocess.run(
-            args,
-            input=input,
-            cwd=cwd,
-            env=full_env,
-            timeout=timeout,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-            check=False,
-        )
+        child = subprocess.Popen(args, stdin=None if input is None else subprocess.PIPE, stdout=pipe, stderr=pipe,
+                                 cwd=cwd, env=full_env)
     except FileNotFoundError as e:
         raise HostError(f"`{args[0]}` is not installed") from e
-    except subprocess.TimeoutExpired as e:
-        raise CommandFailed(f"`{shlex.join(args)}` did not finish within {timeout:.0f} s") from e
+    with child:  # (closes the pipes)
+        try:
+            out, err = child.communicate(input, timeout=timeout)
+        except BaseException as e:
+            # Ctrl-C or a timeout: the command is over before vmctl goes on, never still finishing behind
+            # its back (subprocess.run does not wait after a KeyboardInterrupt: a `mount` interrupted so
+            # could complete after the clean-up had looked for its mount).
+            child.kill()
+            child.wait()
+            if isinstance(e, subprocess.TimeoutExpired):
+                raise CommandFailed(f"`{shlex.join(args)}` did not finish within {timeout:g} s") from e
+            raise
+    proc = subprocess.CompletedProcess(args, child.returncode, out, err)
     if check and proc.returncode != 0:
         tail = (proc.stderr or b"").decode(errors="replace").strip().splitlines()[-8:]
         detail = "\n    ".join(tail)

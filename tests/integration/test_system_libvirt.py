@@ -53,6 +53,11 @@ def system_libvirtd() -> Iterator[None]:
                 subprocess.run([daemon, "-d"], check=True)
                 started.append(daemon)
         time.sleep(0.5)
+    # This test's own domain, if a run of it was killed mid-way (the system daemon keeps definitions)
+    for name in _domains():
+        if name.startswith("vmctl-sysd-"):
+            subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], capture_output=True, check=False)
+            subprocess.run(["virsh", "-c", "qemu:///system", "undefine", name], capture_output=True, check=False)
     yield
     for daemon in reversed(dict.fromkeys(started)):
         subprocess.run(["pkill", *_same_namespaces(daemon)], check=False)
