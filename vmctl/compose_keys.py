@@ -21,13 +21,10 @@ class Unsupported:
     ignored: bool = False
 
 
-_NO_REGISTRY = "vmctl runs images from local archives only; registry pulls are not implemented yet"
-_MOUNTS = "only host folders (`./dir:/path[:ro|rw]`) are mounted so far"
+_MOUNTS = "mounts are listed per service (host folders and named volumes)"
 
 TOP_LEVEL = (
     Unsupported("version", "string", "obsolete in the compose specification; compose ignores it too", ignored=True),
-    Unsupported("volumes", "mapping", "named volumes are not implemented yet",
-                "mount a host folder instead: `volumes: [\"./data:/data:rw\"]`"),
     Unsupported("secrets", "mapping", "secrets are not implemented yet",
                 "mount the secret file from a host folder (`volumes: [\"./secrets:/run/secrets:ro\"]`)"),
     Unsupported("configs", "mapping", "configs are not implemented yet",
@@ -48,7 +45,7 @@ SERVICE = (
                 "share settings with a YAML anchor and merge key (`x-base: &base ...`, `<<: *base`)"),
     Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),
     Unsupported("configs", "list", "configs are not implemented yet", "mount the file from a host folder"),
-    Unsupported("volumes_from", "list", _MOUNTS, "mount the same host folder in both services"),
+    Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),
     Unsupported("scale", "int", "several instances of a service are not implemented yet", "declare one service each"),
     Unsupported("logging", "mapping", "each container's output goes to its own log file (`vmctl logs`); "
                 "log drivers and their options are not implemented", "remove `logging`"),

@@ -31,6 +31,7 @@ from vmctl import (
     render,
     template,
     virt,
+    volumes,
     workloads,
 )
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
@@ -244,6 +245,8 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
         project.place(machines, state)  # with `hosts:`, before anything is created
         preflight.check(project, machines, state)  # before anything is created
         service_images = workloads.prepare_images(project.env, services, project.progress)
+        for name in volumes.ensure(project.env.volumes, workloads.volume_seeds(services, service_images)):
+            project.progress.done(f"volume {name}", "created")
         images = ensure_images(project, machines)
         chosen = _choose_accels(project, machines, images)
         created: list[str] = []
@@ -560,8 +563,9 @@ def _redefine_cold(hv: Hypervisor, job: Job, log: Path, net: MachineNetwork | No
 # down
 
 
-def down(project: Project) -> list[str]:
-    """Remove every domain tagged with this environment, on every URI it uses, and its files."""
+def down(project: Project, *, remove_volumes: bool = False) -> list[str]:
+    """Remove every domain tagged with this environment, on every URI it uses, and its files; with
+    `remove_volumes`, its named volumes too (never an external one)."""
     removed: list[str] = []
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
@@ -597,6 +601,9 @@ def down(project: Project) -> list[str]:
                             hint="run `vmctl down` again once the host answers")
         project.network_host.destroy()
         _remove_env_files(envdir)
+        if remove_volumes:
+            for name in volumes.remove(project.env.volumes):
+                project.progress.done(f"volume {name}", "removed")
     return removed
 
 

@@ -60,6 +60,7 @@ def check(project: Project, machines: Sequence[MachineSpec], state: EnvState) ->
     check_ports(env, to_start, state)
     check_boot_files(env, to_start)
     check_volumes(env, to_start)
+    check_external_volumes(env)
     remote.check(env, [(m, h) for m in to_start if (h := project.host_of(m)) is not None])
     check_uris({project.uri_for(m) for m in to_start if project.host_of(m) is None})  # hosts: asked by placement
 
@@ -155,6 +156,17 @@ def check_volumes(env: Environment, machines: Sequence[MachineSpec]) -> None:
             hint=f"give it {'`vm: {image: minimal}`' if m.dedicated_to else '`image: minimal`'} (that kernel has "
                  "virtio-9p built in), or use `isolation: container`",
             where=env.place(dotted) or Where(str(env.file), None, dotted))
+
+
+def check_external_volumes(env: Environment) -> None:
+    """An `external: true` volume is the user's to make: missing, it fails before anything is created."""
+    used = {v.volume for s in env.services for v in s.volumes}
+    for vol in env.volumes:
+        if vol.external and vol.key in used and not vol.path.is_dir():
+            dotted = f"volumes.{vol.key}"
+            raise UsageError(f"external volume `{vol.name}` does not exist (no folder `{vol.path}`)",
+                             hint=f"create it (`mkdir -p {vol.path}`), or drop `external: true`",
+                             where=env.place(dotted) or Where(str(env.file), None, dotted))
 
 
 def check_uris(uris: Iterable[str]) -> None:

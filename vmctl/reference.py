@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import compose_values, hostspec, settings, spec
+from vmctl import compose_values, hostspec, settings, spec, volumes
 
 SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
@@ -16,9 +16,11 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`machines.NAME.disks[]`", spec.DISK_SETTINGS),
     ("`services.NAME:`", spec.SERVICE_SETTINGS),
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
+    ("`services.NAME.volumes[]` (the long form)", spec.MOUNT_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
     ("`networks.NAME:`", spec.NETWORK_SETTINGS),
     ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
+    ("`volumes.NAME:`", volumes.VOLUME_SETTINGS),
     ("`services.NAME.deploy:`", compose_values.DEPLOY_SETTINGS),
     ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
     ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),

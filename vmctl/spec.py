@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmctl import compose_keys
+from vmctl import compose_keys, volumes
 from vmctl.compose_values import (
     GUEST_OVERHEAD_MIB,
     Limits,
@@ -112,9 +112,10 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    source: Path
+    source: Path  # the host folder (a named volume's: vmctl/volumes.py)
     target: str
     readonly: bool = True
+    volume: str | None = None  # a named volume's key under top-level `volumes:`
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ class Environment:
     machines: tuple[MachineSpec, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
     networks: tuple[NetworkSpec, ...] = ()
+    volumes: tuple[volumes.NamedVolume, ...] = ()  # the top-level `volumes:` (vmctl/volumes.py)
     hosts: tuple[HostSpec, ...] = ()  # the file's `hosts:`; none: machines run where `uri` says
     places: Mapping[str, Where] = field(default_factory=dict, compare=False, repr=False)
     files: tuple[Path, ...] = ()
@@ -318,17 +320,61 @@ def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
 
 
 def p_volumes(value: Any, path: KeyPath, ctx: Ctx) -> tuple[VolumeSpec, ...]:
+    """compose's two forms: `SOURCE:TARGET[:ro|rw]` strings (SOURCE a host folder, `./data`, or a named
+    volume, `data`), or mappings `{type: bind|volume, source, target, read_only}`."""
     if not isinstance(value, list):
         ctx.fail(path, f"must be a list of `SOURCE:TARGET[:ro|rw]` strings, not {typename(value)}")
-    out = []
-    for i, item in enumerate(value):
+    return tuple(_volume(item, (*path, i), ctx) for i, item in enumerate(value))
+
+
+_VOLUME_FORMS = ('write "./host-folder:/path/in/container[:ro|rw]" or "VOLUME:/path[:ro|rw]" (VOLUME declared '
+                 "under top-level `volumes:`)")
+
+
+def _volume(item: Any, path: KeyPath, ctx: Ctx) -> VolumeSpec:
+    if isinstance(item, dict):
+        v = parse_table(MOUNT_SETTINGS, item, path, ctx)
+        kind, source, target, readonly = v["type"], v["source"], v["target"], v["read_only"]
+        if not isinstance(source, str) or not source:
+            ctx.fail((*path, "source"), "needs a `source`", "a host folder (`./data`) or a named volume (`data`)")
+        if readonly is None:
+            readonly = kind == "bind"  # vmctl's default for host folders (see `services.NAME.volumes`)
+    else:
         parts = item.split(":") if isinstance(item, str) else []
+        if len(parts) == 1 and parts[0].startswith("/"):
+            ctx.fail(path, f"anonymous volume {item!r} is not supported", "name it: `VOLUME:" + parts[0] + "` "
+                     "with `VOLUME:` under top-level `volumes:` (it is then kept across `down`)")
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            ctx.fail((*path, i), f"invalid volume {item!r}", 'write "./host-folder:/path/in/container[:ro|rw]"')
-        source = p_dir(parts[0], (*path, i), ctx)
-        target = p_abs_path(parts[1], (*path, i), ctx)
-        out.append(VolumeSpec(source=source, target=target, readonly=len(parts) == 2 or parts[2] == "ro"))
-    return tuple(out)
+            ctx.fail(path, f"invalid volume {item!r}", _VOLUME_FORMS)
+        source, target = parts[0], parts[1]
+        kind = "volume" if volumes.VOLUME_NAME.match(source) else "bind"
+        # compose's defaults: a named volume is writable; a host folder is read-only in vmctl unless `:rw`
+        readonly = parts[2] == "ro" if len(parts) == 3 else kind == "bind"
+    target = p_abs_path(target, path, ctx)
+    if kind == "volume":
+        volumes.p_volume_name(source, path, ctx)
+        return VolumeSpec(source=Path(), target=target, readonly=readonly, volume=source)  # resolved later
+    return VolumeSpec(source=p_dir(source, path, ctx), target=target, readonly=readonly)
+
+
+def p_mount_type(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value not in ("bind", "volume"):
+        hint = "use the service's `tmpfs:` list" if value == "tmpfs" else "use `bind` (a host folder) or `volume`"
+        ctx.fail(path, f"mount type {value!r} is not supported", hint)
+    return str(value)
+
+
+MOUNT_SETTINGS = (
+    Setting("type", p_mount_type, REQUIRED, "bind|volume", "a host folder, or a named volume"),
+    Setting("source", lambda v, p, c: v, None, "string", "the host folder or the volume's key"),
+    Setting("target", lambda v, p, c: v, REQUIRED, "path", "where it appears in the container"),
+    Setting("read_only", p_bool, None, "bool", "mounted read-only (default: host folders yes, volumes no)"),
+    Setting("bind", lambda v, p, c: None, None, "mapping", "propagation and SELinux relabelling do not apply "
+            "to vmctl's mounts", support=Support.IGNORED),
+    Setting("volume", lambda v, p, c: None, None, "mapping", "`nocopy` and `subpath` are not implemented",
+            support=Support.REFUSED, hint="remove it"),
+    Setting("consistency", lambda v, p, c: None, None, "string", "docker-for-mac only", support=Support.IGNORED),
+)
 
 
 def p_depends_on(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
@@ -538,7 +584,8 @@ SERVICE_SETTINGS = (
     Setting("user", p_user, None, "USER[:GROUP]", "user to run as: numbers, or names looked up in the image's "
             "/etc/passwd and /etc/group"),
     Setting("ports", p_ports, (), "list", 'published ports "HOST:CONTAINER", bound to 127.0.0.1'),
-    Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]", read-only by default'),
+    Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]" (read-only by default) or '
+            '"VOLUME:/path[:ro|rw]" (a named volume, writable by default), or the long form'),
     Setting("depends_on", p_depends_on, (), "list", "services started (and healthy) before this one"),
     Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
     Setting("restart", p_restart, (Restart.NO, None), '"no"|always|on-failure[:N]|unless-stopped',
@@ -626,6 +673,8 @@ ENV_SETTINGS = (
     Setting("machines", p_machines, None, "mapping", "name -> machine settings"),
     Setting("services", p_services, None, "mapping", "name -> container service settings"),
     Setting("networks", p_networks, None, "mapping", "name -> network settings (`default` always exists)"),
+    Setting("volumes", volumes.p_top_volumes, None, "mapping",
+            "name -> named volume settings: folders vmctl keeps across `down` (`down -v` removes them)"),
     Setting("hosts", p_hosts, (), "mapping", "name -> libvirt host machines run on (default: this machine)"),
     *unsupported(compose_keys.TOP_LEVEL),
 )
@@ -661,14 +710,18 @@ def environment_from(model: Model) -> Environment:
     services = [replace(s, machine=s.name) if s.isolation is Isolation.MICROVM and s.machine is None else s
                 for s in services]
     machines = [_with_service_networks(_with_service_ports(m, services), services, ctx) for m in machines]
+    name = name_override or top["name"] or folder_name(model.file)
+    named = volumes.declared(name, top["volumes"] or {})
+    services = [_with_named_volumes(s, named, ctx) for s in services]
     env = Environment(
-        name=name_override or top["name"] or folder_name(model.file),
+        name=name,
         file=model.file,
         base_dir=ctx.base_dir,
         uri=(top["libvirt"] or {}).get("uri"),
         machines=tuple(machines),
         services=tuple(services),
         networks=_used_networks(top["networks"] or {}, machines, services, ctx),
+        volumes=named,
         hosts=top["hosts"],
         places={dotted(k): model.where(k) for k in model.origins},
         files=model.files,
@@ -741,11 +794,19 @@ def _limits(v: Mapping[str, Any]) -> Limits:
 def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any],
                   ctx: Ctx) -> MachineSpec:
     v = parse_table(VM_SETTINGS, raw.get("vm"), ("services", service.name, "vm"), ctx, defaults)
-    v.update(_sized_for(service.limits, set(raw.get("vm") or {}) | set(ctx.doc.data.get("defaults") or {})))
+    explicit = set(raw.get("vm") or {}) | set(ctx.doc.data.get("defaults") or {})
+    v.update(_sized_for(service.limits, explicit))
+    if service.volumes and "image" not in explicit:
+        # Folders reach a guest over virtio-9p, which only the minimal image's kernel has built in: a
+        # compose file's volumes work unchanged, without a `vm: {image: minimal}` line.
+        v["image"] = FOLDER_IMAGE
     return MachineSpec(name=service.name, vcpus=v["vcpus"], memory_mib=v["memory"], image=v["image"],
                        kernel=v["kernel"], initrd=v["initrd"], cmdline=v["cmdline"], accel=v["accel"],
                        uri=v["uri"], host=raw.get("host") or v["host"], dedicated_to=service.name,
                        template=v["template"])
+
+
+FOLDER_IMAGE = "minimal"  # the guest image a dedicated microVM with `volumes` gets unless told otherwise
 
 
 def _sized_for(limits: Limits, explicit: set[str]) -> dict[str, Any]:
@@ -781,6 +842,21 @@ def _with_service_networks(machine: MachineSpec, services: Sequence[ServiceSpec]
         return machine
     wanted = [a.network for s in mine for a in s.networks] or [DEFAULT_NETWORK]
     return replace(machine, networks=tuple(dict.fromkeys(wanted)))
+
+
+def _with_named_volumes(svc: ServiceSpec, named: Sequence[volumes.NamedVolume], ctx: Ctx) -> ServiceSpec:
+    """A named volume's folder in place of its key; an undeclared key fails, as in compose."""
+    by_key = {v.key: v for v in named}
+    out = []
+    for i, v in enumerate(svc.volumes):
+        if v.volume is not None:
+            if v.volume not in by_key:
+                ctx.fail(("services", svc.name, "volumes", i), f"undeclared volume `{v.volume}`",
+                         did_you_mean(v.volume, by_key, "volumes") + " (declare it under top-level `volumes:`, "
+                         "or write `./" + v.volume + "` for a host folder)")
+            v = replace(v, source=by_key[v.volume].path)
+        out.append(v)
+    return replace(svc, volumes=tuple(out))
 
 
 def _used_networks(declared: Mapping[str, Any], machines: Sequence[MachineSpec], services: Sequence[ServiceSpec],

@@ -282,6 +282,14 @@ def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: 
     return {s.name: by_ref[s.image] for s in services}
 
 
+def volume_seeds(services: Sequence[ServiceSpec], images: Mapping[str, PreparedImage]
+                 ) -> list[tuple[Path, Path, str]]:
+    """(named volume's folder, image rootfs, mount point) for copy-up into a new volume: the first
+    service (in the file's order) that mounts the volume gives it its content."""
+    return [(v.source, images[s.name].rootfs, v.target)
+            for s in services if s.name in images for v in s.volumes if v.volume is not None]
+
+
 def image_disks(env: Environment, machine: str, images: Mapping[str, PreparedImage]) -> list[tuple[str, Path]]:
     """(serial, ext4 path) of each distinct image a machine's services use: attached read-only."""
     disks = {image_serial(images[s.name].digest): images[s.name].disk

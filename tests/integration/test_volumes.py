@@ -98,3 +98,57 @@ def test_domain_shares_each_folder_once_by_tag(env_file: Path) -> None:
               for fs in ET.fromstring(out.stdout).iter("filesystem")}
     assert shared == {volume_tag((env_file.parent / "ro").resolve()): True,
                       volume_tag((env_file.parent / "rw").resolve()): False}
+
+
+NAMED = """\
+name: nvols
+services:
+  writer:
+    image: ./web.tar
+    volumes: ["site:/www", "data:/data"]
+  reader:
+    image: ./web.tar
+    isolation: container
+    volumes: [{type: volume, source: data, target: /data, read_only: true}]
+volumes:
+  site: {}
+  data:
+"""
+
+
+def test_named_volumes_are_kept_across_down_shared_and_removed_by_down_v(env_file: Path, tmp_path: Path) -> None:
+    """compose's named volumes: a folder each under vmctl's state, filled from the image on creation
+    (copy-up), shared by a microVM service (its own VM gets the 9p-capable image without being told)
+    and a host container, kept by `down`, removed by `down -v`."""
+    from vmctl.spec import load_environment
+    from vmctl.volumes import volumes_root
+
+    shutil.copy(env_file.parent / "web.tar", tmp_path / "web.tar")
+    file = tmp_path / "compose.yaml"
+    file.write_text(NAMED)
+    site, data = volumes_root() / "nvols_site", volumes_root() / "nvols_data"
+    vmctl = ("-f", str(file))
+    try:
+        up = run_vmctl(*vmctl, "up", "--timeout", "180")
+        assert up.returncode == 0, up.stderr
+        assert "volume nvols_data" in up.stderr and "created" in up.stderr
+        assert (site / "cgi-bin" / "index.cgi").is_file()  # the image's /www, copied up
+        assert not any(data.iterdir())  # the image has no /data: an empty folder
+        assert load_environment(file).machine("writer").image == "minimal"  # type: ignore[union-attr]
+        write = run_vmctl(*vmctl, "exec", "writer", "--", "sh", "-c", "echo kept > /data/f && ls /www/cgi-bin")
+        assert (write.returncode, write.stdout) == (0, "index.cgi\n"), write.stderr
+        read = run_vmctl(*vmctl, "exec", "reader", "--", "cat", "/data/f")
+        assert (read.returncode, read.stdout) == (0, "kept\n"), read.stderr
+        denied = run_vmctl(*vmctl, "exec", "reader", "--", "sh", "-c", "echo no > /data/g")
+        assert denied.returncode != 0  # `read_only: true` in the long form
+        assert run_vmctl(*vmctl, "down").returncode == 0
+        assert (data / "f").read_text() == "kept\n"  # `down` keeps named volumes
+        up = run_vmctl(*vmctl, "up", "--timeout", "180")
+        assert up.returncode == 0, up.stderr
+        assert "volume nvols_data" not in up.stderr  # there already: not created, nor filled again
+        again = run_vmctl(*vmctl, "exec", "writer", "--", "cat", "/data/f")
+        assert (again.returncode, again.stdout) == (0, "kept\n"), again.stderr
+    finally:
+        down = run_vmctl(*vmctl, "down", "-v")
+    assert down.returncode == 0, down.stderr
+    assert not site.exists() and not data.exists()

@@ -205,7 +205,8 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("working_dir", "/a/../b", "absolute path"),
     ("user", "a b", "invalid user"),
     ("ports", ["x"], "invalid port"),
-    ("volumes", ["nope:/x"], "does not exist"),
+    ("volumes", ["./nope:/x"], "does not exist"),
+    ("volumes", ["nope:/x"], "undeclared volume `nope`"),
     ("volumes", ["a"], "invalid volume"),
     ("volumes", "a:b", "must be a list"),
     ("depends_on", "other", "list of service names"),
@@ -337,8 +338,8 @@ def test_ignored_compose_keys_warn_naming_the_key(tmp_path: Path, setting: Setti
 def test_top_level_compose_keys(tmp_path: Path) -> None:
     env = load(tmp_path, "version: '3.8'\nx-anything: {a: 1}\nservices:\n  s1: {image: x.tar, x-note: hi}\n")
     assert any("`version` is ignored" in w for w in env.warnings)
-    err = fails(tmp_path, "services:\n  s1: {image: x.tar}\nvolumes:\n  data: {}\n")
-    assert "`volumes` is not supported" in err.message and err.where is not None and err.where.line == 3
+    err = fails(tmp_path, "services:\n  s1: {image: x.tar}\nsecrets:\n  token: {file: ./t}\n")
+    assert "`secrets` is not supported" in err.message and err.where is not None and err.where.line == 3
 
 
 def test_cpu_reservations_warn(tmp_path: Path) -> None:

@@ -20,8 +20,11 @@ Examples:
 @click.option("--no-wait", is_flag=True, help="Do not wait for services to be running or healthy.")
 @click.option("--no-template", is_flag=True,
               help="Cold-boot every machine instead of restoring a booted template of its shape.")
+@click.option("-d", "--detach", is_flag=True, help="Accepted for compose's sake: `vmctl up` always returns once "
+              "everything runs, and never attaches to the containers' output (see `vmctl logs -f`).")
 @pass_app
-def command(app: App, names: tuple[str, ...], timeout: float, no_wait: bool, no_template: bool) -> None:
+def command(app: App, names: tuple[str, ...], timeout: float, no_wait: bool, no_template: bool,
+            detach: bool) -> None:
     """Boot the machines and start the services; return when every guest answers SSH and every
     service runs (or is healthy, when it has a healthcheck). A failure rolls back what this `up` made."""
     project = app.project()
