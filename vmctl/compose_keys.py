@@ -46,7 +46,6 @@ SERVICE = (
     Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),
     Unsupported("configs", "list", "configs are not implemented yet", "mount the file from a host folder"),
     Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),
-    Unsupported("scale", "int", "several instances of a service are not implemented yet", "declare one service each"),
     Unsupported("logging", "mapping", "each container's output goes to its own log file (`vmctl logs`); "
                 "log drivers and their options are not implemented", "remove `logging`"),
     Unsupported("devices", "list", "passing host devices into a microVM is not implemented", "remove it"),
@@ -92,9 +91,8 @@ SERVICE = (
 )
 
 DEPLOY = (
-    Unsupported("mode", "string", "only one instance per service so far", "remove it"),
-    Unsupported("replicas", "int", "several instances of a service are not implemented yet",
-                "declare one service each"),
+    Unsupported("mode", "string", "Swarm's `global` and `replicated` modes; vmctl's instances come from `replicas`",
+                "remove it (use `replicas`)"),
     Unsupported("endpoint_mode", "string", "Swarm-only", "remove it"),
     Unsupported("placement", "mapping", "Swarm-only: every service runs on this host", "remove it"),
     Unsupported("restart_policy", "mapping", "Swarm-only in this form", "use the service's `restart:`"),

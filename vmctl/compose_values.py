@@ -242,16 +242,23 @@ def p_limits(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
     return parse_table(LIMIT_SETTINGS, value, path, ctx)
 
 
-def p_deploy(value: Any, path: KeyPath, ctx: Ctx) -> Limits:
-    """Only `deploy.resources` (limits, reservations) is honoured: the rest is Swarm's or not built yet."""
-    resources = parse_table(DEPLOY_SETTINGS, value, path, ctx)["resources"] or {}
+@dataclass(frozen=True)
+class Deploy:
+    limits: Limits = Limits()
+    replicas: int | None = None  # None: not said (one, or what `scale` says)
+
+
+def p_deploy(value: Any, path: KeyPath, ctx: Ctx) -> Deploy:
+    """`deploy.resources` (limits, reservations) and `deploy.replicas`: the rest is Swarm's or not built yet."""
+    raw = parse_table(DEPLOY_SETTINGS, value, path, ctx)
+    resources = raw["resources"] or {}
     limits, reservations = resources.get("limits") or {}, resources.get("reservations") or {}
     for key in ("cpus", "pids"):
         if reservations.get(key) is not None:  # only a scheduler placing services on hosts could keep them
             ctx.warn((*path, "resources", "reservations", key),
                      f"`{key}` is ignored in `reservations`: there is no scheduler to reserve it on one host")
-    return Limits(memory_mib=limits.get("memory"), memory_reservation_mib=reservations.get("memory"),
-                  cpus=limits.get("cpus"), pids=limits.get("pids"))
+    return Deploy(Limits(memory_mib=limits.get("memory"), memory_reservation_mib=reservations.get("memory"),
+                         cpus=limits.get("cpus"), pids=limits.get("pids")), raw["replicas"])
 
 
 _PROFILE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
@@ -297,7 +304,10 @@ RESOURCES_SETTINGS = (
     Setting("reservations", p_limits, None, "mapping", "memory"),
 )
 
+MAX_REPLICAS = 32
+
 DEPLOY_SETTINGS = (
     Setting("resources", p_resources, None, "mapping", "`limits` and `reservations`"),
+    Setting("replicas", p_int(1, MAX_REPLICAS), None, "int", "as the service's `scale`"),
     *unsupported(compose_keys.DEPLOY),
 )

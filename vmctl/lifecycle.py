@@ -115,7 +115,7 @@ class Project:
         """`up NAME...`: a name is a machine (with its services) or a service (with its machine)."""
         if not names:
             return list(self.env.machines), list(self.env.services)
-        services = {s.name for s in self.env.services if s.name in names or s.machine in names}
+        services = {s.name for s in self.env.services if {s.name, s.machine, s.replica_of} & set(names)}
         machine_names = [n for n in names if self.env.service(n) is None]
         machine_names += [s.machine for s in self.env.services if s.name in services and s.machine]
         machines = self.select(sorted(set(machine_names))) if machine_names else []

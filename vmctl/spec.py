@@ -18,9 +18,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmctl import compose_keys, volumes
+from vmctl import compose_keys, replicas, volumes
 from vmctl.compose_values import (
     GUEST_OVERHEAD_MIB,
+    MAX_REPLICAS,
+    Deploy,
     Limits,
     Restart,
     TmpfsSpec,
@@ -199,11 +201,14 @@ class ServiceSpec:
     networks: tuple[Attachment, ...] = (Attachment(DEFAULT_NETWORK),)
     expose: tuple[int, ...] = ()  # documents ports reachable on the networks; publishes nothing
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) lines for the container's /etc/hosts
+    replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
 
     def names_on(self, network: str) -> tuple[str, ...]:
-        """The names this service is found by on `network`: its name, hostname and aliases there."""
+        """The names this service is found by on `network`: its name, hostname and aliases there (an
+        instance of a replicated service: also the service's name, shared with the other instances)."""
         extra = next((a.aliases for a in self.networks if a.network == network), ())
-        names = [self.name, *([self.hostname] if self.hostname else []), *extra]
+        names = [self.name, *([self.replica_of] if self.replica_of else []),
+                 *([self.hostname] if self.hostname else []), *extra]
         return tuple(dict.fromkeys(names))
 
 
@@ -230,7 +235,13 @@ class Environment:
         return next((m for m in self.machines if m.name == name), None)
 
     def service(self, name: str) -> ServiceSpec | None:
-        return next((s for s in self.services if s.name == name), None)
+        """By name; the name of a replicated service means its first instance (compose's `--index 1`)."""
+        return (next((s for s in self.services if s.name == name), None)
+                or next((s for s in self.services if s.replica_of == name), None))
+
+    def instances(self, name: str) -> tuple[ServiceSpec, ...]:
+        """The service `name`, or every instance of it."""
+        return tuple(s for s in self.services if name in (s.name, s.replica_of))
 
     def host(self, name: str) -> HostSpec | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -633,8 +644,12 @@ SERVICE_SETTINGS = (
     Setting("cpus", p_cpus, None, "number", "CPU time limit (cgroup quota); a dedicated microVM gets "
             "ceil(cpus) vCPUs unless `vm.vcpus` says otherwise"),
     Setting("pids_limit", p_pids_limit, None, "int", "the most processes the container may have (-1: no limit)"),
-    Setting("deploy", p_deploy, Limits(), "mapping", "`resources.limits` (memory, cpus, pids) and "
-            "`resources.reservations.memory`, as `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`", shown="-"),
+    Setting("deploy", p_deploy, Deploy(), "mapping", "`resources.limits` (memory, cpus, pids) and "
+            "`resources.reservations.memory`, as `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`; "
+            "`replicas`, as `scale`", shown="-"),
+    Setting("scale", p_int(1, MAX_REPLICAS), None, "int", "N instances `NAME-1`..`NAME-N`, each its own microVM "
+            "(or host container), all found by `NAME` on the network; no fixed host ports, `hostname`, "
+            "`container_name` or `machine`"),
     Setting("profiles", p_profiles, (), "list", "the service starts only when one of these is active "
             "(`--profile`, COMPOSE_PROFILES)"),
     Setting("platform", p_platform, None, "string", "`linux/amd64` only (anything else is refused)"),
@@ -703,9 +718,12 @@ def environment_from(model: Model) -> Environment:
     top = parse_table(ENV_SETTINGS, model.data, (), ctx, extensible=True)
     defaults = parse_table(MACHINE_SETTINGS, top["defaults"], ("defaults",), ctx)
     machines = [_machine(name, raw, ctx, defaults) for name, raw in (top["machines"] or {}).items()]
-    services = [_service(name, raw, ctx, defaults) for name, raw in (top["services"] or {}).items()]
-    machines += [_dedicated_vm(s, raw, defaults, ctx)
-                 for s, raw in zip(services, (top["services"] or {}).values(), strict=True)
+    raws = top["services"] or {}
+    counts: dict[str, int] = {}
+    services = [_service(name, raw, ctx, defaults, counts) for name, raw in raws.items()]
+    pairs = replicas.expand(list(zip(services, raws.values(), strict=True)), counts, ctx)
+    services = [s for s, _ in pairs]
+    machines += [_dedicated_vm(s, raw, defaults, ctx) for s, raw in pairs
                  if s.isolation is Isolation.MICROVM and s.machine is None]
     services = [replace(s, machine=s.name) if s.isolation is Isolation.MICROVM and s.machine is None else s
                 for s in services]
@@ -751,9 +769,10 @@ def _machine(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Mach
                        template=v["template"])
 
 
-def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> ServiceSpec:
+def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts: dict[str, int]) -> ServiceSpec:
     path = ("services", name)
     v = parse_table(SERVICE_SETTINGS, raw, path, ctx, extensible=True)
+    counts[name] = replicas.count(v["scale"], v["deploy"].replicas, path, ctx)
     if v["isolation"] is Isolation.CONTAINER and (v["machine"] or v["vm"]):
         key = "machine" if v["machine"] else "vm"
         ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",
@@ -785,7 +804,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any]) -> Serv
 
 def _limits(v: Mapping[str, Any]) -> Limits:
     """The service's own keys win over `deploy.resources` (compose lets both say it; they should agree)."""
-    deploy: Limits = v["deploy"]
+    deploy: Limits = v["deploy"].limits
     return Limits(memory_mib=v["mem_limit"] or deploy.memory_mib,
                   memory_reservation_mib=v["mem_reservation"] or deploy.memory_reservation_mib,
                   cpus=v["cpus"] or deploy.cpus, pids=v["pids_limit"] or deploy.pids)
@@ -881,15 +900,17 @@ def _used_networks(declared: Mapping[str, Any], machines: Sequence[MachineSpec],
 
 
 def _check_names(env: Environment, ctx: Ctx) -> None:
-    """On each network a name (service, hostname, alias, machine) belongs to one member."""
+    """On each network a name (service, hostname, alias, machine) belongs to one member, except a
+    replicated service's name, which all its instances share."""
     for net in env.networks:
         owner: dict[str, str] = {}
         claims = [(m.name, m.name, ("machines", m.name)) for m in env.machines
                   if m.dedicated_to is None and net.name in m.networks]
-        claims += [(s.machine or s.name, n, ("services", s.name))
+        claims += [(s.machine or s.name, n, ("services", s.replica_of or s.name))
                    for s in env.services if net.name in _networks_of(env, s) for n in s.names_on(net.name)]
+        shared = {s.replica_of: s.replica_of for s in env.services if s.replica_of}
         for member, name, path in claims:
-            if owner.setdefault(name, member) != member:
+            if owner.setdefault(name, shared.get(name, member)) != shared.get(name, member):
                 ctx.fail(path, f"the name `{name}` is claimed twice on network `{net.name}`",
                          "each service name, hostname and alias must be unique on a network: rename one")
 

@@ -518,8 +518,8 @@ def service_runtime(runtimes: Runtimes, env: Environment, name: str) -> tuple[Se
     svc = env.service(name)
     if svc is None:
         raise UsageError(f"unknown service `{name}`")
-    if name not in runtimes.state.services:
-        raise VmctlError(f"service `{name}` is not running", hint="start it with `vmctl up`")
+    if svc.name not in runtimes.state.services:  # (`name` may be a replicated service's: its first instance)
+        raise VmctlError(f"service `{svc.name}` is not running", hint="start it with `vmctl up`")
     return svc, runtimes.for_service(svc)
 
 

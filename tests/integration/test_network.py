@@ -173,6 +173,41 @@ def test_restarted_member_is_found_again(app: Path) -> None:
     assert redis_ping(app, "web", "cache") == "PONG"
 
 
+REPLICAS = f"""\
+name: netrep
+services:
+  api:                        # two microVMs, api-1 and api-2, both found as `api`
+    image: ./tools.tar
+    command: {REDIS}
+    deploy: {{replicas: 2}}
+    ports: ["6379"]
+  cli:                        # two host containers
+    image: ./tools.tar
+    isolation: container
+    command: ["sleep", "3600"]
+    scale: 2
+    depends_on: [api]
+"""
+
+
+def test_replicas_are_members_of_their_own_found_by_the_service_name(tmp_path: Path) -> None:
+    with environment_up(write_env(tmp_path, "rep", REPLICAS)) as file:
+        ps = json.loads(run_vmctl("-f", str(file), "ps", "--json").stdout)
+        assert sorted((s["name"], s["state"]) for s in ps["services"]) == [
+            ("api-1", "running"), ("api-2", "running"), ("cli-1", "running"), ("cli-2", "running")]
+        _, one = sh(file, "cli-1", "getent hosts api-1")
+        _, two = sh(file, "cli-2", "getent hosts api-2")
+        assert one.split()[0] != two.split()[0]
+        _, both = sh(file, "cli-1", "nslookup api")
+        assert {one.split()[0], two.split()[0]} <= set(both.split()), both  # `api`: every instance's address
+        assert redis_ping(file, "cli-2", "api") == "PONG"
+        assert redis_ping(file, "cli-1", "api-2") == "PONG"
+        _, hostname = sh(file, "api", "cat /etc/hostname")  # `exec api` is the first instance
+        assert hostname.strip() == "api-1"
+        ports = {s["name"]: s["ports"][0]["host_port"] for s in ps["services"] if s["name"].startswith("api")}
+        assert len(set(ports.values())) == 2  # each instance published on a free port of its own
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 

@@ -136,3 +136,14 @@ def test_host_names_fit_ifnamsiz(tmp_path: Path) -> None:
     assert len(tap) <= 15 and tap.startswith("vt" + net.id[:6])
     other = EnvNetwork(str(tmp_path / "x"))
     assert net.tap_name("a", "front") != net.tap_name("a", "back") != other.tap_name("a", "back")
+
+
+def test_a_replicated_service_name_answers_with_every_instance(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  api: {image: x.tar, scale: 3}\n  web: {image: x.tar, isolation: container}\n")
+    p = plan(env)
+    records = p.records(p.resolvers[0])
+    instances = sorted(address for name, address in records if name.startswith("api-"))
+    assert sorted(address for name, address in records if name == "api") == instances and len(instances) == 3
+    assert [name for name, _ in records].count("web") == 1
+    conf = dnsmasq_conf("10.77.0.1", records, tmp_path / "pid", tmp_path / "log")
+    assert conf.count("host-record=api,") == 3 and conf.count("local=/api/") == 1

@@ -237,7 +237,9 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("mem_reservation", "1k", "invalid memory size"),
     ("cpus", 0, "invalid cpus"),
     ("pids_limit", 0, "pids limit of 0"),
-    ("deploy", {"replicas": 2}, "is not supported"),
+    ("deploy", {"replicas": 0}, "must be a whole number from 1 to 32"),
+    ("deploy", {"mode": "global"}, "is not supported"),
+    ("scale", 33, "must be a whole number from 1 to 32"),
     ("deploy", {"resources": {"limits": {"memory": "x"}}}, "invalid memory size"),
     ("profiles", "debug", "list of profile names"),
     ("platform", "linux/arm64", "is not supported"),
@@ -440,3 +442,27 @@ def test_alias_bomb_is_refused_fast(tmp_path: Path) -> None:
     rows += [f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
     err = fails(tmp_path, "\n".join(rows) + "\n")
     assert "expands to more than" in err.message
+
+
+def test_replicas_become_instances_found_by_the_service_name(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  api:\n    image: x.tar\n    deploy: {replicas: 3}\n    ports: ['80']\n"
+                         "  web:\n    image: x.tar\n    depends_on: [api]\n"
+                         "  jobs: {image: x.tar, isolation: container, scale: 2}\n")
+    assert [s.name for s in env.services] == ["api-1", "api-2", "api-3", "web", "jobs-1", "jobs-2"]
+    assert [m.name for m in env.machines] == ["api-1", "api-2", "api-3", "web"]  # each its own microVM
+    web, api2 = env.service("web"), env.service("api-2")
+    assert web is not None and web.depends_on == ("api-1", "api-2", "api-3")
+    assert api2 is not None and api2.names_on("default") == ("api-2", "api")
+    assert env.service("api") == env.service("api-1")  # `exec api`: the first instance, as compose's --index 1
+    assert [s.name for s in env.instances("jobs")] == ["jobs-1", "jobs-2"]
+
+
+@pytest.mark.parametrize(("extra", "want", "key"), [
+    ("    ports: ['8080:80']\n", "every instance would bind host port 8080", "services.api.ports"),
+    ("    hostname: one\n", "`hostname` cannot be used with several instances", "services.api.hostname"),
+    ("    container_name: one\n", "`container_name` cannot be used", "services.api.container_name"),
+    ("    deploy: {replicas: 3}\n", "`scale: 2` and `deploy.replicas: 3` disagree", "services.api.scale"),
+])
+def test_what_instances_cannot_share_is_refused(tmp_path: Path, extra: str, want: str, key: str) -> None:
+    err = fails(tmp_path, "services:\n  api:\n    image: x.tar\n    scale: 2\n" + extra)
+    assert want in err.message and err.where is not None and err.where.key == key

@@ -168,7 +168,8 @@ def dnsmasq_conf(address: str, records: Sequence[tuple[str, str]], pid_file: Pat
     lines = ["no-resolv", "no-hosts", "no-poll", "bind-interfaces", f"listen-address={address}",
              "except-interface=lo", "local-ttl=0", f"pid-file={pid_file}", f"log-facility={log_file}"]
     for name, address in records:
-        lines += [f"host-record={name},{address}", f"local=/{name}/"]
+        lines.append(f"host-record={name},{address}")
+    lines += [f"local=/{name}/" for name in dict.fromkeys(name for name, _ in records)]
     return "\n".join(lines) + "\n"
 
 

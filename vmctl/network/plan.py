@@ -111,14 +111,17 @@ class NetworkPlan:
 
     def records(self, resolver: Resolver) -> list[tuple[str, str]]:
         """(name, address) of every name on the resolver's networks; a name on several of them gets the
-        address on the first (the one the asker lists first)."""
-        found: dict[str, str] = {}
+        addresses on the first (the one the asker lists first). A name several members share (the
+        instances of a replicated service) has a record for each."""
+        found: dict[str, tuple[str, list[str]]] = {}
         for network in resolver.networks:
             for m in self.members:
                 if nic := m.nic(network):
                     for name in nic.names:
-                        found.setdefault(name, nic.address)
-        return list(found.items())
+                        first, addresses = found.setdefault(name, (network, []))
+                        if first == network:
+                            addresses.append(nic.address)
+        return [(name, address) for name, (_, addresses) in found.items() for address in addresses]
 
     def addresses_on(self, segment: str) -> list[str]:
         """The resolver addresses the segment's bridge holds."""
