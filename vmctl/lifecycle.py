@@ -43,7 +43,7 @@ from vmctl.network.host import EnvNetwork
 from vmctl.network.machine import MachineNetwork
 from vmctl.progress import Progress
 from vmctl.runner import which
-from vmctl.spec import Environment, MachineSpec, ServiceSpec
+from vmctl.spec import Environment, MachineSpec, ServiceSpec, with_dependencies
 from vmctl.ssh import Guest
 from vmctl.state import EnvDir, EnvState, ForwardState, MachineState
 
@@ -112,10 +112,12 @@ class Project:
             yield out
 
     def select_with_services(self, names: Sequence[str]) -> tuple[list[MachineSpec], list[ServiceSpec]]:
-        """`up NAME...`: a name is a machine (with its services) or a service (with its machine)."""
+        """`up NAME...`: a name is a machine (with its services) or a service (with its machine), each
+        service with what it depends on, as compose starts it."""
         if not names:
             return list(self.env.machines), list(self.env.services)
-        services = {s.name for s in self.env.services if {s.name, s.machine, s.replica_of} & set(names)}
+        services = with_dependencies(self.env, {s.name for s in self.env.services
+                                                if {s.name, s.machine, s.replica_of} & set(names)})
         machine_names = [n for n in names if self.env.service(n) is None]
         machine_names += [s.machine for s in self.env.services if s.name in services and s.machine]
         machines = self.select(sorted(set(machine_names))) if machine_names else []

@@ -18,6 +18,7 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
     ("`services.NAME.volumes[]` (the long form)", spec.MOUNT_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
+    ("`services.NAME.depends_on.NAME:`", spec.DEPENDENCY_SETTINGS),
     ("`networks.NAME:`", spec.NETWORK_SETTINGS),
     ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
     ("`volumes.NAME:`", volumes.VOLUME_SETTINGS),

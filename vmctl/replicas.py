@@ -38,8 +38,9 @@ def expand(pairs: Sequence[tuple[ServiceSpec, Any]], counts: Mapping[str, int],
     instances = {svc.name: _names(svc, counts.get(svc.name, 1), ctx) for svc, _ in pairs}
     out = []
     for svc, raw in pairs:
-        deps = tuple(n for dep in svc.depends_on for n in instances.get(dep, [dep]))
-        svc = replace(svc, depends_on=deps)
+        deps = tuple(replace(dep, service=n) for dep in svc.dependencies
+                     for n in instances.get(dep.service, [dep.service]))
+        svc = replace(svc, dependencies=deps)
         names = instances[svc.name]
         if names == [svc.name]:
             out.append((svc, raw))

@@ -127,6 +127,23 @@ class HealthcheckSpec:
     timeout: float = 5.0
     retries: int = 5
     start_period: float = 0.0
+    start_interval: float | None = None  # between checks during `start_period` (None: `interval`)
+
+
+class Condition(StrEnum):
+    """What a dependent waits for before it starts (compose's `depends_on.NAME.condition`)."""
+
+    STARTED = "service_started"
+    HEALTHY = "service_healthy"
+    COMPLETED = "service_completed_successfully"
+
+
+@dataclass(frozen=True)
+class Dependency:
+    service: str
+    condition: Condition = Condition.STARTED
+    required: bool = True  # false: a dependency that is not in the file (or not running) is skipped
+    restart: bool = False  # `vmctl restart` of the dependency restarts this service too
 
 
 @dataclass(frozen=True)
@@ -175,7 +192,7 @@ class ServiceSpec:
     user: str | None = None
     ports: tuple[PortSpec, ...] = ()
     volumes: tuple[VolumeSpec, ...] = ()
-    depends_on: tuple[str, ...] = ()
+    dependencies: tuple[Dependency, ...] = ()
     healthcheck: HealthcheckSpec | None = None
     restart: Restart = Restart.NO
     restart_retries: int | None = None  # `on-failure:N`: at most N restarts
@@ -202,6 +219,10 @@ class ServiceSpec:
     expose: tuple[int, ...] = ()  # documents ports reachable on the networks; publishes nothing
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) lines for the container's /etc/hosts
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return tuple(d.service for d in self.dependencies)
 
     def names_on(self, network: str) -> tuple[str, ...]:
         """The names this service is found by on `network`: its name, hostname and aliases there (an
@@ -388,18 +409,30 @@ MOUNT_SETTINGS = (
 )
 
 
-def p_depends_on(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
-    if isinstance(value, dict):
-        value = list(value)
-    if not isinstance(value, list):
-        ctx.fail(path, f"must be a list of service names, not {typename(value)}")
-    return tuple(p_name(v, (*path, i), ctx) for i, v in enumerate(value))
+def p_depends_on(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Dependency, ...]:
+    """compose's two forms: a list of names, or a mapping name -> {condition, required, restart}."""
+    if isinstance(value, list):
+        value = {p_name(v, (*path, i), ctx): None for i, v in enumerate(value)}
+    if not isinstance(value, dict):
+        ctx.fail(path, f"must be a list of service names or a mapping of them, not {typename(value)}")
+    out = []
+    for name, raw in value.items():
+        p_name(name, (*path, name), ctx)
+        v = parse_table(DEPENDENCY_SETTINGS, raw, (*path, name), ctx)
+        out.append(Dependency(name, v["condition"], v["required"], v["restart"]))
+    return tuple(out)
 
 
-def p_healthcheck(value: Any, path: KeyPath, ctx: Ctx) -> HealthcheckSpec:
+def p_healthcheck(value: Any, path: KeyPath, ctx: Ctx) -> HealthcheckSpec | None:
+    """None where compose turns the check off: `disable: true`, or `test: ["NONE"]`."""
     raw = parse_table(HEALTHCHECK_SETTINGS, value, path, ctx)
+    if raw["disable"] or raw["test"] == ("NONE",):
+        return None
+    if raw["test"] is None:
+        ctx.fail(path, "a healthcheck needs a `test`", 'add `test: ["CMD", "prog", "arg"]`, or `disable: true`')
     return HealthcheckSpec(test=raw["test"], interval=raw["interval"], timeout=raw["timeout"],
-                           retries=raw["retries"], start_period=raw["start_period"])
+                           retries=raw["retries"], start_period=raw["start_period"],
+                           start_interval=raw["start_interval"])
 
 
 def p_healthcheck_test(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
@@ -407,11 +440,14 @@ def p_healthcheck_test(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
     if isinstance(value, str):
         return ("/bin/sh", "-c", value)
     argv = p_argv(value, path, ctx)
+    if argv == ("NONE",):
+        return argv  # (p_healthcheck: no check)
     if argv[0] == "CMD" and len(argv) > 1:
         return argv[1:]
     if argv[0] == "CMD-SHELL" and len(argv) == 2:
         return ("/bin/sh", "-c", argv[1])
-    ctx.fail(path, f"invalid healthcheck test {value!r}", 'use ["CMD", "prog", "arg"] or ["CMD-SHELL", "line"]')
+    ctx.fail(path, f"invalid healthcheck test {value!r}",
+             'use ["CMD", "prog", "arg"], ["CMD-SHELL", "line"] or ["NONE"]')
 
 
 # -- the environment network (vmctl/network/ builds it; docs/design.md, "The environment network")
@@ -579,11 +615,24 @@ ATTACHMENT_SETTINGS = (
 )
 
 HEALTHCHECK_SETTINGS = (
-    Setting("test", p_healthcheck_test, REQUIRED, "list|string", 'e.g. ["CMD", "wget", "-q", "-O-", "URL"]'),
+    Setting("test", p_healthcheck_test, None, "list|string",
+            'e.g. ["CMD", "wget", "-q", "-O-", "URL"]; ["NONE"]: no check', shown="**required**"),
     Setting("interval", p_duration, 2.0, "duration", "time between checks"),
     Setting("timeout", p_duration, 5.0, "duration", "time one check may take"),
     Setting("retries", p_int(1, 1000), 5, "int", "failures in a row before the service is unhealthy"),
     Setting("start_period", p_duration, 0.0, "duration", "grace time before failures count"),
+    Setting("start_interval", p_duration, None, "duration", "time between checks during `start_period` "
+            "(default: `interval`)"),
+    Setting("disable", p_bool, False, "bool", "no healthcheck (as `test: [\"NONE\"]`)"),
+)
+
+DEPENDENCY_SETTINGS = (
+    Setting("condition", p_enum(Condition), Condition.STARTED, "service_started|service_healthy|"
+            "service_completed_successfully", "what this service waits for before it starts: the "
+            "dependency running, healthy (it needs a `healthcheck`), or exited with code 0"),
+    Setting("required", p_bool, True, "bool", "false: a dependency that is not in the file (an inactive "
+            "profile) is left out with a warning"),
+    Setting("restart", p_bool, False, "bool", "`vmctl restart` of the dependency restarts this service too"),
 )
 
 SERVICE_SETTINGS = (
@@ -597,7 +646,8 @@ SERVICE_SETTINGS = (
     Setting("ports", p_ports, (), "list", 'published ports "HOST:CONTAINER", bound to 127.0.0.1'),
     Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]" (read-only by default) or '
             '"VOLUME:/path[:ro|rw]" (a named volume, writable by default), or the long form'),
-    Setting("depends_on", p_depends_on, (), "list", "services started (and healthy) before this one"),
+    Setting("depends_on", p_depends_on, (), "list|mapping", "services started before this one (list), or "
+            "name -> `condition`, `required`, `restart`"),
     Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
     Setting("restart", p_restart, (Restart.NO, None), '"no"|always|on-failure[:N]|unless-stopped',
             "restart policy, applied by the guest's supervisor (microVM) or vmctl's host supervisor (container)",
@@ -721,6 +771,7 @@ def environment_from(model: Model) -> Environment:
     raws = top["services"] or {}
     counts: dict[str, int] = {}
     services = [_service(name, raw, ctx, defaults, counts) for name, raw in raws.items()]
+    services = _optional_dependencies(services, ctx)
     pairs = replicas.expand(list(zip(services, raws.values(), strict=True)), counts, ctx)
     services = [s for s, _ in pairs]
     machines += [_dedicated_vm(s, raw, defaults, ctx) for s, raw in pairs
@@ -790,7 +841,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                  "give the service its own microVM (drop `machine`), or use `isolation: container`")
     return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
-                       ports=v["ports"], volumes=v["volumes"], depends_on=v["depends_on"],
+                       ports=v["ports"], volumes=v["volumes"], dependencies=v["depends_on"],
                        healthcheck=v["healthcheck"], restart=restart, restart_retries=retries,
                        isolation=v["isolation"], machine=v["machine"], read_only=v["read_only"],
                        privileged=v["privileged"], container_name=v["container_name"], labels=v["labels"],
@@ -931,14 +982,40 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
         if s.machine and s.machine != s.name and s.machine not in declared:
             ctx.fail(("services", s.name, "machine"), f"unknown machine `{s.machine}`",
                      did_you_mean(s.machine, declared, "machines"))
-        for i, dep in enumerate(s.depends_on):
-            if env.service(dep) is None:
-                ctx.fail(("services", s.name, "depends_on", i), f"unknown service `{dep}`",
-                         did_you_mean(dep, [x.name for x in env.services], "services"))
+        for dep in s.dependencies:
+            target = env.service(dep.service)
+            path = _dependency_path(ctx, s.replica_of or s.name, (target and target.replica_of) or dep.service)
+            if target is None:
+                ctx.fail(path, f"unknown service `{dep.service}`",
+                         did_you_mean(dep.service, [x.name for x in env.services], "services"))
+            if dep.condition is Condition.HEALTHY and target.healthcheck is None:
+                ctx.fail(path, f"`{dep.service}` has no healthcheck, so it never becomes healthy",
+                         f"give `{dep.service}` a `healthcheck`, or use `condition: service_started`")
     cycle = _find_cycle({s.name: s.depends_on for s in env.services})
     if cycle:
         ctx.fail(("services", cycle[0], "depends_on"), f"`depends_on` cycle: {' -> '.join(cycle)}",
                  "remove one of these dependencies")
+
+
+def _dependency_path(ctx: Ctx, service: str, dependency: str) -> KeyPath:
+    """Where the file names a dependency: its key in the mapping form, its index in the list form."""
+    written = ((ctx.doc.data.get("services") or {}).get(service) or {}).get("depends_on")
+    key: str | int = written.index(dependency) if isinstance(written, list) and dependency in written else dependency
+    return ("services", service, "depends_on", key)
+
+
+def _optional_dependencies(services: Sequence[ServiceSpec], ctx: Ctx) -> list[ServiceSpec]:
+    """`required: false` dependencies on a service the file does not run (an inactive profile) are
+    left out, with a warning, as compose does."""
+    known = {n for s in services for n in (s.name, s.replica_of) if n}
+    out = []
+    for s in services:
+        missing = [d for d in s.dependencies if not d.required and d.service not in known]
+        for d in missing:
+            ctx.warn(("services", s.replica_of or s.name, "depends_on", d.service),
+                     f"optional dependency `{d.service}` is not in the file (an inactive profile?): left out")
+        out.append(replace(s, dependencies=tuple(d for d in s.dependencies if d not in missing)) if missing else s)
+    return out
 
 
 def _check_hosts(env: Environment, ctx: Ctx) -> None:
@@ -994,6 +1071,18 @@ def _check_port_conflicts(env: Environment, ctx: Ctx) -> None:
             ctx.fail(path, f"host port {port.host_ip}:{port.host_port}/{port.proto} is already used by {seen[key]}",
                      "every published host port must be distinct")
         seen[key] = f"`{dotted(path)}`"
+
+
+def with_dependencies(env: Environment, names: set[str]) -> set[str]:
+    """`names` and every service they depend on, directly or not."""
+    found, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        svc = env.service(name)
+        if svc is not None and svc.name not in found:
+            found.add(svc.name)
+            todo += svc.depends_on
+    return found
 
 
 def topological_services(env: Environment) -> list[ServiceSpec]:

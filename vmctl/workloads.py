@@ -33,7 +33,7 @@ from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
 from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
 from vmctl.progress import Progress
-from vmctl.spec import Environment, Isolation, ServiceSpec, topological_services
+from vmctl.spec import Condition, Environment, Isolation, ServiceSpec, topological_services
 from vmctl.ssh import Guest
 from vmctl.state import EnvDir, EnvState
 
@@ -99,8 +99,11 @@ class HostServiceRuntime:
     share_network = False
 
     def __init__(self, environment: str, services_dir: Path, names: Mapping[str, str] | None = None,
-                 network: tuple[EnvNetwork, netplan.NetworkPlan] | None = None) -> None:
-        """`names`: service -> its `container_name`, where the file sets one."""
+                 network: tuple[EnvNetwork, netplan.NetworkPlan] | None = None, awaited: frozenset[str] = frozenset(),
+                 ) -> None:
+        """`names`: service -> its `container_name`, where the file sets one. `awaited`: services whose
+        exit code a dependent waits for (`service_completed_successfully`)."""
+        self.awaited = awaited
         self.environment = environment
         self.services_dir = services_dir
         self.names_ = dict(names or {})
@@ -129,13 +132,14 @@ class HostServiceRuntime:
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None:
         """Without a restart policy runc runs the container by itself; with one, vmctl's host supervisor
-        (host_supervisor.py) starts it and restarts it after it exits, outliving this command."""
+        (host_supervisor.py) starts it and restarts it after it exits, outliving this command. A service
+        a dependent waits to complete is supervised too: only the supervisor learns its exit code."""
         forwards = tuple(PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports)
         cdir = self.cdir(svc.name)
         log = host_supervisor.files(cdir)["log"]
         log.unlink(missing_ok=True)
         join = self._joiner(svc.name)
-        if svc.restart is Restart.NO:
+        if svc.restart is Restart.NO and svc.name not in self.awaited:
             self.host.start(req, cdir, ports=forwards, log=log, on_created=join)
             return
         host_supervisor.launch(host_supervisor.Plan(req, cdir, forwards, svc.restart, svc.restart_retries,
@@ -328,7 +332,10 @@ class Runtimes(contextlib.AbstractContextManager["Runtimes"]):
 
     def host(self) -> HostServiceRuntime:
         network = (EnvNetwork(str(self.envdir.path)), self.plan) if self.plan else None
-        return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env), network)
+        awaited = frozenset(d.service for s in self.env.services for d in s.dependencies
+                            if d.condition is Condition.COMPLETED)
+        return HostServiceRuntime(self.env.name, self.envdir.path / "services", container_names(self.env), network,
+                                  awaited)
 
     def guest(self, machine: str, connect_timeout: float = 20.0) -> GuestRuntime:
         """The runtime of one machine's guest, over a new SSH connection (closed with this object)."""
@@ -360,6 +367,7 @@ def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Ma
     """Start the services in `images` in `depends_on` order. If one fails (or Ctrl-C), the ones this
     call started are stopped again, in reverse order, while their connections are still open."""
     deadline = time.monotonic() + timeout
+    healthy: set[str] = set()  # checked healthy by this call already
     with Runtimes(env, envdir, state) as runtimes, contextlib.ExitStack() as rollback:
         for svc in topological_services(env):
             if svc.name not in images:
@@ -368,10 +376,11 @@ def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Ma
             if svc.name in state.services and rt.live(svc.name).state == "running":
                 progress.done(svc.name, "already running")
                 continue
+            wait_for_dependencies(env, svc, runtimes, progress, deadline, healthy)
             rollback.callback(_forget, envdir, state, svc.name)
             _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback, runtimes.plan)
-            if wait:
-                wait_ready(svc, rt, progress, deadline)
+            if wait and wait_ready(svc, rt, progress, deadline):
+                healthy.add(svc.name)
         rollback.pop_all()
 
 
@@ -419,19 +428,62 @@ def published_ports(svc: ServiceSpec, state: EnvState) -> list[PublishedPort]:
 # waiting: running, or healthy
 
 
-def wait_ready(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: float) -> None:
-    """Return when `svc` runs (or has finished with exit code 0), or is healthy when it has a healthcheck."""
+def wait_ready(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: float) -> bool:
+    """Return when `svc` runs (or has finished with exit code 0), or is healthy when it has a healthcheck;
+    whether it was checked healthy."""
     t0 = time.monotonic()
     live = _wait_started(svc, rt, deadline)
     if svc.healthcheck is not None and live.state == "running":
         _wait_healthy(svc, rt, progress, deadline)
         progress.done(svc.name, f"healthy in {time.monotonic() - t0:.2f}s")
-    elif live.state == "exited":
+        return True
+    if live.state == "exited":
         progress.done(svc.name, f"exited 0 in {time.monotonic() - t0:.2f}s")
     elif live.state == "restarting":
         progress.warn(svc.name, f"restarting (exit code {live.exit_code}, restart: {svc.restart})")
     else:
         progress.done(svc.name, f"running in {time.monotonic() - t0:.2f}s")
+    return False
+
+
+def wait_for_dependencies(env: Environment, svc: ServiceSpec, runtimes: Runtimes, progress: Progress,
+                          deadline: float, healthy: set[str]) -> None:
+    """Before `svc` starts: each dependency running, healthy, or exited with code 0, as its
+    `condition` says. One that does not run fails the start (a `required: false` one is skipped)."""
+    for dep in svc.dependencies:
+        target = env.service(dep.service)
+        assert target is not None  # (spec checked it)
+        if target.name not in runtimes.state.services:
+            if dep.required:
+                raise ServiceFailed(f"service `{svc.name}` depends on `{target.name}`, which is not running",
+                                    hint=f"start it too (`vmctl up {target.name} {svc.name}`)")
+            progress.warn(svc.name, f"optional dependency `{target.name}` is not running: starting without it")
+            continue
+        rt = runtimes.for_service(target)
+        if dep.condition is Condition.COMPLETED:
+            progress.working(svc.name, f"waiting for `{target.name}` to complete")
+            _wait_completed(target, rt, deadline)
+        elif dep.condition is Condition.HEALTHY and target.name not in healthy:
+            progress.working(svc.name, f"waiting for `{target.name}` to be healthy")
+            _wait_started(target, rt, deadline)
+            _wait_healthy(target, rt, progress, deadline)
+            healthy.add(target.name)
+        else:
+            _wait_started(target, rt, deadline)
+
+
+def _wait_completed(svc: ServiceSpec, rt: Runtime, deadline: float) -> None:
+    while True:
+        live = rt.live(svc.name)
+        if live.state == "exited":
+            if live.exit_code != 0:
+                _fail(svc, rt, f"exited with code {live.exit_code}, and a dependent needs it to complete successfully")
+            return
+        if live.state == "absent":
+            _fail(svc, rt, "disappeared before it completed")
+        if time.monotonic() > deadline:
+            _fail(svc, rt, f"did not complete in time (state `{live.state}`)")
+        time.sleep(POLL_SECONDS)
 
 
 def _wait_started(svc: ServiceSpec, rt: Runtime, deadline: float) -> Live:
@@ -466,9 +518,11 @@ def _wait_healthy(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: f
         detail = out.decode(errors="replace").strip()[-200:] or f"exit code {code}"
         if failures >= hc.retries:
             _fail(svc, rt, f"is unhealthy: its healthcheck failed {failures} times in a row (last: {detail})")
-        if time.monotonic() + hc.interval > deadline:
+        early = hc.start_interval is not None and time.monotonic() < grace_until
+        pause = hc.start_interval if early and hc.start_interval is not None else hc.interval
+        if time.monotonic() + pause > deadline:
             _fail(svc, rt, f"was not healthy before the timeout (last check: {detail})")
-        time.sleep(hc.interval)
+        time.sleep(pause)
 
 
 def _fail(svc: ServiceSpec, rt: Runtime, what: str) -> None:

@@ -215,7 +215,7 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("healthcheck", {"test": ["NOPE"]}, "invalid healthcheck test"),
     ("healthcheck", {"test": "true", "interval": "soon"}, "invalid duration"),
     ("healthcheck", {"test": "true", "retries": 0}, "whole number"),
-    ("healthcheck", {}, "missing required key `test`"),
+    ("healthcheck", {}, "a healthcheck needs a `test`"),
     ("restart", "sometimes", "use one of"),
     ("restart", "always:3", "use one of"),
     ("env_file", 5, "`env_file` takes a path"),
@@ -466,3 +466,40 @@ def test_replicas_become_instances_found_by_the_service_name(tmp_path: Path) -> 
 def test_what_instances_cannot_share_is_refused(tmp_path: Path, extra: str, want: str, key: str) -> None:
     err = fails(tmp_path, "services:\n  api:\n    image: x.tar\n    scale: 2\n" + extra)
     assert want in err.message and err.where is not None and err.where.key == key
+
+
+def test_depends_on_conditions(tmp_path: Path) -> None:
+    from vmctl.spec import Condition, Dependency
+
+    env = load(tmp_path, "services:\n  db:\n    image: x.tar\n"
+                         "    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n"
+                         "  job: {image: x.tar}\n  web:\n    image: x.tar\n    depends_on:\n"
+                         "      db: {condition: service_healthy, restart: true}\n"
+                         "      job: {condition: service_completed_successfully}\n"
+                         "      extra: {required: false}\n"
+                         "  api: {image: x.tar, depends_on: [db]}\n")
+    web, api, db = env.service("web"), env.service("api"), env.service("db")
+    assert web is not None and api is not None and db is not None and db.healthcheck is not None
+    assert web.dependencies == (Dependency("db", Condition.HEALTHY, restart=True),
+                                Dependency("job", Condition.COMPLETED))  # the optional, absent `extra` left out
+    assert any("optional dependency `extra`" in w and "services.web.depends_on.extra" in w for w in env.warnings)
+    assert api.dependencies == (Dependency("db"),) and api.depends_on == ("db",)
+    assert db.healthcheck.start_interval == 1.0
+
+
+@pytest.mark.parametrize(("text", "want", "key"), [
+    ("  db: {image: x.tar}\n  web:\n    image: x.tar\n    depends_on: {db: {condition: service_healthy}}\n",
+     "`db` has no healthcheck", "services.web.depends_on.db"),
+    ("  web:\n    image: x.tar\n    depends_on: {db: {}}\n", "unknown service `db`", "services.web.depends_on.db"),
+    ("  db: {image: x.tar}\n  web:\n    image: x.tar\n    depends_on: {db: {condition: service_ready}}\n",
+     "invalid value 'service_ready'", "services.web.depends_on.db.condition"),
+])
+def test_depends_on_errors_name_the_dependency(tmp_path: Path, text: str, want: str, key: str) -> None:
+    err = fails(tmp_path, "services:\n" + text)
+    assert want in err.message and err.where is not None and err.where.key == key
+
+
+def test_a_healthcheck_is_off_with_none_or_disable(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  a: {image: x.tar, healthcheck: {test: [NONE]}}\n"
+                         "  b: {image: x.tar, healthcheck: {test: [CMD, 'false'], disable: true}}\n")
+    assert [s.healthcheck for s in env.services] == [None, None]

@@ -185,8 +185,10 @@ def test_image_disks_dedupe_and_render_valid_xml(env_file: Path, tmp_path: Path)
 
 def test_select_with_services(env_file: Path) -> None:
     project = lifecycle.Project(env=load_environment(env_file), progress=Progress(quiet_renderer))
-    machines, services = project.select_with_services(["plain"])
-    assert machines == [] and [s.name for s in services] == ["plain"]
+    machines, services = project.select_with_services(["plain"])  # with what it depends on, as compose
+    assert [m.name for m in machines] == ["box"] and [s.name for s in services] == ["web", "plain"]
+    machines, services = project.select_with_services(["web"])
+    assert [m.name for m in machines] == ["box"] and [s.name for s in services] == ["web"]
     machines, services = project.select_with_services(["box"])
     assert [m.name for m in machines] == ["box"] and [s.name for s in services] == ["web"]
     machines, services = project.select_with_services(["solo"])
