@@ -48,7 +48,7 @@ STALE_TMP_SECONDS = 3600
 class PullPolicy(StrEnum):
     """compose's `pull_policy`, for registry images (archives, layouts and engine stores are read in place)."""
 
-    ALWAYS = "always"  # ask the registry for the reference's digest at every `up`, and use names from no engine
+    ALWAYS = "always"  # ask the registry for the digest at every `up`; a plain name skips the local engine stores
     MISSING = "missing"  # ask only when this reference has no cached preparation (compose's default)
     NEVER = "never"  # never ask: the cache has it, or the service cannot start
 
