@@ -16,6 +16,9 @@ PACKAGES=(
   kmod cpio busybox-static dropbear-bin crun e2fsprogs
   # container images and host containers
   skopeo umoci runc slirp4netns iproute2 procps
+  # the distribution registry (/usr/bin/docker-registry): tests/integration/test_registry.py serves
+  # `image: 127.0.0.1:PORT/...` from it, started on loopback by the test (the packaged service is not used)
+  docker-registry
   # compose's `init: true`: a static tini bound into the container as PID 1
   tini
   # the environment network: a resolver per network (util-linux: unshare, nsenter)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from vmctl import compose_keys
+from vmctl.container_image import PullPolicy
 from vmctl.oci_spec import ALL_CAPS
 from vmctl.settings import (
     REQUIRED,
@@ -277,11 +278,21 @@ def p_platform(value: Any, path: KeyPath, ctx: Ctx) -> str:
     return "linux/amd64"
 
 
-def p_pull_policy(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if value not in ("missing", "never", "if_not_present"):
-        ctx.fail(path, f"`pull_policy: {value}` is not supported: images are local archives, never pulled or built",
-                 "use `missing` or `never` (both mean: use the local archive), or drop `pull_policy`")
-    return str(value)
+PULL_POLICIES = {"always": PullPolicy.ALWAYS, "missing": PullPolicy.MISSING, "if_not_present": PullPolicy.MISSING,
+                 "never": PullPolicy.NEVER}
+
+
+def p_pull_policy(value: Any, path: KeyPath, ctx: Ctx) -> PullPolicy:
+    if value == "build":
+        ctx.fail(path, "`pull_policy: build` is not supported: building images is not implemented yet "
+                 "(no builder integration)", "build with docker or podman, then `docker save -o app.tar IMAGE` and "
+                 "set `image: ./app.tar`, or push it to a registry and set `image:` to its reference")
+    if isinstance(value, str) and (value in ("daily", "weekly") or value.startswith("every_")):
+        ctx.fail(path, f"`pull_policy: {value}` is not supported: vmctl does not record when it last pulled",
+                 "use `always` (ask the registry at every `up`) or `missing`")
+    if not isinstance(value, str) or value not in PULL_POLICIES:
+        ctx.fail(path, f"invalid pull_policy {value!r}", "use one of always, missing (or if_not_present), never")
+    return PULL_POLICIES[value]
 
 
 ULIMIT_SETTINGS = (

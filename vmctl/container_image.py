@@ -1,8 +1,9 @@
-"""Container images without a registry: archives, OCI layouts or local engine stores -> rootfs + ext4 disk.
+"""Container images: archives, OCI layouts, local engine stores or registries -> rootfs + ext4 disk.
 
 Pipeline: `resolve_source` (what is it? a skopeo transport string) -> manifest digest (`skopeo inspect
---raw`, memoised per source file by size/mtime/inode) -> cache hit, or: `skopeo copy` to a private OCI
-layout -> `umoci raw unpack` (honours whiteouts) -> mountpoints the runtimes need -> `mkfs.ext4 -d`.
+--raw`, memoised per source file by size/mtime/inode, and per registry reference as `pull_policy` allows)
+-> cache hit, or: `skopeo copy` to a private OCI layout (a registry image by its digest, so the entry holds
+what was inspected) -> `umoci raw unpack` (honours whiteouts) -> mountpoints the runtimes need -> `mkfs.ext4 -d`.
 Everything is built in `cache_root()/images/.tmp-*` and renamed to `<digest-hex>/` in one step, so a
 cache entry is either complete or absent.
 
@@ -24,9 +25,11 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from vmctl import registry
 from vmctl.errors import CommandFailed, HostError, UsageError, VmctlError
 from vmctl.paths import cache_root
 from vmctl.runner import output, run, which
@@ -40,6 +43,14 @@ REGISTRY_TRANSPORT = "docker://"
 MOUNTPOINT_DIRS = ("proc", "sys", "dev", "tmp", "run", "etc")
 MOUNTPOINT_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
 STALE_TMP_SECONDS = 3600
+
+
+class PullPolicy(StrEnum):
+    """compose's `pull_policy`, for registry images (archives, layouts and engine stores are read in place)."""
+
+    ALWAYS = "always"  # ask the registry for the digest at every `up`; a plain name skips the local engine stores
+    MISSING = "missing"  # ask only when this reference has no cached preparation (compose's default)
+    NEVER = "never"  # never ask: the cache has it, or the service cannot start
 
 
 @dataclass(frozen=True)
@@ -71,18 +82,21 @@ def _no_progress(_: str) -> None:
 # ---------------------------------------------------------------- resolving what the user wrote
 
 
-def resolve_source(ref: str, base_dir: Path) -> str:
-    """Turn `ref` into a skopeo transport string; paths are relative to `base_dir`. UsageError if unusable."""
+def resolve_source(ref: str, base_dir: Path, *, engines: bool = True) -> str:
+    """Turn `ref` into a skopeo transport string; paths are relative to `base_dir`. UsageError if unusable.
+    A name is looked up in the local docker/podman stores first, unless `engines` is false (a pull)."""
     if not ref or "\0" in ref or "\n" in ref:
         raise UsageError(f"image reference {ref!r} is empty or contains control characters")
-    if ref.startswith(REGISTRY_TRANSPORT) or ref.startswith(ENGINE_TRANSPORTS):
+    if ref.startswith(REGISTRY_TRANSPORT):
+        return REGISTRY_TRANSPORT + str(registry.parse(ref.removeprefix(REGISTRY_TRANSPORT)))
+    if ref.startswith(ENGINE_TRANSPORTS):
         return ref
     for transport in FILE_TRANSPORTS:
         if ref.startswith(transport):
             return _resolve_path(ref[len(transport) :], base_dir, expect=transport)
     if _looks_like_path(ref, base_dir):
         return _resolve_path(ref, base_dir, expect=None)
-    return _resolve_name(ref)
+    return _resolve_name(ref, engines=engines)
 
 
 def _looks_like_path(ref: str, base_dir: Path) -> bool:
@@ -158,23 +172,20 @@ def detect_archive(path: Path) -> str:
     )
 
 
-def _resolve_name(ref: str) -> str:
-    name = ref if _has_tag_or_digest(ref) else f"{ref}:latest"
+def _resolve_name(ref: str, *, engines: bool) -> str:
+    parsed = registry.parse(ref)
+    name = str(parsed) if parsed.tag or parsed.digest else f"{ref}:latest"
     for engine, transport, probe in (
         ("docker", "docker-daemon:", ["image", "inspect", "--format", "{{.Id}}", name]),
         ("podman", "containers-storage:", ["image", "exists", name]),
     ):
         exe = shutil.which(engine)
-        if exe is None:
+        if exe is None or not engines:
             continue
         with contextlib.suppress(VmctlError):
             if run([exe, *probe], check=False, timeout=30).returncode == 0:
                 return f"{transport}{name}"
     return f"{REGISTRY_TRANSPORT}{name}"
-
-
-def _has_tag_or_digest(ref: str) -> bool:
-    return "@" in ref or ":" in ref.rsplit("/", 1)[-1]
 
 
 # ---------------------------------------------------------------- preparing (cached)
@@ -184,12 +195,14 @@ def images_root() -> Path:
     return cache_root() / "images"
 
 
-def prepare_image(ref: str, base_dir: Path, *, progress: Callable[[str], None] = _no_progress) -> PreparedImage:
-    """Resolve, fetch, unpack and make the ext4 disk of `ref`, or return the cached result."""
-    source = resolve_source(ref, base_dir)
+def prepare_image(ref: str, base_dir: Path, *, policy: PullPolicy = PullPolicy.MISSING,
+                  progress: Callable[[str], None] = _no_progress) -> PreparedImage:
+    """Resolve, fetch, unpack and make the ext4 disk of `ref`, or return the cached result.
+    `policy` says when a registry is asked (see `PullPolicy`); HostError when `never` finds nothing cached."""
+    source = resolve_source(ref, base_dir, engines=policy is not PullPolicy.ALWAYS)
     root = images_root()
     root.mkdir(parents=True, exist_ok=True)
-    digest = _memo_get(source) or _inspect_digest(source, progress)
+    digest = _known_digest(source, policy) or _ask_digest(ref, source, policy, progress)
     entry = root / digest.removeprefix("sha256:")
     cached = _load_entry(ref, digest, entry)
     if cached is not None:
@@ -198,7 +211,7 @@ def prepare_image(ref: str, base_dir: Path, *, progress: Callable[[str], None] =
         return cached
     _remove_stale_tmp(root)
     with _build_dir(root) as tmp:
-        _build(source, digest, tmp, progress)
+        _build(_pinned(source, digest), digest, tmp, progress)
         try:
             tmp.rename(entry)
         except OSError:  # another vmctl built it meanwhile: keep theirs
@@ -216,7 +229,7 @@ def _build(source: str, digest: str, tmp: Path, progress: Callable[[str], None])
     rootfs = tmp / "rootfs"
     started = time.monotonic()
     progress(f"copying {source}")
-    _skopeo(source, ["copy", "--quiet", source, f"oci:{layout}:{LAYOUT_TAG}"])
+    _skopeo(source, ["copy", "--quiet", *tls_off(source, "--src-tls-verify"), source, f"oci:{layout}:{LAYOUT_TAG}"])
     config = read_layout_config(layout, LAYOUT_TAG)
     progress("unpacking layers")
     _unpack(source, layout, rootfs)
@@ -279,15 +292,64 @@ def _config_from_meta(c: dict[str, Any]) -> ImageConfig:
 # ---------------------------------------------------------------- digest (and its memo)
 
 
+def _known_digest(source: str, policy: PullPolicy) -> str | None:
+    """The digest to use without asking the source: a file's memo; for a registry reference (not with
+    `always`), the digest it pins or the one its last pull found, while that preparation is in the cache."""
+    if not source.startswith(REGISTRY_TRANSPORT):
+        return _memo_get(source)
+    if policy is PullPolicy.ALWAYS:
+        return None
+    digest = _registry_ref(source).digest or _memo_get(source)
+    if digest is None or _load_entry(source, digest, images_root() / digest.removeprefix("sha256:")) is None:
+        return None
+    return digest
+
+
+def _ask_digest(ref: str, source: str, policy: PullPolicy, progress: Callable[[str], None]) -> str:
+    """The manifest digest, from the source itself; a registry's answer must match a digest written in `ref`."""
+    if policy is PullPolicy.NEVER and source.startswith(REGISTRY_TRANSPORT):
+        raise HostError(f"image `{ref}` is not in vmctl's image cache, and `pull_policy: never` forbids pulling it",
+                        hint="pull it once: `vmctl pull` (it skips `never` services: set `pull_policy: missing` "
+                             "for that run), or drop `pull_policy: never`")
+    digest = _inspect_digest(source, progress)
+    written = _registry_ref(source).digest if source.startswith(REGISTRY_TRANSPORT) else None
+    if written is not None and written != digest:
+        raise HostError(f"the registry answered `{ref}` with a manifest of digest {digest}, not {written}",
+                        hint="the registry or something between it and this machine altered the manifest")
+    return digest
+
+
 def _inspect_digest(source: str, progress: Callable[[str], None]) -> str:
     progress(f"inspecting {source}")
-    raw = _skopeo(source, ["inspect", "--raw", source], capture_text=True)
+    raw = _skopeo(source, ["inspect", *tls_off(source, "--tls-verify"), "--raw", source], capture_text=True)
     return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
 
 
+def _registry_ref(source: str) -> registry.RegistryRef:
+    return registry.parse(source.removeprefix(REGISTRY_TRANSPORT))
+
+
+def _pinned(source: str, digest: str) -> str:
+    """A registry image is copied by the digest just inspected: a tag pushed again meanwhile cannot slip in."""
+    if not source.startswith(REGISTRY_TRANSPORT):
+        return source
+    return REGISTRY_TRANSPORT + _registry_ref(source).pinned(digest)
+
+
+def tls_off(source: str, option: str) -> list[str]:
+    """A loopback registry is plain HTTP, as docker assumes by default; every other keeps TLS verification."""
+    if source.startswith(REGISTRY_TRANSPORT) and _registry_ref(source).loopback:
+        return [f"{option}=false"]
+    return []
+
+
 def _source_stat(source: str) -> list[int] | None:
+    """What a memo of `source` stays valid for: a file's size, mtime and inode; a registry reference's
+    digest until `pull_policy: always` or `vmctl pull` asks again ([]); engine stores: no memo (None)."""
+    if source.startswith(REGISTRY_TRANSPORT):
+        return []
     if not source.startswith(FILE_TRANSPORTS):
-        return None  # engine stores and registries can change under the same name: always ask
+        return None  # an engine store can change under the same name: always ask it (it is local)
     path = Path(source.split(":", 2)[1])
     with contextlib.suppress(OSError):
         st = (path / "index.json" if path.is_dir() else path).stat()
@@ -343,12 +405,18 @@ def _source_error(source: str, e: CommandFailed) -> VmctlError:
             hint="the archive or layout is damaged or incomplete: build or export it again",
         )
     if source.startswith(REGISTRY_TRANSPORT):
-        return HostError(
-            f"cannot pull `{source}` from its registry: {e.message}",
-            hint="no registry may be reachable from this machine: `docker save`/`skopeo copy` the image "
-            "into an archive elsewhere and give its path instead",
-        )
+        return HostError(f"cannot pull `{source}` from its registry: {e.message}", hint=_registry_hint(source))
     return HostError(f"cannot read `{source}` from the local engine: {e.message}")
+
+
+def _registry_hint(source: str) -> str:
+    ref = _registry_ref(source)
+    if ref.digest:
+        return (f"check the digest: the registry may have no manifest {ref.digest[:19]}... of `{ref.name}` "
+                f"(`skopeo inspect docker://{ref.name}:TAG` shows a tag's `Digest`)")
+    speak = "vmctl speaks plain HTTP to it (loopback)" if ref.loopback else "it must offer HTTPS that this host trusts"
+    return (f"is the registry `{ref.registry}` running and reachable, and the name and tag right? {speak}; "
+            "without a registry, `docker save`/`skopeo copy` the image into an archive and give its path")
 
 
 def _unpack(source: str, layout: Path, rootfs: Path) -> None:

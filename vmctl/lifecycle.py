@@ -34,6 +34,7 @@ from vmctl import (
     volumes,
     workloads,
 )
+from vmctl.container_image import PullPolicy
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
@@ -122,6 +123,14 @@ class Project:
         machine_names += [s.machine for s in self.env.services if s.name in services and s.machine]
         machines = self.select(sorted(set(machine_names))) if machine_names else []
         return machines, [s for s in self.env.services if s.name in services]
+
+    def select_services(self, names: Sequence[str]) -> list[ServiceSpec]:
+        """`pull NAME...`: services only (all when none is named), in the file's order."""
+        unknown = [n for n in names if self.env.service(n) is None]
+        if unknown:
+            known = ", ".join(s.name for s in self.env.services) or "none"
+            raise UsageError(f"unknown service `{unknown[0]}` in {self.env.file}", hint=f"services: {known}")
+        return [s for s in self.env.services if not names or s.name in names]
 
     def select(self, names: Sequence[str]) -> list[MachineSpec]:
         if not names:
@@ -285,6 +294,18 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                 _remove_env_files(envdir)
             raise
         return state
+
+
+def pull(project: Project, names: Sequence[str] = ()) -> list[str]:
+    """Prepare the services' images, asking each registry for its current digest (compose's `pull`), except
+    for `pull_policy: never` services, which are skipped. Returns the services whose image was pulled."""
+    services = project.select_services(names)
+    for s in services:
+        if s.pull_policy is PullPolicy.NEVER:
+            project.progress.info(s.name, "skipped: `pull_policy: never`")
+    wanted = [s for s in services if s.pull_policy is not PullPolicy.NEVER]
+    workloads.prepare_images(project.env, wanted, project.progress, policy=PullPolicy.ALWAYS)
+    return [s.name for s in wanted]
 
 
 def _network_up(project: Project, state: EnvState) -> netplan.NetworkPlan:

@@ -44,6 +44,7 @@ from vmctl.compose_values import (
     p_tmpfs,
     p_ulimits,
 )
+from vmctl.container_image import PullPolicy
 from vmctl.errors import UsageError, Where
 from vmctl.load import Model, load_project
 from vmctl.settings import (
@@ -219,6 +220,7 @@ class ServiceSpec:
     expose: tuple[int, ...] = ()  # documents ports reachable on the networks; publishes nothing
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) lines for the container's /etc/hosts
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
+    pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -636,7 +638,8 @@ DEPENDENCY_SETTINGS = (
 )
 
 SERVICE_SETTINGS = (
-    Setting("image", p_str, REQUIRED, "string", "docker-archive or OCI archive/layout path, or a local image"),
+    Setting("image", p_str, REQUIRED, "string", "docker-archive or OCI archive/layout path, a local docker/podman "
+            "image, or a registry reference (`127.0.0.1:5000/app:1`, `redis:7`, `NAME@sha256:...`)"),
     Setting("command", p_argv, None, "list|string", "overrides the image's CMD"),
     Setting("entrypoint", p_argv, None, "list|string", "overrides the image's ENTRYPOINT"),
     Setting("environment", p_environment, (), "mapping|list", "environment variables"),
@@ -703,8 +706,10 @@ SERVICE_SETTINGS = (
     Setting("profiles", p_profiles, (), "list", "the service starts only when one of these is active "
             "(`--profile`, COMPOSE_PROFILES)"),
     Setting("platform", p_platform, None, "string", "`linux/amd64` only (anything else is refused)"),
-    Setting("pull_policy", p_pull_policy, None, "missing|never",
-            "images are local archives: `missing` and `never` both use the archive; others are refused"),
+    Setting("pull_policy", p_pull_policy, PullPolicy.MISSING, "always|missing|never",
+            "when a registry image is pulled: `missing` (or `if_not_present`) when vmctl's cache has none for the "
+            "reference, `always` at every `up` and `pull` (a tag pushed again is picked up), `never` (the cache "
+            "only); archives and local engine images are read in place; `build` is refused"),
     *unsupported(compose_keys.SERVICE),
 )
 
@@ -850,7 +855,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        stop_grace_period=v["stop_grace_period"], ulimits=v["ulimits"], sysctls=v["sysctls"],
                        limits=_limits(v), profiles=v["profiles"], hostname=v["hostname"],
                        networks=v["networks"] or (Attachment(DEFAULT_NETWORK),), expose=v["expose"],
-                       extra_hosts=v["extra_hosts"])
+                       extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"])
 
 
 def _limits(v: Mapping[str, Any]) -> Limits:

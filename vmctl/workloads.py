@@ -24,8 +24,8 @@ from typing import Any, BinaryIO, Protocol, cast
 from vmctl import host_supervisor, remote
 from vmctl import ports as host_ports
 from vmctl.compose_values import Restart
-from vmctl.container_image import PreparedImage, prepare_image
-from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError
+from vmctl.container_image import PreparedImage, PullPolicy, prepare_image
+from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError, Where
 from vmctl.guest_container import STOP_GRACE_SECONDS as GUEST_STOP_GRACE
 from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, volume_tag
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
@@ -276,14 +276,31 @@ def _mounts(svc: ServiceSpec, runtime: Runtime) -> tuple[BindMount, ...]:
     return tuple(BindMount(runtime.volume_source(v.source), v.target, v.readonly) for v in svc.volumes)
 
 
-def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: Progress) -> dict[str, PreparedImage]:
-    """Each distinct image once: service name -> its prepared image (rootfs + ext4 disk, cached by digest)."""
-    by_ref: dict[str, PreparedImage] = {}
-    for ref in sorted({s.image for s in services}):
-        progress.working(f"image {ref}", "preparing")
-        by_ref[ref] = prepare_image(ref, env.base_dir, progress=progress.callback(f"image {ref}"))
-        progress.done(f"image {ref}", by_ref[ref].digest[:19])
-    return {s.name: by_ref[s.image] for s in services}
+def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: Progress,
+                   policy: PullPolicy | None = None) -> dict[str, PreparedImage]:
+    """Each distinct image once: service name -> its prepared image (rootfs + ext4 disk, cached by digest).
+    Each service's `pull_policy` says when its registry is asked, unless `policy` (a `vmctl pull`) overrides it."""
+    def use(s: ServiceSpec) -> tuple[str, PullPolicy]:
+        return s.image, policy or s.pull_policy
+
+    prepared: dict[tuple[str, PullPolicy], PreparedImage] = {}
+    for s in sorted(services, key=use):
+        if use(s) not in prepared:
+            prepared[use(s)] = _prepare_image(env, s, use(s)[1], progress)
+    return {s.name: prepared[use(s)] for s in services}
+
+
+def _prepare_image(env: Environment, svc: ServiceSpec, policy: PullPolicy, progress: Progress) -> PreparedImage:
+    label = f"image {svc.image}"
+    progress.working(label, "preparing")
+    try:
+        image = prepare_image(svc.image, env.base_dir, policy=policy, progress=progress.callback(label))
+    except VmctlError as e:  # the image is the service's: point at the line that names it
+        key = f"services.{svc.name}.image"
+        e.where = e.where or env.place(key) or Where(str(env.file), None, key)
+        raise
+    progress.done(label, image.digest[:19])
+    return image
 
 
 def volume_seeds(services: Sequence[ServiceSpec], images: Mapping[str, PreparedImage]

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from vmctl import container_image as ci
-from vmctl.errors import UsageError
+from vmctl import registry as reg
+from vmctl.errors import HostError, UsageError
 
 
 def make_tar(path: Path, names: dict[str, bytes]) -> Path:
@@ -141,3 +142,72 @@ def test_cache_entry_round_trip(tmp_path: Path) -> None:
     assert ci._load_entry("ref", "sha256:" + "2" * 64, entry) is None
     (entry / "image.json").write_text("{broken")
     assert ci._load_entry("ref", digest, entry) is None
+
+
+HEX = "ab" * 32
+
+
+@pytest.mark.parametrize(("text", "registry", "name", "tag", "loopback"), [
+    ("127.0.0.1:5000/web:1", "127.0.0.1:5000", "127.0.0.1:5000/web", "1", True),
+    ("127.3.4.5/web", "127.3.4.5", "127.3.4.5/web", None, True),
+    ("localhost:5000/team/app:2.1", "localhost:5000", "localhost:5000/team/app", "2.1", True),
+    ("localhost/app", "localhost", "localhost/app", None, True),
+    ("[::1]:5000/app:1", "[::1]:5000", "[::1]:5000/app", "1", True),
+    ("redis:7", "docker.io", "redis", "7", False),
+    ("library/redis", "docker.io", "library/redis", None, False),
+    ("quay.io/x/y:1.2", "quay.io", "quay.io/x/y", "1.2", False),
+    ("registry.example.com:5000/app", "registry.example.com:5000", "registry.example.com:5000/app", None, False),
+    ("127.0.0.1.example.com/app:1", "127.0.0.1.example.com", "127.0.0.1.example.com/app", "1", False),
+    ("10.0.0.1:5000/app:1", "10.0.0.1:5000", "10.0.0.1:5000/app", "1", False),
+])
+def test_registry_references(text: str, registry: str, name: str, tag: str | None, loopback: bool) -> None:
+    ref = reg.parse(text)
+    assert (ref.registry, ref.name, ref.tag, ref.digest, ref.loopback) == (registry, name, tag, None, loopback)
+    assert str(ref) == text
+    tls = ci.tls_off(f"docker://{text}", "--tls-verify")
+    assert tls == (["--tls-verify=false"] if loopback else [])  # plain HTTP for loopback only
+
+
+def test_digest_references_drop_the_tag_and_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    ref = reg.parse(f"localhost:5000/app:1@sha256:{HEX}")
+    assert (ref.tag, ref.digest, str(ref)) == ("1", f"sha256:{HEX}", f"localhost:5000/app@sha256:{HEX}")
+    assert ci.resolve_source(f"localhost:5000/app:1@sha256:{HEX}", tmp_path) == f"docker://localhost:5000/app@sha256:{HEX}"
+    assert ci._pinned("docker://redis:7", f"sha256:{HEX}") == f"docker://redis@sha256:{HEX}"
+    assert ci._pinned("oci:/x", f"sha256:{HEX}") == "oci:/x"
+    for bad in ("app@sha256:abc", f"app@sha512:{HEX}", f"app@SHA256:{HEX}", "app@"):
+        with pytest.raises(UsageError, match="invalid digest"):
+            ci.resolve_source(bad, tmp_path)
+
+
+def test_a_pull_skips_the_engine_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: f"/nonexistent/{name}")  # would fail if it were run
+    assert ci.resolve_source("127.0.0.1:5000/web:1", tmp_path, engines=False) == "docker://127.0.0.1:5000/web:1"
+    assert ci.resolve_source("busybox", tmp_path, engines=False) == "docker://busybox:latest"
+
+
+def test_registry_memo_counts_only_while_the_preparation_is_cached(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCTL_CACHE_DIR", str(tmp_path / "cache"))
+    source, digest = "docker://127.0.0.1:5000/web:1", f"sha256:{HEX}"
+    ci._memo_put(source, digest)
+    assert ci._memo_get(source) == digest
+    assert ci._known_digest(source, ci.PullPolicy.MISSING) is None  # memo, but no cache entry
+    entry = ci.images_root() / HEX
+    (entry / "rootfs").mkdir(parents=True)
+    (entry / "disk.ext4").write_bytes(b"")
+    meta = {"format": ci.CACHE_FORMAT, "digest": digest, "size_bytes": 1, "config": ci.ImageConfig().__dict__}
+    (entry / "image.json").write_text(json.dumps(meta))
+    assert ci._known_digest(source, ci.PullPolicy.MISSING) == digest
+    assert ci._known_digest(source, ci.PullPolicy.NEVER) == digest
+    assert ci._known_digest(source, ci.PullPolicy.ALWAYS) is None  # always asks the registry
+    assert ci._known_digest(f"docker://elsewhere:5000/web@{digest}", ci.PullPolicy.NEVER) == digest  # pinned
+
+
+def test_never_without_a_cached_preparation_fails_before_asking(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("shutil.which", lambda _name: None)  # no skopeo either: nothing may be run
+    with pytest.raises(HostError) as err:
+        ci.prepare_image("127.0.0.1:9/web:1", tmp_path, policy=ci.PullPolicy.NEVER)
+    assert "pull_policy: never" in err.value.message and "vmctl pull" in (err.value.hint or "")

@@ -21,6 +21,7 @@ from vmctl.cli import (
     cmd_logs,
     cmd_migrate,
     cmd_ps,
+    cmd_pull,
     cmd_render,
     cmd_ssh,
     cmd_status,
@@ -32,6 +33,7 @@ from vmctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, VmctlError
 EPILOG = """\b
 Examples:
   vmctl -f examples/quickstart.yaml up          boot the machines, wait until SSH answers
+  vmctl pull                                    pull the services' images from their registries
   vmctl -f examples/quickstart.yaml status      one line per machine (--json for scripts)
   vmctl -f examples/quickstart.yaml ps          one line per service (--json for scripts)
   vmctl exec web -- cat /etc/hostname           run a command in a service's container
@@ -63,8 +65,8 @@ def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, p
                   progress_mode=progress, debug=debug)
 
 
-for module in (cmd_up, cmd_down, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config, cmd_doctor,
-               cmd_image, cmd_hosts, cmd_migrate):
+for module in (cmd_up, cmd_down, cmd_pull, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config,
+               cmd_doctor, cmd_image, cmd_hosts, cmd_migrate):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vmctl.compare import footprint
 from vmctl.compare.sandboxes import Exec, Instance, Sandbox, Workload, phases_from_marks, tool_version, wait_first_line
-from vmctl.container_image import resolve_source
+from vmctl.container_image import resolve_source, tls_off
 from vmctl.errors import CommandFailed, HostError
 from vmctl.host_container import bounding_caps
 from vmctl.oci_spec import ALL_CAPS
@@ -97,7 +97,8 @@ class Engine(Sandbox):
 
     def prepare(self, workload: Workload) -> None:
         source = resolve_source(workload.image_ref, workload.base_dir)
-        run(["skopeo", "copy", "--quiet", source, f"{self.transport}{self.ref}"], timeout=600)
+        run(["skopeo", "copy", "--quiet", *tls_off(source, "--src-tls-verify"), source, f"{self.transport}{self.ref}"],
+            timeout=600)
 
     def run_args(self, workload: Workload, ports: dict[int, int]) -> list[str]:
         args = ["--network", "none"]

@@ -55,7 +55,8 @@ def pick_service(env: Environment, name: str | None) -> ServiceSpec:
 
 def workload_for(env: Environment, svc: ServiceSpec, progress: Progress) -> Workload:
     progress.working(f"image {svc.image}", "preparing")
-    image = prepare_image(svc.image, env.base_dir, progress=progress.callback(f"image {svc.image}"))
+    image = prepare_image(svc.image, env.base_dir, policy=svc.pull_policy,
+                          progress=progress.callback(f"image {svc.image}"))
     progress.done(f"image {svc.image}", image.digest[:19])
     machine = env.machine(svc.machine or svc.name)
     return Workload(
