@@ -18,6 +18,7 @@ container, read-only unless the volume says `:rw`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
 from vmctl.errors import GuestError, HostError, UsageError
-from vmctl.oci_spec import ContainerRequest, make_config, request_etc_files
+from vmctl.oci_spec import ContainerRequest, make_config, merge_env, request_etc_files
 from vmctl.paths import TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
 from vmctl.ssh import Guest
@@ -198,7 +199,10 @@ class GuestRuntime:
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
              options: ExecOptions | None = None) -> tuple[int, bytes]:
         """`crun exec` in the container; (exit code, output). Not captured: streams to this terminal."""
-        cmd = ["crun", "exec", *(options or ExecOptions()).flags(), self.container_name(name), *argv]
+        options = options or ExecOptions()
+        if options.env:  # `crun exec --env` replaces the container's environment (runc's adds to it)
+            options = dataclasses.replace(options, env=merge_env(self._env(name), options.env))
+        cmd = ["crun", "exec", *options.flags(), self.container_name(name), *argv]
         if timeout is not None:
             cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
         if not capture:
@@ -209,6 +213,12 @@ class GuestRuntime:
         except GuestError as e:
             return 124, str(e).encode()
         return code, out + err
+
+    def _env(self, name: str) -> list[str]:
+        """The environment the container's process runs with, from its bundle's config.json."""
+        _, out, _ = self.guest.run(["cat", f"{service_dir(self.container_name(name))}/bundle/config.json"],
+                                   timeout=30, check=True)
+        return [str(e) for e in json.loads(out)["process"]["env"]]
 
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
         argv = ["tail", "-n", str(tail) if tail is not None else "+1"]
