@@ -75,11 +75,11 @@ quickstart() {
   log "bringing up examples/quickstart.yaml"
   .venv/bin/vmctl -f examples/quickstart.yaml up
   .venv/bin/vmctl -f examples/quickstart.yaml status
-  .venv/bin/vmctl -f examples/quickstart.yaml ps 2>/dev/null || true
+  .venv/bin/vmctl -f examples/quickstart.yaml ps -a 2>/dev/null || true
   log "try: curl http://127.0.0.1:8080/   |   .venv/bin/vmctl -f examples/quickstart.yaml exec worker -- uname -r"
   log "bringing up examples/app.yaml (web + cache + worker on the environment network)"
   .venv/bin/vmctl -f examples/app.yaml up
-  .venv/bin/vmctl -f examples/app.yaml ps 2>/dev/null || true
+  .venv/bin/vmctl -f examples/app.yaml ps -a 2>/dev/null || true
   log "try: curl http://127.0.0.1:8090/cgi-bin/hits.cgi"
   log "done? .venv/bin/vmctl -f examples/quickstart.yaml down; .venv/bin/vmctl -f examples/app.yaml down"
 }

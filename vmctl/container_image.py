@@ -224,6 +224,15 @@ def prepare_image(ref: str, base_dir: Path, *, policy: PullPolicy = PullPolicy.M
     return result
 
 
+def cached_image(ref: str, base_dir: Path, digest: str | None = None) -> PreparedImage | None:
+    """`ref`'s cache entry, never pulled nor built: the one of `digest` (what a container was started from),
+    else of the digest memoised for its source (files only: a name may point elsewhere by now)."""
+    if digest is None:
+        with contextlib.suppress(UsageError):
+            digest = _memo_get(resolve_source(ref, base_dir))
+    return _load_entry(ref, digest, images_root() / digest.removeprefix("sha256:")) if digest else None
+
+
 def _build(source: str, digest: str, tmp: Path, progress: Callable[[str], None]) -> None:
     layout = tmp / "layout"
     rootfs = tmp / "rootfs"

@@ -18,6 +18,7 @@ container, read-only unless the volume says `:rw`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
 from vmctl.errors import GuestError, HostError, UsageError
-from vmctl.oci_spec import ContainerRequest, make_config, request_etc_files
+from vmctl.oci_spec import ContainerRequest, make_config, merge_env, request_etc_files
 from vmctl.paths import TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
 from vmctl.ssh import Guest
@@ -60,6 +61,21 @@ class Live:
     state: str  # starting, running, restarting, exited, absent
     exit_code: int | None = None
     restarts: int = 0
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """`exec -u/-w/-e`: who runs the command, in which folder, with which more variables."""
+
+    user: str = ""  # uid[:gid], numeric: crun and runc take no names
+    cwd: str = ""
+    env: tuple[str, ...] = ()  # K=V
+
+    def flags(self) -> list[str]:
+        """As `crun exec` and `runc exec` both spell them."""
+        out = [part for entry in self.env for part in ("--env", entry)]
+        out += ["--user", self.user] if self.user else []
+        return out + (["--cwd", self.cwd] if self.cwd else [])
 
 
 def host_init() -> Path:
@@ -114,6 +130,7 @@ class GuestRuntime:
     """crun in one guest, through an open SSH connection (`Guest`)."""
 
     isolation = "microvm"
+    stop_grace = float(STOP_GRACE_SECONDS)  # without `stop_grace_period`
     share_network = True  # the container uses the guest's network stack: guest port == container port
 
     def __init__(self, guest: Guest, volumes: Mapping[str, bool] | None = None,
@@ -169,16 +186,23 @@ class GuestRuntime:
         net = [part for key, value in svc.sysctls if key.startswith("net.") for part in (key, value)]
         if net:
             self._helper("sysctl", *net)
-        retries = f":{svc.restart_retries}" if svc.restart_retries is not None else ""
-        self._helper("start", req.name, f"{svc.restart.value}{retries}")
+        self._helper("start", req.name, _policy(svc))
+
+    def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
+               ports: Sequence[object] = ()) -> None:
+        """Run a halted (or exited) container again: the bundle, the overlay and the log are still there."""
+        self._helper("start", req.name, _policy(svc))
 
     def live(self, name: str) -> Live:
         return parse_status(self._helper("status", self.container_name(name)))
 
-    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
-             timeout: float | None = None) -> tuple[int, bytes]:
+    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
+             options: ExecOptions | None = None) -> tuple[int, bytes]:
         """`crun exec` in the container; (exit code, output). Not captured: streams to this terminal."""
-        cmd = ["crun", "exec", self.container_name(name), *argv]
+        options = options or ExecOptions()
+        if options.env:  # `crun exec --env` replaces the container's environment (runc's adds to it)
+            options = dataclasses.replace(options, env=merge_env(self._env(name), options.env))
+        cmd = ["crun", "exec", *options.flags(), self.container_name(name), *argv]
         if timeout is not None:
             cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
         if not capture:
@@ -190,6 +214,12 @@ class GuestRuntime:
             return 124, str(e).encode()
         return code, out + err
 
+    def _env(self, name: str) -> list[str]:
+        """The environment the container's process runs with, from its bundle's config.json."""
+        _, out, _ = self.guest.run(["cat", f"{service_dir(self.container_name(name))}/bundle/config.json"],
+                                   timeout=30, check=True)
+        return [str(e) for e in json.loads(out)["process"]["env"]]
+
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
         argv = ["tail", "-n", str(tail) if tail is not None else "+1"]
         argv += ["-f"] if follow else []
@@ -199,7 +229,21 @@ class GuestRuntime:
                              f"(`{shlex.join(argv)}` exited {code})")
 
     def stop(self, name: str, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> int | None:
-        """The container's exit code, when it had one (it tells whether `signal` ended it, or SIGKILL)."""
-        out = self._helper("stop", self.container_name(name), str(max(0, math.ceil(grace))),
+        """End and remove the container; its exit code, when it had one (it tells whether `signal` ended
+        it, or SIGKILL)."""
+        return self._end("stop", name, grace, signal)
+
+    def halt(self, name: str, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> int | None:
+        """End the container but keep it (`vmctl stop`): `resume` runs it again; its exit code, as `stop`."""
+        return self._end("halt", name, grace, signal)
+
+    def _end(self, how: str, name: str, grace: float, signal: str) -> int | None:
+        out = self._helper(how, self.container_name(name), str(max(0, math.ceil(grace))),
                            signal.removeprefix("SIG"), timeout=grace + 30)
         return parse_status(out).exit_code
+
+
+def _policy(svc: ServiceSpec) -> str:
+    """compose's `restart` as supervise.sh takes it: `no`, `always`, `on-failure:N`..."""
+    retries = f":{svc.restart_retries}" if svc.restart_retries is not None else ""
+    return f"{svc.restart.value}{retries}"

@@ -261,7 +261,14 @@ class HostRuntime:
         run([self.runc, "--root", self.runc_root, "kill", name, sig], timeout=30)
 
     def stop(self, name: str, cdir: Path, *, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> None:
-        """`signal` (SIGTERM), then SIGKILL after `grace` s; delete; end slirp4netns; unmount; remove `cdir`."""
+        """`halt`, then remove `cdir`."""
+        self.halt(name, cdir, grace=grace, signal=signal)
+        _rmtree(cdir)
+        _remove_empty_cgroup_parents("vmctl")
+
+    def halt(self, name: str, cdir: Path, *, grace: float = STOP_GRACE_SECONDS, signal: str = "SIGTERM") -> None:
+        """`signal` (SIGTERM), then SIGKILL after `grace` s; delete; end slirp4netns; unmount. `cdir` stays
+        (the overlay's upper layer, the log): `start` over it runs the container again with its files."""
         state = _read_state(cdir)
         st = self.state(name)
         if st is not None:
@@ -277,8 +284,6 @@ class HostRuntime:
         api = state.get("api_socket")
         if api:
             Path(api).unlink(missing_ok=True)
-        _rmtree(cdir)
-        _remove_empty_cgroup_parents("vmctl")
 
     def _wait_stopped(self, name: str, grace: float) -> None:
         deadline = time.monotonic() + grace

@@ -14,7 +14,8 @@ Files, next to the service's folder (`services/NAME`, which each restart recreat
     NAME.status.json  state (starting|running|restarting|exited|failed), exit_code, restarts, pid, start
     NAME.log          the container's output across restarts; NAME.supervisor.log, the supervisor's own
 
-`stop` ends the supervisor first (SIGTERM, by pid checked against its start time), then the container.
+`stop` ends the supervisor first (SIGTERM, by pid checked against its start time), then the container;
+`vmctl stop` then leaves a status `exited` (`mark_stopped`) and nothing that would restart it.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def end(cdir: Path) -> None:
         _end_process(status["pid"], status.get("start"))
     for key in ("plan", "status.json", "supervisor.log"):
         files(cdir)[key].unlink(missing_ok=True)
+
+
+def mark_stopped(cdir: Path) -> None:
+    """`vmctl stop` ended the container: `ps` shows it exited (status.json), `start` removes the mark."""
+    _write_status(cdir, state="exited", stopped=True)
 
 
 def is_supervised(cdir: Path) -> bool:

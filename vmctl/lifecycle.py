@@ -733,6 +733,13 @@ def _memory(pid: int | None, guest_mib: int) -> dict[str, float] | None:
     return found.as_dict() if found else None
 
 
+@contextlib.contextmanager
+def locked_state(project: Project) -> Iterator[EnvState]:
+    """The environment's state under its lock, for `stop`/`start`/`restart`: services change, machines do not."""
+    with project.envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
+        yield project.envdir.load(str(project.env.file))
+
+
 def guest(project: Project, name: str) -> Guest:
     """A connected SSH session to a running machine, its host key pinned from state."""
     m = project.env.machine(name)

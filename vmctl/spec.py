@@ -685,7 +685,7 @@ SERVICE_SETTINGS = (
             "forwards signals"),
     Setting("stop_signal", p_signal, "SIGTERM", "signal", "the signal that asks the container to stop"),
     Setting("stop_grace_period", p_duration, None, "duration",
-            "time between `stop_signal` and SIGKILL at `down` (default: 5s in a microVM, 10s on the host)"),
+            "time between `stop_signal` and SIGKILL at `down` and `stop` (default: 5s in a microVM, 10s on the host)"),
     Setting("ulimits", p_ulimits, (), "mapping", "`nofile: 1024` or `nofile: {soft: 1024, hard: 2048}` (default: "
             "nofile 1024)"),
     Setting("sysctls", p_sysctls, (), "mapping|list", "namespaced sysctls only: net.*, kernel.shm*, kernel.msg*, "

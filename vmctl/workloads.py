@@ -7,7 +7,8 @@ host_container.HostRuntime) starts it, reports on it, runs `exec`, shows its log
 
 `start_services` starts services in `depends_on` order, waits for each to run (or to be healthy when
 it has a healthcheck) and records them in `EnvState.services`; `rows` is the one row model for
-`ps` and `ps --json`.
+`ps` and `ps --json`. `stop_services` and `start_stopped` (`vmctl stop`/`start`/`restart`) end a container
+but keep it (`Runtime.halt`), and run it again (`Runtime.resume`), with the machines left running.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from typing import Any, BinaryIO, Protocol, cast
 from vmctl import host_supervisor, remote
 from vmctl import ports as host_ports
 from vmctl.compose_values import Restart
-from vmctl.container_image import PreparedImage, PullPolicy, prepare_image
+from vmctl.container_image import PreparedImage, PullPolicy, cached_image, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError, Where
-from vmctl.guest_container import STOP_GRACE_SECONDS as GUEST_STOP_GRACE
-from vmctl.guest_container import GuestRuntime, Live, host_init, image_serial, volume_tag
+from vmctl.guest_container import ExecOptions, GuestRuntime, Live, host_init, image_serial, volume_tag
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
@@ -40,6 +40,7 @@ from vmctl.state import EnvDir, EnvState
 HOST = "host"  # the runtime key of `isolation: container` services
 LOG_TAIL_ON_FAILURE = 12
 POLL_SECONDS = 0.2
+UP_STATES = frozenset({"starting", "running", "restarting", "unknown"})  # what `ps` without `-a` lists
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Runtime(Protocol):
 
     isolation: str
     share_network: bool
+    stop_grace: float  # seconds from the stop signal to SIGKILL, when the service sets no `stop_grace_period`
 
     def container_name(self, service: str) -> str: ...
     def rootfs(self, name: str, image: PreparedImage) -> str: ...
@@ -77,11 +79,14 @@ class Runtime(Protocol):
     def volume_source(self, source: Path) -> str: ...
     def start(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
               ports: Sequence[PublishedPort]) -> None: ...
+    def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
+               ports: Sequence[PublishedPort]) -> None: ...
     def live(self, name: str) -> Live: ...
-    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
-             timeout: float | None = None) -> tuple[int, bytes]: ...
+    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
+             options: ExecOptions | None = None) -> tuple[int, bytes]: ...
     def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None: ...
     def stop(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
+    def halt(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
 
 
 class ServiceFailed(GuestError):
@@ -97,6 +102,7 @@ class HostServiceRuntime:
 
     isolation = "container"
     share_network = False
+    stop_grace = STOP_GRACE_SECONDS
 
     def __init__(self, environment: str, services_dir: Path, names: Mapping[str, str] | None = None,
                  network: tuple[EnvNetwork, netplan.NetworkPlan] | None = None, awaited: frozenset[str] = frozenset(),
@@ -134,10 +140,20 @@ class HostServiceRuntime:
         """Without a restart policy runc runs the container by itself; with one, vmctl's host supervisor
         (host_supervisor.py) starts it and restarts it after it exits, outliving this command. A service
         a dependent waits to complete is supervised too: only the supervisor learns its exit code."""
+        host_supervisor.files(self.cdir(svc.name))["log"].unlink(missing_ok=True)
+        self._launch(req, svc, ports)
+
+    def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
+               ports: Sequence[PublishedPort]) -> None:
+        """Start a halted (or exited) container again over its folder: its writable layer and log stay."""
+        self.host.halt(req.name, self.cdir(svc.name), grace=0)  # one that exited by itself is still runc's
+        self._launch(req, svc, ports)
+
+    def _launch(self, req: ContainerRequest, svc: ServiceSpec, ports: Sequence[PublishedPort]) -> None:
         forwards = tuple(PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports)
         cdir = self.cdir(svc.name)
         log = host_supervisor.files(cdir)["log"]
-        log.unlink(missing_ok=True)
+        host_supervisor.files(cdir)["status.json"].unlink(missing_ok=True)  # a stopped one's `exited`
         join = self._joiner(svc.name)
         if svc.restart is Restart.NO and svc.name not in self.awaited:
             self.host.start(req, cdir, ports=forwards, log=log, on_created=join)
@@ -162,10 +178,12 @@ class HostServiceRuntime:
             return Live("absent")
         return Live({"created": "starting", "stopped": "exited"}.get(st.status, st.status))
 
-    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True,
-             timeout: float | None = None) -> tuple[int, bytes]:
+    def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
+             options: ExecOptions | None = None) -> tuple[int, bytes]:
+        options = options or ExecOptions()
         try:
-            proc = self.host.exec(self.container_name(name), argv, capture=capture, timeout=timeout)
+            proc = self.host.exec(self.container_name(name), argv, env=options.env, user=options.user or None,
+                                  cwd=options.cwd or None, capture=capture, timeout=timeout)
         except CommandFailed as e:  # timed out
             return 124, e.message.encode()
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
@@ -177,6 +195,13 @@ class HostServiceRuntime:
         host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
         self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
         host_supervisor.files(self.cdir(name))["log"].unlink(missing_ok=True)
+        return None
+
+    def halt(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
+        """End the container but keep its folder and log (`vmctl stop`); runc's detached mode gives no exit code."""
+        host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
+        self.host.halt(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
+        host_supervisor.mark_stopped(self.cdir(name))
         return None
 
     def names(self) -> list[str]:
@@ -413,9 +438,17 @@ def _start_one(svc: ServiceSpec, image: PreparedImage, rt: Runtime, state: EnvSt
     }
     envdir.save(state)  # before the start: `down` finds it even if this process dies
     rollback.callback(_stop_quietly, rt, svc.name)
+    _timed(rt.start, req, svc, image, published, state, envdir)
+
+
+def _timed(start: Callable[[ContainerRequest, ServiceSpec, PreparedImage, Sequence[PublishedPort]], None],
+           req: ContainerRequest, svc: ServiceSpec, image: PreparedImage, ports: Sequence[PublishedPort],
+           state: EnvState, envdir: EnvDir) -> None:
+    """`Runtime.start` or `resume`, its time recorded for `ps` and the figures."""
     t0 = time.monotonic()
-    rt.start(req, svc, image, published)
+    start(req, svc, image, ports)
     state.services[svc.name].update(started_at=time.time(), start_seconds=round(time.monotonic() - t0, 4))
+    state.services[svc.name].pop("stopped_at", None)
     envdir.save(state)
 
 
@@ -561,13 +594,30 @@ def last_log_lines(name: str, rt: Runtime, count: int = LOG_TAIL_ON_FAILURE) -> 
 # ps, exec, logs, stop
 
 
-def rows(env: Environment, envdir: EnvDir, state: EnvState) -> list[ServiceRow]:
-    """Every declared service, live where it runs, `absent` where it does not."""
+def select_services(env: Environment, names: Sequence[str]) -> list[ServiceSpec]:
+    """The named services (every one when none is named) in `depends_on` order; an unknown name is a
+    usage error that lists the known ones."""
+    unknown = [n for n in names if env.service(n) is None]
+    if unknown:
+        raise UsageError(f"unknown service `{unknown[0]}`",
+                         hint=f"services: {', '.join(s.name for s in env.services) or 'none'}")
+    return [s for s in topological_services(env) if not names or s.name in names or s.replica_of in names]
+
+
+def rows(env: Environment, envdir: EnvDir, state: EnvState, names: Sequence[str] = (), *,
+         every: bool = True) -> list[ServiceRow]:
+    """The declared services (or the named ones), in the file's order, live where they run, `absent`
+    where they do not; without `every`, only those that are up (`UP_STATES`), as compose's `ps` without -a."""
     out = []
+    wanted = {s.name for s in select_services(env, names)}
     with Runtimes(env, envdir, state) as runtimes:
         for svc in env.services:
+            if svc.name not in wanted:
+                continue
             rec = state.services.get(svc.name)
             live = _live_or_unknown(runtimes, svc) if rec else Live("absent")
+            if not every and live.state not in UP_STATES:
+                continue
             started = rec.get("started_at") if rec else None
             out.append(ServiceRow(
                 name=svc.name, machine=svc.machine, isolation=svc.isolation.value, state=live.state,
@@ -586,25 +636,45 @@ def _live_or_unknown(runtimes: Runtimes, svc: ServiceSpec) -> Live:
 
 
 def service_runtime(runtimes: Runtimes, env: Environment, name: str) -> tuple[ServiceSpec, Runtime]:
-    svc = env.service(name)
-    if svc is None:
-        raise UsageError(f"unknown service `{name}`")
-    if svc.name not in runtimes.state.services:  # (`name` may be a replicated service's: its first instance)
+    [svc] = select_services(env, [name])[:1]  # (a replicated service's name: its first instance)
+    if svc.name not in runtimes.state.services:
         raise VmctlError(f"service `{svc.name}` is not running", hint="start it with `vmctl up`")
     return svc, runtimes.for_service(svc)
 
 
-def exec_service(env: Environment, envdir: EnvDir, state: EnvState, name: str, argv: Sequence[str]) -> int:
+@dataclass(frozen=True)
+class ExecRequest:
+    """`vmctl exec`'s options as typed: `user` may be a name (looked up in the service's image)."""
+
+    user: str = ""
+    workdir: str = ""
+    env: tuple[str, ...] = ()  # K=V
+
+
+def exec_service(env: Environment, envdir: EnvDir, state: EnvState, name: str, argv: Sequence[str],
+                 request: ExecRequest = ExecRequest()) -> int:
     """Run argv inside the service's container, attached to this terminal; its exit code."""
+    bad = next((e for e in request.env if "=" not in e or e.startswith("=")), None)
+    if bad is not None:
+        raise UsageError(f"`-e {bad}` is not KEY=VALUE")
     with Runtimes(env, envdir, state) as runtimes:
         svc, rt = service_runtime(runtimes, env, name)
         live = rt.live(svc.name)
         if live.state != "running":
             detail = f", exit code {live.exit_code}" if live.exit_code is not None else ""
             raise VmctlError(f"service `{name}` is not running (state `{live.state}`{detail})",
-                             hint=f"see `vmctl logs {name}`; `vmctl up` starts it again")
-        exit_code, _ = rt.exec(svc.name, argv, capture=False)
+                             hint=f"see `vmctl logs {name}`; `vmctl start {name}` starts it again")
+        options = ExecOptions(_exec_user(env, state, svc, request.user), request.workdir, request.env)
+        exit_code, _ = rt.exec(svc.name, argv, capture=False, options=options)
         return exit_code
+
+
+def _exec_user(env: Environment, state: EnvState, svc: ServiceSpec, user: str) -> str:
+    """`-u` as uid[:gid]: names from the image the container runs (the digest state recorded)."""
+    if not user or all(part.isdigit() for part in user.split(":", 1)):
+        return user
+    image = cached_image(svc.image, env.base_dir, state.services[svc.name].get("digest"))
+    return numeric_user(user, image.rootfs if image else Path("/nonexistent"), svc.name)
 
 
 def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, out: BinaryIO, *,
@@ -618,6 +688,101 @@ def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, o
             rt.logs(svc.name, cast(BinaryIO, writer), tail=tail, follow=follow)
         finally:
             writer.close()
+
+
+def grace_of(svc: ServiceSpec | None, rt: Runtime, override: float | None = None) -> float:
+    """Seconds between the stop signal and SIGKILL: `-t`, else `stop_grace_period`, else the runtime's."""
+    if override is not None:
+        return override
+    return svc.stop_grace_period if svc and svc.stop_grace_period is not None else rt.stop_grace
+
+
+def stop_services(env: Environment, envdir: EnvDir, state: EnvState, names: Sequence[str], progress: Progress,
+                  *, grace: float | None = None) -> list[str]:
+    """`vmctl stop`: each running service (dependents first) ended by its `stop_signal`, SIGKILL after
+    `grace_of`, but kept (`Runtime.halt`): no restart policy brings it back, the machines keep running,
+    the state keeps its record, so `start_stopped` runs it again. The names of those stopped."""
+    stopped = []
+    with Runtimes(env, envdir, state) as runtimes:
+        for svc in reversed(select_services(env, names)):
+            if svc.name not in state.services:
+                continue  # never started: nothing to stop
+            rt = runtimes.for_service(svc)
+            if rt.live(svc.name).state not in UP_STATES:
+                progress.done(svc.name, "not running")
+                continue
+            progress.working(svc.name, f"stopping ({svc.stop_signal})")
+            code = rt.halt(svc.name, grace_of(svc, rt, grace), svc.stop_signal)
+            state.services[svc.name]["stopped_at"] = time.time()
+            envdir.save(state)
+            progress.done(svc.name, "stopped" + (f" (exit code {code})" if code is not None else ""))
+            stopped.append(svc.name)
+    return stopped
+
+
+def start_stopped(env: Environment, envdir: EnvDir, state: EnvState, names: Sequence[str], progress: Progress,
+                  *, timeout: float) -> list[str]:
+    """`vmctl start`: each stopped or exited service (dependencies first) run again from the container it
+    had, with the ports it had, waited for as `up` does; a microVM service's machine must be running. A
+    container that is gone (its guest was rebooted) is created again. The names of those started."""
+    services = select_services(env, names)
+    never = [s.name for s in services if s.name not in state.services]
+    if names and never:
+        raise VmctlError(f"service `{never[0]}` has no container to start", hint="create it with `vmctl up`")
+    todo = [s for s in services if s.name in state.services]
+    images = prepare_images(env, todo, progress)  # cached since `up`: no pull, no build
+    deadline = time.monotonic() + timeout
+    started = []
+    with Runtimes(env, envdir, state) as runtimes:
+        for svc in todo:
+            rt = runtimes.for_service(svc)
+            live = rt.live(svc.name)
+            if live.state in UP_STATES:
+                progress.done(svc.name, f"already {live.state}")
+                continue
+            progress.working(svc.name, "starting")
+            req = container_request(svc, images[svc.name], rt, runtimes.plan)
+            ports = [PublishedPort(**p) for p in state.services[svc.name].get("ports", [])]
+            _timed(rt.start if live.state == "absent" else rt.resume, req, svc, images[svc.name], ports, state,
+                   envdir)
+            wait_ready(svc, rt, progress, deadline)
+            started.append(svc.name)
+    return started
+
+
+def published_port(env: Environment, state: EnvState, name: str, private_port: int, proto: str = "tcp"
+                   ) -> PublishedPort:
+    """`vmctl port`: where the host publishes the service's `private_port` (from the state `up` wrote)."""
+    select_services(env, [name])
+    ports = [PublishedPort(**p) for p in state.services.get(name, {}).get("ports", [])]
+    found = next((p for p in ports if (p.container_port, p.proto) == (private_port, proto)), None)
+    if found is None:
+        known = ", ".join(f"{p.container_port}/{p.proto}" for p in ports) or "none"
+        raise VmctlError(f"service `{name}` publishes no port {private_port}/{proto}",
+                         hint=f"it publishes: {known}" if name in state.services else "it is not up: `vmctl up`")
+    return found
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One service's image for `vmctl images`: what the file says, and the cache entry it runs from."""
+
+    service: str
+    image: str
+    digest: str | None  # None: not in the cache (never prepared)
+    size_bytes: int | None
+
+
+def image_rows(env: Environment, state: EnvState, names: Sequence[str] = ()) -> list[ImageRow]:
+    """The image of each service (or of the named ones), in the file's order: the digest its container was
+    started from, else the cached one; never pulled."""
+    wanted = {s.name for s in select_services(env, names)}
+    out = []
+    for svc in (s for s in env.services if s.name in wanted):
+        image = cached_image(svc.image, env.base_dir, state.services.get(svc.name, {}).get("digest"))
+        out.append(ImageRow(svc.name, svc.image, image.digest if image else None,
+                            image.size_bytes if image else None))
+    return out
 
 
 GUEST_STOP_CONNECT_SECONDS = 3.0  # a guest that does not answer by then is powered off without it
@@ -639,8 +804,7 @@ def stop_guest_services(env: Environment, envdir: EnvDir, state: EnvState, progr
                 rt = runtimes.guest(machine, GUEST_STOP_CONNECT_SECONDS)
                 for svc in services:
                     progress.working(svc.name, f"stopping ({svc.stop_signal})")
-                    grace = svc.stop_grace_period if svc.stop_grace_period is not None else GUEST_STOP_GRACE
-                    code = rt.stop(svc.name, grace, svc.stop_signal)
+                    code = rt.stop(svc.name, grace_of(svc, rt), svc.stop_signal)
                     progress.done(svc.name, "stopped" + (f" (exit code {code})" if code is not None else ""))
         except VmctlError as e:
             progress.warn(machine, f"its services were not stopped before power-off: {e.message}")
@@ -659,8 +823,7 @@ def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progre
     for name in sorted(names | set(rt.names())):
         progress.working(name, "stopping (runc)")
         svc = env.service(name)
-        grace = svc.stop_grace_period if svc and svc.stop_grace_period is not None else STOP_GRACE_SECONDS
-        rt.stop(name, grace, svc.stop_signal if svc else "SIGTERM")
+        rt.stop(name, grace_of(svc, rt), svc.stop_signal if svc else "SIGTERM")
         progress.done(name, "removed")
         stopped.append(name)
     return stopped

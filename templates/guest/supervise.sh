@@ -9,15 +9,18 @@
 #                         binds it into the container), overlay the image with a writable tmpfs layer at
 #                         /run/vmctl/svc/NAME/rootfs, and unpack the bundle (config.json, etc/) that comes
 #                         as a tar on stdin
-#   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid
+#   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid. Also
+#                         starts a halted (or exited) service again, from the same bundle and overlay
 #   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log, the exit
 #                         code recorded; RESTART is compose's policy: no, always, unless-stopped (both
 #                         restart after any exit), on-failure or on-failure:N (after a non-zero exit,
 #                         at most N times)
 #   sysctl KEY VALUE...   set net.* sysctls of the guest (the network stack its one container shares)
 #   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
-#   stop NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, delete, unmount, remove the
-#                         folder; prints exit_code=N when the container had ended with one
+#   halt NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, the supervisor ended without a
+#                         restart; the folder stays (state `exited`), so `start` runs it again (`vmctl stop`);
+#                         prints exit_code=N when the container had ended with one
+#   stop NAME GRACE [SIGNAL]  halt, then delete, unmount and remove the folder (`vmctl down`)
 #
 # Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/), rootfs/ (the overlay), rw/
 # (tmpfs: upper, work), container.log, state (starting|running|restarting|exited), exit_code,
@@ -101,6 +104,9 @@ start() {
     local dir tries
     dir="$SVC_ROOT/$1"
     [ -f "$dir/bundle/config.json" ] || die "service $1 is not prepared"
+    # `state`, not the supervisor's pid: a pid of a run that ended may have been reused since
+    case "$(cat "$dir/state" 2> /dev/null)" in starting|exited) ;; *) die "service $1 is running" ;; esac
+    rm -f "$dir/stopping" "$dir/supervisor.pid"
     setsid sh "$SELF" supervise "$1" "$2" < /dev/null > /dev/null 2>&1 &
     tries=0
     until [ -s "$dir/supervisor.pid" ]; do
@@ -115,7 +121,9 @@ supervise() {
     dir="$SVC_ROOT/$1"
     echo $$ > "$dir/supervisor.pid"
     restarts=0
-    while :; do
+    echo 0 > "$dir/restarts"
+    # `stopping` is checked before each run too: a halt during the restart delay must not be outrun
+    while [ ! -e "$dir/stopping" ]; do
         read -r up _rest < /proc/uptime
         echo "$up" > "$dir/started"
         echo running > "$dir/state"
@@ -165,10 +173,9 @@ status() {
     done
 }
 
-stop() {
-    local dir ticks pid m
+halt() {
+    local dir ticks pid
     dir="$SVC_ROOT/$1"
-    [ -d "$dir" ] || return 0
     touch "$dir/stopping"
     crun kill "$1" "${3:-TERM}" > /dev/null 2>&1
     ticks=0
@@ -177,9 +184,27 @@ stop() {
         ticks=$((ticks + 1))
     done
     crun kill "$1" KILL > /dev/null 2>&1
-    read -r pid < "$dir/supervisor.pid" 2> /dev/null && kill "$pid" 2> /dev/null
-    [ ! -r "$dir/exit_code" ] || echo "exit_code=$(cat "$dir/exit_code")"
+    # the supervisor records the exit code and ends by itself once `crun run` returns (it sees
+    # `stopping`); one that does not within 3 s is killed
+    if read -r pid < "$dir/supervisor.pid" 2> /dev/null; then
+        ticks=0
+        while kill -0 "$pid" 2> /dev/null && [ "$ticks" -lt 30 ]; do
+            usleep 100000
+            ticks=$((ticks + 1))
+        done
+        kill "$pid" 2> /dev/null
+    fi
+    rm -f "$dir/supervisor.pid"
     crun delete -f "$1" > /dev/null 2>&1
+    echo exited > "$dir/state"
+    [ ! -r "$dir/exit_code" ] || echo "exit_code=$(cat "$dir/exit_code")"
+}
+
+stop() {
+    local dir m
+    dir="$SVC_ROOT/$1"
+    [ -d "$dir" ] || return 0
+    halt "$1" "$2" "$3"
     for m in "$dir/rootfs" "$dir/rw"; do
         ! is_mounted "$m" || umount "$m" || die "cannot unmount $m"
     done
@@ -196,8 +221,10 @@ case "$1" in
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
     sysctl) [ $# -ge 3 ] && [ $((($# - 1) % 2)) -eq 0 ] || die "usage: sysctl KEY VALUE..."
         shift; set_sysctls "$@" ;;
-    stop) [ $# -ge 3 ] && [ $# -le 4 ] || die "usage: stop NAME GRACE [SIGNAL]"
+    stop|halt) [ $# -ge 3 ] && [ $# -le 4 ] || die "usage: $1 NAME GRACE [SIGNAL]"
         case "${4:-TERM}" in HUP|INT|QUIT|KILL|USR1|USR2|TERM|STOP|WINCH|PWR) ;; *) die "invalid signal $4" ;; esac
-        stop "$2" "$3" "${4:-TERM}" ;;
+        case "$3" in ''|*[!0-9]*) die "invalid grace period $3" ;; esac
+        [ "$1" = stop ] || [ -d "$SVC_ROOT/$2" ] || die "service $2 is not prepared"
+        "$1" "$2" "$3" "${4:-TERM}" ;;
     *) die "unknown command: $1" ;;
 esac

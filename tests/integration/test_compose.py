@@ -81,7 +81,7 @@ def _exec(folder: Path, name: str, *argv: str) -> str:
 
 
 def _ps(folder: Path) -> dict[str, dict[str, Any]]:
-    out = run_vmctl("ps", "--json", cwd=folder)
+    out = run_vmctl("ps", "-a", "--json", cwd=folder)  # -a: exited ones too
     assert out.returncode == 0, out.stderr
     return {s["name"]: s for s in json.loads(out.stdout)["services"]}
 

@@ -99,7 +99,7 @@ def test_failing_healthcheck_fails_up_cleanly(folder: Path) -> None:
         assert "service `sick` is unhealthy" in up.stderr
         assert "sick | web: hello from sick" in up.stderr  # its last log lines
         assert _of_env("svc-bad") == ([], [])
-        ps = json.loads(run_vmctl("-f", str(file), "ps", "--json").stdout)
+        ps = json.loads(run_vmctl("-f", str(file), "ps", "-a", "--json").stdout)
         assert {s["name"]: s["state"] for s in ps["services"]} == {"ok": "absent", "sick": "absent"}
     finally:
         run_vmctl("-f", str(file), "down")
@@ -116,7 +116,7 @@ def good(folder: Path) -> Iterator[Path]:
 
 
 def _ps(file: Path) -> dict[str, dict[str, Any]]:
-    out = run_vmctl("-f", str(file), "ps", "--json")
+    out = run_vmctl("-f", str(file), "ps", "-a", "--json")
     assert out.returncode == 0, out.stderr
     return {s["name"]: s for s in json.loads(out.stdout)["services"]}
 

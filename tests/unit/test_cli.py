@@ -92,3 +92,35 @@ def test_down_before_up_is_a_no_op(env_file: Path, tmp_path: Path) -> None:
 def test_logs_before_up(env_file: Path) -> None:
     result = run_vmctl("-f", str(env_file), "logs", "a", timeout=60)
     assert result.returncode == 2 and "no console log yet" in result.stderr and "vmctl up" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("stop", "zzz"), ("start", "a", "zzz"), ("restart", "zzz"), ("ps", "zzz"),
+                                  ("port", "zzz", "80"), ("images", "zzz")], ids=lambda a: a[0])
+def test_service_verbs_name_the_known_services(env_file: Path, args: tuple[str, ...]) -> None:
+    result = run_vmctl("-f", str(env_file), *args, timeout=60)
+    assert result.returncode == 2 and "unknown service `" in result.stderr and "hint: services: web" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("stop", "-t", "-1"), ("port", "web", "0"),
+                                  ("port", "web", "80", "--protocol", "sctp"),
+                                  ("exec", "-e", "NOVALUE", "web", "--", "true"),
+                                  ("exec", "-u", "nobody", "a", "--", "id")], ids=lambda a: " ".join(a))
+def test_service_verbs_refuse_bad_flags(env_file: Path, args: tuple[str, ...]) -> None:
+    result = run_vmctl("-f", str(env_file), *args, timeout=60)
+    assert result.returncode == 2, result.stderr
+
+
+def test_service_verbs_before_up(env_file: Path) -> None:
+    ps = run_vmctl("-f", str(env_file), "ps", timeout=60)
+    assert ps.returncode == 0 and ps.stdout.split() == ["NAME", "MACHINE", "ISOLATION", "STATE", "PORTS"]
+    every = run_vmctl("-f", str(env_file), "ps", "-a", "--json", timeout=60)
+    assert [(s["name"], s["state"]) for s in json.loads(every.stdout)["services"]] == [("web", "absent")]
+    port = run_vmctl("-f", str(env_file), "port", "web", "80", timeout=60)
+    assert port.returncode == 1 and "not up" in port.stderr
+    start = run_vmctl("-f", str(env_file), "start", "web", timeout=60)
+    assert start.returncode == 1 and "no container to start" in start.stderr and "vmctl up" in start.stderr
+    stop = run_vmctl("-f", str(env_file), "stop", timeout=60)
+    assert stop.returncode == 0 and "nothing was running" in stop.stderr
+    images = run_vmctl("-f", str(env_file), "images", "--json", timeout=60)
+    assert json.loads(images.stdout) == {"images": [{"service": "web", "image": "x.tar", "digest": None,
+                                                     "size_bytes": None}]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -11,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from vmctl.errors import VmctlError
-from vmctl.lifecycle import Project
+from vmctl.lifecycle import DEFAULT_TIMEOUT, Project
 from vmctl.load import Model, load_project
 from vmctl.progress import Progress, json_renderer, plain_renderer, quiet_renderer
 from vmctl.spec import Environment, environment_from
@@ -78,6 +79,18 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 def strip_dashes(argv: tuple[str, ...]) -> tuple[str, ...]:
     """`vmctl exec NAME -- CMD`: click passes the `--` through when unknown options are allowed."""
     return argv[1:] if argv[:1] == ("--",) else argv
+
+
+def grace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """compose's `-t/--timeout` of `stop` and `restart`: seconds from the stop signal to SIGKILL."""
+    return click.option("-t", "--timeout", "grace", type=click.FloatRange(0, 3600), default=None, metavar="SECONDS",
+                        help="Seconds between each service's `stop_signal` and SIGKILL (default: its "
+                             "`stop_grace_period`, else 5 in a microVM, 10 on the host).")(f)
+
+
+def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--wait-timeout", type=click.FloatRange(1, 3600), default=DEFAULT_TIMEOUT, show_default=True,
+                        help="Seconds the services may take to run again (or be healthy, with a healthcheck).")(f)
 
 
 pass_app = click.make_pass_decorator(App)

@@ -6,6 +6,7 @@ import click
 
 from vmctl import lifecycle, workloads
 from vmctl.cli.app import App, pass_app, strip_dashes
+from vmctl.errors import UsageError
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
@@ -14,11 +15,16 @@ Examples:
   vmctl exec web -- cat /etc/hostname            inside the service's container (crun exec in its VM)
   vmctl exec baseline -- uname -r                 a host container: the host's kernel
   vmctl exec worker -- uname -r                   a machine: the guest's kernel, not the host's
-  vmctl exec worker -- sh -c 'exit 3'; echo $?    prints 3""")
+  vmctl exec worker -- sh -c 'exit 3'; echo $?    prints 3
+  vmctl exec -u nobody -w /tmp -e A=1 web -- id    as a user of the image, in a folder, with a variable""")
+@click.option("-u", "--user", default="", help="USER[:GROUP], names from the image's /etc/passwd (services only).")
+@click.option("-w", "--workdir", default="", help="Folder the command runs in (services only).")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Set a variable for the command (repeatable; services only).")
 @click.argument("name")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
-def command(app: App, name: str, argv: tuple[str, ...]) -> None:
+def command(app: App, user: str, workdir: str, env: tuple[str, ...], name: str, argv: tuple[str, ...]) -> None:
     """Run a command in a service's container, or in a machine; its exit code becomes vmctl's.
 
     Services and machines share one namespace; a service's dedicated microVM is reached with `vmctl ssh`."""
@@ -26,8 +32,12 @@ def command(app: App, name: str, argv: tuple[str, ...]) -> None:
     project = app.project()
     if project.env.service(name) is not None:
         state = project.envdir.load(str(project.env.file))
-        code = workloads.exec_service(project.env, project.envdir, state, name, argv)
+        request = workloads.ExecRequest(user=user, workdir=workdir, env=env)
+        code = workloads.exec_service(project.env, project.envdir, state, name, argv, request)
         raise click.exceptions.Exit(code)
+    if user or workdir or env:
+        raise UsageError("`-u`, `-w` and `-e` are for a service's container", hint=f"`{name}` is a machine: use "
+                         f"`vmctl exec {name} -- env K=V sh -c 'cd DIR && ...'`")
     with lifecycle.guest(project, name) as g:
         code = g.stream(list(argv), sys.stdout.buffer, sys.stderr.buffer,
                         stdin=None if sys.stdin.isatty() or sys.stdin.closed else sys.stdin.buffer)

@@ -20,15 +20,20 @@ def _state(row: workloads.ServiceRow) -> str:
 
 @click.command("ps", epilog="""\b
 Examples:
-  vmctl ps
-  vmctl ps --json | jq '.services[] | {name, state, ports}'""")
+  vmctl ps                    the services that run (or start, or restart)
+  vmctl ps -a                 every service: exited, stopped and never started (`absent`) ones too
+  vmctl ps web
+  vmctl ps -a --json | jq '.services[] | {name, state, ports}'""")
+@click.argument("services", nargs=-1)
+@click.option("-a", "--all", "every", is_flag=True, help="Also show exited, stopped and never started services.")
 @click.option("--json", "as_json", is_flag=True, help='Print JSON: {"services": [...]}.')
 @pass_app
-def command(app: App, as_json: bool) -> None:
-    """Show every service: where it runs (machine, isolation), its state and its published ports."""
+def command(app: App, services: tuple[str, ...], every: bool, as_json: bool) -> None:
+    """Show the running services (every one with -a): where each runs (machine, isolation), its state and
+    its published ports."""
     project = app.project()
     state = project.envdir.load(str(project.env.file))
-    rows = workloads.rows(project.env, project.envdir, state)
+    rows = workloads.rows(project.env, project.envdir, state, services, every=every)
     if as_json:
         hosts = {name: ms.host for name, ms in state.machines.items()}
         app.print_json({"services": [{**asdict(r), "host": hosts.get(r.machine or "")} for r in rows]})

@@ -18,13 +18,18 @@ from vmctl.cli import (
     cmd_exec,
     cmd_hosts,
     cmd_image,
+    cmd_images,
     cmd_logs,
     cmd_migrate,
+    cmd_port,
     cmd_ps,
     cmd_pull,
     cmd_render,
+    cmd_restart,
     cmd_ssh,
+    cmd_start,
     cmd_status,
+    cmd_stop,
     cmd_up,
 )
 from vmctl.cli.app import App
@@ -35,7 +40,8 @@ Examples:
   vmctl -f examples/quickstart.yaml up          boot the machines, wait until SSH answers
   vmctl pull                                    pull the services' images from their registries
   vmctl -f examples/quickstart.yaml status      one line per machine (--json for scripts)
-  vmctl -f examples/quickstart.yaml ps          one line per service (--json for scripts)
+  vmctl -f examples/quickstart.yaml ps          one line per running service (-a: every one, --json)
+  vmctl stop web && vmctl start web             stop a service's container, keep it, run it again
   vmctl exec web -- cat /etc/hostname           run a command in a service's container
   vmctl exec worker -- uname -r                 run a command in a guest
   vmctl down                                    remove everything the environment created
@@ -65,8 +71,8 @@ def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, p
                   progress_mode=progress, debug=debug)
 
 
-for module in (cmd_up, cmd_down, cmd_pull, cmd_status, cmd_ps, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config,
-               cmd_doctor, cmd_image, cmd_hosts, cmd_migrate):
+for module in (cmd_up, cmd_down, cmd_stop, cmd_start, cmd_restart, cmd_pull, cmd_status, cmd_ps, cmd_port, cmd_images,
+               cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config, cmd_doctor, cmd_image, cmd_hosts, cmd_migrate):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 

@@ -1,0 +1,231 @@
+"""compose's verbs through the real CLI: stop, start, restart, ps -a, port, images, exec -u/-w/-e.
+
+Host containers (runc) for most cases, and one microVM service (crun in its guest, under TCG here) for
+stop/start inside a guest. Everything is checked from the outside: runc's own state, the container's
+PID, the published port answering or not, the guest's `crun list`. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.build_images import build_tiny_image
+from tests.conftest import environment_up, run_vmctl, runc_containers
+from vmctl.paths import runtime_root
+
+TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
+missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root"),
+    pytest.mark.skipif(bool(missing), reason=f"missing tools: {missing}"),
+]
+
+ENV = """\
+name: verbs
+machines:
+  box: {memory: 256M}
+services:
+  web:
+    image: ./web.tar
+    isolation: container
+    environment: {GREETING: from-the-host}
+    ports: ["8080"]
+    restart: always
+  once:
+    image: ./web.tar
+    isolation: container
+    entrypoint: ["sh", "-c", "echo done"]
+  vm:
+    image: ./web.tar
+    machine: box
+    environment: {GREETING: from-the-vm}
+    ports: ["8080"]
+    restart: always
+"""
+CONTAINER = "verbs.web"  # runc's name of `web`: ENV.SERVICE
+SETTLE = 3.0  # longer than both supervisors' restart delay (1 s): what `restart: always` would have done by then
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("verbs")
+    build_tiny_image(folder)
+    file = folder / "vmctl.yaml"
+    file.write_text(ENV)
+    with environment_up(file):
+        yield file
+
+
+def _vmctl(file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_vmctl("-f", str(file), *args)
+
+
+def _ok(file: Path, *args: str) -> str:
+    out = _vmctl(file, *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _ps(file: Path, *flags: str) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in json.loads(_ok(file, "ps", *flags, "--json"))["services"]}
+
+
+def _host_port(file: Path, name: str) -> int:
+    port: int = _ps(file, "-a")[name]["ports"][0]["host_port"]
+    return port
+
+
+def _answers(port: int) -> str | None:
+    """The page on 127.0.0.1:port, or None when nothing serves it."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            return str(r.read().decode())
+    except OSError:  # refused (slirp4netns is gone), reset or closed (QEMU's forward, nothing in the guest)
+        return None
+
+
+def _wait_answer(port: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while (page := _answers(port)) is None:
+        assert time.monotonic() < deadline, f"nothing answers on port {port}"
+        time.sleep(0.3)
+    return page
+
+
+def _runc_pid(name: str) -> int | None:
+    runc = shutil.which("runc") or "runc"
+    proc = subprocess.run([runc, "--root", str(runtime_root() / "runc"), "state", name], capture_output=True,
+                          text=True, check=False)
+    return int(json.loads(proc.stdout)["pid"]) if proc.returncode == 0 else None
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie (this host's PID 1 may never reap an orphaned container init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _guest(file: Path, *argv: str) -> str:
+    """A command in the machine `box`, outside every container."""
+    return _ok(file, "exec", "box", "--", *argv)
+
+
+def _crun_names(file: Path) -> list[str]:
+    """The containers crun knows in `box` (its table's first column)."""
+    return [line.split()[0] for line in _guest(file, "crun", "list").splitlines()[1:] if line.strip()]
+
+
+def test_port_prints_the_published_address_and_it_answers(env: Path) -> None:
+    port = _host_port(env, "web")
+    assert _ok(env, "port", "web", "8080") == f"127.0.0.1:{port}\n"
+    host, _, number = _ok(env, "port", "vm", "8080").strip().rpartition(":")
+    assert host == "127.0.0.1" and "greeting: from-the-vm" in _wait_answer(int(number))
+    assert "greeting: from-the-host" in _wait_answer(port)
+    for args, code, said in ((("web", "9999"), 1, "publishes no port 9999/tcp"),
+                             (("web", "8080", "--protocol", "udp"), 1, "it publishes: 8080/tcp"),
+                             (("nope", "80"), 2, "services: web, once, vm")):
+        out = _vmctl(env, "port", *args)
+        assert (out.returncode, out.stdout) == (code, ""), out.stderr
+        assert said in out.stderr
+
+
+def test_images_lists_the_digest_each_service_runs_from(env: Path) -> None:
+    state = json.loads((Path(os.environ["VMCTL_STATE_DIR"]) / "envs" / "verbs" / "state.json").read_text())
+    digest = state["services"]["web"]["digest"]
+    rows = {r["service"]: r for r in json.loads(_ok(env, "images", "--json"))["images"]}
+    assert set(rows) == {"web", "once", "vm"}
+    assert all(r["image"] == "./web.tar" and r["digest"] == digest and r["size_bytes"] > 1_000_000
+               for r in rows.values())
+    table = _ok(env, "images", "web").splitlines()
+    assert table[0].split() == ["SERVICE", "IMAGE", "DIGEST", "SIZE"]
+    assert table[1].split()[:3] == ["web", "./web.tar", digest[:19]]
+
+
+def test_ps_lists_running_services_and_all_with_a(env: Path) -> None:
+    assert _wait_exited(env, "once")["state"] == "exited"
+    assert set(_ps(env)) == {"web", "vm"}  # `once` ran and exited: only -a shows it
+    assert set(_ps(env, "-a")) == {"web", "once", "vm"}
+    assert set(_ps(env, "-a", "once")) == {"once"}
+    table = _ok(env, "ps").splitlines()
+    assert [line.split()[0] for line in table] == ["NAME", "web", "vm"]
+
+
+def _wait_exited(file: Path, name: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (row := _ps(file, "-a")[name])["state"] != "exited":
+        assert time.monotonic() < deadline, row
+        time.sleep(0.3)
+    return row
+
+
+def test_exec_user_workdir_and_env(env: Path) -> None:
+    for name in ("web", "vm"):
+        out = _ok(env, "exec", "-u", "nobody", "-w", "/tmp", "-e", "A=it's b", "-e", "B=2", name, "--",
+                  "sh", "-c", 'id -u; id -g; pwd; echo "$A $B"; echo "$GREETING"')
+        greeting = "from-the-host" if name == "web" else "from-the-vm"
+        assert out.splitlines() == ["65534", "65534", "/tmp", "it's b 2", greeting]
+        assert _ok(env, "exec", "-u", "12:34", name, "--", "sh", "-c", "id -u; id -g").split() == ["12", "34"]
+    bad = _vmctl(env, "exec", "-e", "NOVALUE", "web", "--", "true")
+    assert bad.returncode == 2 and "is not KEY=VALUE" in bad.stderr
+    bad = _vmctl(env, "exec", "-u", "nosuch", "web", "--", "true")
+    assert bad.returncode == 2 and "one of: nobody, root" in bad.stderr
+
+
+def test_stop_keeps_a_host_container_stopped_and_start_runs_it_again(env: Path) -> None:
+    port, pid = _host_port(env, "web"), _runc_pid(CONTAINER)
+    assert pid is not None and _alive(pid)
+    _ok(env, "stop", "web")
+    assert CONTAINER not in runc_containers(runtime_root()) and not _alive(pid)
+    time.sleep(SETTLE)  # `restart: always`: its supervisor would have started it again by now
+    assert CONTAINER not in runc_containers(runtime_root()) and _answers(port) is None
+    assert _ps(env, "-a")["web"]["state"] == "exited" and "web" not in _ps(env)
+    assert _ps(env)["vm"]["state"] == "running"  # the others are left alone
+    out = _vmctl(env, "exec", "web", "--", "true")
+    assert out.returncode == 1 and "`vmctl start web`" in out.stderr
+
+    _ok(env, "start", "web")
+    assert _ps(env)["web"]["state"] == "running" and _host_port(env, "web") == port  # the port it had
+    assert "greeting: from-the-host" in _wait_answer(port)
+    assert _ok(env, "exec", "web", "--", "cat", "/etc/hostname") == "web\n"
+    assert _ok(env, "logs", "web").count("| web: from-the-host from web") == 2  # the log is kept
+    again = _vmctl(env, "start", "web")
+    assert again.returncode == 0 and "already running" in again.stderr
+
+
+def test_restart_runs_a_new_process(env: Path) -> None:
+    before = _runc_pid(CONTAINER)
+    _ok(env, "restart", "-t", "1", "web")
+    after = _runc_pid(CONTAINER)
+    assert before and after and after != before and not _alive(before)
+    assert "greeting: from-the-host" in _wait_answer(_host_port(env, "web"))
+
+
+def test_stop_and_start_a_service_in_its_guest(env: Path) -> None:
+    port = _host_port(env, "vm")
+    assert _crun_names(env) == ["vm"]
+    stopped = _vmctl(env, "stop", "-t", "2", "vm")
+    assert stopped.returncode == 0 and "vm" in stopped.stderr and "stopped (exit code" in stopped.stderr
+    time.sleep(SETTLE)  # the guest's supervisor restarts `always` services after one second
+    assert _crun_names(env) == [] and _answers(port) is None
+    assert _guest(env, "cat", "/run/vmctl/svc/vm/state") == "exited\n"  # kept, for `start`
+    row = _ps(env, "-a")["vm"]
+    assert row["state"] == "exited" and row["exit_code"] is not None and "vm" not in _ps(env)
+    assert _ps(env)["web"]["state"] == "running"
+
+    _ok(env, "start", "vm")
+    assert _ps(env)["vm"]["state"] == "running" and _crun_names(env) == ["vm"]
+    assert "greeting: from-the-vm" in _wait_answer(port)
+    assert _ok(env, "exec", "vm", "--", "cat", "/etc/hostname") == "vm\n"
