@@ -1090,6 +1090,16 @@ def with_dependencies(env: Environment, names: set[str]) -> set[str]:
     return found
 
 
+def with_restart_dependents(env: Environment, names: Sequence[str]) -> tuple[str, ...]:
+    """`restart NAME...`: the named services and those that depend on them with `restart: true`, directly
+    or not (none named: every service, which includes them)."""
+    found = [s.name for s in env.services if names and (s.name in names or s.replica_of in names)]
+    for name in found:  # (grows while it is read)
+        found += [s.name for s in env.services
+                  if s.name not in found and any(d.restart and d.service == name for d in s.dependencies)]
+    return tuple(found)
+
+
 def topological_services(env: Environment) -> list[ServiceSpec]:
     """Services in `depends_on` order (dependencies first), stable by declaration order."""
     done: list[str] = []

@@ -504,3 +504,13 @@ def test_a_healthcheck_is_off_with_none_or_disable(tmp_path: Path) -> None:
     env = load(tmp_path, "services:\n  a: {image: x.tar, healthcheck: {test: [NONE]}}\n"
                          "  b: {image: x.tar, healthcheck: {test: [CMD, 'false'], disable: true}}\n")
     assert [s.healthcheck for s in env.services] == [None, None]
+
+
+def test_restart_takes_the_dependents_that_ask_for_it(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  db: {image: x.tar}\n"
+                         "  api: {image: x.tar, depends_on: {db: {restart: true}}}\n"
+                         "  web: {image: x.tar, depends_on: {api: {restart: true}}}\n"
+                         "  cron: {image: x.tar, depends_on: [db]}\n")
+    assert spec.with_restart_dependents(env, ["db"]) == ("db", "api", "web")
+    assert spec.with_restart_dependents(env, ["api"]) == ("api", "web")
+    assert spec.with_restart_dependents(env, []) == ()

@@ -4,6 +4,7 @@ import click
 
 from vmctl import lifecycle, workloads
 from vmctl.cli.app import App, grace_option, pass_app, wait_option
+from vmctl.spec import with_restart_dependents
 
 
 @click.command("restart", epilog="""\b
@@ -15,8 +16,10 @@ Examples:
 @wait_option
 @pass_app
 def command(app: App, services: tuple[str, ...], grace: float | None, wait_timeout: float) -> None:
-    """Stop services (as `stop`), then start them again (as `start`), stopped ones included."""
+    """Stop services (as `stop`), then start them again (as `start`), stopped ones included; with them,
+    the services that depend on one of them with `restart: true`."""
     project = app.project()
+    services = with_restart_dependents(project.env, services) if services else ()
     with lifecycle.locked_state(project) as state:
         workloads.stop_services(project.env, project.envdir, state, services, project.progress, grace=grace)
         workloads.start_stopped(project.env, project.envdir, state, services, project.progress, timeout=wait_timeout)
