@@ -32,7 +32,7 @@ def write(tmp_path: Path, services: str) -> Path:
 def up_then_down(file: Path, *args: str) -> tuple[int, str, dict[str, dict[str, object]]]:
     up = run_vmctl("-f", str(file), "up", "--timeout", "60", *args)
     try:
-        ps = json.loads(run_vmctl("-f", str(file), "ps", "--json").stdout or '{"services": []}')
+        ps = json.loads(run_vmctl("-f", str(file), "ps", "-a", "--json").stdout or '{"services": []}')
         probe = run_vmctl("-f", str(file), "exec", "db", "--", "test", "-e", "/tmp/ready") if "db:" in \
             file.read_text() else None
     finally:

@@ -192,7 +192,7 @@ services:
 
 def test_replicas_are_members_of_their_own_found_by_the_service_name(tmp_path: Path) -> None:
     with environment_up(write_env(tmp_path, "rep", REPLICAS)) as file:
-        ps = json.loads(run_vmctl("-f", str(file), "ps", "--json").stdout)
+        ps = json.loads(run_vmctl("-f", str(file), "ps", "-a", "--json").stdout)
         assert sorted((s["name"], s["state"]) for s in ps["services"]) == [
             ("api-1", "running"), ("api-2", "running"), ("cli-1", "running"), ("cli-2", "running")]
         _, one = sh(file, "cli-1", "getent hosts api-1")

@@ -132,7 +132,7 @@ CASES = [
     Case("service-volume-missing", "name: corpus\nservices:\n  web:\n    image: x.tar\n    volumes: ['./nope:/data']\n",
          "folder `./nope` does not exist", at=(5, "services.web.volumes[0]")),
     Case("healthcheck-no-test", "name: corpus\nservices:\n  web:\n    image: x.tar\n    healthcheck: {retries: 3}\n",
-         "missing required key `test`", at=(5, "services.web.healthcheck")),
+         "a healthcheck needs a `test`", at=(5, "services.web.healthcheck")),
     # --- compose keys vmctl refuses, each with its reason and a hint (the settings table's marks) -------------
     Case("compose-build", S1 + "    build: .\n", "`build` is not supported: building images",
          at=(5, "services.web.build")),
