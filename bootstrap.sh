@@ -28,7 +28,8 @@ PACKAGES=(
   # workloads the example images carry, and the comparison
   stress-ng fio iperf3 redis-server redis-tools chromium
   # `vmctl compare`'s other default sandboxes: Docker's engine (dockerd and its own client in /usr/bin;
-  # with no systemd, compare starts dockerd itself) and podman (run with runc, networking by slirp4netns)
+  # with no systemd, compare starts dockerd itself) and podman (run with runc, networking by slirp4netns);
+  # podman is also the builder of services' `build:` (vmctl/build.py)
   docker.io podman
   # our own microVM kernel (guest_images/minimal)
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev

@@ -114,7 +114,10 @@ def write_image(root: Path, out: Path, *, config: dict[str, Sequence[str]], fmt:
         image = f"{layout}:{TAG}"
         run([umoci, "init", "--layout", layout])
         run([umoci, "new", "--image", image])
-        run([umoci, "insert", "--no-history", "--image", image, root, "/"])
+        # A history entry for the one layer (pinned in time: the digest stays reproducible): builders
+        # (buildah, podman build) refuse a base image whose history lists fewer layers than it has.
+        run([umoci, "insert", "--image", image, "--history.created", EPOCH, "--history.created_by",
+             "examples/build_images.py", root, "/"])
         argv: list[str] = [umoci, "config", "--no-history", "--image", image, "--created", EPOCH]
         argv += ["--author", "vmctl examples/build_images.py", "--config.workingdir", "/"]
         for key in ("entrypoint", "cmd", "env", "exposedports"):

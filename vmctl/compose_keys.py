@@ -38,9 +38,6 @@ SERVICE = (
     Unsupported("attach", "bool", "`vmctl up` never attaches to the containers' output (see `vmctl logs`)",
                 ignored=True),
     Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
-    Unsupported("build", "mapping|string", "building images is not implemented yet (no builder integration)",
-                "build with docker or podman, save the image (`docker save -o app.tar IMAGE`) and set "
-                "`image: ./app.tar`"),
     Unsupported("extends", "mapping|string", "`extends` is not implemented yet",
                 "share settings with a YAML anchor and merge key (`x-base: &base ...`, `<<: *base`)"),
     Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),

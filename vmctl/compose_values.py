@@ -279,19 +279,15 @@ def p_platform(value: Any, path: KeyPath, ctx: Ctx) -> str:
 
 
 PULL_POLICIES = {"always": PullPolicy.ALWAYS, "missing": PullPolicy.MISSING, "if_not_present": PullPolicy.MISSING,
-                 "never": PullPolicy.NEVER}
+                 "never": PullPolicy.NEVER, "build": PullPolicy.BUILD}
 
 
 def p_pull_policy(value: Any, path: KeyPath, ctx: Ctx) -> PullPolicy:
-    if value == "build":
-        ctx.fail(path, "`pull_policy: build` is not supported: building images is not implemented yet "
-                 "(no builder integration)", "build with docker or podman, then `docker save -o app.tar IMAGE` and "
-                 "set `image: ./app.tar`, or push it to a registry and set `image:` to its reference")
     if isinstance(value, str) and (value in ("daily", "weekly") or value.startswith("every_")):
         ctx.fail(path, f"`pull_policy: {value}` is not supported: vmctl does not record when it last pulled",
                  "use `always` (ask the registry at every `up`) or `missing`")
     if not isinstance(value, str) or value not in PULL_POLICIES:
-        ctx.fail(path, f"invalid pull_policy {value!r}", "use one of always, missing (or if_not_present), never")
+        ctx.fail(path, f"invalid pull_policy {value!r}", "use one of always, missing (or if_not_present), never, build")
     return PULL_POLICIES[value]
 
 

@@ -51,6 +51,7 @@ class PullPolicy(StrEnum):
     ALWAYS = "always"  # ask the registry for the digest at every `up`; a plain name skips the local engine stores
     MISSING = "missing"  # ask only when this reference has no cached preparation (compose's default)
     NEVER = "never"  # never ask: the cache has it, or the service cannot start
+    BUILD = "build"  # a service with `build:`: built at every `up` (vmctl/build.py); never a registry's
 
 
 @dataclass(frozen=True)

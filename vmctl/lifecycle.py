@@ -9,6 +9,7 @@ domain is started, so even a SIGKILL leaves enough for `down` to find and remove
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -242,7 +243,7 @@ def _disk_views(project: Project, machine: MachineSpec,
 
 
 def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT,
-       wait: bool = True, templates: bool = True) -> EnvState:
+       wait: bool = True, templates: bool = True, rebuild: bool = False) -> EnvState:
     """Boot the machines, then start the services in `depends_on` order; roll everything back on failure.
 
     Services' images are prepared before any boot: each distinct image's ext4 disk is attached
@@ -255,7 +256,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
         state.file = str(project.env.file)
         project.place(machines, state)  # with `hosts:`, before anything is created
         preflight.check(project, machines, state)  # before anything is created
-        service_images = workloads.prepare_images(project.env, services, project.progress)
+        service_images = workloads.prepare_images(project.env, services, project.progress, rebuild=rebuild)
         for name in volumes.ensure(project.env.volumes, workloads.volume_seeds(services, service_images)):
             project.progress.done(f"volume {name}", "created")
         images = ensure_images(project, machines)
@@ -301,10 +302,22 @@ def pull(project: Project, names: Sequence[str] = ()) -> list[str]:
     for `pull_policy: never` services, which are skipped. Returns the services whose image was pulled."""
     services = project.select_services(names)
     for s in services:
-        if s.pull_policy is PullPolicy.NEVER:
-            project.progress.info(s.name, "skipped: `pull_policy: never`")
-    wanted = [s for s in services if s.pull_policy is not PullPolicy.NEVER]
+        if s.pull_policy is PullPolicy.NEVER or s.build:
+            project.progress.info(s.name, "skipped: " + ("built, not pulled (`vmctl build`)" if s.build else
+                                                         "`pull_policy: never`"))
+    wanted = [s for s in services if s.pull_policy is not PullPolicy.NEVER and not s.build]
     workloads.prepare_images(project.env, wanted, project.progress, policy=PullPolicy.ALWAYS)
+    return [s.name for s in wanted]
+
+
+def build(project: Project, names: Sequence[str] = (), *, no_cache: bool = False) -> list[str]:
+    """Build the services' images that have `build:` (compose's `build`), even when the context is
+    unchanged; returns the services built."""
+    wanted = [s for s in project.select_services(names) if s.build]
+    if no_cache:
+        wanted = [dataclasses.replace(s, build=dataclasses.replace(s.build, no_cache=True)) for s in wanted
+                  if s.build]
+    workloads.prepare_images(project.env, wanted, project.progress, rebuild=True)
     return [s.name for s in wanted]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import compose_values, hostspec, settings, spec, volumes
+from vmctl import build, compose_values, hostspec, settings, spec, volumes
 
 SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
@@ -16,6 +16,7 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`machines.NAME.disks[]`", spec.DISK_SETTINGS),
     ("`services.NAME:`", spec.SERVICE_SETTINGS),
     ("`services.NAME.vm:`", spec.VM_SETTINGS),
+    ("`services.NAME.build:`", build.BUILD_SETTINGS),
     ("`services.NAME.volumes[]` (the long form)", spec.MOUNT_SETTINGS),
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
     ("`services.NAME.depends_on.NAME:`", spec.DEPENDENCY_SETTINGS),

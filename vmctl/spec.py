@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmctl import compose_keys, replicas, volumes
+from vmctl.build import BuildSpec, p_build
 from vmctl.compose_values import (
     GUEST_OVERHEAD_MIB,
     MAX_REPLICAS,
@@ -221,6 +222,7 @@ class ServiceSpec:
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) lines for the container's /etc/hosts
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
     pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
+    build: BuildSpec | None = None  # its image is built from a Dockerfile (vmctl/build.py)
 
     @property
     def depends_on(self) -> tuple[str, ...]:
@@ -638,8 +640,11 @@ DEPENDENCY_SETTINGS = (
 )
 
 SERVICE_SETTINGS = (
-    Setting("image", p_str, REQUIRED, "string", "docker-archive or OCI archive/layout path, a local docker/podman "
-            "image, or a registry reference (`127.0.0.1:5000/app:1`, `redis:7`, `NAME@sha256:...`)"),
+    Setting("image", p_str, None, "string", "docker-archive or OCI archive/layout path, a local docker/podman "
+            "image, or a registry reference (`127.0.0.1:5000/app:1`, `redis:7`, `NAME@sha256:...`); with "
+            "`build`, the built image's name", shown="**required** (or `build`)"),
+    Setting("build", p_build, None, "string|mapping", "the image built from a Dockerfile by podman (or docker): "
+            "the context folder, or `context`, `dockerfile`, `args`, `target`... (see `services.NAME.build:`)"),
     Setting("command", p_argv, None, "list|string", "overrides the image's CMD"),
     Setting("entrypoint", p_argv, None, "list|string", "overrides the image's ENTRYPOINT"),
     Setting("environment", p_environment, (), "mapping|list", "environment variables"),
@@ -709,7 +714,7 @@ SERVICE_SETTINGS = (
     Setting("pull_policy", p_pull_policy, PullPolicy.MISSING, "always|missing|never",
             "when a registry image is pulled: `missing` (or `if_not_present`) when vmctl's cache has none for the "
             "reference, `always` at every `up` and `pull` (a tag pushed again is picked up), `never` (the cache "
-            "only); archives and local engine images are read in place; `build` is refused"),
+            "only); archives and local engine images are read in place; `build` (with `build:`): built at every `up`"),
     *unsupported(compose_keys.SERVICE),
 )
 
@@ -785,6 +790,9 @@ def environment_from(model: Model) -> Environment:
                 for s in services]
     machines = [_with_service_networks(_with_service_ports(m, services), services, ctx) for m in machines]
     name = name_override or top["name"] or folder_name(model.file)
+    # compose's name for an image it builds: PROJECT-SERVICE
+    services = [replace(s, image=f"{name}-{s.replica_of or s.name}") if s.build and not s.image else s
+                for s in services]
     named = volumes.declared(name, top["volumes"] or {})
     services = [_with_named_volumes(s, named, ctx) for s in services]
     env = Environment(
@@ -829,6 +837,12 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
     path = ("services", name)
     v = parse_table(SERVICE_SETTINGS, raw, path, ctx, extensible=True)
     counts[name] = replicas.count(v["scale"], v["deploy"].replicas, path, ctx)
+    if v["image"] is None and v["build"] is None:
+        ctx.fail(path, f"service `{name}` has no `image`", "set `image:` (an archive, a name, a registry "
+                 "reference) or `build:` (a folder with a Dockerfile)")
+    if v["pull_policy"] is PullPolicy.BUILD and v["build"] is None:
+        ctx.fail((*path, "pull_policy"), "`pull_policy: build` needs a `build:` section", "add `build:`, or "
+                 "use `always`, `missing` or `never`")
     if v["isolation"] is Isolation.CONTAINER and (v["machine"] or v["vm"]):
         key = "machine" if v["machine"] else "vm"
         ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",
@@ -844,7 +858,8 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
         ctx.fail((*path, "sysctls"), "net.* sysctls of a service in a shared machine would change the network of "
                  "every service in it (containers in a guest share its network stack)",
                  "give the service its own microVM (drop `machine`), or use `isolation: container`")
-    return ServiceSpec(name=name, image=v["image"], command=v["command"], entrypoint=v["entrypoint"],
+    return ServiceSpec(name=name, image=v["image"] or "", build=v["build"], command=v["command"],
+                       entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
                        ports=v["ports"], volumes=v["volumes"], dependencies=v["depends_on"],
                        healthcheck=v["healthcheck"], restart=restart, restart_retries=retries,
@@ -1093,7 +1108,9 @@ def with_dependencies(env: Environment, names: set[str]) -> set[str]:
 def with_restart_dependents(env: Environment, names: Sequence[str]) -> tuple[str, ...]:
     """`restart NAME...`: the named services and those that depend on them with `restart: true`, directly
     or not (none named: every service, which includes them)."""
-    found = [s.name for s in env.services if names and (s.name in names or s.replica_of in names)]
+    found: list[str] = []
+    for n in names:
+        found += [i.name for i in env.instances(n)] or [n]  # (an unknown name stays, for the caller's error)
     for name in found:  # (grows while it is read)
         found += [s.name for s in env.services
                   if s.name not in found and any(d.restart and d.service == name for d in s.dependencies)]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
-from vmctl import host_supervisor, remote
+from vmctl import build, host_supervisor, remote
 from vmctl import ports as host_ports
 from vmctl.compose_values import Restart
 from vmctl.container_image import PreparedImage, PullPolicy, cached_image, prepare_image
@@ -302,26 +302,33 @@ def _mounts(svc: ServiceSpec, runtime: Runtime) -> tuple[BindMount, ...]:
 
 
 def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: Progress,
-                   policy: PullPolicy | None = None) -> dict[str, PreparedImage]:
+                   policy: PullPolicy | None = None, *, rebuild: bool = False) -> dict[str, PreparedImage]:
     """Each distinct image once: service name -> its prepared image (rootfs + ext4 disk, cached by digest).
-    Each service's `pull_policy` says when its registry is asked, unless `policy` (a `vmctl pull`) overrides it."""
+    Each service's `pull_policy` says when its registry is asked, unless `policy` (a `vmctl pull`) overrides it.
+    A service with `build:` gets the image its builder makes (vmctl/build.py), built again with `rebuild`."""
     def use(s: ServiceSpec) -> tuple[str, PullPolicy]:
-        return s.image, policy or s.pull_policy
+        return (f"build:{s.replica_of or s.name}" if s.build else s.image), policy or s.pull_policy
 
     prepared: dict[tuple[str, PullPolicy], PreparedImage] = {}
     for s in sorted(services, key=use):
         if use(s) not in prepared:
-            prepared[use(s)] = _prepare_image(env, s, use(s)[1], progress)
+            prepared[use(s)] = _prepare_image(env, s, use(s)[1], progress, rebuild)
     return {s.name: prepared[use(s)] for s in services}
 
 
-def _prepare_image(env: Environment, svc: ServiceSpec, policy: PullPolicy, progress: Progress) -> PreparedImage:
+def _prepare_image(env: Environment, svc: ServiceSpec, policy: PullPolicy, progress: Progress,
+                   rebuild: bool) -> PreparedImage:
     label = f"image {svc.image}"
     progress.working(label, "preparing")
+    key = f"services.{svc.replica_of or svc.name}.{'build' if svc.build else 'image'}"
     try:
-        image = prepare_image(svc.image, env.base_dir, policy=policy, progress=progress.callback(label))
+        ref = svc.image
+        if svc.build is not None:
+            ref = str(build.ensure(svc.build, f"vmctl-build/{svc.image}", force=rebuild or policy is PullPolicy.BUILD,
+                                   progress=progress.callback(label)))
+            policy = PullPolicy.MISSING  # (an archive: read in place)
+        image = prepare_image(ref, env.base_dir, policy=policy, progress=progress.callback(label))
     except VmctlError as e:  # the image is the service's: point at the line that names it
-        key = f"services.{svc.name}.image"
         e.where = e.where or env.place(key) or Where(str(env.file), None, key)
         raise
     progress.done(label, image.digest[:19])

@@ -11,6 +11,7 @@ import click
 
 from vmctl import __version__
 from vmctl.cli import (
+    cmd_build,
     cmd_compare,
     cmd_config,
     cmd_doctor,
@@ -71,8 +72,9 @@ def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, p
                   progress_mode=progress, debug=debug)
 
 
-for module in (cmd_up, cmd_down, cmd_stop, cmd_start, cmd_restart, cmd_pull, cmd_status, cmd_ps, cmd_port, cmd_images,
-               cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config, cmd_doctor, cmd_image, cmd_hosts, cmd_migrate):
+for module in (cmd_up, cmd_down, cmd_stop, cmd_start, cmd_restart, cmd_pull, cmd_build, cmd_status, cmd_ps, cmd_port,
+               cmd_images, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config, cmd_doctor, cmd_image, cmd_hosts,
+               cmd_migrate):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 
