@@ -24,6 +24,7 @@ from vmctl.settings import (
     did_you_mean,
     p_abs_path,
     p_int,
+    p_str,
     parse_table,
     typename,
     unsupported,
@@ -318,3 +319,70 @@ DEPLOY_SETTINGS = (
     Setting("replicas", p_int(1, MAX_REPLICAS), None, "int", "as the service's `scale`"),
     *unsupported(compose_keys.DEPLOY),
 )
+
+
+# -- names and resolution in the container (/etc/resolv.conf, /etc/hosts, the UTS domain name)
+
+DOMAIN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_RESOLV_OPTION = re.compile(r"^[a-z][a-z0-9-]*(:\d{1,3})?$")  # resolv.conf(5): `ndots:2`, `rotate`, `edns0`
+
+
+def _strings(value: Any, path: KeyPath, ctx: Ctx, what: str) -> list[str]:
+    """compose's `x` or `[x, y]`."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        ctx.fail(path, f"must be {what} or a list of them, not {typename(value)}")
+    return list(items)
+
+
+def p_dns(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    out = []
+    for i, text in enumerate(_strings(value, path, ctx, "an IPv4 address")):
+        if not re.match(r"^\d{1,3}(\.\d{1,3}){3}$", text) or any(int(b) > 255 for b in text.split(".")):
+            ctx.fail((*path, i), f"invalid nameserver {text!r}", "use IPv4 addresses, e.g. `dns: [10.0.2.3]`")
+        out.append(text)
+    return tuple(out)
+
+
+def p_domains(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    out = _strings(value, path, ctx, "a domain name")
+    for i, text in enumerate(out):
+        if len(text) > 253 or not DOMAIN.match(text):
+            ctx.fail((*path, i), f"invalid domain {text!r}", "use letters, digits, `-` and `.`")
+    return tuple(out)
+
+
+def p_domainname(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    return p_domains(p_str(value, path, ctx), path, ctx)[0]
+
+
+def p_dns_opt(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    out = _strings(value, path, ctx, "a resolver option")
+    for i, text in enumerate(out):
+        if not _RESOLV_OPTION.match(text):
+            ctx.fail((*path, i), f"invalid resolver option {text!r}", "e.g. `ndots:2`, `timeout:1`, `rotate`")
+    return tuple(out)
+
+
+def p_links(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    """compose's legacy `links: [SERVICE, "SERVICE:ALIAS"]`: (service, the name it is found by here)."""
+    out = []
+    for i, text in enumerate(_strings(value, path, ctx, "`SERVICE[:ALIAS]`")):
+        service, _, alias = text.partition(":")
+        for name in (service, alias or service):
+            if not DOMAIN.match(name):
+                ctx.fail((*path, i), f"invalid link {text!r}", 'write "SERVICE" or "SERVICE:ALIAS"')
+        out.append((service, alias or service))
+    return tuple(out)
+
+
+def p_group_add(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
+    """Group names (looked up in the image's /etc/group when the container is made) or numbers."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+        if not isinstance(text, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", text):
+            ctx.fail((*path, i), f"invalid group {item!r}", "use group names of the image or numbers")
+        out.append(text)
+    return tuple(out)

@@ -51,6 +51,7 @@ ETC_FILES: tuple[str, ...] = ("hostname", "hosts", "resolv.conf")
 CPU_PERIOD = 100_000  # microseconds; `cpus: 0.5` is a quota of half of it
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_RESOLV_OPTION = re.compile(r"[a-z][a-z0-9-]*(:\d{1,3})?")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _USER = re.compile(r"(\d{1,10})(:(\d{1,10}))?")
@@ -96,6 +97,11 @@ class ContainerRequest:
     memory_reservation_bytes: int | None = None
     annotations: tuple[tuple[str, str], ...] = ()
     init_path: str | None = None  # a static init (tini) in the runtime's file system: PID 1, then `args`
+    dns_search: tuple[str, ...] = ()  # resolv.conf `search`
+    dns_options: tuple[str, ...] = ()  # resolv.conf `options`
+    domainname: str | None = None
+    additional_gids: tuple[int, ...] = ()
+    shm_bytes: int = 64 << 20  # the /dev/shm tmpfs
 
 
 def merge_command(
@@ -126,27 +132,31 @@ def merge_env(image_env: Sequence[str], service_env: Sequence[str]) -> tuple[str
 
 def etc_files(
     hostname: str, *, address: str | None = SLIRP_ADDRESS, dns: Sequence[str] = (SLIRP_DNS,),
-    extra_hosts: Sequence[tuple[str, str]] = (),
+    extra_hosts: Sequence[tuple[str, str]] = (), search: Sequence[str] = (), options: Sequence[str] = (),
 ) -> dict[str, str]:
     """Contents of /etc/hostname, /etc/hosts and /etc/resolv.conf for a container (pure)."""
     _check_hostname(hostname)
     for ip in (*dns, *(ip for _, ip in extra_hosts), *([address] if address else [])):
         _check_ipv4(ip)
-    for name, _ in extra_hosts:
+    for name in (*(n for n, _ in extra_hosts), *search):
         _check_hostname(name)
+    if any(not _RESOLV_OPTION.fullmatch(o) for o in options):
+        raise UsageError(f"invalid resolver options {list(options)}", hint="e.g. `ndots:2`, `rotate`")
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     hosts.append(f"{address}\t{hostname}" if address else f"127.0.1.1\t{hostname}")
     hosts += [f"{ip}\t{name}" for name, ip in extra_hosts]
     return {
         "hostname": hostname + "\n",
         "hosts": "\n".join(hosts) + "\n",
-        "resolv.conf": "".join(f"nameserver {d}\n" for d in dns),
+        "resolv.conf": "".join(f"nameserver {d}\n" for d in dns)
+        + (f"search {' '.join(search)}\n" if search else "") + (f"options {' '.join(options)}\n" if options else ""),
     }
 
 
 def request_etc_files(req: ContainerRequest, *, fallback_address: str | None = None) -> dict[str, str]:
     """etc_files() of a request: its own address (or `fallback_address`), nameservers and extra hosts."""
-    return etc_files(req.hostname, address=req.address or fallback_address, dns=req.dns, extra_hosts=req.extra_hosts)
+    return etc_files(req.hostname, address=req.address or fallback_address, dns=req.dns, extra_hosts=req.extra_hosts,
+                     search=req.dns_search, options=req.dns_options)
 
 
 def _check_ipv4(text: str) -> None:
@@ -167,6 +177,10 @@ def make_config(req: ContainerRequest) -> dict[str, Any]:
         "mounts": _mounts(req),
         "linux": _linux(req),
     }
+    if req.domainname:
+        # as the UTS namespace's sysctl, not the config's `domainname`, which runc 1.1 ignores
+        _check_hostname(req.domainname)
+        config["linux"].setdefault("sysctl", {})["kernel.domainname"] = req.domainname
     if req.annotations:
         config["annotations"] = dict(req.annotations)
     return config
@@ -206,7 +220,8 @@ def _process(req: ContainerRequest) -> dict[str, Any]:
     args = [INIT_TARGET, "--", *req.args] if req.init_path else list(req.args)
     return {
         "terminal": req.terminal,
-        "user": {"uid": uid, "gid": gid},
+        "user": {"uid": uid, "gid": gid, **({"additionalGids": list(req.additional_gids)}
+                                            if req.additional_gids else {})},
         "args": args,
         "env": env,
         "cwd": req.cwd or "/",
@@ -227,7 +242,7 @@ def _mounts(req: ContainerRequest) -> list[dict[str, Any]]:
             "source": "devpts",
             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         },
-        _tmpfs("/dev/shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        _tmpfs("/dev/shm", ["nosuid", "noexec", "nodev", "mode=1777", f"size={req.shm_bytes >> 10}k"]),
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": [*sys_opts, "relatime"]},

@@ -33,7 +33,13 @@ from vmctl.compose_values import (
     p_container_name,
     p_cpus,
     p_deploy,
+    p_dns,
+    p_dns_opt,
+    p_domainname,
+    p_domains,
+    p_group_add,
     p_labels,
+    p_links,
     p_pids_limit,
     p_platform,
     p_profiles,
@@ -220,6 +226,13 @@ class ServiceSpec:
     networks: tuple[Attachment, ...] = (Attachment(DEFAULT_NETWORK),)
     expose: tuple[int, ...] = ()  # documents ports reachable on the networks; publishes nothing
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, IPv4) lines for the container's /etc/hosts
+    links: tuple[tuple[str, str], ...] = ()  # (service, alias): the service's address under alias in /etc/hosts
+    dns: tuple[str, ...] = ()  # nameservers after the environment's resolver
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    domainname: str | None = None
+    group_add: tuple[str, ...] = ()  # names or numbers
+    shm_mib: int | None = None  # None: 64 MiB
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
     pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
     build: BuildSpec | None = None  # its image is built from a Dockerfile (vmctl/build.py)
@@ -672,6 +685,16 @@ SERVICE_SETTINGS = (
             "networks it joins, with `aliases` per network (default: `default`)"),
     Setting("expose", p_expose, (), "list", "ports reachable on its networks (documentation: all are)"),
     Setting("extra_hosts", p_extra_hosts, (), "list|mapping", '"NAME:IP" lines for its /etc/hosts'),
+    Setting("links", p_links, (), "list", '"SERVICE[:ALIAS]": the linked service\'s address under ALIAS in its '
+            "/etc/hosts, and a `depends_on` (the service's own name resolves on shared networks anyway)"),
+    Setting("dns", p_dns, (), "list|string", "nameservers after the environment's resolver (instead of user-mode "
+            "networking's), for names outside the environment"),
+    Setting("dns_search", p_domains, (), "list|string", "search domains of its /etc/resolv.conf"),
+    Setting("dns_opt", p_dns_opt, (), "list", "`options` of its /etc/resolv.conf (`ndots:2`, `timeout:1`...)"),
+    Setting("domainname", p_domainname, None, "name", "the container's NIS domain name (`domainname`)"),
+    Setting("group_add", p_group_add, (), "list", "supplementary groups of its process: names looked up in the "
+            "image's /etc/group, or numbers"),
+    Setting("shm_size", p_bytes_mib, None, "size", "the size of its /dev/shm tmpfs (default 64m)"),
     Setting("network_mode", lambda v, p, c: None, None, "-", "every service is a member of its environment's "
             "networks", support=Support.REFUSED, hint="remove it; use `networks:` to choose networks"),
     Setting("env_file", lambda v, p, c: None, None, "path|list",
@@ -861,7 +884,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
     return ServiceSpec(name=name, image=v["image"] or "", build=v["build"], command=v["command"],
                        entrypoint=v["entrypoint"],
                        environment=v["environment"], working_dir=v["working_dir"], user=v["user"],
-                       ports=v["ports"], volumes=v["volumes"], dependencies=v["depends_on"],
+                       ports=v["ports"], volumes=v["volumes"], dependencies=_with_links(v["depends_on"], v["links"]),
                        healthcheck=v["healthcheck"], restart=restart, restart_retries=retries,
                        isolation=v["isolation"], machine=v["machine"], read_only=v["read_only"],
                        privileged=v["privileged"], container_name=v["container_name"], labels=v["labels"],
@@ -870,7 +893,9 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        stop_grace_period=v["stop_grace_period"], ulimits=v["ulimits"], sysctls=v["sysctls"],
                        limits=_limits(v), profiles=v["profiles"], hostname=v["hostname"],
                        networks=v["networks"] or (Attachment(DEFAULT_NETWORK),), expose=v["expose"],
-                       extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"])
+                       extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
+                       dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
+                       group_add=v["group_add"], shm_mib=v["shm_size"])
 
 
 def _limits(v: Mapping[str, Any]) -> Limits:
@@ -1002,6 +1027,10 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
         if s.machine and s.machine != s.name and s.machine not in declared:
             ctx.fail(("services", s.name, "machine"), f"unknown machine `{s.machine}`",
                      did_you_mean(s.machine, declared, "machines"))
+        for i, (linked, _) in enumerate(s.links):
+            if env.service(linked) is None:
+                ctx.fail(("services", s.replica_of or s.name, "links", i), f"unknown service `{linked}`",
+                         did_you_mean(linked, [x.name for x in env.services], "services"))
         for dep in s.dependencies:
             target = env.service(dep.service)
             path = _dependency_path(ctx, s.replica_of or s.name, (target and target.replica_of) or dep.service)
@@ -1015,6 +1044,12 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
     if cycle:
         ctx.fail(("services", cycle[0], "depends_on"), f"`depends_on` cycle: {' -> '.join(cycle)}",
                  "remove one of these dependencies")
+
+
+def _with_links(deps: tuple[Dependency, ...], links: tuple[tuple[str, str], ...]) -> tuple[Dependency, ...]:
+    """A link is also a dependency (compose's rule): the linked service starts first."""
+    named = {d.service for d in deps}
+    return deps + tuple(Dependency(service) for service in dict.fromkeys(s for s, _ in links) if service not in named)
 
 
 def _dependency_path(ctx: Ctx, service: str, dependency: str) -> KeyPath:

@@ -237,8 +237,13 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         share_host_network=runtime.share_network,
         cgroups_path=f"/vmctl/{runtime.container_name(svc.name)}",
         etc_dir=runtime.etc_dir(svc.name),
-        extra_hosts=svc.extra_hosts,
-        dns=plan.nameservers(member) if plan and member else (netplan.USER_NET_DNS,),
+        extra_hosts=(*svc.extra_hosts, *_linked(svc, plan)),
+        dns=_nameservers(svc, plan, member),
+        dns_search=svc.dns_search,
+        dns_options=svc.dns_options,
+        domainname=svc.domainname,
+        additional_gids=numeric_groups(svc.group_add, image.rootfs, svc.name),
+        shm_bytes=(svc.shm_mib or 64) << 20,
         address=member.nics[0].address if member and member.nics else None,
         cap_add=svc.cap_add,
         cap_drop=svc.cap_drop,
@@ -253,6 +258,31 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         annotations=(*svc.labels, *svc.annotations),
         init_path=runtime.init_path(svc.name) if svc.init else None,
     )
+
+
+def _nameservers(svc: ServiceSpec, plan: netplan.NetworkPlan | None, member: netplan.Member | None) -> tuple[str, ...]:
+    """The member's resolver first (the environment's names), then the service's `dns` in place of
+    user-mode networking's (names outside the environment)."""
+    servers = plan.nameservers(member) if plan and member else (netplan.USER_NET_DNS,)
+    if not svc.dns:
+        return servers
+    return (*(s for s in servers if s != netplan.USER_NET_DNS), *svc.dns)
+
+
+def _linked(svc: ServiceSpec, plan: netplan.NetworkPlan | None) -> list[tuple[str, str]]:
+    """compose's `links`: (alias, the linked service's address on a network both are on)."""
+    if plan is None or not svc.links:
+        return []
+    mine = plan.member(svc.machine or svc.name)
+    networks = [n.network for n in mine.nics] if mine else []
+    out = []
+    for service, alias in svc.links:
+        # (the member that answers to the service's name: its own, or its machine)
+        other = next((m for m in plan.members if any(service in n.names for n in m.nics)), None)
+        nic = next((n for net in networks if other and (n := other.nic(net))), None)
+        if nic is not None:
+            out.append((alias, nic.address))
+    return out
 
 
 def _bytes(mib: int | None) -> int | None:
@@ -274,15 +304,23 @@ def numeric_user(user: str, rootfs: Path, service: str) -> str:
         raise UsageError(f"service `{service}`: user `{name}` is not in the image's /etc/passwd",
                          hint=f"use a numeric uid, or one of: {', '.join(sorted(passwd)) or 'none'}")
     if group:
-        groups = _id_table(rootfs / "etc" / "group")
-        if group.isdigit():
-            gid = group
-        elif group in groups:
-            gid = groups[group][2]
-        else:
-            raise UsageError(f"service `{service}`: group `{group}` is not in the image's /etc/group",
-                             hint=f"use a numeric gid, or one of: {', '.join(sorted(groups)) or 'none'}")
+        gid = str(_gid(group, _id_table(rootfs / "etc" / "group"), service))
     return f"{uid}:{gid}"
+
+
+def numeric_groups(groups: Sequence[str], rootfs: Path, service: str) -> tuple[int, ...]:
+    """`group_add`: names looked up in the image's /etc/group, numbers as they are."""
+    table = _id_table(rootfs / "etc" / "group") if groups else {}
+    return tuple(_gid(g, table, service) for g in groups)
+
+
+def _gid(group: str, table: Mapping[str, list[str]], service: str) -> int:
+    if group.isdigit():
+        return int(group)
+    if group in table:
+        return int(table[group][2])
+    raise UsageError(f"service `{service}`: group `{group}` is not in the image's /etc/group",
+                     hint=f"use a numeric gid, or one of: {', '.join(sorted(table)) or 'none'}")
 
 
 def _id_table(file: Path) -> dict[str, list[str]]:

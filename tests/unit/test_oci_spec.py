@@ -240,3 +240,18 @@ def test_compose_keys_reach_the_config() -> None:
 def test_cap_drop_all_keeps_only_what_is_added() -> None:
     cfg = make_config(dataclasses.replace(BASE, cap_drop=("ALL",), cap_add=("CAP_KILL",)))
     assert cfg["process"]["capabilities"]["effective"] == ["CAP_KILL"]
+
+
+def test_resolver_domain_groups_and_shm_reach_the_config() -> None:
+    from vmctl.oci_spec import ContainerRequest, make_config, request_etc_files
+
+    req = ContainerRequest(name="c", args=("true",), env=(), cwd="/", user="", hostname="web", rootfs="/r",
+                           dns=("10.77.0.1", "1.1.1.1"), dns_search=("corp.example",), dns_options=("ndots:2",),
+                           domainname="corp.example", additional_gids=(29, 100), shm_bytes=256 << 20)
+    config = make_config(req)
+    assert config["linux"]["sysctl"] == {"kernel.domainname": "corp.example"}
+    assert config["process"]["user"] == {"uid": 0, "gid": 0, "additionalGids": [29, 100]}
+    shm = next(m for m in config["mounts"] if m["destination"] == "/dev/shm")
+    assert "size=262144k" in shm["options"]
+    assert request_etc_files(req)["resolv.conf"] == (
+        "nameserver 10.77.0.1\nnameserver 1.1.1.1\nsearch corp.example\noptions ndots:2\n")

@@ -190,6 +190,13 @@ SERVICE_GOOD: list[tuple[str, Any, str, Any]] = [
     ("expose", [6379, "53/udp"], "expose", (6379, 53)),
     ("extra_hosts", ["db.local:10.1.2.3", "x=10.0.0.1"], "extra_hosts", (("db.local", "10.1.2.3"), ("x", "10.0.0.1"))),
     ("extra_hosts", {"a.b": "1.2.3.4"}, "extra_hosts", (("a.b", "1.2.3.4"),)),
+    ("dns", "10.0.2.3", "dns", ("10.0.2.3",)),
+    ("dns", ["1.1.1.1", "9.9.9.9"], "dns", ("1.1.1.1", "9.9.9.9")),
+    ("dns_search", ["corp.example", "example"], "dns_search", ("corp.example", "example")),
+    ("dns_opt", ["ndots:2", "rotate"], "dns_options", ("ndots:2", "rotate")),
+    ("domainname", "corp.example", "domainname", "corp.example"),
+    ("group_add", ["audio", 27], "group_add", ("audio", "27")),
+    ("shm_size", "256m", "shm_mib", 256),
 ]
 
 SERVICE_BAD: list[tuple[str, Any, str]] = [
@@ -263,6 +270,13 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("expose", 80, "list of ports"),
     ("extra_hosts", ["nohost"], "NAME:IP"),
     ("extra_hosts", ["a:not-an-ip"], "invalid address"),
+    ("dns", ["8.8.8"], "invalid nameserver"),
+    ("dns_search", ["bad domain"], "invalid domain"),
+    ("dns_opt", ["ndots=2"], "invalid resolver option"),
+    ("domainname", "-x", "invalid domain"),
+    ("group_add", [["x"]], "invalid group"),
+    ("shm_size", "lots", "size"),
+    ("links", ["bad link!"], "invalid link"),
     ("network_mode", "host", "`network_mode` is not supported"),
     ("host", "nosuch", "undeclared host `nosuch`"),  # more in test_hostspec.py
 ]
@@ -515,3 +529,15 @@ def test_restart_takes_the_dependents_that_ask_for_it(tmp_path: Path) -> None:
     assert spec.with_restart_dependents(env, ["db"]) == ("db", "api", "web")
     assert spec.with_restart_dependents(env, ["api"]) == ("api", "web")
     assert spec.with_restart_dependents(env, []) == ()
+
+
+def test_links_alias_a_service_and_start_it_first(tmp_path: Path) -> None:
+    from vmctl.spec import Dependency
+
+    env = load(tmp_path, "services:\n  db: {image: x.tar}\n  web: {image: x.tar, links: ['db:database', db]}\n")
+    web = env.service("web")
+    assert web is not None and web.links == (("db", "database"), ("db", "db"))
+    assert web.dependencies == (Dependency("db"),)
+    err = fails(tmp_path, "services:\n  web:\n    image: x.tar\n    links: [nope]\n")
+    assert "unknown service `nope`" in err.message
+    assert err.where is not None and err.where.key == "services.web.links[0]"

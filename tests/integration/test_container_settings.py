@@ -1,0 +1,74 @@
+"""compose keys about names and resources inside the container, through the real CLI, seen from inside
+the container, on both sides: runc on the host and crun in a microVM (TCG here). Nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from examples.build_images import IMAGES_DIR, build_image
+from tests.conftest import environment_up, run_vmctl
+
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root")]
+
+SETTINGS = """\
+    command: ["sleep", "3600"]
+    init: true
+    shm_size: 96m
+    group_add: [nobody, "4242"]
+    domainname: corp.example
+    dns: [192.0.2.53]
+    dns_search: [corp.example]
+    dns_opt: ["ndots:2"]
+    links: ["db:database"]
+"""
+ENV = f"""\
+name: csettings
+services:
+  db:
+    image: ./tools.tar
+    isolation: container
+    command: ["sleep", "3600"]
+    init: true
+  host:
+    image: ./tools.tar
+    isolation: container
+{SETTINGS}
+  guest:
+    image: ./tools.tar
+{SETTINGS}
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    build_image("tools", IMAGES_DIR)
+    folder = tmp_path_factory.mktemp("csettings")
+    (folder / "tools.tar").symlink_to(IMAGES_DIR / "tools.tar")
+    (folder / "compose.yaml").write_text(ENV)
+    with environment_up(folder / "compose.yaml") as file:
+        yield file
+
+
+def sh(file: Path, service: str, line: str) -> str:
+    proc = run_vmctl("-f", str(file), "exec", service, "--", "sh", "-c", line, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("service", ["host", "guest"])
+def test_names_resolver_groups_and_shm_inside(env: Path, service: str) -> None:
+    assert sh(env, service, "cat /proc/sys/kernel/domainname") == "corp.example\n"
+    # the service's own process (tini, with `init`), which the container's config made
+    groups = sh(env, service, "cat /proc/1/status").split("Groups:")[1].splitlines()[0].split()
+    assert {"65534", "4242"} <= set(groups), groups  # `nobody` is 65534 in the image's /etc/group
+    resolv = sh(env, service, "cat /etc/resolv.conf").splitlines()
+    assert resolv[0].startswith("nameserver 10.77.")  # the environment's resolver stays first
+    assert resolv[1:] == ["nameserver 192.0.2.53", "search corp.example", "options ndots:2"]
+    shm = [line.split() for line in sh(env, service, "cat /proc/mounts").splitlines() if " /dev/shm " in line]
+    assert "size=98304k" in shm[0][3].split(","), shm
+    database = sh(env, service, "getent hosts database").split()[0]
+    assert database == sh(env, service, "getent hosts db").split()[0]  # `links: [db:database]`
