@@ -761,10 +761,10 @@ ENV_SETTINGS = (
 
 def load_environment(files: Path | Sequence[Path] = (), *, name_override: str | None = None,
                      profiles: Sequence[str] = (), cwd: Path | None = None,
-                     environ: Mapping[str, str] | None = None) -> Environment:
+                     environ: Mapping[str, str] | None = None, env_files: Sequence[Path] = ()) -> Environment:
     """Load the files as compose does (`vmctl.load`), then check them against the settings table."""
     model = load_project([files] if isinstance(files, Path) else files, cwd=cwd, environ=environ,
-                         project_name=name_override, profiles=profiles)
+                         project_name=name_override, profiles=profiles, env_files=env_files)
     return environment_from(model)
 
 

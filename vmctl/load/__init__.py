@@ -5,7 +5,8 @@ it into the frozen environment, and nothing after `spec` sees this stage.
 The steps, in order (each file is interpolated on its own, then the files are merged, as compose does):
 1. files: `-f` as given, else `COMPOSE_FILE`, else the first default name in the folder (`DEFAULT_FILES`),
    plus its `NAME.override.EXT` when there is one;
-2. variables: the process environment over the project's `.env` (the first file's folder);
+2. variables: the process environment over the project's `.env` (the first file's folder), or over the
+   `--env-file` files instead of it (later files win);
 3. interpolation of every string value (`interpolate.py`); unset variables become "" with a warning;
 4. merging (`merge.py`); 5. `env_file:` read into `environment:` (`environment:` wins), bare `KEY`
    entries taken from the variables; 6. services whose `profiles` are not active dropped.
@@ -56,13 +57,16 @@ class Model:
 
 
 def load_project(files: Sequence[Path] = (), *, cwd: Path | None = None, environ: Mapping[str, str] | None = None,
-                 project_name: str | None = None, profiles: Sequence[str] = ()) -> Model:
+                 project_name: str | None = None, profiles: Sequence[str] = (),
+                 env_files: Sequence[Path] = ()) -> Model:
+    """`env_files` (`--env-file`, relative to `cwd`) replace the project's `.env`, as in compose."""
     environ = dict(os.environ if environ is None else environ)
     cwd = cwd or Path.cwd()
     warnings: list[str] = []
     chosen = [cwd / f for f in files] if files else discover(cwd, environ, warnings)
     project_dir = chosen[0].resolve().parent
-    variables = {**_dotenv(project_dir), **environ}  # the shell's environment wins over `.env`
+    dotenvs = [_given_env_file(cwd / f) for f in env_files] or _default_dotenv(project_dir)
+    variables = {**read_dotenvs(dotenvs, environ), **environ}  # the shell's environment wins over `.env`
     trees = [_interpolated(from_document(load(f)), variables, warnings) for f in chosen]
     tree = merge_files(trees)
     _resolve_environments(tree, project_dir, variables)
@@ -88,11 +92,25 @@ def discover(cwd: Path, environ: Mapping[str, str], warnings: list[str]) -> list
     return [base, override] if base.name != "vmctl.yaml" and override.is_file() else [base]
 
 
-def _dotenv(project_dir: Path) -> dict[str, str]:
+def _default_dotenv(project_dir: Path) -> list[Path]:
     file = project_dir / DOTENV
+    return [file] if file.is_file() else []
+
+
+def _given_env_file(file: Path) -> Path:
     if not file.is_file():
-        return {}
-    return {e.key: e.value for e in dotenv.read(file, os.environ.get) if e.value is not None}
+        raise UsageError(f"env file `{file}` does not exist (from `--env-file`)",
+                         hint="pass an existing KEY=VALUE file; paths are relative to the current folder")
+    return file
+
+
+def read_dotenvs(files: Sequence[Path], environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of `files` in order, a later file winning; each sees the values read before it."""
+    values: dict[str, str] = {}
+    for file in files:
+        entries = dotenv.read(file, lambda name: values.get(name, environ.get(name)))
+        values.update({e.key: e.value for e in entries if e.value is not None})
+    return values
 
 
 # ------------------------------------------------------------------------------------------------
