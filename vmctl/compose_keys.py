@@ -38,8 +38,6 @@ SERVICE = (
     Unsupported("attach", "bool", "`vmctl up` never attaches to the containers' output (see `vmctl logs`)",
                 ignored=True),
     Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
-    Unsupported("extends", "mapping|string", "`extends` is not implemented yet",
-                "share settings with a YAML anchor and merge key (`x-base: &base ...`, `<<: *base`)"),
     Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),
     Unsupported("configs", "list", "configs are not implemented yet", "mount the file from a host folder"),
     Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),

@@ -676,6 +676,10 @@ SERVICE_SETTINGS = (
             "networks", support=Support.REFUSED, hint="remove it; use `networks:` to choose networks"),
     Setting("env_file", lambda v, p, c: None, None, "path|list",
             "read into `environment` at load time (`environment` wins); `{path, required: false}` for optional"),
+    Setting("extends", lambda v, p, c: None, None, "string|mapping",
+            "`NAME`, or `{service: NAME, file: FILE}`: that service's settings under this one's, merged at load "
+            "time as override files are (its `depends_on`, `volumes_from`, `links` are not inherited; FILE's "
+            "relative paths stay relative to FILE)"),
     Setting("container_name", p_container_name, None, "string",
             "the runtime's container name (runc on the host, crun in the guest); default: the service's"),
     Setting("labels", p_labels, (), "mapping|list", "OCI annotations of the container, and the dedicated "

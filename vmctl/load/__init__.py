@@ -8,6 +8,7 @@ The steps, in order (each file is interpolated on its own, then the files are me
 2. variables: the process environment over the project's `.env` (the first file's folder), or over the
    `--env-file` files instead of it (later files win);
 3. interpolation of every string value (`interpolate.py`); unset variables become "" with a warning;
+   then each file's `extends` (`extends.py`);
 4. merging (`merge.py`); 5. `env_file:` read into `environment:` (`environment:` wins), bare `KEY`
    entries taken from the variables; 6. services whose `profiles` are not active dropped.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vmctl.errors import SpecError, UsageError, Where
-from vmctl.load import dotenv
+from vmctl.load import dotenv, extends
 from vmctl.load.interpolate import InterpolationError, interpolate
 from vmctl.load.merge import as_mapping, merge_files
 from vmctl.load.tree import Node, Origin, from_document, mapping, origins, plain
@@ -67,7 +68,7 @@ def load_project(files: Sequence[Path] = (), *, cwd: Path | None = None, environ
     project_dir = chosen[0].resolve().parent
     dotenvs = [_given_env_file(cwd / f) for f in env_files] or _default_dotenv(project_dir)
     variables = {**read_dotenvs(dotenvs, environ), **environ}  # the shell's environment wins over `.env`
-    trees = [_interpolated(from_document(load(f)), variables, warnings) for f in chosen]
+    trees = [_file_tree(f, variables, warnings) for f in chosen]
     tree = merge_files(trees)
     _resolve_environments(tree, project_dir, variables)
     active = {*profiles, *filter(None, environ.get("COMPOSE_PROFILES", "").split(","))}
@@ -111,6 +112,16 @@ def read_dotenvs(files: Sequence[Path], environ: Mapping[str, str]) -> dict[str,
         entries = dotenv.read(file, lambda name: values.get(name, environ.get(name)))
         values.update({e.key: e.value for e in entries if e.value is not None})
     return values
+
+
+def _file_tree(file: Path, variables: Mapping[str, str], warnings: list[str]) -> Node:
+    """One file, interpolated, with its services' `extends` resolved (compose does both per file)."""
+    def read(other: Path) -> Node:
+        return _interpolated(from_document(load(other)), variables, warnings)
+
+    tree = read(file)
+    extends.resolve(tree, file, read)
+    return tree
 
 
 # ------------------------------------------------------------------------------------------------
