@@ -29,8 +29,6 @@ TOP_LEVEL = (
                 "mount the secret file from a host folder (`volumes: [\"./secrets:/run/secrets:ro\"]`)"),
     Unsupported("configs", "mapping", "configs are not implemented yet",
                 "mount the config file from a host folder (`volumes: [\"./conf:/etc/app:ro\"]`)"),
-    Unsupported("include", "list", "including other compose files is not implemented yet",
-                "pass the files with several `-f` (they merge by compose's rules)"),
     Unsupported("models", "mapping", "AI models are not a thing vmctl runs", "remove it"),
 )
 

@@ -755,6 +755,9 @@ ENV_SETTINGS = (
     Setting("volumes", volumes.p_top_volumes, None, "mapping",
             "name -> named volume settings: folders vmctl keeps across `down` (`down -v` removes them)"),
     Setting("hosts", p_hosts, (), "mapping", "name -> libvirt host machines run on (default: this machine)"),
+    Setting("include", lambda v, p, c: None, None, "list", "compose files (or `{path, project_directory, "
+            "env_file}`) loaded as projects of their own (their folder, their `.env`) at load time; their "
+            "`services`, `networks`, `volumes` are added; a name defined twice is an error"),
     *unsupported(compose_keys.TOP_LEVEL),
 )
 

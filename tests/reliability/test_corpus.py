@@ -175,7 +175,9 @@ CASES = [
          needs_preflight=True),
     Case("compose-top-secrets", S1 + "secrets:\n  pw: {file: ./pw}\n", "`secrets` is not supported",
          at=(5, "secrets")),
-    Case("compose-include", S1 + "include: [other.yaml]\n", "`include` is not supported", at=(5, "include")),
+    Case("include-conflict", S1 + "include: [other.yaml]\n", "`services.web` is defined both here and in the "
+         "included", at=(3, "services.web"), files={"other.yaml": "services:\n  web: {image: y.tar}\n"}),
+    Case("include-missing", S1 + "include: [other.yaml]\n", "included file", at=(5, "include")),
     Case("extends-cycle", S1 + "    extends: web2\n  web2:\n    extends: {service: web}\n",
          "`extends` cycle: web -> web2 -> web", at=(7, "services.web2.extends")),
     Case("extends-unknown", S1 + "    extends: {service: base}\n", "`extends`: no service `base` in",

@@ -8,7 +8,7 @@ The steps, in order (each file is interpolated on its own, then the files are me
 2. variables: the process environment over the project's `.env` (the first file's folder), or over the
    `--env-file` files instead of it (later files win);
 3. interpolation of every string value (`interpolate.py`); unset variables become "" with a warning;
-   then each file's `extends` (`extends.py`);
+   then each file's `extends` (`extends.py`) and `include` (`include.py`: each entry a project of its own);
 4. merging (`merge.py`); 5. `env_file:` read into `environment:` (`environment:` wins), bare `KEY`
    entries taken from the variables; 6. services whose `profiles` are not active dropped.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vmctl.errors import SpecError, UsageError, Where
-from vmctl.load import dotenv, extends
+from vmctl.load import dotenv, extends, include
 from vmctl.load.interpolate import InterpolationError, interpolate
 from vmctl.load.merge import as_mapping, merge_files
 from vmctl.load.tree import Node, Origin, from_document, mapping, origins, plain
@@ -114,13 +114,29 @@ def read_dotenvs(files: Sequence[Path], environ: Mapping[str, str]) -> dict[str,
     return values
 
 
-def _file_tree(file: Path, variables: Mapping[str, str], warnings: list[str]) -> Node:
-    """One file, interpolated, with its services' `extends` resolved (compose does both per file)."""
+def _file_tree(file: Path, variables: Mapping[str, str], warnings: list[str], chain: tuple[Path, ...] = ()) -> Node:
+    """One file, interpolated, with its services' `extends` and its `include` resolved (compose does all three
+    per file); `chain`: the files that include this one."""
     def read(other: Path) -> Node:
         return _interpolated(from_document(load(other)), variables, warnings)
 
+    def project(entry: include.Entry, including: tuple[Path, ...]) -> Node:
+        return _included(entry, variables, warnings, including)
+
     tree = read(file)
     extends.resolve(tree, file, read)
+    include.resolve(tree, file, project, chain, warnings)
+    return tree
+
+
+def _included(entry: include.Entry, variables: Mapping[str, str], warnings: list[str],
+              chain: tuple[Path, ...]) -> Node:
+    """An `include` entry as a project of its own: its `.env` (or `env_file`) fills in the variables the
+    including project does not set (compose's order), its `env_file:` paths are relative to its folder."""
+    own = read_dotenvs(entry.env_files or _default_dotenv(entry.project_dir), variables)
+    scope = {**own, **variables}
+    tree = merge_files([_file_tree(f, scope, warnings, chain) for f in entry.files])
+    _resolve_environments(tree, entry.project_dir, scope)
     return tree
 
 
