@@ -121,7 +121,7 @@ CASES = [
          at=(2, "libvirt.uri")),
     Case("image-recipe-missing", M1 + "    image: nosuch\n", "no guest image recipe `nosuch`",
          at=(4, "machines.m1.image")),
-    Case("service-no-image", "name: corpus\nservices:\n  web: {}\n", "missing required key `image`",
+    Case("service-no-image", "name: corpus\nservices:\n  web: {}\n", "service `web` has no `image`",
          at=(3, "services.web")),
     Case("service-env-name", "name: corpus\nservices:\n  web:\n    image: x.tar\n    environment: {1BAD: x}\n",
          "invalid variable name", at=(5, "services.web.environment.1BAD")),
