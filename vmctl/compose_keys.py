@@ -29,8 +29,6 @@ TOP_LEVEL = (
                 "mount the secret file from a host folder (`volumes: [\"./secrets:/run/secrets:ro\"]`)"),
     Unsupported("configs", "mapping", "configs are not implemented yet",
                 "mount the config file from a host folder (`volumes: [\"./conf:/etc/app:ro\"]`)"),
-    Unsupported("include", "list", "including other compose files is not implemented yet",
-                "pass the files with several `-f` (they merge by compose's rules)"),
     Unsupported("models", "mapping", "AI models are not a thing vmctl runs", "remove it"),
 )
 
@@ -38,8 +36,6 @@ SERVICE = (
     Unsupported("attach", "bool", "`vmctl up` never attaches to the containers' output (see `vmctl logs`)",
                 ignored=True),
     Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
-    Unsupported("extends", "mapping|string", "`extends` is not implemented yet",
-                "share settings with a YAML anchor and merge key (`x-base: &base ...`, `<<: *base`)"),
     Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),
     Unsupported("configs", "list", "configs are not implemented yet", "mount the file from a host folder"),
     Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),

@@ -699,6 +699,10 @@ SERVICE_SETTINGS = (
             "networks", support=Support.REFUSED, hint="remove it; use `networks:` to choose networks"),
     Setting("env_file", lambda v, p, c: None, None, "path|list",
             "read into `environment` at load time (`environment` wins); `{path, required: false}` for optional"),
+    Setting("extends", lambda v, p, c: None, None, "string|mapping",
+            "`NAME`, or `{service: NAME, file: FILE}`: that service's settings under this one's, merged at load "
+            "time as override files are (its `depends_on`, `volumes_from`, `links` are not inherited; FILE's "
+            "relative paths stay relative to FILE)"),
     Setting("container_name", p_container_name, None, "string",
             "the runtime's container name (runc on the host, crun in the guest); default: the service's"),
     Setting("labels", p_labels, (), "mapping|list", "OCI annotations of the container, and the dedicated "
@@ -774,6 +778,9 @@ ENV_SETTINGS = (
     Setting("volumes", volumes.p_top_volumes, None, "mapping",
             "name -> named volume settings: folders vmctl keeps across `down` (`down -v` removes them)"),
     Setting("hosts", p_hosts, (), "mapping", "name -> libvirt host machines run on (default: this machine)"),
+    Setting("include", lambda v, p, c: None, None, "list", "compose files (or `{path, project_directory, "
+            "env_file}`) loaded as projects of their own (their folder, their `.env`) at load time; their "
+            "`services`, `networks`, `volumes` are added; a name defined twice is an error"),
     *unsupported(compose_keys.TOP_LEVEL),
 )
 
@@ -784,10 +791,10 @@ ENV_SETTINGS = (
 
 def load_environment(files: Path | Sequence[Path] = (), *, name_override: str | None = None,
                      profiles: Sequence[str] = (), cwd: Path | None = None,
-                     environ: Mapping[str, str] | None = None) -> Environment:
+                     environ: Mapping[str, str] | None = None, env_files: Sequence[Path] = ()) -> Environment:
     """Load the files as compose does (`vmctl.load`), then check them against the settings table."""
     model = load_project([files] if isinstance(files, Path) else files, cwd=cwd, environ=environ,
-                         project_name=name_override, profiles=profiles)
+                         project_name=name_override, profiles=profiles, env_files=env_files)
     return environment_from(model)
 
 

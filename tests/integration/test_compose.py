@@ -56,6 +56,21 @@ def test_webapp_resolves_env_file_override_and_profiles() -> None:
     assert '<vmctl:label name="com.example.tier">web</vmctl:label>' in xml.stdout, xml.stderr
 
 
+def test_extends_include_and_env_file_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the CLI runs in the temp project: import this checkout
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "compose.yaml").write_text("services:\n  db: {image: db.tar, user: '${DB_USER}'}\n")
+    (tmp_path / "lib" / ".env").write_text("DB_USER=from-lib\n")
+    (tmp_path / "base.yaml").write_text("services:\n  base: {image: web.tar, labels: {tier: '${TIER}'}}\n")
+    (tmp_path / ".env").write_text("TIER=dotenv\n")
+    (tmp_path / "prod.env").write_text("TIER=prod\n")
+    (tmp_path / "compose.yaml").write_text("include: [lib/compose.yaml]\nservices:\n"
+                                           "  web: {extends: {file: base.yaml, service: base}, depends_on: [db]}\n")
+    services = _config(tmp_path, "--env-file", "prod.env")["services"]
+    assert services["db"]["user"] == "from-lib"
+    assert services["web"] == {"image": "web.tar", "labels": {"tier": "prod"}, "depends_on": ["db"]}
+
+
 # ------------------------------------------------------------------------------------------------ up
 
 

@@ -242,3 +242,28 @@ def test_spec_errors_in_interpolated_values_name_the_variable(tmp_path: Path) ->
     with pytest.raises(SpecError) as info:
         load_environment(cwd=tmp_path, environ={})
     assert str(info.value.where).endswith("compose.yaml:4: `services.web.mem_limit` (from `${MEM}`)")
+
+
+# ------------------------------------------------------------------------------------------------ --env-file
+
+
+def test_env_files_replace_dotenv_and_later_files_win(tmp_path: Path) -> None:
+    write(tmp_path, ".env", "TAG=dotenv\nONLY_DOTENV=yes\n")
+    write(tmp_path, "a.env", "TAG=a\nA=from-a\n")
+    write(tmp_path, "b.env", "TAG=b\nB=${A}-seen\n")
+    write(tmp_path, "compose.yaml", """
+        services:
+          web:
+            image: x.tar
+            environment: {T: "${TAG}", A: "${A}", B: "${B}", D: "${ONLY_DOTENV:-unset}", S: "${SHELL_ONLY}"}
+        """)
+    model = load_project(cwd=tmp_path, environ={"SHELL_ONLY": "sh"}, env_files=[Path("a.env"), Path("b.env")])
+    assert web(model.data)["environment"] == {"T": "b", "A": "from-a", "B": "from-a-seen", "D": "unset", "S": "sh"}
+    shell = load_project(cwd=tmp_path, environ={"TAG": "shell"}, env_files=[Path("a.env")])
+    assert web(shell.data)["environment"]["T"] == "shell"  # the process environment still wins
+
+
+def test_missing_env_file_names_the_flag(tmp_path: Path) -> None:
+    write(tmp_path, "compose.yaml", "services:\n  web: {image: x.tar}\n")
+    with pytest.raises(UsageError, match="--env-file"):
+        load_project(cwd=tmp_path, environ={}, env_files=[Path("nope.env")])

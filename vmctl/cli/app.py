@@ -23,6 +23,7 @@ class App:
     files: tuple[Path, ...] = ()  # empty: compose's default names (`vmctl.load.DEFAULT_FILES`)
     project_name: str | None = None
     profiles: tuple[str, ...] = ()
+    env_files: tuple[Path, ...] = ()  # `--env-file`: instead of the project's `.env`
     connect: str | None = None
     progress_mode: str = "auto"
     debug: bool = False
@@ -48,7 +49,8 @@ class App:
 
     def load(self) -> tuple[Model, Environment]:
         """The resolved files (what `config` prints) and the environment checked against the table."""
-        model = load_project(self.files, project_name=self.project_name, profiles=self.profiles)
+        model = load_project(self.files, project_name=self.project_name, profiles=self.profiles,
+                             env_files=self.env_files)
         return model, environment_from(model)
 
     # -- output -------------------------------------------------------------------------------------

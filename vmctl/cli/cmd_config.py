@@ -15,8 +15,9 @@ Examples:
 @pass_app
 def command(app: App, as_json: bool) -> None:
     """Print the resolved model like `docker compose config`: the files merged, variables interpolated,
-    `env_file:` read into `environment:`, inactive profiles left out; checked against the settings table
-    first (a file `up` would refuse is refused here too). Warnings go to stderr."""
+    `extends` and `include` resolved, `env_file:` read into `environment:`, inactive profiles left out;
+    checked against the settings table first (a file `up` would refuse is refused here too). Warnings go
+    to stderr."""
     model, env = app.load()
     for warning in env.warnings:
         app.progress.warn("config", warning)

@@ -58,6 +58,8 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage error (bad file, flag or name), 130
 @click.option("-p", "--project-name", help="Environment name (default: COMPOSE_PROJECT_NAME, `name` in the file, "
                                            "else its folder).")
 @click.option("--profile", "profiles", multiple=True, help="Activate services of this profile (repeatable).")
+@click.option("--env-file", "env_files", type=click.Path(path_type=Path), multiple=True,
+              help="Variables for interpolation instead of the project's .env (repeatable; later files win).")
 @click.option("-c", "--connect", metavar="URI", help="libvirt URI (default: an embedded driver, no daemon).")
 @click.option("--progress", type=click.Choice(["auto", "plain", "json", "quiet"]), default="auto",
               help="How progress is shown on stderr.")
@@ -65,10 +67,10 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage error (bad file, flag or name), 130
 @click.version_option(__version__, prog_name="vmctl")
 @click.pass_context
 def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, profiles: tuple[str, ...],
-        connect: str | None, progress: str, debug: bool) -> None:
+        env_files: tuple[Path, ...], connect: str | None, progress: str, debug: bool) -> None:
     """Run containers inside real microVMs (libvirt + QEMU/KVM, TCG where KVM cannot run the guest)."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
-    ctx.obj = App(files=files, project_name=project_name, profiles=profiles, connect=connect,
+    ctx.obj = App(files=files, project_name=project_name, profiles=profiles, env_files=env_files, connect=connect,
                   progress_mode=progress, debug=debug)
 
 

@@ -5,8 +5,10 @@ it into the frozen environment, and nothing after `spec` sees this stage.
 The steps, in order (each file is interpolated on its own, then the files are merged, as compose does):
 1. files: `-f` as given, else `COMPOSE_FILE`, else the first default name in the folder (`DEFAULT_FILES`),
    plus its `NAME.override.EXT` when there is one;
-2. variables: the process environment over the project's `.env` (the first file's folder);
+2. variables: the process environment over the project's `.env` (the first file's folder), or over the
+   `--env-file` files instead of it (later files win);
 3. interpolation of every string value (`interpolate.py`); unset variables become "" with a warning;
+   then each file's `extends` (`extends.py`) and `include` (`include.py`: each entry a project of its own);
 4. merging (`merge.py`); 5. `env_file:` read into `environment:` (`environment:` wins), bare `KEY`
    entries taken from the variables; 6. services whose `profiles` are not active dropped.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vmctl.errors import SpecError, UsageError, Where
-from vmctl.load import dotenv
+from vmctl.load import dotenv, extends, include
 from vmctl.load.interpolate import InterpolationError, interpolate
 from vmctl.load.merge import as_mapping, merge_files
 from vmctl.load.tree import Node, Origin, from_document, mapping, origins, plain
@@ -56,14 +58,17 @@ class Model:
 
 
 def load_project(files: Sequence[Path] = (), *, cwd: Path | None = None, environ: Mapping[str, str] | None = None,
-                 project_name: str | None = None, profiles: Sequence[str] = ()) -> Model:
+                 project_name: str | None = None, profiles: Sequence[str] = (),
+                 env_files: Sequence[Path] = ()) -> Model:
+    """`env_files` (`--env-file`, relative to `cwd`) replace the project's `.env`, as in compose."""
     environ = dict(os.environ if environ is None else environ)
     cwd = cwd or Path.cwd()
     warnings: list[str] = []
     chosen = [cwd / f for f in files] if files else discover(cwd, environ, warnings)
     project_dir = chosen[0].resolve().parent
-    variables = {**_dotenv(project_dir), **environ}  # the shell's environment wins over `.env`
-    trees = [_interpolated(from_document(load(f)), variables, warnings) for f in chosen]
+    dotenvs = [_given_env_file(cwd / f) for f in env_files] or _default_dotenv(project_dir)
+    variables = {**read_dotenvs(dotenvs, environ), **environ}  # the shell's environment wins over `.env`
+    trees = [_file_tree(f, variables, warnings) for f in chosen]
     tree = merge_files(trees)
     _resolve_environments(tree, project_dir, variables)
     active = {*profiles, *filter(None, environ.get("COMPOSE_PROFILES", "").split(","))}
@@ -88,11 +93,51 @@ def discover(cwd: Path, environ: Mapping[str, str], warnings: list[str]) -> list
     return [base, override] if base.name != "vmctl.yaml" and override.is_file() else [base]
 
 
-def _dotenv(project_dir: Path) -> dict[str, str]:
+def _default_dotenv(project_dir: Path) -> list[Path]:
     file = project_dir / DOTENV
+    return [file] if file.is_file() else []
+
+
+def _given_env_file(file: Path) -> Path:
     if not file.is_file():
-        return {}
-    return {e.key: e.value for e in dotenv.read(file, os.environ.get) if e.value is not None}
+        raise UsageError(f"env file `{file}` does not exist (from `--env-file`)",
+                         hint="pass an existing KEY=VALUE file; paths are relative to the current folder")
+    return file
+
+
+def read_dotenvs(files: Sequence[Path], environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of `files` in order, a later file winning; each sees the values read before it."""
+    values: dict[str, str] = {}
+    for file in files:
+        entries = dotenv.read(file, lambda name: values.get(name, environ.get(name)))
+        values.update({e.key: e.value for e in entries if e.value is not None})
+    return values
+
+
+def _file_tree(file: Path, variables: Mapping[str, str], warnings: list[str], chain: tuple[Path, ...] = ()) -> Node:
+    """One file, interpolated, with its services' `extends` and its `include` resolved (compose does all three
+    per file); `chain`: the files that include this one."""
+    def read(other: Path) -> Node:
+        return _interpolated(from_document(load(other)), variables, warnings)
+
+    def project(entry: include.Entry, including: tuple[Path, ...]) -> Node:
+        return _included(entry, variables, warnings, including)
+
+    tree = read(file)
+    extends.resolve(tree, file, read)
+    include.resolve(tree, file, project, chain, warnings)
+    return tree
+
+
+def _included(entry: include.Entry, variables: Mapping[str, str], warnings: list[str],
+              chain: tuple[Path, ...]) -> Node:
+    """An `include` entry as a project of its own: its `.env` (or `env_file`) fills in the variables the
+    including project does not set (compose's order), its `env_file:` paths are relative to its folder."""
+    own = read_dotenvs(entry.env_files or _default_dotenv(entry.project_dir), variables)
+    scope = {**own, **variables}
+    tree = merge_files([_file_tree(f, scope, warnings, chain) for f in entry.files])
+    _resolve_environments(tree, entry.project_dir, scope)
+    return tree
 
 
 # ------------------------------------------------------------------------------------------------

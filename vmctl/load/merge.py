@@ -5,7 +5,7 @@
 - `ports` are unique by (host ip, target, published port, protocol) and `volumes` by target: a later entry
   with the same key replaces the earlier one;
 - `environment`, `labels`, `sysctls`, `annotations` and `depends_on` may be written as a list or a mapping:
-  both are read as a mapping first, so they merge key by key;
+  both are read as a mapping first, so they merge key by key; `env_file` may be one path: read as a list;
 - a scalar replaces whatever was there (and so does a value of another shape).
 """
 
@@ -31,6 +31,8 @@ def merge(base: Node, over: Node, path: tuple[str, ...]) -> Node:
         base, over = as_mapping(base), as_mapping(over)
     elif _service_key(path) == "depends_on":
         base, over = depends_on_mapping(base), depends_on_mapping(over)
+    elif _service_key(path) == "env_file":
+        base, over = as_list(base), as_list(over)
     if base.is_map and over.is_map:
         return _merge_maps(base, over, path)
     if base.is_seq and over.is_seq and not _replaced(path):
@@ -80,6 +82,11 @@ def as_mapping(node: Node) -> Node:
         key, eq, value = str(item.value).partition("=")
         children[key] = Node(value if eq else None, item.origin)
     return mapping(children, node.origin)
+
+
+def as_list(node: Node) -> Node:
+    """One value as the list of it, so that a later file's entries append to it."""
+    return node if node.children is not None else sequence([node], node.origin)
 
 
 def depends_on_mapping(node: Node) -> Node:
