@@ -41,6 +41,7 @@ from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
 from vmctl.memory import memory_of
 from vmctl.network import plan as netplan
+from vmctl.network import span
 from vmctl.network.host import EnvNetwork
 from vmctl.network.machine import MachineNetwork
 from vmctl.progress import Progress
@@ -210,7 +211,8 @@ def domain_view(project: Project, machine: MachineSpec, files: BootFiles, accel_
                           for tag, source, readonly in workloads.machine_volumes(project.env, machine.name)),
         # On a declared host QEMU runs as that libvirtd's user, on the files vmctl sent there.
         dac_label=None if is_embedded(uri) or on_host else f"+{os.getuid()}:+{os.getgid()}",
-        interfaces=tuple(render.InterfaceView(tap, nic.mac, slot) for tap, nic, slot in (net.taps() if net else [])),
+        interfaces=tuple(render.InterfaceView(tap, nic.mac, slot, bridge)
+                         for tap, bridge, nic, slot in (net.interfaces() if net else [])),
         restrict=net.member.internal_only if net else False,
         labels=_service_labels(project, machine),
     )
@@ -288,10 +290,12 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
             for name in created:
                 state.machines.pop(name, None)
                 shutil.rmtree(envdir.machine_dir(name), ignore_errors=True)
-            if state.machines or state.services:
-                envdir.save(state)
-            else:
+            if not (state.machines or state.services):
                 project.network_host.destroy()
+                state.tunnel_hosts = [h.name for h in _withdraw_tunnels(project, state)]
+            if state.machines or state.services or state.tunnel_hosts:
+                envdir.save(state)  # what is left for `down`
+            else:
                 _remove_env_files(envdir)
             raise
         return state
@@ -326,24 +330,39 @@ def _network_up(project: Project, state: EnvState) -> netplan.NetworkPlan:
     addresses handed out are kept in state, so a later `up` gives running members the same ones."""
     plan = netplan.plan(project.env, state.network)
     state.network = plan.remembered()
-    project.envdir.save(state)  # before the namespace exists: `down` finds it even after a SIGKILL
+    hosts = _member_hosts(project)
+    state.tunnel_hosts = sorted({*state.tunnel_hosts, *(h.name for h in hosts)})
+    project.envdir.save(state)  # before the namespace and tunnels exist: `down` finds them even after a SIGKILL
     project.network_host.create(plan)
+    span.extend(project.network_host, plan, hosts)
     return plan
 
 
+def _member_hosts(project: Project) -> list[HostSpec]:
+    """The declared hosts the environment's machines are placed on: each gets the network's tunnel ends."""
+    names = sorted(set(project.placed.values()))
+    return [h for name in names if (h := project.env.host(name)) is not None]
+
+
+def _withdraw_tunnels(project: Project, state: EnvState) -> list[HostSpec]:
+    """The tunnel ends off every host that may hold them; the hosts that did not answer."""
+    hosts = [h for name in state.tunnel_hosts if (h := project.env.host(name)) is not None]
+    return span.withdraw(project.network_host.id, hosts)
+
+
 def _machine_network(project: Project, plan: netplan.NetworkPlan, m: MachineSpec) -> MachineNetwork | None:
-    """Its part of the environment network; none for a machine on a declared host (the network does
-    not span hosts yet: it keeps user-mode networking, its forwards and SSH)."""
-    if project.host_of(m) is not None:
-        return None
-    return MachineNetwork(project.network_host, plan, _member(plan, m.name))
+    """Its part of the environment network; a machine on a declared host is on that host's tunnel
+    bridges (vmctl/network/span.py)."""
+    return MachineNetwork(project.network_host, plan, _member(plan, m.name), on_host=project.host_of(m) is not None)
 
 
 def machine_network(project: Project, name: str) -> MachineNetwork:
     """A machine's part of the network as `up` would build it now (addresses kept from the state)."""
     state = project.envdir.load(str(project.env.file)) if project.envdir.state_file.exists() else None
     plan = netplan.plan(project.env, state.network if state else None)
-    return MachineNetwork(project.network_host, plan, _member(plan, name))
+    m = project.env.machine(name)
+    return MachineNetwork(project.network_host, plan, _member(plan, name),
+                          on_host=m is not None and project.host_of(m) is not None)
 
 
 def _member(plan: netplan.NetworkPlan, name: str) -> netplan.Member:
@@ -631,6 +650,10 @@ def down(project: Project, *, remove_volumes: bool = False) -> list[str]:
                     unreachable.append(said)  # the others are cleaned all the same
                 else:  # nothing of this environment was recorded there
                     project.progress.warn(host.name if host else uri, said)
+        for h in _withdraw_tunnels(project, state):
+            said = f"host `{h.name}` ({h.uri}) does not answer"
+            if said not in unreachable:
+                unreachable.append(said)
         if unreachable:
             # Keep the state: a later `down` removes what is left once the host answers again.
             raise HostError("`down` removed what it could reach, but not everything: " + "; ".join(unreachable),

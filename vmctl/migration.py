@@ -4,8 +4,10 @@ live migration.
 The machine's read-only, content-named files (kernel, initramfs, image disks) are copied into the
 target's pool first, under the same names, so the domain's XML is valid there unchanged; then libvirt
 migrates it live (QEMU to QEMU over TCP to the target's address), persistent on the target and
-undefined on the source. Its name, its guest key and its forwards stay: its SSH and published ports
-are now on the target host. The environment's lock must be free: `migrate` never waits for an `up`.
+undefined on the source. Its name, its guest key, its forwards and its addresses on the environment
+network stay (the target gets the network's bridges and tunnel ends first; QEMU's announcement after
+the move teaches the mesh where its MACs are now): its SSH and published ports are now on the target
+host. The environment's lock must be free: `migrate` never waits for an `up`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import libvirt
 
 from vmctl import host_files, remote
 from vmctl.errors import HostError, UsageError, VmctlError
+from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor
+from vmctl.network import plan as netplan
+from vmctl.network import span
 
 if TYPE_CHECKING:
     from vmctl.lifecycle import Project
+    from vmctl.state import EnvState
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,25 @@ def migrate(project: Project, name: str, target: str) -> Moved:
             if dom is None or not dom.isActive():
                 raise VmctlError(f"machine `{name}` is not running on host `{src.name}`")
             copied = tuple(p for p in pool_files(dom.XMLDesc(0)) if host_files.copy_between(shv.conn, dhv.conn, p))
+            _network_to(project, state, dst)
             seconds, moved = _move(dom, dhv, dst.address, name, dst.name)
             downtime = _downtime(moved)
             remote.forget_consoles(shv.conn, [ms.domain])
         ms.host, ms.uri = dst.name, dst.connection_uri
         project.envdir.save(state)
     return Moved(name, src.name, dst.name, round(seconds, 3), downtime, copied)
+
+
+def _network_to(project: Project, state: EnvState, dst: HostSpec) -> None:
+    """The target gets the environment network's bridges (libvirt puts the machine's NICs there on
+    arrival) and joins the mesh; recorded first, so `down` removes them whatever happens next."""
+    if not state.network:
+        return
+    names = sorted({*state.tunnel_hosts, *(ms.host for ms in state.machines.values() if ms.host), dst.name})
+    state.tunnel_hosts = names
+    project.envdir.save(state)
+    hosts = [h for n in names if (h := project.env.host(n)) is not None]
+    span.extend(project.network_host, netplan.plan(project.env, state.network), hosts)
 
 
 def _move(dom: Any, dhv: Hypervisor, address: str | None, name: str, target: str) -> tuple[float, Any]:

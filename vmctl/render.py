@@ -75,6 +75,7 @@ class InterfaceView:
     tap: str | None  # None: libvirt makes a tap of its own (a template's NIC, joined to nothing)
     mac: str
     slot: int
+    bridge: str | None = None  # on a declared host: libvirt's tap on this bridge (the tunnel's)
 
 
 @dataclass(frozen=True)

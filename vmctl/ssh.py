@@ -66,6 +66,41 @@ class Jump:
         return transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=10)
 
 
+def run_on_host(client: paramiko.SSHClient, argv: Sequence[str], *, stdin: bytes | None = None,
+                timeout: float = 30.0) -> tuple[int, bytes, bytes]:
+    """argv on a host reached by `Jump.open` (quoted, as for a guest); (exit code, stdout, stderr)."""
+    transport = client.get_transport()
+    assert transport is not None
+    chan = transport.open_session()
+    chan.exec_command(shlex.join(argv))
+    return _complete(chan, stdin, timeout)
+
+
+def _complete(chan: paramiko.Channel, stdin: bytes | None, timeout: float | None) -> tuple[int, bytes, bytes]:
+    """Send stdin, read both outputs until the command exits; TimeoutError past `timeout`."""
+    chan.settimeout(timeout)
+    out, err = bytearray(), bytearray()
+    try:
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        while True:
+            if chan.recv_ready():
+                out += chan.recv(65536)
+            elif chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            else:
+                select.select([chan], [], [], 0.05)
+    except TimeoutError:
+        chan.close()
+        raise
+    code = chan.recv_exit_status()
+    chan.close()
+    return code, bytes(out), bytes(err)
+
+
 class Guest:
     """An SSH connection to one guest through its forwarded port on 127.0.0.1 (of this machine, or
     of the host it runs on, through that host's sshd: `via`)."""
@@ -151,31 +186,14 @@ class Guest:
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None,
             check: bool = False) -> tuple[int, bytes, bytes]:
         """Run argv in the guest; return (exit code, stdout, stderr)."""
-        chan = self._channel(argv)
-        chan.settimeout(timeout)
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
-        out, err = bytearray(), bytearray()
         try:
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                elif chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                else:
-                    select.select([chan], [], [], 0.05)
+            code, out, err = _complete(self._channel(argv), stdin, timeout)
         except TimeoutError:
-            chan.close()
             raise GuestError(f"machine `{self.name}`: `{shlex.join(argv)}` did not finish within {timeout} s") from None
-        code = chan.recv_exit_status()
-        chan.close()
         if check and code != 0:
             detail = err.decode(errors="replace").strip()[-800:]
             raise GuestError(f"machine `{self.name}`: `{shlex.join(argv)}` failed with exit code {code}: {detail}")
-        return code, bytes(out), bytes(err)
+        return code, out, err
 
     def stream(self, argv: Sequence[str], out: BinaryIO, err: BinaryIO, *, stdin: BinaryIO | None = None) -> int:
         """Run argv, copying its output as it comes; return its exit code."""

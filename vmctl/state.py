@@ -71,6 +71,8 @@ class EnvState:
     machines: dict[str, MachineState] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     network: dict[str, Any] = field(default_factory=dict)  # {"subnets", "addresses"}: network.plan keeps them
+    # Hosts that may hold tunnel ends of the network (vmctl/network/span.py): recorded before they are made.
+    tunnel_hosts: list[str] = field(default_factory=list)
     version: int = STATE_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class EnvState:
             machines={k: MachineState.from_json(v) for k, v in raw.get("machines", {}).items()},
             services=raw.get("services", {}),
             network=raw.get("network", {}),
+            tunnel_hosts=raw.get("tunnel_hosts", []),
             version=raw.get("version", STATE_VERSION),
         )
 

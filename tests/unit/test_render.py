@@ -185,3 +185,24 @@ def test_service_labels_are_escaped_in_the_domain_metadata(tmp_path: Path) -> No
     file.write_text("services:\n  web: {image: ./x.tar, labels: {com.example.tier: 'a<b&\"c'}}\n")
     (_name, xml), = rendered(file)
     assert '<vmctl:label name="com.example.tier">a&lt;b&amp;&#34;c</vmctl:label>' in xml
+
+
+def test_a_machine_on_a_declared_host_is_on_that_hosts_tunnel_bridges(tmp_path: Path) -> None:
+    """No tap of vmctl's there: libvirt's tap on the host's bridge of each segment (valid schema too)."""
+    (tmp_path / "vmctl.yaml").write_text("name: r\nnetworks: {back: {}}\n"
+                                         "hosts: {h1: {uri: 'qemu+ssh://root@10.0.0.2/system'}}\n"
+                                         "services:\n  web: {image: x, host: h1, networks: [default, back]}\n")
+    project = lifecycle.Project(load_environment(tmp_path / "vmctl.yaml"), Progress(quiet_renderer))
+    machine = project.env.machine("web")
+    assert machine is not None
+    net = lifecycle.machine_network(project, "web")
+    xml = render.render_domain(lifecycle.domain_view(project, machine, lifecycle.BootFiles(tmp_path / "k", None, None),
+                                                     "tcg", [], 2222, net=net))
+    nics = list(ET.fromstring(xml).iter("interface"))
+    assert [i.get("type") for i in nics] == ["bridge", "bridge"] and not any(i.find("target") is not None for i in nics)
+    bridges = [str(i.find("source").get("bridge")) for i in nics]  # type: ignore[union-attr]
+    assert bridges == [f"vb{project.network_host.id}0", f"vb{project.network_host.id}1"]
+    (tmp_path / "d.xml").write_text(xml)
+    check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stderr

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vmctl import namespaces
 from vmctl.errors import HostError
+from vmctl.network import tunnel
 from vmctl.network.plan import Member, NetworkPlan, Segment
 from vmctl.paths import private_dir, runtime_root
 from vmctl.runner import run, which
@@ -61,14 +62,14 @@ class EnvNetwork:
         self.set_records(plan)
 
     def destroy(self) -> None:
-        """End the resolvers, drop the namespace (and with it every bridge, tap and veth), and remove
-        taps a killed `up` left in the host namespace before it could move them."""
+        """End the resolvers, drop the namespace (and with it every bridge, tap, veth and tunnel end), and
+        remove taps and tunnel ends a killed `up` left in the host namespace before it could move them."""
         self._end_resolvers()
         for pid in namespaces.processes_in(self.ns):
             _end(pid)
         if self.exists:
             run([which("umount", package="mount"), self.ns], timeout=30)
-        for name in host_links(f"{TAP_PREFIX}{self.id[:6]}"):
+        for name in [*host_links(f"{TAP_PREFIX}{self.id[:6]}"), *host_links(tunnel.Names(self.id).vxlan_prefix)]:
             run([_ip(), "link", "delete", name], check=False, timeout=30)
         if self.dir.exists():
             for f in self.dir.iterdir():
@@ -116,6 +117,24 @@ class EnvNetwork:
             run([_ip(), "link", "delete", name], check=False, timeout=30)
             if self.exists:
                 self._run_inside([_ip(), "link", "delete", name], check=False)
+
+    # ------------------------------------------------------------ across hosts: VXLAN ends
+
+    def join_vxlan(self, name: str, vni: int, port: int, segment: Segment, peers: Sequence[str]) -> None:
+        """This machine's tunnel end of a segment (vmctl/network/tunnel.py): made here, so that its UDP
+        socket stays in this namespace, where the hosts are reachable; moved onto the segment's bridge;
+        flooding towards each of `peers` (addresses) it does not flood to yet."""
+        if name not in self._links():
+            run([_ip(), "link", "delete", name], check=False, timeout=30)  # a killed `up`'s, never moved
+            run([_ip(), "link", "add", name, "type", "vxlan", "id", str(vni), "dstport", str(port)], timeout=30)
+            run([_ip(), "link", "set", name, "netns", self.ns], timeout=30)
+            self._ip_batch([f"link set {name} master {segment.bridge}", f"link set {name} up"])
+        nsenter, bridge = which("nsenter", package="util-linux"), which("bridge", package="iproute2")
+        shown = run([nsenter, f"--net={self.ns}", bridge, "fdb", "show", "dev", name], timeout=30)
+        commands = tunnel.fdb_commands(name, peers, tunnel.flood_peers(shown.stdout.decode()))
+        if commands:
+            run([nsenter, f"--net={self.ns}", bridge, "-batch", "-"], input=("\n".join(commands) + "\n").encode(),
+                timeout=30)
 
     # ------------------------------------------------------------ host containers: veth pairs
 
