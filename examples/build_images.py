@@ -69,6 +69,7 @@ def stage_busybox(root: Path) -> None:
     (etc / "group").write_text(GROUP)
     for d in ("proc", "sys", "dev", "tmp", "run", "root"):
         (root / d).mkdir(exist_ok=True)
+    (root / "tmp").chmod(0o1777)  # as in every base image: runc gives a tmpfs on /tmp the mode of the image's /tmp
 
 
 def stage_tree(src: Path, root: Path) -> None:

@@ -267,3 +267,24 @@ def test_missing_env_file_names_the_flag(tmp_path: Path) -> None:
     write(tmp_path, "compose.yaml", "services:\n  web: {image: x.tar}\n")
     with pytest.raises(UsageError, match="--env-file"):
         load_project(cwd=tmp_path, environ={}, env_files=[Path("nope.env")])
+
+
+def test_compose_settings_from_dotenv(tmp_path: Path) -> None:
+    """compose reads COMPOSE_FILE, COMPOSE_PROJECT_NAME and COMPOSE_PROFILES from `.env` as well; the
+    process environment wins over it."""
+    write(tmp_path, "compose.yaml", """
+        name: file
+        services:
+          web: {image: a.tar}
+          debug: {image: d.tar, profiles: [debug]}
+        """)
+    write(tmp_path, "prod.yaml", "services:\n  web: {image: p.tar}\n")
+    write(tmp_path, ".env", "COMPOSE_FILE=compose.yaml:prod.yaml\nCOMPOSE_PROJECT_NAME=dotenv\n"
+                            "COMPOSE_PROFILES=debug\n")
+    model = load_project(cwd=tmp_path, environ={})
+    assert [f.name for f in model.files] == ["compose.yaml", "prod.yaml"] and web(model.data)["image"] == "p.tar"
+    assert model.project_name == "dotenv" and sorted(model.data["services"]) == ["debug", "web"]
+    shell = {"COMPOSE_FILE": "compose.yaml", "COMPOSE_PROJECT_NAME": "shell", "COMPOSE_PROFILES": ""}
+    model = load_project(cwd=tmp_path, environ=shell)
+    assert web(model.data)["image"] == "a.tar" and model.project_name == "shell"
+    assert sorted(model.data["services"]) == ["web"]

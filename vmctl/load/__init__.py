@@ -3,7 +3,8 @@ profiles. What comes out (`Model`) is still plain data, with the file and line o
 it into the frozen environment, and nothing after `spec` sees this stage.
 
 The steps, in order (each file is interpolated on its own, then the files are merged, as compose does):
-1. files: `-f` as given, else `COMPOSE_FILE`, else the first default name in the folder (`DEFAULT_FILES`),
+1. files: `-f` as given, else `COMPOSE_FILE` (the environment's, else `.env`'s), else the first default
+   name in the folder (`DEFAULT_FILES`),
    plus its `NAME.override.EXT` when there is one;
 2. variables: the process environment over the project's `.env` (the first file's folder), or over the
    `--env-file` files instead of it (later files win);
@@ -64,17 +65,21 @@ def load_project(files: Sequence[Path] = (), *, cwd: Path | None = None, environ
     environ = dict(os.environ if environ is None else environ)
     cwd = cwd or Path.cwd()
     warnings: list[str] = []
-    chosen = [cwd / f for f in files] if files else discover(cwd, environ, warnings)
+    # compose reads its own settings (COMPOSE_FILE, COMPOSE_PROJECT_NAME, COMPOSE_PROFILES) from `.env` too:
+    # the working folder's for COMPOSE_FILE, the project's for the rest (the shell's environment wins)
+    given = [_given_env_file(cwd / f) for f in env_files]
+    chosen = [cwd / f for f in files] if files else discover(
+        cwd, {**read_dotenvs(given or _default_dotenv(cwd), environ), **environ}, warnings)
     project_dir = chosen[0].resolve().parent
-    dotenvs = [_given_env_file(cwd / f) for f in env_files] or _default_dotenv(project_dir)
+    dotenvs = given or _default_dotenv(project_dir)
     variables = {**read_dotenvs(dotenvs, environ), **environ}  # the shell's environment wins over `.env`
     trees = [_file_tree(f, variables, warnings) for f in chosen]
     tree = merge_files(trees)
     _resolve_environments(tree, project_dir, variables)
-    active = {*profiles, *filter(None, environ.get("COMPOSE_PROFILES", "").split(","))}
+    active = {*profiles, *filter(None, variables.get("COMPOSE_PROFILES", "").split(","))}
     _drop_inactive(tree, active)
     if project_name is None:
-        project_name = environ.get("COMPOSE_PROJECT_NAME")
+        project_name = variables.get("COMPOSE_PROJECT_NAME")
     return Model(files=tuple(f.resolve() for f in chosen), project_dir=project_dir, data=plain(tree) or {},
                  origins=dict(origins(tree)), project_name=project_name, warnings=tuple(dict.fromkeys(warnings)))
 
