@@ -205,6 +205,16 @@ def p_enum(enum: type[StrEnum]) -> Parser:
     return parse
 
 
+def p_only(choice: str, what: str, why: str) -> Parser:
+    """A compose setting with one value vmctl can honour (`driver: bridge`, `driver: local`)."""
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> str:
+        if value != choice:
+            ctx.fail(path, f"{what} {value!r} is not supported", f"{why}: remove `{path[-1]}` or write `{choice}`")
+        return choice
+
+    return parse
+
+
 def p_existing(kind: str, exists: Callable[[Path], bool]) -> Parser:
     """A path relative to the environment file's folder that must exist as a `kind` (file, folder)."""
     def parse(value: Any, path: KeyPath, ctx: Ctx) -> Path:

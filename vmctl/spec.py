@@ -74,6 +74,7 @@ from vmctl.settings import (
     p_image,
     p_int,
     p_name,
+    p_only,
     p_size_mib,
     p_str,
     p_uri,
@@ -477,11 +478,7 @@ def p_dns_label(value: Any, path: KeyPath, ctx: Ctx) -> str:
     return value
 
 
-def p_network_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if value != "bridge":
-        ctx.fail(path, f"network driver {value!r} is not supported",
-                 "vmctl makes every network itself as a private bridge: remove `driver` or write `bridge`")
-    return "bridge"
+p_network_driver = p_only("bridge", "network driver", "vmctl makes every network itself as a private bridge")
 
 
 def p_false_only(reason: str) -> Parser:

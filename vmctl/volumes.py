@@ -24,7 +24,7 @@ from typing import Any
 from vmctl.errors import HostError
 from vmctl.paths import state_root
 from vmctl.runner import run, which
-from vmctl.settings import Ctx, Setting, Support, p_bool, p_str, parse_table, typename
+from vmctl.settings import Ctx, Setting, Support, p_bool, p_only, p_str, parse_table, typename
 from vmctl.yamlpos import KeyPath
 
 # docker's rule for volume names (and what may become one folder's name: never `/` or `..`)
@@ -54,11 +54,7 @@ def p_volume_name(value: Any, path: KeyPath, ctx: Ctx) -> str:
     return text
 
 
-def p_volume_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    if value != "local":
-        ctx.fail(path, f"volume driver {value!r} is not supported",
-                 "every named volume is a folder vmctl keeps: remove `driver` or write `local`")
-    return "local"
+p_volume_driver = p_only("local", "volume driver", "every named volume is a folder vmctl keeps")
 
 
 VOLUME_SETTINGS = (
