@@ -187,8 +187,7 @@ class HostRuntime:
         argv = [self.runc, "--root", str(self.runc_root), "create", "--bundle", str(bundle)]
         argv += ["--preserve-fds", "1", name]  # fd 3 = exit pipe: slirp4netns ends with the container
         pid = _spawn(argv, out=log_path, keep={3: exit_w})
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = _wait_through_interrupts(pid)
         if code != 0:
             tail = "\n    ".join(log_path.read_text(errors="replace").strip().splitlines()[-6:])
             raise CommandFailed(f"`{shlex.join(argv)}` failed with exit code {code}:\n    {tail}")
@@ -332,6 +331,22 @@ class HostRuntime:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _wait_through_interrupts(pid: int) -> int:
+    """The exit code of `pid`, waited for even through Ctrl-C (raised again afterwards): `runc create`
+    cut short by an exception here would go on creating the container after the clean-up had found none,
+    and leave it (and its busy rootfs mount) behind. It ends within a second either way."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt included, on purpose
+            interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
+    return os.waitstatus_to_exitcode(status)
 
 
 def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int]) -> int:
