@@ -176,15 +176,16 @@ def detect_archive(path: Path) -> str:
 def _resolve_name(ref: str, *, engines: bool) -> str:
     parsed = registry.parse(ref)
     name = str(parsed) if parsed.tag or parsed.digest else f"{ref}:latest"
+    # podman's store is asked through skopeo, the reader that will copy from it: `podman image exists`
+    # says yes to `HOST/web@DIGEST` when any image has that digest, which skopeo then cannot resolve
     for engine, transport, probe in (
-        ("docker", "docker-daemon:", ["image", "inspect", "--format", "{{.Id}}", name]),
-        ("podman", "containers-storage:", ["image", "exists", name]),
+        ("docker", "docker-daemon:", ["docker", "image", "inspect", "--format", "{{.Id}}", name]),
+        ("podman", "containers-storage:", ["skopeo", "inspect", "--raw", f"containers-storage:{name}"]),
     ):
-        exe = shutil.which(engine)
-        if exe is None or not engines:
+        if shutil.which(engine) is None or not engines:
             continue
         with contextlib.suppress(VmctlError):
-            if run([exe, *probe], check=False, timeout=30).returncode == 0:
+            if run(probe, check=False, timeout=30).returncode == 0:
                 return f"{transport}{name}"
     return f"{REGISTRY_TRANSPORT}{name}"
 
