@@ -245,12 +245,13 @@ def _disk_views(project: Project, machine: MachineSpec,
 
 
 def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT,
-       wait: bool = True, templates: bool = True, rebuild: bool = False) -> EnvState:
+       wait: bool = True, templates: bool = True, rebuild: bool = False, recreate: bool = False) -> EnvState:
     """Boot the machines, then start the services in `depends_on` order; roll everything back on failure.
 
     Services' images are prepared before any boot: each distinct image's ext4 disk is attached
     read-only to every machine that runs it. With `templates`, a machine of a shape that has a template
-    (vmctl/template.py; built on first use) is restored from it instead of booting its kernel."""
+    (vmctl/template.py; built on first use) is restored from it instead of booting its kernel. With
+    `recreate`, running services' containers are made anew (their machines keep running)."""
     machines, services = project.select_with_services(names)
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
@@ -282,7 +283,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                 _boot_all(project, hvs, jobs, state, timeout, plan)
                 envdir.save(state)
                 workloads.start_services(project.env, envdir, state, service_images, project.progress,
-                                         timeout=timeout, wait=wait)
+                                         timeout=timeout, wait=wait, recreate=recreate)
                 rollback.pop_all()
         except BaseException:
             # The ExitStack has removed the domains; forget them and their files too, and the whole

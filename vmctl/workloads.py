@@ -450,9 +450,10 @@ def container_names(env: Environment) -> dict[str, str]:
 
 
 def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Mapping[str, PreparedImage],
-                   progress: Progress, *, timeout: float, wait: bool = True) -> None:
+                   progress: Progress, *, timeout: float, wait: bool = True, recreate: bool = False) -> None:
     """Start the services in `images` in `depends_on` order. If one fails (or Ctrl-C), the ones this
-    call started are stopped again, in reverse order, while their connections are still open."""
+    call started are stopped again, in reverse order, while their connections are still open. With
+    `recreate` (`up --force-recreate`), a running service's container is stopped and made anew."""
     deadline = time.monotonic() + timeout
     healthy: set[str] = set()  # checked healthy by this call already
     with Runtimes(env, envdir, state) as runtimes, contextlib.ExitStack() as rollback:
@@ -461,8 +462,11 @@ def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Ma
                 continue
             rt = runtimes.for_service(svc)
             if svc.name in state.services and rt.live(svc.name).state == "running":
-                progress.done(svc.name, "already running")
-                continue
+                if not recreate:
+                    progress.done(svc.name, "already running")
+                    continue
+                progress.working(svc.name, f"recreating: stopping ({svc.stop_signal})")
+                rt.stop(svc.name, grace_of(svc, rt), svc.stop_signal)
             wait_for_dependencies(env, svc, runtimes, progress, deadline, healthy)
             rollback.callback(_forget, envdir, state, svc.name)
             _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback, runtimes.plan)

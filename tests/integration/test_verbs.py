@@ -213,6 +213,17 @@ def test_restart_runs_a_new_process(env: Path) -> None:
     assert "greeting: from-the-host" in _wait_answer(_host_port(env, "web"))
 
 
+def test_up_force_recreate_makes_a_running_container_anew(env: Path) -> None:
+    before = _runc_pid(CONTAINER)
+    plain = _vmctl(env, "up", "web")
+    assert plain.returncode == 0 and "already running" in plain.stderr and _runc_pid(CONTAINER) == before
+    recreated = _vmctl(env, "up", "--force-recreate", "web")
+    assert recreated.returncode == 0 and "recreating" in recreated.stderr, recreated.stderr
+    after = _runc_pid(CONTAINER)
+    assert before and after and after != before and not _alive(before)
+    assert "greeting: from-the-host" in _wait_answer(_host_port(env, "web"))
+
+
 def test_stop_and_start_a_service_in_its_guest(env: Path) -> None:
     port = _host_port(env, "vm")
     assert _crun_names(env) == ["vm"]

@@ -21,10 +21,13 @@ Examples:
 @click.option("-w", "--workdir", default="", help="Folder the command runs in (services only).")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
               help="Set a variable for the command (repeatable; services only).")
+@click.option("-T", "--no-tty", "no_tty", is_flag=True,
+              help="Accepted for compose's sake: `exec` never allocates a terminal (use `vmctl ssh` for one).")
 @click.argument("name")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
-def command(app: App, user: str, workdir: str, env: tuple[str, ...], name: str, argv: tuple[str, ...]) -> None:
+def command(app: App, user: str, workdir: str, env: tuple[str, ...], no_tty: bool, name: str,
+            argv: tuple[str, ...]) -> None:
     """Run a command in a service's container, or in a machine; its exit code becomes vmctl's.
 
     Services and machines share one namespace; a service's dedicated microVM is reached with `vmctl ssh`."""
