@@ -143,6 +143,12 @@ class Builder:
         run([*self.argv, "rmi", tag], check=False, timeout=120)  # the archive is the result; the layers stay
 
 
+def tag_for(image: str) -> str:
+    """The builder's (temporary) tag for a built image: `image` may be any reference (`127.0.0.1:5000/app:1`),
+    which is not always a valid repository name under `vmctl-build/`; this always is."""
+    return "vmctl-build/" + (re.sub(r"[^a-z0-9._-]+", "-", image.lower()).strip("-._") or "image") + ":latest"
+
+
 def find_builder() -> Builder:
     """podman, else docker with a daemon that answers; HostError naming what to install."""
     if shutil.which("podman"):

@@ -362,7 +362,7 @@ def _prepare_image(env: Environment, svc: ServiceSpec, policy: PullPolicy, progr
     try:
         ref = svc.image
         if svc.build is not None:
-            ref = str(build.ensure(svc.build, f"vmctl-build/{svc.image}", force=rebuild or policy is PullPolicy.BUILD,
+            ref = str(build.ensure(svc.build, build.tag_for(svc.image), force=rebuild or policy is PullPolicy.BUILD,
                                    progress=progress.callback(label)))
             policy = PullPolicy.MISSING  # (an archive: read in place)
         image = prepare_image(ref, env.base_dir, policy=policy, progress=progress.callback(label))

@@ -63,3 +63,12 @@ def test_refused_build_keys_name_the_line(tmp_path: Path) -> None:
         load(tmp_path, "services:\n  a:\n    build:\n      context: .\n      secrets: [x]\n")
     where = info.value.where
     assert where is not None and (where.line, where.key) == (5, "services.a.build.secrets")
+
+
+@pytest.mark.parametrize(("image", "tag"), [
+    ("shop-web", "vmctl-build/shop-web:latest"),
+    ("127.0.0.1:5000/App:1", "vmctl-build/127.0.0.1-5000-app-1:latest"),
+    ("..", "vmctl-build/image:latest"),
+])
+def test_the_builders_tag_is_always_a_valid_reference(image: str, tag: str) -> None:
+    assert build.tag_for(image) == tag
