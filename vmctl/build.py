@@ -45,6 +45,7 @@ class BuildSpec:
     target: str | None = None
     no_cache: bool = False
     pull: bool = False
+    network: str | None = None  # the RUN steps' network: none | host; None: the builder's default
 
 
 def p_build_args(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
@@ -60,6 +61,13 @@ def p_build_args(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], 
             ctx.fail((*path, key), f"invalid build arg {key!r}", "write KEY: value (letters, digits, `_`)")
         out.append((str(key), "" if val is None else str(val)))
     return tuple(out)
+
+
+def p_build_network(value: Any, path: KeyPath, ctx: Ctx) -> str | None:
+    """compose's `build.network`: `none`, `host`, or `default` (the builder's own: podman's CNI bridge)."""
+    if value not in ("none", "host", "default"):
+        ctx.fail(path, f"build network {value!r} is not supported", "use `none`, `host` or `default`")
+    return None if value == "default" else str(value)
 
 
 def p_dockerfile(value: Any, path: KeyPath, ctx: Ctx) -> str:
@@ -84,11 +92,12 @@ BUILD_SETTINGS = (
     Setting("target", p_str, None, "string", "the stage of a multi-stage Dockerfile to build"),
     Setting("no_cache", p_bool, False, "bool", "build without the builder's layer cache"),
     Setting("pull", p_bool, False, "bool", "have the builder look for newer base images"),
+    Setting("network", p_build_network, None, "none|host|default", "the network of `RUN` steps (default: the "
+            "builder's own, which for podman is its CNI bridge `cni-podman0`, made on first use)", shown="default"),
     _ignored("cache_from", "a layer cache source only changes how fast the build is"),
     _ignored("cache_to", "a layer cache destination only changes how fast later builds are"),
     _refused("dockerfile_inline", "an inline Dockerfile is not implemented", "put it in a file (`dockerfile:`)"),
     _refused("labels", "labels on the built image are not implemented", "set them in the Dockerfile (`LABEL`)"),
-    _refused("network", "the builder's network is its default", "remove it"),
     _refused("ssh", "SSH agents are not passed to the builder", "remove it"),
     _refused("secrets", "build secrets are not passed to the builder", "remove it"),
     _refused("platforms", "guests and host containers run x86_64 Linux only", "remove it"),
@@ -111,7 +120,8 @@ def p_build(value: Any, path: KeyPath, ctx: Ctx) -> BuildSpec:
     if not (context / raw["dockerfile"]).is_file():
         ctx.fail((*path, "dockerfile"), f"no Dockerfile `{raw['dockerfile']}` in the build context `{context}`",
                  "write the Dockerfile's path relative to `context`")
-    return BuildSpec(context, raw["dockerfile"], raw["args"], raw["target"], raw["no_cache"], raw["pull"])
+    return BuildSpec(context, raw["dockerfile"], raw["args"], raw["target"], raw["no_cache"], raw["pull"],
+                     raw["network"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,7 +139,8 @@ class Builder:
         for key, value in spec.args:
             argv += ["--build-arg", f"{key}={value}"]
         argv += [*(["--target", spec.target] if spec.target else []), *(["--no-cache"] if spec.no_cache else []),
-                 *(["--pull"] if spec.pull else []), str(spec.context)]
+                 *(["--pull"] if spec.pull else []), *(["--network", spec.network] if spec.network else []),
+                 str(spec.context)]
         proc = run(argv, check=False, timeout=BUILD_TIMEOUT)
         log.write_bytes(proc.stdout + proc.stderr)
         if proc.returncode != 0:
@@ -169,7 +180,8 @@ def builds_root() -> Path:
 
 
 def cache_key(spec: BuildSpec, builder: Builder) -> str:
-    h = hashlib.sha256(repr((builder.name, builder.version, spec.dockerfile, spec.args, spec.target)).encode())
+    h = hashlib.sha256(repr((builder.name, builder.version, spec.dockerfile, spec.args, spec.target,
+                             spec.network)).encode())
     for rel, path in _context_files(spec.context):
         st = path.lstat()
         h.update(f"{rel}\0{st.st_mode:o}\0".encode())

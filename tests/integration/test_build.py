@@ -33,6 +33,7 @@ x-build: &build
   context: ./app
   args: {{BASE: "oci-archive:{base}", MESSAGE: bonjour}}
   target: final
+  network: none               # RUN needs none; podman's default would make its host bridge cni-podman0
 services:
   app:
     build: *build
@@ -90,7 +91,8 @@ def test_a_failing_build_names_the_service_and_keeps_the_log(tmp_path: Path) -> 
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "Dockerfile").write_text("FROM scratch\nRUN exit 7\n")
     file = tmp_path / "compose.yaml"
-    file.write_text("name: badbuild\nservices:\n  app:\n    build: ./app\n    isolation: container\n")
+    file.write_text("name: badbuild\nservices:\n  app:\n    build: {context: ./app, network: none}\n"
+                    "    isolation: container\n")
     up = run_vmctl("-f", str(file), "up", "--timeout", "60")
     assert up.returncode == 1
     assert "`podman build` failed" in up.stderr and "services.app.build" in up.stderr, up.stderr

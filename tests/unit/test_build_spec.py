@@ -72,3 +72,16 @@ def test_refused_build_keys_name_the_line(tmp_path: Path) -> None:
 ])
 def test_the_builders_tag_is_always_a_valid_reference(image: str, tag: str) -> None:
     assert build.tag_for(image) == tag
+
+
+def test_the_build_network(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    env = load(tmp_path, "services:\n  a: {build: {context: ., network: none}}\n"
+                         "  b: {build: {context: ., network: default}}\n")
+    a, b = env.service("a"), env.service("b")
+    assert a is not None and a.build is not None and a.build.network == "none"
+    assert b is not None and b.build is not None and b.build.network is None
+    builder = build.Builder("podman", ("podman",), "podman version 4.3.1")
+    assert build.cache_key(a.build, builder) != build.cache_key(b.build, builder)
+    with pytest.raises(SpecError, match="build network 'bridge2' is not supported"):
+        load(tmp_path, "services:\n  a: {build: {context: ., network: bridge2}}\n")
