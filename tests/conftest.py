@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,11 @@ RUNTIME_PREFIX = "/tmp/vrt-"  # short: libvirt's UNIX sockets live under the emb
 
 
 RUNTIMES: set[Path] = set()  # the runtime folders this run has handed out, for the leak audit
+
+
+def missing_tools(tools: Sequence[str]) -> list[str]:
+    """The programs of `tools` this machine lacks (looked for on PATH and in the sbin folders)."""
+    return [t for t in tools if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
 
 
 def runtime_of(state: Path) -> Path:

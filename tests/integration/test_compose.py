@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import ROOT, run_vmctl
+from tests.conftest import ROOT, missing_tools, run_vmctl
 from vmctl.compose_values import GUEST_OVERHEAD_MIB
 
 EXAMPLES = ROOT / "tests" / "compose"
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox", "tini-static")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 
 
 def _config(folder: Path, *args: str) -> dict[str, Any]:

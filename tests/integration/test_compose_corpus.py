@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_image
-from tests.conftest import ROOT, VMCTL, runtime_of
+from tests.conftest import ROOT, VMCTL, missing_tools, runtime_of
 from tests.reliability.conftest import leftovers
 from vmctl.compose_values import GUEST_OVERHEAD_MIB
 
 CORPUS = ROOT / "tests" / "compose"
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox", "tini-static", "podman")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 needs_host = pytest.mark.skipif(os.geteuid() != 0 or bool(missing), reason=f"needs root and {TOOLS}")
 
 MIB = 1 << 20

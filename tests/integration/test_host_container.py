@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_image, build_tiny_image
+from tests.conftest import missing_tools
 from vmctl.container_image import PreparedImage, prepare_image
 from vmctl.errors import UsageError, VmctlError
 from vmctl.host_container import HostContainer, HostRuntime, PortForward
 from vmctl.oci_spec import ContainerRequest, merge_command, merge_env
 
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "debugfs", "busybox")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root"),
     pytest.mark.skipif(bool(missing), reason=f"missing tools: {missing}"),

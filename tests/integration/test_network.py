@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -21,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from examples.build_images import EXAMPLES, IMAGES_DIR, build_image
-from tests.conftest import environment_up, run_vmctl
+from tests.conftest import environment_up, missing_tools, run_vmctl
 
 TOOLS = ("runc", "slirp4netns", "dnsmasq", "nsenter", "unshare", "ip")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 if missing:  # a missing tool is a failed set-up, not a reason to skip: `./bootstrap.sh` installs them
     raise RuntimeError(f"the network tests need {missing}: run ./bootstrap.sh (it installs them)")
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="bridges and taps need root")]

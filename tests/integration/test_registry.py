@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from examples.build_images import build_image, build_tiny_image
-from tests.conftest import run_vmctl
+from tests.conftest import missing_tools, run_vmctl
 
 TOOLS = ("docker-registry", "runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root"),
     pytest.mark.skipif(bool(missing), reason=f"missing tools: {missing}"),

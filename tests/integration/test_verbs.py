@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import environment_up, run_vmctl, runc_containers
+from tests.conftest import environment_up, missing_tools, run_vmctl, runc_containers
 from vmctl.paths import runtime_root
 
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root"),

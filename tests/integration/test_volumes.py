@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import environment_up, qemu_pids, run_vmctl
+from tests.conftest import environment_up, missing_tools, qemu_pids, run_vmctl
 from vmctl import kernel_build
 from vmctl.guest_container import volume_tag
 from vmctl.guest_image import build_guest_image
 
 TOOLS = ("skopeo", "umoci", "mkfs.ext4", "busybox")
-missing = [t for t in TOOLS if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
+missing = missing_tools(TOOLS)
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(os.geteuid() != 0, reason="9p passthrough writes as QEMU's user: root here"),
