@@ -48,9 +48,9 @@ SERVICE = (
                 "put the other service in this file, or reach it through a published port"),
     Unsupported("mac_address", "string", "vmctl gives every member a stable MAC address of its own",
                 "remove it"),
-    Unsupported("stdin_open", "bool", "containers run detached, without stdin, so far",
-                "use `vmctl exec` for interactive work"),
-    Unsupported("tty", "bool", "containers run without a terminal so far", "use `vmctl exec` for a terminal"),
+    Unsupported("tty", "bool", "containers run without a terminal so far: a detached container's terminal needs "
+                "a process that holds the pty's master end (the runtime's console socket), which vmctl has not yet",
+                "drop `tty` (`stdin_open: true` keeps a shell waiting); `vmctl exec` gives a terminal"),
     Unsupported("ipc", "string", "containers always get their own IPC namespace", "remove it"),
     Unsupported("pid", "string", "containers always get their own PID namespace", "remove it"),
     Unsupported("uts", "string", "containers always get their own UTS namespace", "remove it"),

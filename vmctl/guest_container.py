@@ -46,6 +46,7 @@ SERIAL_PREFIX = "img-"
 SERIAL_HEX = 16  # virtio-blk serials hold at most 20 bytes
 STOP_GRACE_SECONDS = 5
 INIT_FILE = "init"  # the static init in the bundle, bound at /sbin/docker-init
+STDIN_OPEN_FILE = "stdin_open"
 TINI = Path("/usr/bin/tini-static")  # Debian's `tini` package: static, so it runs in any image
 _SERIAL = re.compile(rf"{SERIAL_PREFIX}[0-9a-f]{{{SERIAL_HEX}}}")
 VOLUME_ROOT = "/run/vmctl/volumes"
@@ -109,6 +110,8 @@ def bundle_tar(req: ContainerRequest) -> bytes:
     files |= {f"etc/{k}": v.encode() for k, v in request_etc_files(req).items()}
     if req.init_path is not None:  # `init: true`: the host's static tini travels with the bundle
         files[INIT_FILE] = host_init().read_bytes()
+    if req.stdin_open:  # a marker: supervise.sh then gives `crun run` a FIFO it holds open as stdin
+        files[STDIN_OPEN_FILE] = b""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for path, data in files.items():

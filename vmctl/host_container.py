@@ -156,7 +156,7 @@ class HostRuntime:
 
         exit_r, exit_w = os.pipe()
         try:
-            self._create(req.name, bundle, log_path, exit_w)
+            self._create(req.name, bundle, log_path, exit_w, stdin=_stdin_fifo(cdir) if req.stdin_open else None)
             os.close(exit_w)
             exit_w = -1
             pid = self._pid(req.name)
@@ -183,10 +183,10 @@ class HostRuntime:
         options = ",".join(f"{k}={v}" for k, v in dirs.items())
         run([which("mount", package="mount"), "-t", "overlay", "overlay", "-o", options, target], timeout=30)
 
-    def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int) -> None:
+    def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int, *, stdin: Path | None = None) -> None:
         argv = [self.runc, "--root", str(self.runc_root), "create", "--bundle", str(bundle)]
         argv += ["--preserve-fds", "1", name]  # fd 3 = exit pipe: slirp4netns ends with the container
-        pid = _spawn(argv, out=log_path, keep={3: exit_w})
+        pid = _spawn(argv, out=log_path, keep={3: exit_w}, stdin=stdin)  # runc hands its stdio to the container
         code = _wait_through_interrupts(pid)
         if code != 0:
             tail = "\n    ".join(log_path.read_text(errors="replace").strip().splitlines()[-6:])
@@ -349,9 +349,10 @@ def _wait_through_interrupts(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int]) -> int:
-    """Start `argv` in a new session: stdin /dev/null, stdout+stderr appended to `out`, and each
-    `keep[child_fd] = our_fd` at that number. Returns the PID (the caller waits or records it).
+def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Path | None = None) -> int:
+    """Start `argv` in a new session: stdin /dev/null (or `stdin`, opened read-write), stdout+stderr
+    appended to `out`, and each `keep[child_fd] = our_fd` at that number. Returns the PID (the caller
+    waits or records it).
 
     Not `runner.run`: that one waits and captures; here the program (runc's container, slirp4netns)
     must outlive the call with its output in a file and an inherited pipe at a fixed fd number.
@@ -359,7 +360,7 @@ def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int]) -> int:
     args = [os.fspath(a) for a in argv]
     run_log.debug("+ %s", shlex.join(args))
     actions: list[tuple[Any, ...]] = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 0, os.fspath(stdin or os.devnull), os.O_RDWR if stdin else os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(out), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
@@ -378,6 +379,15 @@ def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int]) -> int:
     finally:
         for fd in spare:
             os.close(fd)
+
+
+def _stdin_fifo(cdir: Path) -> Path:
+    """`stdin_open`: a FIFO the container opens read-write, so its stdin never reaches EOF (its own
+    descriptor is a writer that never closes) and nobody else needs to hold it open."""
+    path = cdir / "stdin"
+    if not path.is_fifo():
+        os.mkfifo(path, 0o600)
+    return path
 
 
 def _socket_path(cdir: Path) -> Path:

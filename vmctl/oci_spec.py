@@ -102,6 +102,7 @@ class ContainerRequest:
     domainname: str | None = None
     additional_gids: tuple[int, ...] = ()
     shm_bytes: int = 64 << 20  # the /dev/shm tmpfs
+    stdin_open: bool = False  # the runtime's caller gives the process a pipe kept open as stdin (not config.json)
 
 
 def merge_command(

@@ -234,6 +234,7 @@ class ServiceSpec:
     domainname: str | None = None
     group_add: tuple[str, ...] = ()  # names or numbers
     shm_mib: int | None = None  # None: 64 MiB
+    stdin_open: bool = False  # its stdin is a pipe kept open (docker's -i), not /dev/null
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
     pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
     build: BuildSpec | None = None  # its image is built from a Dockerfile (vmctl/build.py)
@@ -691,6 +692,8 @@ SERVICE_SETTINGS = (
     Setting("domainname", p_domainname, None, "name", "the container's NIS domain name (`domainname`)"),
     Setting("group_add", p_group_add, (), "list", "supplementary groups of its process: names looked up in the "
             "image's /etc/group, or numbers"),
+    Setting("stdin_open", p_bool, False, "bool", "keep its standard input open: a pipe nobody writes to, instead "
+            "of /dev/null, so a program that reads stdin (`sh`, `cat`) waits rather than ending at EOF"),
     Setting("shm_size", p_bytes_mib, None, "size", "the size of its /dev/shm tmpfs (default 64m)"),
     Setting("network_mode", lambda v, p, c: None, None, "-", "every service is a member of its environment's "
             "networks", support=Support.REFUSED, hint="remove it; use `networks:` to choose networks"),
@@ -899,7 +902,8 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        networks=v["networks"] or (Attachment(DEFAULT_NETWORK),), expose=v["expose"],
                        extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
-                       group_add=v["group_add"], shm_mib=v["shm_size"])
+                       group_add=v["group_add"], shm_mib=v["shm_size"],
+                       stdin_open=v["stdin_open"])
 
 
 def _limits(v: Mapping[str, Any]) -> Limits:

@@ -23,7 +23,7 @@
 #   stop NAME GRACE [SIGNAL]  halt, then delete, unmount and remove the folder (`vmctl down`)
 #
 # Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/), rootfs/ (the overlay), rw/
-# (tmpfs: upper, work), container.log, state (starting|running|restarting|exited), exit_code,
+# (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log, state (starting|running|restarting|exited), exit_code,
 # restarts, started, supervisor.pid, and `stopping` while a stop is in progress.
 
 SELF=/run/vmctl/supervise.sh
@@ -117,7 +117,7 @@ start() {
 }
 
 supervise() {
-    local dir restarts code up _rest
+    local dir restarts code up _rest stdin
     dir="$SVC_ROOT/$1"
     echo $$ > "$dir/supervisor.pid"
     restarts=0
@@ -127,7 +127,13 @@ supervise() {
         read -r up _rest < /proc/uptime
         echo "$up" > "$dir/started"
         echo running > "$dir/state"
-        crun run --bundle "$dir/bundle" "$1" < /dev/null >> "$dir/container.log" 2>&1
+        # `stdin_open`: a FIFO opened read-write is a stdin that never reaches EOF (no writer ever closes it)
+        stdin=/dev/null
+        if [ -e "$dir/bundle/stdin_open" ]; then
+            [ -p "$dir/stdin" ] || mkfifo -m 600 "$dir/stdin" || die "cannot create the stdin of $1"
+            stdin="$dir/stdin"
+        fi
+        crun run --bundle "$dir/bundle" "$1" 0<> "$stdin" >> "$dir/container.log" 2>&1
         code=$?
         echo "$code" > "$dir/exit_code"
         crun delete -f "$1" > /dev/null 2>&1

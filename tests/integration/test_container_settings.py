@@ -15,7 +15,8 @@ from tests.conftest import environment_up, run_vmctl
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="host containers need root")]
 
 SETTINGS = """\
-    command: ["sleep", "3600"]
+    command: ["sh", "-c", "read line; echo stdin ended"]
+    stdin_open: true
     init: true
     shm_size: 96m
     group_add: [nobody, "4242"]
@@ -72,3 +73,10 @@ def test_names_resolver_groups_and_shm_inside(env: Path, service: str) -> None:
     assert "size=98304k" in shm[0][3].split(","), shm
     database = sh(env, service, "getent hosts database").split()[0]
     assert database == sh(env, service, "getent hosts db").split()[0]  # `links: [db:database]`
+
+
+@pytest.mark.parametrize("service", ["host", "guest"])
+def test_stdin_open_keeps_a_reading_program_running(env: Path, service: str) -> None:
+    # its `read` would have ended at once on /dev/null (then exec could not reach the container)
+    assert sh(env, service, "stat -L -c %F /proc/1/fd/0") == "fifo\n"
+    assert sh(env, "db", "stat -L -c %F /proc/1/fd/0") == "character special file\n"  # no stdin_open

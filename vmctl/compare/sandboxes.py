@@ -176,9 +176,9 @@ class _TimedRuntime(HostRuntime):
 
     marks: list[tuple[str, float]]
 
-    def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int) -> None:
+    def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int, *, stdin: Path | None = None) -> None:
         self.marks.append(("prepare", time.monotonic()))
-        super()._create(name, bundle, log_path, exit_w)
+        super()._create(name, bundle, log_path, exit_w, stdin=stdin)
         self.marks.append(("runtime create", time.monotonic()))
 
     def _start_slirp(self, pid: int, cdir: Path, exit_r: int, state: dict[str, Any], timeout: float) -> int:
