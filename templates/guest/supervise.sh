@@ -22,9 +22,10 @@
 #                         prints exit_code=N when the container had ended with one
 #   stop NAME GRACE [SIGNAL]  halt, then delete, unmount and remove the folder (`vmctl down`)
 #
-# Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/), rootfs/ (the overlay), rw/
-# (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log, state (starting|running|restarting|exited), exit_code,
-# restarts, started, supervisor.pid, and `stopping` while a stop is in progress.
+# Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/, a `stdin_open` marker), rootfs/
+# (the overlay), rw/ (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log, state
+# (starting|running|restarting|exited), exit_code, restarts, started, supervisor.pid, and `stopping`
+# while a stop is in progress.
 
 SELF=/run/vmctl/supervise.sh
 SVC_ROOT=/run/vmctl/svc
