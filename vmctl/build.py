@@ -4,10 +4,11 @@ The builder is podman (daemonless; `podman build` is buildah), else docker when 
 result is exported with `podman save --format oci-archive` / `docker save`, and that archive is what
 the rest of vmctl uses, exactly as if the file had said `image: ./app.tar`: the image stage unpacks it,
 caches it by digest and makes its ext4 disk. The archive itself is cached under `CACHE/builds/KEY.tar`,
-KEY a hash of everything the build reads (the context's files, names, modes and link targets, the
-Dockerfile, args, target, the builder's version), so an unchanged context is not built again, and a
-changed byte is. `up --build`, `vmctl build` and `pull_policy: build` build even when the archive exists
-(the builder's own layer cache keeps that quick).
+KEY a hash of everything the build reads (the context's files, names, modes and link targets, less
+what `.dockerignore` leaves out (vmctl/dockerignore.py), the Dockerfile, args, target, the builder's
+version), so an unchanged context is not built again, and a changed byte is. `up --build`,
+`vmctl build` and `pull_policy: build` build even when the archive exists (the builder's own layer
+cache keeps that quick).
 
 podman reads a base image from an archive (`FROM oci-archive:/path/base.tar`), so a build needs no
 registry. On this host podman's default runtime (crun) cannot run a `RUN` step (cgroup v1+v2 hybrid), so
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmctl import dockerignore
 from vmctl.cache import build_lock
 from vmctl.errors import HostError
 from vmctl.paths import cache_root
@@ -182,7 +184,10 @@ def builds_root() -> Path:
 def cache_key(spec: BuildSpec, builder: Builder) -> str:
     h = hashlib.sha256(repr((builder.name, builder.version, spec.dockerfile, spec.args, spec.target,
                              spec.network)).encode())
+    rules = dockerignore.load(spec.context)
     for rel, path in _context_files(spec.context):
+        if dockerignore.ignored(rules, rel, dockerfile=spec.dockerfile):
+            continue  # the builder does not send it: a change to it changes no image
         st = path.lstat()
         h.update(f"{rel}\0{st.st_mode:o}\0".encode())
         h.update(os.readlink(path).encode() if path.is_symlink() else path.read_bytes() if path.is_file() else b"")

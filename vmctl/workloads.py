@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -738,6 +739,59 @@ def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, o
             rt.logs(svc.name, cast(BinaryIO, writer), tail=tail, follow=follow)
         finally:
             writer.close()
+
+
+def services_logs(env: Environment, envdir: EnvDir, state: EnvState, names: Sequence[str], out: BinaryIO, *,
+                  tail: int | None, follow: bool) -> None:
+    """`vmctl logs [SERVICE...]`: each service's output (every started one when none is named), one
+    after the other; with `follow`, all at once, a thread per service. Lines stay whole: each prefixed
+    line is one write to `out`. The followers are daemon threads: Ctrl-C ends the command."""
+    names = list(names) or [s.name for s in env.services if s.name in state.services]
+    if not follow or len(names) == 1:
+        for name in names:
+            service_logs(env, envdir, state, name, out, tail=tail, follow=follow)
+        return
+    failures: list[BaseException] = []
+    gate = _Gate(out)
+
+    def one(name: str) -> None:
+        try:
+            service_logs(env, envdir, state, name, cast(BinaryIO, gate), tail=tail, follow=True)
+        except Exception as e:  # noqa: BLE001 - raised again in the main thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=one, args=(n,), daemon=True, name=f"logs-{n}") for n in names]
+    try:
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads) and not failures:
+            time.sleep(0.2)
+    finally:  # no follower touches `out` any more: one still writing at exit would stall the interpreter
+        gate.close()
+    if failures:
+        raise failures[0]
+
+
+class _Gate:
+    """Writes to `out` one at a time, and none once closed (the followers of `services_logs`)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.lock, self.open = out, threading.Lock(), True
+
+    def write(self, data: bytes) -> int:
+        with self.lock:
+            if self.open:
+                self.out.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.open:
+                self.out.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            self.open = False
 
 
 def grace_of(svc: ServiceSpec | None, rt: Runtime, override: float | None = None) -> float:

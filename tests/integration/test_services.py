@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import environment_up, missing_tools, qemu_pids, run_vmctl, runc_containers
+from tests.conftest import ROOT, VMCTL, environment_up, missing_tools, qemu_pids, run_vmctl, runc_containers
 from vmctl.paths import runtime_root
 
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
@@ -173,6 +175,25 @@ def test_logs_are_prefixed(good: Path) -> None:
     assert out.returncode == 0 and "web     | web: from-the-vm from web" in out.stdout
     out = run_vmctl("-f", str(good), "logs", "-n", "1", "plain")
     assert out.stdout.startswith("plain   | web: from-the-host from plain")
+
+
+def test_logs_of_several_services_and_of_all(good: Path) -> None:
+    both = run_vmctl("-f", str(good), "logs", "web", "plain")
+    assert both.returncode == 0, both.stderr
+    assert "web     | web: from-the-vm" in both.stdout and "plain   | web: from-the-host" in both.stdout
+    every = run_vmctl("-f", str(good), "logs").stdout  # no name: every started service
+    assert {"web     |", "plain   |", "crasher |"} <= {line[:9] for line in every.splitlines()}
+    # -f with several: both followed at once (ended by the timeout, as Ctrl-C would)
+    proc = subprocess.Popen([*VMCTL, "-f", str(good), "logs", "-f", "web", "plain"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "web     | web: from-the-vm" in out and "plain   | web: from-the-host" in out, out
+    bad = run_vmctl("-f", str(good), "logs", "web", "nosuch")
+    assert bad.returncode == 2 and "unknown machine or service `nosuch`" in bad.stderr
 
 
 def test_depends_on_order(good: Path) -> None:

@@ -11,24 +11,35 @@ from vmctl.errors import UsageError
 
 @click.command("logs", epilog="""\b
 Examples:
-  vmctl logs web             the service's container output, lines prefixed `web | `
-  vmctl logs -f -n 20 web    the last 20 lines, then follow (Ctrl-C to stop)
+  vmctl logs                 every started service's container output, lines prefixed `NAME | `
+  vmctl logs web cache       these two services
+  vmctl logs -f -n 20 web    the last 20 lines, then follow (Ctrl-C to stop); -f with several follows all
   vmctl logs worker          a machine: the guest's serial console""")
-@click.argument("name")
+@click.argument("names", nargs=-1)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @click.option("-n", "--tail", "lines", type=click.IntRange(0), default=None, help="Only the last N lines.")
 @pass_app
-def command(app: App, name: str, follow: bool, lines: int | None) -> None:
-    """Show a service's container output, or a machine's console output."""
+def command(app: App, names: tuple[str, ...], follow: bool, lines: int | None) -> None:
+    """Show services' container output (all started services by default), or a machine's console output."""
     project = app.project()
-    if project.env.service(name) is not None:
-        state = project.envdir.load(str(project.env.file))
-        workloads.service_logs(project.env, project.envdir, state, name, sys.stdout.buffer, tail=lines,
-                               follow=follow)
+    env = project.env
+    unknown = [n for n in names if env.service(n) is None and env.machine(n) is None]
+    if unknown:
+        known = sorted({m.name for m in env.machines} | {s.name for s in env.services})
+        raise UsageError(f"unknown machine or service `{unknown[0]}`", hint=f"known: {', '.join(known) or 'none'}")
+    if len(names) == 1 and env.service(names[0]) is None:
+        _console(app, names[0], follow=follow, lines=lines)
         return
-    if project.env.machine(name) is None:
-        known = sorted({m.name for m in project.env.machines} | {s.name for s in project.env.services})
-        raise UsageError(f"unknown machine or service `{name}`", hint=f"known: {', '.join(known) or 'none'}")
+    machines = [n for n in names if env.service(n) is None]
+    if machines:
+        raise UsageError(f"`{machines[0]}` is a machine: its console is shown on its own",
+                         hint=f"`vmctl logs {machines[0]}`")
+    state = project.envdir.load(str(env.file))
+    workloads.services_logs(env, project.envdir, state, names, sys.stdout.buffer, tail=lines, follow=follow)
+
+
+def _console(app: App, name: str, *, follow: bool, lines: int | None) -> None:
+    project = app.project()
     ms = project.envdir.load(str(project.env.file)).machines.get(name)
     if ms is not None and ms.host is not None:  # the console is on that host: read it through libvirt
         lifecycle.remote_console(project, ms, sys.stdout.buffer, tail=lines, follow=follow)
