@@ -118,14 +118,15 @@ class HostRuntime:
         """
         for p in ports:
             p.validate()
-        if ports and (req.share_host_network or not network):
+        if ports and (req.share_host_network or req.netns_path or not network):
             raise UsageError(f"`{req.name}`: published ports need the container's own network (slirp4netns)")
         if self.state(req.name) is not None:
             raise HostError(f"a host container `{req.name}` exists already",
                             hint=f"stop it first (`runc --root {self.runc_root} delete -f {req.name}`)")  # fmt: skip
         private_dir(self.runc_root)
         try:
-            return self._start(req, cdir, tuple(ports), network and not req.share_host_network, ready_timeout,
+            own_network = network and not req.share_host_network and req.netns_path is None
+            return self._start(req, cdir, tuple(ports), own_network, ready_timeout,
                                log or cdir / "container.log", on_created)
         except BaseException:
             with contextlib.suppress(Exception):

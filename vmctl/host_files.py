@@ -133,6 +133,11 @@ def _delete_quietly(pool: Any, name: str) -> None:
         pool.storageVolLookupByName(name).delete(0)
 
 
+def volume_size(conn: Any, path: str) -> int:
+    """The size of a file of vmctl's pool on a host, in bytes (its volume's capacity: they are raw)."""
+    return int(ensure_pool(conn).storageVolLookupByName(Path(path).name).info()[1])
+
+
 def copy_between(src_conn: Any, dst_conn: Any, path: str) -> bool:
     """A volume of vmctl's pool on one host onto another host's (through this machine, a temporary file);
     False when the other host has it already."""

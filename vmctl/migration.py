@@ -39,6 +39,9 @@ class Moved:
     seconds: float  # the migration call, start to end
     downtime_ms: int | None  # as QEMU measured it (the guest paused), from libvirt's completed job
     copied: tuple[str, ...]  # volumes the target did not have yet
+    copied_bytes: int  # their size: what this move sent besides the machine's memory
+    memory_bytes: int | None  # what QEMU sent (RAM, with every page sent again after the guest dirtied it)
+    image_bytes: int  # every pool file the machine uses: what a cold move to a new host needs
 
 
 def pool_files(xml: str) -> list[str]:
@@ -70,14 +73,16 @@ def migrate(project: Project, name: str, target: str) -> Moved:
             dom = shv.lookup(ms.domain)
             if dom is None or not dom.isActive():
                 raise VmctlError(f"machine `{name}` is not running on host `{src.name}`")
-            copied = tuple(p for p in pool_files(dom.XMLDesc(0)) if host_files.copy_between(shv.conn, dhv.conn, p))
+            files = {p: host_files.volume_size(shv.conn, p) for p in pool_files(dom.XMLDesc(0))}
+            copied = tuple(p for p in files if host_files.copy_between(shv.conn, dhv.conn, p))
             _network_to(project, state, dst)
             seconds, moved = _move(dom, dhv, dst.address, name, dst.name)
-            downtime = _downtime(moved)
+            job = _completed_job(moved)
             remote.forget_consoles(shv.conn, [ms.domain])
         ms.host, ms.uri = dst.name, dst.connection_uri
         project.envdir.save(state)
-    return Moved(name, src.name, dst.name, round(seconds, 3), downtime, copied)
+    return Moved(name, src.name, dst.name, round(seconds, 3), _int(job.get("downtime")), copied,
+                 sum(files[p] for p in copied), _int(job.get("data_processed")), sum(files.values()))
 
 
 def _network_to(project: Project, state: EnvState, dst: HostSpec) -> None:
@@ -103,10 +108,13 @@ def _move(dom: Any, dhv: Hypervisor, address: str | None, name: str, target: str
     return time.monotonic() - t0, moved
 
 
-def _downtime(dom: Any) -> int | None:
+def _completed_job(dom: Any) -> dict[str, Any]:
+    """libvirt's statistics of the finished migration, as the target keeps them (empty if it kept none)."""
     try:
-        stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        return dict(dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
     except libvirt.libvirtError:
-        return None
-    value = stats.get("downtime")
+        return {}
+
+
+def _int(value: Any) -> int | None:
     return int(value) if value is not None else None

@@ -82,6 +82,7 @@ class ContainerRequest:
     privileged: bool = False
     terminal: bool = False
     share_host_network: bool = False  # True: no network namespace
+    netns_path: str | None = None  # join this network namespace (another container's) instead of a new one
     cgroups_path: str | None = None
     etc_dir: str | None = None  # folder holding the files etc_files() describes; bound read-only
     dns: tuple[str, ...] = (SLIRP_DNS,)  # nameservers for its resolv.conf: the environment network's first
@@ -285,7 +286,8 @@ def _linux(req: ContainerRequest) -> dict[str, Any]:
     if req.pids_limit is not None:
         resources["pids"] = {"limit": req.pids_limit}
     linux: dict[str, Any] = {
-        "namespaces": [{"type": k} for k in kinds],
+        "namespaces": [{"type": k, **({"path": req.netns_path} if k == "network" and req.netns_path else {})}
+                       for k in kinds],
         "resources": resources,
     }
     if req.cgroups_path is not None:

@@ -14,6 +14,7 @@ but keep it (`Runtime.halt`), and run it again (`Runtime.resume`), with the mach
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import threading
 import time
@@ -169,6 +170,15 @@ class HostServiceRuntime:
             return None
         host, plan = self.network
         return host_supervisor.NetworkJoin(host, member, plan)
+
+    def beside(self, service: str, req: ContainerRequest) -> ContainerRequest:
+        """`req` in the network namespace of the service's running container (`vmctl run`'s one-off):
+        it reaches what the service reaches, with no NIC of its own; the namespace's sysctls stay the service's."""
+        st = self.host.state(self.container_name(service))
+        if st is None or st.pid <= 0:
+            raise VmctlError(f"service `{service}` has no running container", hint=f"`vmctl up {service}` first")
+        return dataclasses.replace(req, netns_path=f"/proc/{st.pid}/ns/net",
+                                   sysctls=tuple((k, v) for k, v in req.sysctls if not k.startswith("net.")))
 
     def live(self, name: str) -> Live:
         status = host_supervisor.read_status(self.cdir(name))

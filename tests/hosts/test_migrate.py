@@ -63,6 +63,10 @@ services:
             assert time.monotonic() - t0 < 60, "the service did not answer on h2"
         result = json.loads(moved.stdout)
         assert (result["source"], result["target"]) == ("h1", "h2") and result["seconds"] > 0
+        # What moved: the guest's memory by QEMU (at least what the idle guest holds, at most all of it
+        # again, twice over if it dirtied it), and what a cold move needs: its kernel, initramfs and disks.
+        assert 8 << 20 < result["memory_bytes"] < 2 * 256 << 20, result
+        assert result["image_bytes"] >= result["copied_bytes"] >= 0 and result["image_bytes"] > 1 << 20, result
         assert [t for t in served if t0 < t < t_end]  # live: it kept serving on h1 while its memory moved
         status = json.loads(vmctl_in(bed, "-f", str(env), "status", "--json").stdout)
         assert [(m["name"], m["host"], m["state"]) for m in status["machines"]] == [("web", "h2", "running")]

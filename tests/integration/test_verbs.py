@@ -240,3 +240,24 @@ def test_stop_and_start_a_service_in_its_guest(env: Path) -> None:
     assert _ps(env)["vm"]["state"] == "running" and _crun_names(env) == ["vm"]
     assert "greeting: from-the-vm" in _wait_answer(port)
     assert _ok(env, "exec", "vm", "--", "cat", "/etc/hostname") == "vm\n"
+
+
+def test_run_a_one_off_beside_the_service_and_remove_it(env: Path) -> None:
+    for name, greeting in (("web", "from-the-host"), ("vm", "from-the-vm")):
+        # the service's environment plus -e, in -w; beside the service: its own server answers on the
+        # one-off's loopback (the same network stack); the exit code is the one-off's
+        # (the image has an entrypoint: the command would be its arguments, as in compose)
+        proc = _vmctl(env, "run", "--rm", "-e", "EXTRA=1", "-w", "/tmp", "--entrypoint", "sh", name, "--", "-c",
+                      'echo "$GREETING $EXTRA $(pwd)"; wget -q -O- http://127.0.0.1:8080/ | grep greeting; exit 3')
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout.splitlines()[0] == f"{greeting} 1 /tmp", proc.stdout
+        assert f"greeting: {greeting}" in proc.stdout
+        assert _vmctl(env, "run", "--rm", "--entrypoint", "true", name).returncode == 0
+    # nothing of them is left: not in the guest, not in runc's table, not in `ps -a`
+    assert _crun_names(env) == ["vm"] and _guest(env, "ls", "/run/vmctl/svc").split() == ["vm"]
+    assert not [c for c in runc_containers(runtime_root()) if "-run-" in c]
+    assert set(_ps(env, "-a")) == {"web", "once", "vm"}
+    stopped = _vmctl(env, "run", "--rm", "once")
+    assert stopped.returncode == 1 and "service `once` is not running" in stopped.stderr
+    unknown = _vmctl(env, "run", "--rm", "nosuch")
+    assert unknown.returncode == 2 and "`nosuch` is not a service" in unknown.stderr

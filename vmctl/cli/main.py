@@ -27,6 +27,7 @@ from vmctl.cli import (
     cmd_pull,
     cmd_render,
     cmd_restart,
+    cmd_run,
     cmd_ssh,
     cmd_start,
     cmd_status,
@@ -76,7 +77,7 @@ def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, p
 
 for module in (cmd_up, cmd_down, cmd_stop, cmd_start, cmd_restart, cmd_pull, cmd_build, cmd_status, cmd_ps, cmd_port,
                cmd_images, cmd_exec, cmd_ssh, cmd_logs, cmd_render, cmd_config, cmd_doctor, cmd_image, cmd_hosts,
-               cmd_migrate):
+               cmd_migrate, cmd_run):
     cli.add_command(module.command)
 cli.add_command(cmd_compare.command)
 

@@ -1,0 +1,115 @@
+"""`vmctl run SERVICE [CMD]`: a one-off container of a service, its output on this terminal, its exit code
+vmctl's, removed afterwards (compose's `run --rm`).
+
+The one-off is the service's container made again (image, environment, volumes, user, limits: the same
+request) under a name of its own, `SERVICE-run-HEX`, with compose's `run` differences: CMD replaces the
+command, no published ports, no restart, no health check. It runs beside the service's container, in the
+same place, so that it reaches what the service reaches by the same names: in the service's microVM (a
+second crun container of the guest, which shares the guest's network stack like the first), or, for a
+host container, in the service's network namespace (runc joins it; no NIC and no address of its own).
+So the service must be running; compose would start a new container with the service's dependencies
+instead. Its output is read from its log as it grows (the same log `vmctl logs` reads), and once its state
+is `exited` the rest is printed and its exit code returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import secrets
+import time
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from vmctl import workloads
+from vmctl.compose_values import Restart
+from vmctl.container_image import PreparedImage, cached_image
+from vmctl.errors import UsageError, VmctlError
+from vmctl.oci_spec import ContainerRequest
+from vmctl.spec import Environment, ServiceSpec
+from vmctl.state import EnvDir, EnvState
+
+POLL_SECONDS = 0.2  # how often the log and the state are read while it runs
+
+
+@dataclass(frozen=True)
+class OneOff:
+    """`vmctl run`'s options as typed."""
+
+    command: tuple[str, ...] = ()  # empty: the service's own
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()  # K=V, added to the service's
+    user: str = ""  # a name from the image, or uid[:gid]
+    workdir: str = ""
+
+
+def one_off_spec(svc: ServiceSpec, opts: OneOff) -> ServiceSpec:
+    """The service as compose's `run` makes it: what the options override, and nothing that outlives it."""
+    extra = []
+    for item in opts.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"`-e {item}` is not KEY=VALUE")
+        extra.append((key, value))
+    return dataclasses.replace(
+        svc, command=opts.command or svc.command,
+        entrypoint=opts.entrypoint if opts.entrypoint is not None else svc.entrypoint,
+        environment=(*[(k, v) for k, v in svc.environment if k not in dict(extra)], *extra),
+        user=opts.user or svc.user, working_dir=opts.workdir or svc.working_dir,
+        ports=(), restart=Restart.NO, restart_retries=None, healthcheck=None, stdin_open=False)
+
+
+def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneOff, out: BinaryIO) -> int:
+    """Run the one-off to its end; its exit code. Removed whatever happens (Ctrl-C included)."""
+    with workloads.Runtimes(env, envdir, state) as runtimes:
+        svc, rt = workloads.service_runtime(runtimes, env, name)
+        live = rt.live(svc.name)
+        if live.state != "running":
+            raise VmctlError(f"service `{svc.name}` is not running (state `{live.state}`)",
+                             hint=f"`vmctl run` starts its one-off beside it: `vmctl up {svc.name}` first")
+        image = cached_image(svc.image, env.base_dir, state.services[svc.name].get("digest"))
+        if image is None:
+            raise VmctlError(f"the image of `{svc.name}` is no longer in the cache", hint="`vmctl up` again")
+        one = dataclasses.replace(one_off_spec(svc, opts), name=f"{svc.name}-run-{secrets.token_hex(3)}",
+                                  container_name=None)
+        req = _request(svc, one, image, rt, runtimes)
+        rt.start(req, one, image, ())
+        try:
+            return _attend(rt, one.name, out)
+        finally:
+            rt.stop(one.name, grace=0)
+
+
+def _request(svc: ServiceSpec, one: ServiceSpec, image: PreparedImage, rt: workloads.Runtime,
+             runtimes: workloads.Runtimes) -> ContainerRequest:
+    """The service's request (its place on the network: nameservers, hosts) under the one-off's names."""
+    base = workloads.container_request(dataclasses.replace(one, name=svc.name, container_name=svc.container_name),
+                                       image, rt, runtimes.plan)
+    cname = rt.container_name(one.name)
+    req = dataclasses.replace(base, name=cname, rootfs=rt.rootfs(one.name, image), etc_dir=rt.etc_dir(one.name),
+                              cgroups_path=f"/vmctl/{cname}",
+                              init_path=rt.init_path(one.name) if base.init_path else None)
+    if isinstance(rt, workloads.HostServiceRuntime):
+        rt.awaited = rt.awaited | {one.name}  # supervised: the supervisor is what learns its exit code
+        req = rt.beside(svc.name, req)
+    return req
+
+
+def _attend(rt: workloads.Runtime, name: str, out: BinaryIO) -> int:
+    printed = 0
+    while True:
+        live = rt.live(name)  # first: once it says `exited`, the log read next is complete
+        printed += _print_new(rt, name, out, printed)
+        if live.state in ("exited", "absent"):
+            return live.exit_code if live.exit_code is not None else 1
+        time.sleep(POLL_SECONDS)
+
+
+def _print_new(rt: workloads.Runtime, name: str, out: BinaryIO, printed: int) -> int:
+    buf = io.BytesIO()
+    rt.logs(name, buf, tail=None, follow=False)
+    new = buf.getvalue()[printed:]
+    out.write(new)
+    out.flush()
+    return len(new)
+
