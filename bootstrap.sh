@@ -31,6 +31,9 @@ PACKAGES=(
   # with no systemd, compare starts dockerd itself) and podman (run with runc, networking by slirp4netns);
   # podman is also the builder of services' `build:` (vmctl/build.py)
   docker.io podman
+  # moving a plain container between hosts (bench/migrate.py's row beside live migration): CRIU, where
+  # the kernel lets `criu check` pass
+  criu
   # our own microVM kernel (guest_images/minimal)
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev
   # Python
