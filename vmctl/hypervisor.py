@@ -29,6 +29,10 @@ from vmctl.render import XMLNS
 _loop_started = False
 _loop_lock = threading.Lock()
 
+# A remote libvirt that answers no keepalive for INTERVAL * (COUNT + 1) seconds is taken for gone: its
+# connection is closed and every call on it fails, rather than waiting on TCP.
+KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 3, 3
+
 # Run QEMU as the invoking user, and log its stdio to a file: the embedded driver has no virtlogd.
 # Without `user`, libvirt probes QEMU's capabilities as another user, sees /dev/kvm differently from
 # this process and throws its capability cache away on every call (seconds each time).
@@ -171,7 +175,9 @@ def on_one_cpu() -> Iterator[None]:
 
 
 def _ensure_event_loop() -> None:
-    """The embedded driver needs libvirt's event loop running in this process."""
+    """libvirt's event loop, running in this process: the embedded driver needs it, and so does the
+    keepalive of a remote connection (without it a call to a host that stopped answering waits for TCP
+    to give up, many minutes)."""
     global _loop_started
     with _loop_lock:
         if _loop_started:
@@ -252,9 +258,14 @@ class Hypervisor:
                         reap_orphan_probes(root)
                         clear_unstarted_domains(root)
                         _roots_opened.add(root)
+        else:
+            _ensure_event_loop()  # before the open: keepalive runs on it
         try:
             with on_one_cpu():
                 self.conn = libvirt.open(self.uri)
+            if not is_embedded(self.uri):
+                with contextlib.suppress(libvirt.libvirtError):  # drivers in this process have none (test:)
+                    self.conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError as e:
             raise HostError(
                 f"cannot connect to libvirt at `{self.uri}`: {e.get_error_message()}",

@@ -12,6 +12,8 @@ host. The environment's lock must be free: `migrate` never waits for an `up`.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -29,6 +31,10 @@ from vmctl.network import span
 if TYPE_CHECKING:
     from vmctl.lifecycle import Project
     from vmctl.state import EnvState
+
+# A migration that moves no byte for this long, or whose target connection died (keepalive), is aborted:
+# the source's QEMU would otherwise wait on a dead TCP stream for as long as TCP retries (many minutes).
+STALL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,8 @@ def pool_files(xml: str) -> list[str]:
     return [p for p in paths if p.startswith(host_files.POOL_DIR + "/") and not p.endswith(".log")]
 
 
-def migrate(project: Project, name: str, target: str) -> Moved:
+def migrate(project: Project, name: str, target: str, *, bandwidth_mib: int = 0) -> Moved:
+    """`bandwidth_mib`: QEMU's limit for the move, MiB/s (0: none)."""
     env = project.env
     if env.machine(name) is None:
         raise UsageError(f"unknown machine `{name}`", hint=f"machines: {', '.join(m.name for m in env.machines)}")
@@ -76,7 +83,7 @@ def migrate(project: Project, name: str, target: str) -> Moved:
             files = {p: host_files.volume_size(shv.conn, p) for p in pool_files(dom.XMLDesc(0))}
             copied = tuple(p for p in files if host_files.copy_between(shv.conn, dhv.conn, p))
             _network_to(project, state, dst)
-            seconds, moved = _move(dom, dhv, dst.address, name, dst.name)
+            seconds, moved = _move(dom, dhv, dst.address, name, dst.name, bandwidth_mib, src.name)
             job = _completed_job(moved)
             remote.forget_consoles(shv.conn, [ms.domain])
         ms.host, ms.uri = dst.name, dst.connection_uri
@@ -97,15 +104,59 @@ def _network_to(project: Project, state: EnvState, dst: HostSpec) -> None:
     span.extend(project.network_host, netplan.plan(project.env, state.network), hosts)
 
 
-def _move(dom: Any, dhv: Hypervisor, address: str | None, name: str, target: str) -> tuple[float, Any]:
+def _move(dom: Any, dhv: Hypervisor, address: str | None, name: str, target: str, bandwidth_mib: int,
+          source: str) -> tuple[float, Any]:
     flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    watch = _Watch(dom, dhv.conn)
+    watch.start()
     t0 = time.monotonic()
     try:
-        moved = dom.migrate(dhv.conn, flags, None, f"tcp://{address}" if address else None, 0)
+        moved = dom.migrate(dhv.conn, flags, None, f"tcp://{address}" if address else None, bandwidth_mib)
     except libvirt.libvirtError as e:
-        raise HostError(f"cannot migrate `{name}` to host `{target}`: {e.get_error_message()}",
-                        hint="`vmctl status` says where it runs now") from None
+        why = watch.reason or e.get_error_message()
+        where = f"it still runs on host `{source}`" if _running(dom) else "`vmctl status` says where it runs now"
+        raise HostError(f"cannot migrate `{name}` to host `{target}`: {why}", hint=where) from None
+    finally:
+        watch.stop()
     return time.monotonic() - t0, moved
+
+
+class _Watch(threading.Thread):
+    """Aborts the source's migration job when it stalls (see STALL_SECONDS); `reason` says why."""
+
+    def __init__(self, dom: Any, dconn: Any) -> None:
+        super().__init__(name="migrate-watch", daemon=True)
+        self.dom, self.dconn = dom, dconn
+        self.reason: str | None = None
+        self._done = threading.Event()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        last, since = -1, time.monotonic()
+        while not self._done.wait(1.0):
+            with contextlib.suppress(libvirt.libvirtError):
+                processed = int(self.dom.jobStats().get("data_processed", 0))
+                if processed != last:
+                    last, since = processed, time.monotonic()
+            if not self.dconn.isAlive():
+                self.reason = "the connection to the target host was lost"
+            elif time.monotonic() - since > STALL_SECONDS:
+                self.reason = f"nothing moved for {STALL_SECONDS:.0f} s (is the target host reachable?)"
+            else:
+                continue
+            with contextlib.suppress(libvirt.libvirtError):
+                self.dom.abortJob()
+            return
+
+
+def _running(dom: Any) -> bool:
+    try:
+        return bool(dom.isActive()) and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    except libvirt.libvirtError:
+        return False
 
 
 def _completed_job(dom: Any) -> dict[str, Any]:
