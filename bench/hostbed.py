@@ -183,7 +183,7 @@ def _prepare_host(bed: HostBed, host: BedHost) -> None:
     # its own: libvirt refuses to migrate between two hosts with the same one.
     shutil.rmtree(etc / "qemu/networks/autostart", ignore_errors=True)
     with (etc / "libvirtd.conf").open("a") as f:
-        f.write(f'\nhost_uuid = "{uuid.uuid5(uuid.NAMESPACE_URL, str(host.dir))}"\n')
+        f.write(f'\nhost_uuid = "{uuid.uuid5(uuid.NAMESPACE_URL, f"vmctl-hostbed-{host.name}")}"\n')
     _kvm_node(host.dir / "kvm")
     if CAPS_CACHE.is_dir():
         shutil.copytree(CAPS_CACHE, host.dir / "var/cache/libvirt/qemu", dirs_exist_ok=True)

@@ -24,6 +24,7 @@ from vmctl import (
     accel,
     console,
     guest_image,
+    host_accel,
     host_files,
     placement,
     ports,
@@ -376,14 +377,23 @@ def _choose_accels(project: Project, machines: Sequence[MachineSpec],
                    images: dict[str, guest_image.GuestImage]) -> dict[str, str]:
     if not machines:
         return {}
-    report = accel_report(images)
-    chosen = {m.name: report.choose(m.accel, m.name) for m in machines}
-    if "tcg" in chosen.values() and report.kvm_module:
-        project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
+    local = [m for m in machines if project.host_of(m) is None]
+    chosen: dict[str, str] = {}
+    if local:
+        report = accel_report(images)
+        chosen = {m.name: report.choose(m.accel, m.name) for m in local}
+        if "tcg" in chosen.values() and report.kvm_module:
+            project.progress.warn("accel", f"using TCG (software emulation): {report.reason}")
     host = virt.host()
     if "kvm" in chosen.values() and host.emulated:  # the boot times `up` prints are emulation times
         project.progress.warn("accel", f"using {host.accel_label('kvm')}: this host's own CPU is emulated "
                                        f"({host.evidence})")
+    # a declared host's own probe: what this machine can run says nothing about it
+    remote_ones = [(h, m) for m in machines if m not in local and (h := project.host_of(m)) is not None]
+    for spec, found, on_it in host_accel.reports(remote_ones, images, project.progress):
+        chosen |= {m.name: found.choose(m.accel, m.name) for m in on_it}
+        if any(chosen[m.name] == "tcg" for m in on_it):
+            project.progress.warn(f"accel {spec.name}", f"using TCG (software emulation): {found.reason}")
     return chosen
 
 

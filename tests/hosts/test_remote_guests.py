@@ -13,6 +13,7 @@ import pytest
 from bench import hostbed
 from tests.conftest import ROOT
 from tests.hosts.conftest import hosts_yaml, vmctl_in, write_env
+from vmctl.paths import cache_root
 
 pytestmark = [pytest.mark.vm, pytest.mark.daemon]
 
@@ -97,6 +98,21 @@ def test_files_went_through_libvirt_once(bed: hostbed.HostBed, env: Path) -> Non
     assert again.returncode == 0 and "sent" not in again.stderr, again.stderr
 
 
+def test_each_host_was_probed_through_its_own_libvirt(bed: hostbed.HostBed, env: Path) -> None:
+    entries = json.loads((cache_root() / "accel-hosts.json").read_text())
+    for host in bed.hosts:
+        [entry] = [e for k, e in entries.items() if k.startswith(f"{host.name}|")]
+        report = entry["report"]
+        # The bed's hosts are this machine: KVM is offered there (its /dev/kvm), and cannot run the guest
+        # (kvm_pvm), so the probe guest was booted there and never reached its init.
+        assert not report["kvm_usable"] and f"on host `{host.name}`" in report["reason"], report
+        assert report["probe_seconds"] is not None, report
+        assert "probe" not in _on_host(bed, host, "virsh", "-c", "qemu:///system", "list", "--all", "--name")
+        assert not [v for v in _pool(bed, host) if "probe" in v]  # its console volume went with it
+    status = json.loads(vmctl_in(bed, "-f", str(env), "status", "--json").stdout)
+    assert {m["accel"] for m in status["machines"]} == {"tcg"}
+
+
 def test_down_keeps_the_pool_and_prune_empties_it(bed: hostbed.HostBed, env: Path) -> None:
     down = vmctl_in(bed, "-f", str(env), "down")
     assert down.returncode == 0, down.stderr
@@ -106,3 +122,4 @@ def test_down_keeps_the_pool_and_prune_empties_it(bed: hostbed.HostBed, env: Pat
     proc = vmctl_in(bed, "-f", str(env), "image", "prune", "--host", "h1", "--json")
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["removed"]) == 2 and _pool(bed, h1) == []
+

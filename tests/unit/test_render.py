@@ -206,3 +206,15 @@ def test_a_machine_on_a_declared_host_is_on_that_hosts_tunnel_bridges(tmp_path: 
     check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
                            check=False)
     assert check.returncode == 0, check.stderr
+
+
+def test_the_host_probe_domain_is_a_bare_kvm_boot_and_escapes_its_values() -> None:
+    from vmctl.host_accel import ProbeView
+
+    view = ProbeView("vmctl-probe-1a2b", "/pool/a<b>.kernel", "/pool/x&y.initrd", "console=ttyS0 vmctl.probe=1",
+                     "/pool/console-vmctl-probe-1a2b.log")
+    root = ET.fromstring(render.render_template("domain/probe.xml.j2", probe=view))
+    assert root.get("type") == "kvm" and root.findtext("name") == "vmctl-probe-1a2b"
+    assert (root.findtext("os/kernel"), root.findtext("os/initrd")) == ("/pool/a<b>.kernel", "/pool/x&y.initrd")
+    assert root.find("devices/serial/source").get("path") == view.console  # type: ignore[union-attr]
+    assert root.find("devices/disk") is None and root.find("devices/interface") is None
