@@ -25,10 +25,6 @@ _MOUNTS = "mounts are listed per service (host folders and named volumes)"
 
 TOP_LEVEL = (
     Unsupported("version", "string", "obsolete in the compose specification; compose ignores it too", ignored=True),
-    Unsupported("secrets", "mapping", "secrets are not implemented yet",
-                "mount the secret file from a host folder (`volumes: [\"./secrets:/run/secrets:ro\"]`)"),
-    Unsupported("configs", "mapping", "configs are not implemented yet",
-                "mount the config file from a host folder (`volumes: [\"./conf:/etc/app:ro\"]`)"),
     Unsupported("models", "mapping", "AI models are not a thing vmctl runs", "remove it"),
 )
 
@@ -36,8 +32,6 @@ SERVICE = (
     Unsupported("attach", "bool", "`vmctl up` never attaches to the containers' output (see `vmctl logs`)",
                 ignored=True),
     Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
-    Unsupported("secrets", "list", "secrets are not implemented yet", "mount the file from a host folder"),
-    Unsupported("configs", "list", "configs are not implemented yet", "mount the file from a host folder"),
     Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),
     Unsupported("logging", "mapping", "each container's output goes to its own log file (`vmctl logs`); "
                 "log drivers and their options are not implemented", "remove `logging`"),

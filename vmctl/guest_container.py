@@ -34,7 +34,7 @@ from typing import BinaryIO
 
 from vmctl.container_image import PreparedImage
 from vmctl.errors import GuestError, HostError, UsageError
-from vmctl.oci_spec import ContainerRequest, make_config, merge_env, request_etc_files
+from vmctl.oci_spec import ContainerRequest, file_name, make_config, merge_env, request_etc_files
 from vmctl.paths import TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
 from vmctl.ssh import Guest
@@ -112,11 +112,15 @@ def bundle_tar(req: ContainerRequest) -> bytes:
         files[INIT_FILE] = host_init().read_bytes()
     if req.stdin_open:  # a marker: supervise.sh then gives `crun run` a FIFO it holds open as stdin
         files[STDIN_OPEN_FILE] = b""
+    owned = {f"etc/{file_name(i)}": f for i, f in enumerate(req.files)}  # secrets and configs
+    files |= {path: f.data for path, f in owned.items()}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for path, data in files.items():
             info = tarfile.TarInfo(path)
             info.size, info.mode = len(data), 0o755 if path == INIT_FILE else 0o644
+            if path in owned:  # busybox tar, run by root, keeps the owner and the mode
+                info.mode, info.uid, info.gid = owned[path].mode, owned[path].uid, owned[path].gid
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 

@@ -37,7 +37,15 @@ from subprocess import CompletedProcess
 from typing import Any
 
 from vmctl.errors import CommandFailed, HostError, UsageError
-from vmctl.oci_spec import SLIRP_ADDRESS, ContainerRequest, caps_in_mask, limit_caps, make_config, request_etc_files
+from vmctl.oci_spec import (
+    SLIRP_ADDRESS,
+    ContainerRequest,
+    caps_in_mask,
+    file_name,
+    limit_caps,
+    make_config,
+    request_etc_files,
+)
 from vmctl.paths import private_dir, runtime_root
 from vmctl.runner import log as run_log
 from vmctl.runner import output, run, which
@@ -147,6 +155,11 @@ class HostRuntime:
             d.mkdir(parents=True, exist_ok=True)
         for name, text in request_etc_files(req, fallback_address=SLIRP_ADDRESS if network else None).items():
             (etc / name).write_text(text)
+        for i, f in enumerate(req.files):  # secrets and configs (cdir is 0700: only the bind reaches them)
+            target = etc / file_name(i)
+            target.write_bytes(f.data)
+            os.chown(target, f.uid, f.gid)
+            target.chmod(f.mode)
         state: dict[str, Any] = {"name": req.name, "runc_root": str(self.runc_root), "rootfs": str(rootfs)}
         _write_state(cdir, state)
         self._mount_overlay(lower, cdir / "overlay", rootfs)

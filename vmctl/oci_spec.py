@@ -14,7 +14,7 @@ import ipaddress
 import posixpath
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmctl.container_image import ImageConfig
@@ -67,6 +67,22 @@ class BindMount:
 
 
 @dataclass(frozen=True)
+class FileData:
+    """A file vmctl writes beside the container's /etc files and binds read-only at `target` (secrets, configs)."""
+
+    target: str
+    data: bytes = field(repr=False)  # a secret's bytes: never in a log or an error
+    mode: int = 0o444
+    uid: int = 0
+    gid: int = 0
+
+
+def file_name(index: int) -> str:
+    """Its name in the request's `etc_dir` (beside hosts, resolv.conf...: names vmctl chose, never the user's)."""
+    return f"file-{index}"
+
+
+@dataclass(frozen=True)
 class ContainerRequest:
     name: str
     args: tuple[str, ...]
@@ -104,6 +120,7 @@ class ContainerRequest:
     additional_gids: tuple[int, ...] = ()
     shm_bytes: int = 64 << 20  # the /dev/shm tmpfs
     stdin_open: bool = False  # the runtime's caller gives the process a pipe kept open as stdin (not config.json)
+    files: tuple[FileData, ...] = ()  # written into `etc_dir` by the runtime (`file_name(i)`), bound at their targets
 
 
 def merge_command(
@@ -256,6 +273,9 @@ def _mounts(req: ContainerRequest) -> list[dict[str, Any]]:
         for name in ETC_FILES:
             mounts.append(_bind(posixpath.join(req.etc_dir, name), f"/etc/{name}", read_only=True))
     mounts.extend(_bind(m.source, m.target, read_only=m.read_only) for m in req.mounts)
+    if req.etc_dir is not None:
+        mounts.extend(_bind(posixpath.join(req.etc_dir, file_name(i)), f.target, read_only=True)
+                      for i, f in enumerate(req.files))
     mounts.extend(_tmpfs(target, ["nosuid", "nodev", *options]) for target, options in req.tmpfs)
     if req.init_path:
         mounts.append(_bind(req.init_path, INIT_TARGET, read_only=True))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import build, compose_values, hostspec, settings, spec, volumes
+from vmctl import build, compose_values, file_mounts, hostspec, settings, spec, volumes
 
 SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
@@ -23,6 +23,9 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`networks.NAME:`", spec.NETWORK_SETTINGS),
     ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
     ("`volumes.NAME:`", volumes.VOLUME_SETTINGS),
+    ("`secrets.NAME:`", file_mounts.SECRET_SETTINGS),
+    ("`configs.NAME:`", file_mounts.CONFIG_SETTINGS),
+    ("`services.NAME.secrets[]` and `configs[]` (the long form)", file_mounts.MOUNT_SETTINGS),
     ("`services.NAME.deploy:`", compose_values.DEPLOY_SETTINGS),
     ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
     ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),

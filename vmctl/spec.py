@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmctl import compose_keys, replicas, volumes
+from vmctl import compose_keys, file_mounts, replicas, volumes
 from vmctl.build import BuildSpec, p_build
 from vmctl.compose_values import (
     GUEST_OVERHEAD_MIB,
@@ -213,6 +213,7 @@ class ServiceSpec:
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
     tmpfs: tuple[TmpfsSpec, ...] = ()
+    files: tuple[file_mounts.FileMount, ...] = ()  # its secrets and configs, sources resolved
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     no_new_privileges: bool = True
@@ -709,6 +710,10 @@ SERVICE_SETTINGS = (
             "microVM's domain metadata (`<vmctl:label>`)"),
     Setting("annotations", p_labels, (), "mapping|list", "OCI annotations of the container"),
     Setting("tmpfs", p_tmpfs, (), "path|list", "tmpfs mounts: `/path[:size=64m,mode=1777,noexec,...]`"),
+    Setting("secrets", file_mounts.p_service("secrets"), (), "list", "top-level secrets it sees, read-only: "
+            "names (at `/run/secrets/NAME`) or `{source, target, uid, gid, mode}`"),
+    Setting("configs", file_mounts.p_service("configs"), (), "list", "top-level configs it sees, read-only: "
+            "names (at `/NAME`) or `{source, target, uid, gid, mode}`"),
     Setting("cap_add", p_caps, (), "list", "capabilities added to docker's default set (`NET_ADMIN`, `ALL`)"),
     Setting("cap_drop", p_caps, (), "list", "capabilities removed from it (`ALL`: none left but those added)"),
     Setting("security_opt", p_security_opt, True, "list", "only `no-new-privileges[:true|false]` (vmctl's "
@@ -778,6 +783,10 @@ ENV_SETTINGS = (
     Setting("volumes", volumes.p_top_volumes, None, "mapping",
             "name -> named volume settings: folders vmctl keeps across `down` (`down -v` removes them)"),
     Setting("hosts", p_hosts, (), "mapping", "name -> libvirt host machines run on (default: this machine)"),
+    Setting("secrets", file_mounts.p_top("secrets"), None, "mapping",
+            "name -> a secret: `file:` or `environment:` (services list the ones they see)"),
+    Setting("configs", file_mounts.p_top("configs"), None, "mapping",
+            "name -> a config: `file:`, `environment:` or `content:` (services list the ones they see)"),
     Setting("include", lambda v, p, c: None, None, "list", "compose files (or `{path, project_directory, "
             "env_file}`) loaded as projects of their own (their folder, their `.env`) at load time; their "
             "`services`, `networks`, `volumes` are added; a name defined twice is an error"),
@@ -825,6 +834,8 @@ def environment_from(model: Model) -> Environment:
                 for s in services]
     named = volumes.declared(name, top["volumes"] or {})
     services = [_with_named_volumes(s, named, ctx) for s in services]
+    sources = {kind: file_mounts.declared(kind, top[kind] or {}, ctx, model.variables) for kind in file_mounts.KINDS}
+    services = [replace(s, files=file_mounts.resolve(s.name, s.files, sources, ctx)) for s in services]
     env = Environment(
         name=name,
         file=model.file,
@@ -902,7 +913,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        networks=v["networks"] or (Attachment(DEFAULT_NETWORK),), expose=v["expose"],
                        extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
-                       group_add=v["group_add"], shm_mib=v["shm_size"],
+                       group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
                        stdin_open=v["stdin_open"])
 
 

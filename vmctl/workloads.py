@@ -33,7 +33,7 @@ from vmctl.guest_container import ExecOptions, GuestRuntime, Live, host_init, im
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
 from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
-from vmctl.oci_spec import BindMount, ContainerRequest, merge_command, merge_env
+from vmctl.oci_spec import BindMount, ContainerRequest, FileData, merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Condition, Environment, Isolation, ServiceSpec, topological_services
 from vmctl.ssh import Guest
@@ -269,7 +269,21 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         pids_limit=svc.limits.pids,
         annotations=(*svc.labels, *svc.annotations),
         init_path=runtime.init_path(svc.name) if svc.init else None,
+        files=_files(svc),
     )
+
+
+def _files(svc: ServiceSpec) -> tuple[FileData, ...]:
+    """Its secrets and configs, read now (a file is read at each start, as compose binds the file)."""
+    out = []
+    for m in svc.files:
+        try:
+            data = m.data()
+        except OSError as e:
+            raise UsageError(f"cannot read {m.kind[:-1]} `{m.source}` of `{svc.name}` ({m.file}): {e.strerror}",
+                             hint=f"check the file under top-level `{m.kind}:`") from None
+        out.append(FileData(m.target, data, m.mode, m.uid, m.gid))
+    return tuple(out)
 
 
 def _nameservers(svc: ServiceSpec, plan: netplan.NetworkPlan | None, member: netplan.Member | None) -> tuple[str, ...]:

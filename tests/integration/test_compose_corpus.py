@@ -420,10 +420,24 @@ def test_required_variable_names_file_line_and_variable(tmp_path: Path, images: 
     assert config(p, env={"DB_PASSWORD": "hunter2"})["services"]["db"]["environment"]["DB_PASSWORD"] == "hunter2"
 
 
+@pytest.mark.vm
+def test_secrets_and_configs_in_a_container_and_a_microvm(tmp_path: Path, images: Path) -> None:
+    with up(checkout("secrets", tmp_path, images)) as p:
+        assert sh(p, "db", "cat /run/secrets/db_password /etc/app.conf") == "s3cret\nlisten 8080\n"
+        assert sh(p, "db", "stat -c '%u %a' /run/secrets/token; cat /run/secrets/token") == (
+            "65534 400\ntok-from-dotenv")  # from `.env`, with the long form's owner and mode
+        assert sh(p, "cache", "cat /run/secrets/db_password /app_conf") == "s3cret\nlisten 8080\n"
+        for service in ("db", "cache"):
+            assert "read-only" in sh(p, service, "echo x 2>&1 > /run/secrets/db_password; true").lower()
+        # the values are nowhere in vmctl's own records, nor in what `config` prints
+        state = (Path(os.environ["VMCTL_STATE_DIR"]) / "envs" / "corpus-secrets" / "state.json").read_text()
+        printed = ok(p, "config", "--json")
+        assert not [v for v in ("s3cret", "tok-from-dotenv") if v in state or v in printed]
+
+
 # ------------------------------------------------------------------------------------------- refused
 
 REFUSED = [  # project, compose file, line, key
-    ("refused-secrets", "compose.yaml", 8, "secrets"),  # the top-level key comes first
     ("refused-devices", "compose.yaml", 7, "services.gateway.devices"),
     ("refused-host-network", "docker-compose.yml", 10, "services.agent.network_mode"),
     ("refused-volumes-from", "compose.yaml", 11, "services.shipper.volumes_from"),

@@ -201,6 +201,12 @@ SERVICE_GOOD: list[tuple[str, Any, str, Any]] = [
 ]
 
 SERVICE_BAD: list[tuple[str, Any, str]] = [
+    ("secrets", "db_password", "must be a list of secrets names"),
+    ("secrets", ["nosuch"], "undeclared secret `nosuch`"),
+    ("secrets", [{"source": "a", "mode": "9"}], "invalid mode"),
+    ("secrets", [{"source": "a", "target": "../../etc/passwd"}], "invalid target"),
+    ("configs", [{"target": "/x"}], "missing required key `source`"),
+    ("configs", [{"source": "a", "uid": "root"}], "invalid id"),
     ("image", "", "non-empty string"),
     ("command", [], "must not be empty"),
     ("command", "a 'b", "cannot split command"),
@@ -359,8 +365,8 @@ def test_ignored_compose_keys_warn_naming_the_key(tmp_path: Path, setting: Setti
 def test_top_level_compose_keys(tmp_path: Path) -> None:
     env = load(tmp_path, "version: '3.8'\nx-anything: {a: 1}\nservices:\n  s1: {image: x.tar, x-note: hi}\n")
     assert any("`version` is ignored" in w for w in env.warnings)
-    err = fails(tmp_path, "services:\n  s1: {image: x.tar}\nsecrets:\n  token: {file: ./t}\n")
-    assert "`secrets` is not supported" in err.message and err.where is not None and err.where.line == 3
+    err = fails(tmp_path, "services:\n  s1: {image: x.tar}\nmodels:\n  llm: {model: ai/x}\n")
+    assert "`models` is not supported" in err.message and err.where is not None and err.where.line == 3
 
 
 def test_cpu_reservations_warn(tmp_path: Path) -> None:

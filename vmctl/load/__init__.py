@@ -43,6 +43,8 @@ class Model:
     origins: Mapping[KeyPath, Origin] = field(repr=False)
     project_name: str | None = None  # `-p`, else COMPOSE_PROJECT_NAME (both beat `name:`)
     warnings: tuple[str, ...] = ()
+    # the shell's environment over `.env`: what interpolation used, and where `environment:` secrets come from
+    variables: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def file(self) -> Path:
@@ -81,7 +83,8 @@ def load_project(files: Sequence[Path] = (), *, cwd: Path | None = None, environ
     if project_name is None:
         project_name = variables.get("COMPOSE_PROJECT_NAME")
     return Model(files=tuple(f.resolve() for f in chosen), project_dir=project_dir, data=plain(tree) or {},
-                 origins=dict(origins(tree)), project_name=project_name, warnings=tuple(dict.fromkeys(warnings)))
+                 origins=dict(origins(tree)), project_name=project_name, warnings=tuple(dict.fromkeys(warnings)),
+                 variables=variables)
 
 
 def discover(cwd: Path, environ: Mapping[str, str], warnings: list[str]) -> list[Path]:
