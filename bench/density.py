@@ -15,12 +15,14 @@ the shape's template, vmctl/template.py; built by an unmeasured `up` first), sid
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench.vmstats import Scratch, add_out_option, fmt, results_file, scratch, table, timed_up
@@ -50,22 +52,61 @@ def parse_size_mib(text: str) -> int:
     return int(match.group(1)) * (1024 if unit == "G" else 1)
 
 
+KSM = Path("/sys/kernel/mm/ksm")
+KSM_TUNING = {"pages_to_scan": "20000", "sleep_millisecs": "10"}  # ~2 GB/s of scanning: merged in seconds
+KSM_SCANS = 2  # full passes over the mergeable memory: pages merge on the second sight of their content
+KSM_TIMEOUT = 300.0
+
+
+@contextlib.contextmanager
+def ksm_merging() -> Iterator[dict[str, float]]:
+    """Kernel samepage merging on for the block, fast, until it has scanned every mergeable page twice
+    (QEMU marks guest RAM mergeable: `mem-merge`); the host's own settings afterwards, and pages it
+    merged split again if it was off. The dict gets `seconds` (the wait) and `saving_mib` (pages_sharing)."""
+    def read(name: str) -> str:
+        return (KSM / name).read_text().strip()
+
+    before = {name: read(name) for name in ("run", *KSM_TUNING)}
+    facts: dict[str, float] = {}
+    try:
+        for name, value in KSM_TUNING.items():
+            (KSM / name).write_text(value)
+        (KSM / "run").write_text("1")
+        t0, scans = time.monotonic(), int(read("full_scans"))
+        while int(read("full_scans")) < scans + KSM_SCANS and time.monotonic() - t0 < KSM_TIMEOUT:
+            time.sleep(0.5)
+        facts.update(seconds=round(time.monotonic() - t0, 1),
+                     saving_mib=round(int(read("pages_sharing")) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1))
+        yield facts
+    finally:
+        (KSM / "run").write_text("2" if before["run"] == "0" else before["run"])  # 2: unmerge everything
+        for name in KSM_TUNING:
+            (KSM / name).write_text(before[name])
+        if before["run"] == "0":
+            (KSM / "run").write_text("0")
+
+
 def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memory_mib: int, settle: float,
             timeout: float, start: str = "cold") -> dict[str, object]:
-    env = f"density-{start}-{count}"
-    machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg", "template": start == "template"}
+    """`start`: cold or template, `+ksm` for KSM merging before the measurement."""
+    env = f"density-{start.replace('+', '-')}-{count}"
+    kind, ksm = start.removesuffix("+ksm"), start.endswith("+ksm")
+    machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg", "template": kind == "template"}
     file = s.write_env(env, {f"d{i}": machine for i in range(count)})
+    merged: dict[str, float] = {}
     try:
         wall = timed_up(s, file, timeout=timeout)
         boots = [float(m["boot_seconds"]) for m in s.machines(file) if m.get("boot_seconds") is not None]
         time.sleep(settle)
         pids = [qemu_pid(f"vmctl-{env}-d{i}") for i in range(count)]
-        mems = [m for p in pids if p and (m := memory_of(p, memory_mib))]
+        with ksm_merging() if ksm else contextlib.nullcontext(merged) as merged:
+            mems = [m for p in pids if p and (m := memory_of(p, memory_mib))]
         cached = page_cache_mib(boot_files)
     finally:
         s.vmctl(file, "down", timeout=timeout)
     total = sum(m.pss for m in mems)
     return {"start": start, "machines": count, "measured": len(mems), "up_wall_s": round(wall, 2),
+            "ksm_wait_s": merged.get("seconds"), "ksm_saving_mib": merged.get("saving_mib"),
             "boot_median_s": round(statistics.median(boots), 2) if boots else None,
             "boot_max_s": round(max(boots), 2) if boots else None,
             "pss_total_mib": round(total, 1), "pss_per_vm_mib": round(total / len(mems), 1) if mems else None,
@@ -105,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before measuring")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--attempts", type=int, default=3, help="tries per N when `up` fails")
-    parser.add_argument("--starts", default="cold,template", help="comma list of cold, template")
+    parser.add_argument("--starts", default="cold,template",
+                        help="comma list of cold, template, cold+ksm, template+ksm (+ksm: KSM turned on for the "
+                             "measurement, the host's setting restored after; needs root)")
     parser.add_argument("--json", action="store_true")
     add_out_option(parser)
     args = parser.parse_args(argv)
@@ -117,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         image = build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
         boot_files = [image.kernel, image.initrd]
         starts = [x for x in args.starts.split(",") if x]
-        if "template" in starts:  # the template is built here, not in a measured `up`
+        if any(x.startswith("template") for x in starts):  # the template is built here, not in a measured `up`
             measure(s, args.image, boot_files, 1, args.memory, 0.0, args.timeout, "template")
         for count in counts:
             if count * per_vm > args.budget:
@@ -142,14 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"accelerator = tcg; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
     print(table(["start", "VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
                  "TCG cache/VM", "files/VM", "private/VM", "overhead/VM", "w/o TCG", "kernel+initrd cached",
-                 "failed tries"],
+                 "KSM saved", "failed tries"],
                 [[str(r["start"]), str(r["machines"]), f(r, "up_wall_s", 2, "s"), f(r, "boot_median_s", 2, "s"),
                   f(r, "boot_max_s", 2, "s"), f(r, "pss_total_mib", 0, "M"), f(r, "pss_per_vm_mib", 1, "M"),
                   f(r, "guest_ram_per_vm_mib", 1, "M"), f(r, "tcg_cache_per_vm_mib", 1, "M"),
                   f(r, "files_per_vm_mib", 1, "M"), f(r, "private_per_vm_mib", 1, "M"),
                   f(r, "overhead_per_vm_mib", 1, "M"), f(r, "overhead_without_tcg_per_vm_mib", 1, "M"),
-                  f(r, "boot_files_cached_mib", 1, "M"), str(r["failed_tries"])] if "error" not in r else
-                 [str(r["start"]), str(r["machines"]), "failed", *[""] * 11, str(r["failed_tries"])] for r in rows]))
+                  f(r, "boot_files_cached_mib", 1, "M"), f(r, "ksm_saving_mib", 0, "M"), str(r["failed_tries"])]
+                 if "error" not in r else
+                 [str(r["start"]), str(r["machines"]), "failed", *[""] * 12, str(r["failed_tries"])] for r in rows]))
     for r in rows:
         if "error" in r:
             print(f"{r['machines']} VMs failed: {r['error']}")

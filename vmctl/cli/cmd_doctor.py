@@ -36,7 +36,8 @@ def command(app: App, as_json: bool, no_probe: bool) -> None:
     click.echo("ksm:          " + ("not in this kernel" if not ksm["available"] else
                                    f"on, saving {ksm['saving_mib']} MiB now" if ksm["on"] else
                                    "off (identical guest pages of VMs, a template's clones' most of all, are kept "
-                                   "once each when on: echo 1 > /sys/kernel/mm/ksm/run)"))
+                                   "once each when on: echo 1 > /sys/kernel/mm/ksm/run; `python -m bench.density "
+                                   "BUDGET --starts template,template+ksm` measures what it saves here)"))
     image = rep["guest_image"]
     click.echo(f"guest image:  {image['kernel_release'] + ' ' + image['digest'][:12] if image else 'not built'}")
     for name, path in rep["tools"].items():
