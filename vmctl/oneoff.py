@@ -14,6 +14,7 @@ is `exited` the rest is printed and its exit code returned.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import secrets
@@ -73,11 +74,18 @@ def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneO
         one = dataclasses.replace(one_off_spec(svc, opts), name=f"{svc.name}-run-{secrets.token_hex(3)}",
                                   container_name=None)
         req = _request(svc, one, image, rt, runtimes)
-        rt.start(req, one, image, ())
         try:
+            rt.start(req, one, image, ())
             return _attend(rt, one.name, out)
         finally:
-            rt.stop(one.name, grace=0)
+            _remove(rt, one.name)
+
+
+def _remove(rt: workloads.Runtime, name: str) -> None:
+    """Stop and remove the one-off, also after a start that failed half-way; an error here must not hide
+    the one that brought us here (`down` removes what is left: runc's table, or the guest)."""
+    with contextlib.suppress(VmctlError):
+        rt.stop(name, grace=0)
 
 
 def _request(svc: ServiceSpec, one: ServiceSpec, image: PreparedImage, rt: workloads.Runtime,
