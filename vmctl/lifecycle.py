@@ -455,6 +455,7 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     (mdir / "console.log").unlink(missing_ok=True)
     if (host := project.host_of(m)) is not None:
         files, image_disks = _send_files(project, hv, m, host, files, image_disks)
+        m = remote.send_disks(hv.conn, m, project.progress, host)
     forwards = ports.resolve(m.name, m.ports)
     ssh_port = ports.free_port()
     view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks, net)

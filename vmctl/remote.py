@@ -3,6 +3,7 @@ pool (vmctl/host_files.py), its console is read through libvirt, and SSH to it g
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,25 @@ def jump(host: HostSpec | None) -> Jump | None:
 
 
 def check(env: Environment, machines: Sequence[tuple[MachineSpec, HostSpec]]) -> None:
-    """What a machine cannot have on another host yet: host folders (9p) and disks of its own."""
+    """What a machine cannot have on another host yet: host folders (9p), and disks it writes to (a
+    writable or scratch disk is a file of this machine whose writes would stay on the host). Read-only
+    image files are sent into the host's pool like the kernel (`send_disks`)."""
     for m, host in machines:
         base = f"services.{m.dedicated_to}" if m.dedicated_to else f"machines.{m.name}"
         uses_volumes = any(s.volumes for s in env.services_on(m.name))
-        if m.disks or uses_volumes:
-            what, key = ("`disks`", f"{base}.disks") if m.disks else ("`volumes`", f"{base}.volumes")
+        writable = [d for d in m.disks if not (d.readonly and d.path is not None)]
+        if writable or uses_volumes:
+            what, key = (f"the writable disk `{writable[0].name}`", f"{base}.disks") if writable else (
+                "`volumes`", f"{base}.volumes")
             raise UsageError(f"machine `{m.name}` runs on host `{host.name}`, and {what} of a machine on another "
-                             "host are not supported yet (they are files of this machine)",
-                             hint="run it here (remove `hosts:`), or drop them",
+                             "host is not supported yet (a file of this machine, written there)",
+                             hint="run it here (remove `hosts:`), make the disk `readonly: true`, or drop it",
                              where=env.place(key) or Where(str(env.file), None, key))
+
+
+def send_disks(conn: Any, m: MachineSpec, progress: Progress, host: HostSpec) -> MachineSpec:
+    """The machine with its (read-only) disk files as content-named volumes on the host."""
+    with_path = [d for d in m.disks if d.path is not None]
+    there = iter(send_files(conn, [(d.path, "disk") for d in with_path if d.path], progress, m.name, host))
+    return dataclasses.replace(m, disks=tuple(dataclasses.replace(d, path=Path(next(there))) if d.path else d
+                                              for d in m.disks))

@@ -18,9 +18,10 @@ from vmctl.paths import cache_root
 pytestmark = [pytest.mark.vm, pytest.mark.daemon]
 
 WEB = ROOT / "examples" / "images" / "web.tar"
+DISK_HEAD = b"vmctl-remote-disk"  # the first bytes of a's read-only disk, a file of this machine
 SERVICES = f"""\
 machines:
-  a: {{memory: 192M, host: h1}}
+  a: {{memory: 192M, host: h1, disks: [{{name: data, path: ./data.img, readonly: true}}]}}
 services:
   web:
     image: {WEB}
@@ -49,7 +50,9 @@ def env(bed: hostbed.HostBed, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # h1 has room for `a` only, so placement puts `web` on h2.
     text = hosts_yaml(bed).replace("    uri: qemu+ssh://root@10.79.0.11/system",
                                    "    uri: qemu+ssh://root@10.79.0.11/system\n    capacity: {memory: 512M}")
-    file = write_env(tmp_path_factory.mktemp("remote"), "name: remote\n" + text + SERVICES)
+    folder = tmp_path_factory.mktemp("remote")
+    (folder / "data.img").write_bytes(DISK_HEAD.ljust(1 << 20, b"\0"))
+    file = write_env(folder, "name: remote\n" + text + SERVICES)
     up = vmctl_in(bed, "-f", str(file), "up", "--timeout", "180")
     try:
         assert up.returncode == 0, up.stderr
@@ -77,6 +80,10 @@ def test_exec_and_logs_reach_remote_guests(bed: hostbed.HostBed, env: Path) -> N
     assert vmctl_in(bed, "-f", str(env), "exec", "a", "--", "sh", "-c", "exit 7").returncode == 7
     proc = vmctl_in(bed, "-f", str(env), "exec", "web", "--", "wget", "-q", "-O-", "http://127.0.0.1:8080/")
     assert "hello from a host of the bed" in proc.stdout, proc.stderr
+    # its read-only disk went to h1's pool like the kernel: the guest reads the file's bytes by its serial
+    script = 'for b in /sys/block/vd*; do [ "$(cat $b/serial)" = data ] && head -c 17 /dev/${b##*/}; done'
+    proc = vmctl_in(bed, "-f", str(env), "exec", "a", "--", "sh", "-c", script)
+    assert (proc.returncode, proc.stdout) == (0, DISK_HEAD.decode()), proc.stderr
     console = vmctl_in(bed, "-f", str(env), "logs", "a")  # the console file on h1, read through libvirt
     assert "VMCTL-READY" in console.stdout
     assert "serving http" in vmctl_in(bed, "-f", str(env), "logs", "web").stdout
@@ -91,7 +98,8 @@ def test_published_ports_bind_on_the_host_that_runs_the_service(bed: hostbed.Hos
 
 def test_files_went_through_libvirt_once(bed: hostbed.HostBed, env: Path) -> None:
     h1, h2 = bed.hosts
-    assert [v.rsplit(".", 1)[1] for v in _pool(bed, h1) if not v.startswith("console-")] == ["initrd", "kernel"]
+    assert sorted(v.rsplit(".", 1)[1] for v in _pool(bed, h1) if not v.startswith("console-")) == [
+        "disk", "initrd", "kernel"]
     assert sorted(v.rsplit(".", 1)[1] for v in _pool(bed, h2) if not v.startswith("console-")) == [
         "ext4", "initrd", "kernel"]
     again = vmctl_in(bed, "-f", str(env), "up")
@@ -121,5 +129,5 @@ def test_down_keeps_the_pool_and_prune_empties_it(bed: hostbed.HostBed, env: Pat
     assert _pool(bed, h1) and not [v for v in _pool(bed, h1) if v.startswith("console-")]
     proc = vmctl_in(bed, "-f", str(env), "image", "prune", "--host", "h1", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)["removed"]) == 2 and _pool(bed, h1) == []
+    assert len(json.loads(proc.stdout)["removed"]) == 3 and _pool(bed, h1) == []
 
