@@ -23,6 +23,7 @@ from vmctl.errors import HostError
 from vmctl.paths import cache_root, private_dir, runtime_root
 from vmctl.runner import spawn, which
 from vmctl.spec import Accel
+from vmctl.state import write_atomic
 
 PROBE_TIMEOUT = 12.0  # a KVM guest reaches its init in well under a second; TCG is never probed
 # KVM nested in a host whose CPU is emulated (vmctl/virt.py) runs at TCG speed: the probe guest reached
@@ -117,10 +118,7 @@ def host_report(kernel: Path, initrd: Path, *, refresh: bool = False) -> AccelRe
         return reports[key]
     report = probe(kernel, initrd, key)
     kept = {k: asdict(r) for k, r in list(reports.items())[-(KEEP_REPORTS - 1):]}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"reports": {**kept, key: asdict(report)}}))
-    tmp.replace(cache)
+    write_atomic(cache, json.dumps({"reports": {**kept, key: asdict(report)}}).encode(), mode=0o644)
     return report
 
 

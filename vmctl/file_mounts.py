@@ -21,7 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmctl.settings import REQUIRED, Ctx, Setting, Support, did_you_mean, p_str, parse_table, typename
+from vmctl.settings import (
+    REQUIRED,
+    Ctx,
+    Setting,
+    Support,
+    did_you_mean,
+    p_str,
+    parse_named_tables,
+    parse_table,
+    typename,
+)
 from vmctl.yamlpos import KeyPath
 
 KINDS = {"secrets": "/run/secrets", "configs": "/"}  # top-level key -> where a bare name appears
@@ -136,28 +146,18 @@ MOUNT_SETTINGS = (
 
 
 def p_top(kind: str) -> Any:
+    """Top-level `secrets:` or `configs:`: name -> its parsed settings (`declared` makes them sources)."""
     table = SECRET_SETTINGS if kind == "secrets" else CONFIG_SETTINGS
-
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            ctx.fail(path, f"`{kind}` must be a mapping from name to settings, not {typename(value)}")
-        for key, raw in value.items():
-            p_key(key, (*path, key), ctx)
-            parse_table(table, raw, (*path, key), ctx, extensible=True)
-        return value
-
-    return parse
+    return lambda value, path, ctx: parse_named_tables(table, value, path, ctx, kind, p_key)
 
 
-def declared(kind: str, top: Mapping[str, Any], ctx: Ctx, variables: Mapping[str, str]) -> dict[str, FileSource]:
-    """The top-level entries as sources; exactly one of file/environment/content each, a file that exists."""
-    table = SECRET_SETTINGS if kind == "secrets" else CONFIG_SETTINGS
+def declared(kind: str, top: Mapping[str, Mapping[str, Any]], ctx: Ctx,
+             variables: Mapping[str, str]) -> dict[str, FileSource]:
+    """The parsed top-level entries as sources; exactly one of file/environment/content each, a file that
+    exists."""
     out = {}
-    for key, raw in top.items():
+    for key, v in top.items():
         path: KeyPath = (kind, key)
-        v = parse_table(table, raw, path, ctx, extensible=True)
         given = [k for k in ("file", "environment", "content") if v.get(k) is not None]
         if len(given) != 1:
             choices = "`file`, `environment` or `content`" if kind == "configs" else "`file` or `environment`"

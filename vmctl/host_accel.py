@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -33,6 +32,7 @@ from vmctl.hypervisor import Hypervisor
 from vmctl.paths import cache_root
 from vmctl.progress import Progress
 from vmctl.spec import MachineSpec
+from vmctl.state import write_atomic
 
 CACHE_SECONDS = 24 * 3600
 PROBE_LINE = b"VMCTL-PROBE-OK"
@@ -83,10 +83,7 @@ def report(conn: Any, host: HostSpec, kernel: Path, initrd: Path) -> AccelReport
     found = probe(conn, host, kernel, initrd, key)
     fresh = {k: e for k, e in entries.items() if time.time() - e["at"] < CACHE_SECONDS}
     fresh[key] = {"at": time.time(), "report": asdict(found)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(fresh))
-    tmp.replace(cache)
+    write_atomic(cache, json.dumps(fresh).encode(), mode=0o644)
     return found
 
 

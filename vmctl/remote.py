@@ -64,8 +64,7 @@ def check(env: Environment, machines: Sequence[tuple[MachineSpec, HostSpec]]) ->
 
 
 def send_disks(conn: Any, m: MachineSpec, progress: Progress, host: HostSpec) -> MachineSpec:
-    """The machine with its (read-only) disk files as content-named volumes on the host."""
-    with_path = [d for d in m.disks if d.path is not None]
-    there = iter(send_files(conn, [(d.path, "disk") for d in with_path if d.path], progress, m.name, host))
-    return dataclasses.replace(m, disks=tuple(dataclasses.replace(d, path=Path(next(there))) if d.path else d
-                                              for d in m.disks))
+    """The machine with its disk files (read-only ones: `check`) as content-named volumes on the host."""
+    there = send_files(conn, [(d.path, "disk") for d in m.disks if d.path is not None], progress, m.name, host)
+    return dataclasses.replace(m, disks=tuple(dataclasses.replace(d, path=Path(p))
+                                              for d, p in zip(m.disks, there, strict=True)))

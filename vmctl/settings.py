@@ -111,6 +111,21 @@ def parse_table(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx,
     return out
 
 
+def parse_named_tables(table: Sequence[Setting], value: Any, path: KeyPath, ctx: Ctx, what: str,
+                       parse_name: Parser) -> dict[str, dict[str, Any]]:
+    """A top-level mapping of named entries (`volumes:`, `secrets:`...): each name checked, each entry
+    parsed against `table` (an empty entry, `data:`, takes the defaults; `x-` keys are allowed)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        ctx.fail(path, f"`{what}` must be a mapping from name to settings, not {typename(value)}")
+    out = {}
+    for key, raw in value.items():
+        parse_name(key, (*path, key), ctx)
+        out[key] = parse_table(table, raw, (*path, key), ctx, extensible=True)
+    return out
+
+
 def typename(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "empty"}.get(type(value), type(value).__name__)

@@ -24,7 +24,7 @@ from typing import Any
 from vmctl.errors import HostError
 from vmctl.paths import state_root
 from vmctl.runner import run, which
-from vmctl.settings import Ctx, Setting, Support, p_bool, p_only, p_str, parse_table, typename
+from vmctl.settings import Ctx, Setting, Support, p_bool, p_only, p_str, parse_named_tables
 from vmctl.yamlpos import KeyPath
 
 # docker's rule for volume names (and what may become one folder's name: never `/` or `..`)
@@ -72,15 +72,7 @@ VOLUME_SETTINGS = (
 
 def p_top_volumes(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:
     """The top-level mapping: key -> its settings (an empty entry, `data:`, is a plain volume)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        ctx.fail(path, f"`volumes` must be a mapping from name to settings, not {typename(value)}")
-    out = {}
-    for key, raw in value.items():
-        p_volume_name(key, (*path, key), ctx)
-        out[key] = parse_table(VOLUME_SETTINGS, raw, (*path, key), ctx, extensible=True)
-    return out
+    return parse_named_tables(VOLUME_SETTINGS, value, path, ctx, "volumes", p_volume_name)
 
 
 def declared(project: str, top: Mapping[str, Mapping[str, Any]]) -> tuple[NamedVolume, ...]:
