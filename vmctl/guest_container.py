@@ -227,8 +227,9 @@ class GuestRuntime:
                                    timeout=30, check=True)
         return [str(e) for e in json.loads(out)["process"]["env"]]
 
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
-        argv = ["tail", "-n", str(tail) if tail is not None else "+1"]
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0) -> None:
+        """The container's log: its last `tail` lines, or what follows byte `since` (busybox tail -c +N)."""
+        argv = ["tail", "-n", str(tail)] if tail is not None else ["tail", "-c", f"+{since + 1}"]
         argv += ["-f"] if follow else []
         code = self.guest.stream([*argv, f"{service_dir(self.container_name(name))}/container.log"], out, out)
         if code != 0:

@@ -8,7 +8,8 @@ same place, so that it reaches what the service reaches by the same names: in th
 second crun container of the guest, which shares the guest's network stack like the first), or, for a
 host container, in the service's network namespace (runc joins it; no NIC and no address of its own).
 So the service must be running; compose would start a new container with the service's dependencies
-instead. Its output is read from its log as it grows (the same log `vmctl logs` reads), and once its state
+instead. Its output is read from its log as it grows, each read from where the last ended (the same log
+`vmctl logs` reads), and once its state
 is `exited` the rest is printed and its exit code returned.
 """
 
@@ -115,8 +116,8 @@ def _attend(rt: workloads.Runtime, name: str, out: BinaryIO) -> int:
 
 def _print_new(rt: workloads.Runtime, name: str, out: BinaryIO, printed: int) -> int:
     buf = io.BytesIO()
-    rt.logs(name, buf, tail=None, follow=False)
-    new = buf.getvalue()[printed:]
+    rt.logs(name, buf, tail=None, follow=False, since=printed)  # only what came since the last read
+    new = buf.getvalue()
     out.write(new)
     out.flush()
     return len(new)

@@ -86,7 +86,7 @@ class Runtime(Protocol):
     def live(self, name: str) -> Live: ...
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
              options: ExecOptions | None = None) -> tuple[int, bytes]: ...
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None: ...
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0) -> None: ...
     def stop(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
     def halt(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
 
@@ -177,8 +177,7 @@ class HostServiceRuntime:
         st = self.host.state(self.container_name(service))
         if st is None or st.pid <= 0:
             raise VmctlError(f"service `{service}` has no running container", hint=f"`vmctl up {service}` first")
-        return dataclasses.replace(req, netns_path=f"/proc/{st.pid}/ns/net",
-                                   sysctls=tuple((k, v) for k, v in req.sysctls if not k.startswith("net.")))
+        return dataclasses.replace(req, netns_path=f"/proc/{st.pid}/ns/net", sysctls=without_net(req.sysctls))
 
     def live(self, name: str) -> Live:
         status = host_supervisor.read_status(self.cdir(name))
@@ -199,8 +198,8 @@ class HostServiceRuntime:
             return 124, e.message.encode()
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
 
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool) -> None:
-        copy_file(host_supervisor.files(self.cdir(name))["log"], out, tail=tail, follow=follow)
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0) -> None:
+        copy_file(host_supervisor.files(self.cdir(name))["log"], out, tail=tail, follow=follow, since=since)
 
     def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
         host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
@@ -261,7 +260,7 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         cap_drop=svc.cap_drop,
         no_new_privileges=svc.no_new_privileges,
         rlimits=tuple((u.name, u.soft, u.hard) for u in svc.ulimits),
-        sysctls=tuple((k, v) for k, v in svc.sysctls if not (runtime.share_network and k.startswith("net."))),
+        sysctls=without_net(svc.sysctls) if runtime.share_network else svc.sysctls,
         tmpfs=tuple((t.target, t.options) for t in svc.tmpfs),
         memory_limit_bytes=_bytes(svc.limits.memory_mib),
         memory_reservation_bytes=_bytes(svc.limits.memory_reservation_mib),
@@ -271,6 +270,12 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         init_path=runtime.init_path(svc.name) if svc.init else None,
         files=_files(svc),
     )
+
+
+def without_net(sysctls: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The sysctls a container may set when its network namespace is another's (its guest's, or the
+    service's it runs beside): net.* ones would change that one's."""
+    return tuple((k, v) for k, v in sysctls if not k.startswith("net."))
 
 
 def _files(svc: ServiceSpec) -> tuple[FileData, ...]:
@@ -984,10 +989,12 @@ class PrefixWriter:
         self.out.flush()
 
 
-def copy_file(path: Path, out: BinaryIO, *, tail: int | None, follow: bool,
+def copy_file(path: Path, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
               sleep: Callable[[float], Any] = time.sleep) -> None:
-    """Print a log file (its last `tail` lines), then, with `follow`, what is appended (until Ctrl-C)."""
+    """Print a log file (its last `tail` lines, or what follows byte `since`), then, with `follow`, what is
+    appended (until Ctrl-C)."""
     with path.open("rb") as f:
+        f.seek(since)
         data = f.read()
         if tail is not None:
             data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
