@@ -288,7 +288,9 @@ class ReportDir:
                 raise UsageError(f"`--out`: {out / name} is a folder")
 
     def save_data(self, report: Report) -> list[Path]:
-        texts = {"compare.json": to_json(report) + "\n", "compare.csv": to_csv(report)}
+        # compare.json last: whoever sees it (a user after Ctrl-C, a test waiting for it) finds
+        # compare.csv of the same update already there, also when an interrupt falls between the two
+        texts = {"compare.csv": to_csv(report), "compare.json": to_json(report) + "\n"}
         for name, text in texts.items():
             write_atomic(self.out / name, text)
         return [self.out / name for name in self.DATA]
