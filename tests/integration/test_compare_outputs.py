@@ -123,8 +123,9 @@ def test_an_interrupted_run_keeps_what_it_measured(tmp_path: Path, tools_image: 
     """compare.json and compare.csv are on disk after the first measurement, marked incomplete; Ctrl-C
     during the next one leaves them there."""
     out = tmp_path / "report"
-    proc = subprocess.Popen(_compare("--sandboxes", "runc", "--only", "start,footprint", "--runs", "1",
-                                     "--out", str(out)),
+    # the next measurement lasts a minute, so that a busy machine cannot finish the run before the Ctrl-C
+    proc = subprocess.Popen(_compare("--sandboxes", "runc", "--only", "start,perf", "--perf-seconds", "60",
+                                     "--runs", "1", "--out", str(out)),
                             env=_env_without(tmp_path, None), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
