@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,8 @@ from bench import hostbed
 from bench.hosts import vmctl
 from bench.vmstats import add_out_option, results_file
 from examples.build_images import IMAGES_DIR, build_image
+from vmctl.compare.footprint import dir_bytes
+from vmctl.compare.portability import checkpoint_restore, criu_unavailable, end, seen_downtime_ms
 
 TOOLS = IMAGES_DIR / "tools.tar"
 REDIS = ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]
@@ -100,25 +100,10 @@ def client(netns: str, argv: Sequence[str], out: Path | None = None) -> subproce
                             stderr=subprocess.DEVNULL)
 
 
-def end(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def load_rate(text: str) -> float | None:
     """redis-benchmark -q's last progress figure (`SET: rps=12345.6 (overall: ...)`): the load it kept up."""
     rates = [float(m) for m in re.findall(r"\(overall: ([0-9.]+)\) avg_msec", text)]
     return rates[-1] if rates else None
-
-
-def seen_downtime_ms(answers: Sequence[float], t0: float, t1: float) -> float | None:
-    """The longest time the client went without an answer while the move ran (`t0`..`t1`)."""
-    gaps = [b - a for a, b in zip(answers, answers[1:], strict=False) if b > t0 and a < t1]
-    return round(max(gaps) * 1000, 1) if gaps else None
 
 
 # --------------------------------------------------------------------------------------------- microVM
@@ -177,24 +162,6 @@ def microvm_rows(bed: hostbed.HostBed, runs: int, memory: str, tmp: Path, out: A
 # --------------------------------------------------------------------------------------------- CRIU
 
 
-def criu_unavailable() -> str | None:
-    """Why CRIU cannot checkpoint here (its own words), or None."""
-    criu = shutil.which("criu", path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if criu is None:
-        return "criu is not installed (Debian's `criu`)"
-    proc = subprocess.run([criu, "check"], capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode == 0:
-        return None
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")] or proc.stderr.splitlines()
-    version = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    return (f"`criu check` fails ({version.stdout.split(chr(10))[0].strip()}, kernel {platform.release()}): "
-            f"{errors[0] if errors else proc.returncode}")
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def criu_rows(runs: int, tmp: Path, out: Any) -> list[dict[str, Any]]:
     from vmctl import host_container
     from vmctl.compare.sandboxes import Workload, request
@@ -212,20 +179,14 @@ def criu_rows(runs: int, tmp: Path, out: Any) -> list[dict[str, Any]]:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(LOAD_WARM_SECONDS)
-            t0 = time.monotonic()
-            subprocess.run(["runc", "--root", str(runtime.runc_root), "checkpoint", "--tcp-established",
-                            "--image-path", str(dump), name], check=True, capture_output=True, timeout=300)
-            t1 = time.monotonic()
-            subprocess.run(["runc", "--root", str(runtime.runc_root), "restore", "--tcp-established", "--detach",
-                            "--image-path", str(dump), "--bundle", str(cdir / "bundle"), name],
-                           check=True, capture_output=True, timeout=300)
-            t2 = time.monotonic()
+            checkpoint, restore = checkpoint_restore(runtime.runc_root, name, cdir / "bundle", dump,
+                                                     tcp_established=True)
         finally:
             end(load)
             runtime.stop(name, cdir, grace=0)
         row = {"sandbox": "runc + CRIU", "accel": ["none"], "run": i, "load": "redis-benchmark SET 4 KiB",
-               "total_seconds": round(t2 - t0, 3), "checkpoint_seconds": round(t1 - t0, 3),
-               "restore_seconds": round(t2 - t1, 3), "client_downtime_ms": round((t2 - t0) * 1000, 1),
+               "total_seconds": round(checkpoint + restore, 3), "checkpoint_seconds": round(checkpoint, 3),
+               "restore_seconds": round(restore, 3), "client_downtime_ms": round((checkpoint + restore) * 1000, 1),
                "memory_mib": round(dir_bytes(dump) / 2**20, 1), "cold_move_mib": round(image.size_bytes / 2**20, 1)}
         shutil.rmtree(dump, ignore_errors=True)
         print(f"runc + CRIU run {i}{' (warm-up)' if i == 0 else ''}: {row}", file=sys.stderr)

@@ -78,3 +78,36 @@ services:
     finally:
         down = vmctl_in(bed, "-f", str(env), "down")
     assert down.returncode == 0, down.stderr
+
+
+def test_compare_measures_portability_across_the_hosts(bed: hostbed.HostBed, tmp_path: Path) -> None:
+    """`vmctl compare --only portability`: the workload's microVM moved there and back by live migration,
+    a client on the environment network timing the gap; the container's row is CRIU's, or skipped with
+    CRIU's reason where `criu check` fails (as on this machine's kernel)."""
+    env = write_env(tmp_path, "name: cmp\n" + hosts_yaml(bed) + f"""\
+services:
+  bench:
+    image: {WEB}
+    command: ["sh", "-c", "echo ready $$HOSTNAME; while :; do sleep 3600; done"]
+    vm: {{memory: 192M}}
+""")
+    proc = vmctl_in(bed, "-f", str(env), "compare", "--only", "portability", "--sandboxes", "runc,microvm",
+                    "--runs", "1", "--json", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    rows = {r["metric"]: r for r in data["results"] if r["workload"] == "portability" and r["sandbox"] == "microvm"}
+    assert set(rows) == {"total_seconds", "downtime_ms", "client_downtime_ms", "moved_mib", "cold_move_mib"}, data
+    assert {r["accel"] for r in rows.values()} <= {"tcg", "kvm"} and rows["total_seconds"]["median"] > 0
+    # The client saw the guest go quiet (at least one 5 ms echo missed), but not for longer than the move.
+    assert 5 < rows["client_downtime_ms"]["median"] < rows["total_seconds"]["median"] * 1000
+    assert rows["downtime_ms"]["median"] > 0 and 8 < rows["moved_mib"]["median"] < 2 * 192
+    assert rows["cold_move_mib"]["median"] > 1
+    criu = subprocess.run(["criu", "check"], capture_output=True, text=True, timeout=60, check=False)
+    if criu.returncode == 0:
+        assert any(r["workload"] == "portability" and r["sandbox"] == "runc" for r in data["results"]), data
+    else:
+        assert "`criu check` fails" in data["skipped"]["portability/runc"], data["skipped"]
+    # Nothing of the moved environment is left: no QEMU on either host (their processes are this machine's).
+    left = subprocess.run(["pgrep", "-af", "qemu-system.*compare-move"], capture_output=True, text=True, timeout=10,
+                          check=False)
+    assert left.stdout == "", left.stdout

@@ -101,6 +101,17 @@ def test_service_to_service_pairs(result: tuple[dict[str, Any], Path, str]) -> N
     assert "Service to service" in (out / "index.html").read_text()
 
 
+def test_portability_without_hosts_says_why(result: tuple[dict[str, Any], Path, str]) -> None:
+    """examples/compare.yaml declares no hosts: the default run skips the move with a reason, and no row
+    pretends to have moved (tests/hosts/test_migrate.py measures it on the bed)."""
+    data, _, _ = result
+    assert "needs two hosts" in data["skipped"]["portability/microvm"], data["skipped"]
+    criu_rows = [r for r in data["results"] if r["workload"] == "portability" and r["sandbox"] == "runc"]
+    assert bool(criu_rows) != ("portability/runc" in data["skipped"])  # measured, or skipped: never both
+    assert criu_rows or "criu" in data["skipped"]["portability/runc"]
+    assert not [r for r in data["results"] if r["workload"] == "portability" and r["sandbox"] == "microvm"]
+
+
 def test_footprints_positive_and_microvm_includes_qemu(result: tuple[dict[str, Any], Path, str]) -> None:
     data, _, _ = result
     for sandbox in ("runc", "microvm"):

@@ -39,10 +39,8 @@ def pair_label(client: str, server: str) -> str:
 
 
 def environment(workload: Workload) -> dict[str, object]:
-    path = workload.base_dir / workload.image_ref  # a file's path is relative to the compared file's folder
-    image = str(path.resolve()) if path.exists() else workload.image_ref
     return {"name": "vmctl-compare-net", "services": {
-        name: {"image": image, "isolation": isolation, "command": ["sh", "-c", SERVE],
+        name: {"image": workload.source, "isolation": isolation, "command": ["sh", "-c", SERVE],
                **({"vm": {"vcpus": workload.vcpus, "memory": f"{workload.memory_mib}M"}}
                   if isolation == "microvm" else {})}
         for name, isolation in MEMBERS.items()}}

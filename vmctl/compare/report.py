@@ -33,6 +33,11 @@ METRIC_LABELS = {
     ("disk", "writable_mib"): "disk: writable, per instance",
     ("peers", "rtt_ms"): "round trip by name (redis PING, p50)",
     ("peers", "throughput_mbit"): "throughput by name (iperf3)",
+    ("portability", "total_seconds"): "move to another host: total",
+    ("portability", "downtime_ms"): "move: downtime (paused or stopped)",
+    ("portability", "client_downtime_ms"): "move: downtime a client saw (ICMP)",
+    ("portability", "moved_mib"): "move: bytes moved",
+    ("portability", "cold_move_mib"): "move: what a cold move needs",
 }
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from vmctl import doctor, virt
-from vmctl.compare import footprint, isolation, network, perf, start_time
+from vmctl.compare import footprint, isolation, network, perf, portability, start_time
 from vmctl.compare.microvm import MicroVM
 from vmctl.compare.results import Report, Row, Verdict, row, with_ratios
 from vmctl.compare.sandboxes import Instance, Runc, Sandbox, Workload
@@ -19,7 +19,7 @@ from vmctl.oci_spec import merge_command, merge_env
 from vmctl.progress import Progress
 from vmctl.spec import Environment, ServiceSpec
 
-MEASUREMENTS = ("start", "footprint", "isolation", "perf", "peers")
+MEASUREMENTS = ("start", "footprint", "isolation", "perf", "peers", "portability")
 SANDBOXES = ("runc", "docker", "podman", "microvm")
 # Selectable, not in the default set: libvirt 9.0 registers its embedded QEMU driver again at every open
 # (`Too many drivers, cannot register QEMU` after ~20 in one process), and two microVM sandboxes of
@@ -126,6 +126,8 @@ def compare(env: Environment, options: Options, progress: Progress,
             sb.close()
     if "peers" in options.only:
         _measure_network(sandboxes, workload, options, report, progress, save)
+    if "portability" in options.only:
+        _measure_portability(env, sandboxes, workload, options, report, progress, save)
     report.results = [replace(r, emulated=r.accel == "tcg" or (r.accel == "kvm" and report.host_emulated))
                       for r in with_ratios(report.results, BASELINE)]
     if report.emulated:
@@ -177,6 +179,19 @@ def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: 
     except VmctlError as e:
         report.skipped[network.WORKLOAD] = e.message
         progress.warn(network.WORKLOAD, f"failed: {e.message}")
+
+
+def _measure_portability(env: Environment, sandboxes: Sequence[Sandbox], workload: Workload, options: Options,
+                         report: Report, progress: Progress, save: Save) -> None:
+    """The running workload moved to another host: live migration (microvm), CRIU (runc)."""
+    before = list(report.results)
+
+    def keep(rows: list[Row]) -> None:
+        report.results = before + rows
+        save()
+
+    skipped = portability.measure(env, workload, [sb.name for sb in sandboxes], options.runs, progress, keep)
+    report.skipped.update({f"{portability.WORKLOAD}/{name}": why for name, why in skipped.items()})
 
 
 def measure_footprint(sb: Sandbox, inst: Instance, workload: Workload, progress: Progress) -> list[Row]:

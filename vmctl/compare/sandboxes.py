@@ -50,6 +50,12 @@ class Workload:
     def variant(self, **changes: Any) -> Workload:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def source(self) -> str:
+        """The image as a file written elsewhere must name it: a local archive's path made absolute."""
+        path = self.base_dir / self.image_ref  # relative to the compared file's folder
+        return str(path.resolve()) if path.exists() else self.image_ref
+
 
 @dataclass
 class Exec:
