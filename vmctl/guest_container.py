@@ -35,12 +35,13 @@ from typing import BinaryIO
 from vmctl.container_image import PreparedImage
 from vmctl.errors import GuestError, HostError, UsageError
 from vmctl.oci_spec import ContainerRequest, file_name, make_config, merge_env, request_etc_files
-from vmctl.paths import TEMPLATES_DIR
+from vmctl.paths import STAMP_AWK, TEMPLATES_DIR
 from vmctl.spec import ServiceSpec
 from vmctl.ssh import Guest
 
-SCRIPT_SOURCE = TEMPLATES_DIR / "guest" / "supervise.sh"
 SCRIPT = "/run/vmctl/supervise.sh"
+# what `_helper` uploads to /run/vmctl at its first call: name -> (source, mode)
+HELPERS = {"supervise.sh": (TEMPLATES_DIR / "guest" / "supervise.sh", 0o755), "stamp.awk": (STAMP_AWK, 0o644)}
 SVC_ROOT = "/run/vmctl/svc"
 SERIAL_PREFIX = "img-"
 SERIAL_HEX = 16  # virtio-blk serials hold at most 20 bytes
@@ -114,13 +115,19 @@ def bundle_tar(req: ContainerRequest) -> bytes:
         files[STDIN_OPEN_FILE] = b""
     owned = {f"etc/{file_name(i)}": f for i, f in enumerate(req.files)}  # secrets and configs
     files |= {path: f.data for path, f in owned.items()}
+    # busybox tar, run by root, keeps the owner and the mode
+    return tar_of({path: (data, *((owned[path].mode, owned[path].uid, owned[path].gid) if path in owned else
+                                  (0o755 if path == INIT_FILE else 0o644, 0, 0)))
+                   for path, data in files.items()})
+
+
+def tar_of(files: Mapping[str, tuple[bytes, int, int, int]]) -> bytes:
+    """A tar of path -> (data, mode, uid, gid)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for path, data in files.items():
+        for path, (data, mode, uid, gid) in files.items():
             info = tarfile.TarInfo(path)
-            info.size, info.mode = len(data), 0o755 if path == INIT_FILE else 0o644
-            if path in owned:  # busybox tar, run by root, keeps the owner and the mode
-                info.mode, info.uid, info.gid = owned[path].mode, owned[path].uid, owned[path].gid
+            info.size, info.mode, info.uid, info.gid = len(data), mode, uid, gid
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -163,8 +170,9 @@ class GuestRuntime:
 
     def _helper(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> str:
         if not self._uploaded:
-            self.guest.run(["sh", "-c", 'mkdir -p /run/vmctl && cat > "$1" && chmod 0755 "$1"', "sh", SCRIPT],
-                           stdin=SCRIPT_SOURCE.read_bytes(), timeout=30, check=True)
+            helpers = tar_of({name: (source.read_bytes(), mode, 0, 0) for name, (source, mode) in HELPERS.items()})
+            self.guest.run(["sh", "-c", "mkdir -p /run/vmctl && tar -x -f - -C /run/vmctl"], stdin=helpers,
+                           timeout=30, check=True)
             self._uploaded = True
         _, out, _ = self.guest.run(["sh", SCRIPT, *args], stdin=stdin, timeout=timeout, check=True)
         return out.decode(errors="replace")
@@ -227,11 +235,14 @@ class GuestRuntime:
                                    timeout=30, check=True)
         return [str(e) for e in json.loads(out)["process"]["env"]]
 
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0) -> None:
-        """The container's log: its last `tail` lines, or what follows byte `since` (busybox tail -c +N)."""
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
+             timestamps: bool = False) -> None:
+        """The container's log: its last `tail` lines, or what follows byte `since` (busybox tail -c +N);
+        with `timestamps`, the stamped copy (each line after its UTC time: templates/logs/stamp.awk)."""
         argv = ["tail", "-n", str(tail)] if tail is not None else ["tail", "-c", f"+{since + 1}"]
         argv += ["-f"] if follow else []
-        code = self.guest.stream([*argv, f"{service_dir(self.container_name(name))}/container.log"], out, out)
+        log = f"{service_dir(self.container_name(name))}/container.log{'.t' if timestamps else ''}"
+        code = self.guest.stream([*argv, log], out, out)
         if code != 0:
             raise GuestError(f"cannot read the log of `{name}` in machine `{self.guest.name}` "
                              f"(`{shlex.join(argv)}` exited {code})")

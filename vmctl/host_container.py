@@ -6,7 +6,8 @@ One container = one directory the caller gives (`cdir`):
     cdir/bundle/rootfs/        overlay: lower = the prepared image's rootfs (shared, never written),
                                upper/work = cdir/overlay/ (catches mountpoints runc creates)
     cdir/bundle/etc/           hostname, hosts, resolv.conf (bound read-only into the container)
-    cdir/container.log         the container's stdout and stderr (unless `start(log=...)` puts it elsewhere)
+    cdir/container.log         the container's stdout and stderr (unless `start(log=...)` puts it elsewhere;
+                               `start(stamped=...)` also writes them there with times: templates/logs/stamp.awk)
     cdir/slirp.log, state.json slirp4netns output; what `stop` needs (helper PID, socket, ports)
 
 Networking mirrors the microVM's QEMU user-mode networking: the container gets its own network namespace
@@ -46,7 +47,7 @@ from vmctl.oci_spec import (
     make_config,
     request_etc_files,
 )
-from vmctl.paths import private_dir, runtime_root
+from vmctl.paths import STAMP_AWK, private_dir, runtime_root
 from vmctl.runner import log as run_log
 from vmctl.runner import output, run, which
 
@@ -92,6 +93,7 @@ class HostContainer:
     log: Path
     slirp_pid: int | None
     ports: tuple[PortForward, ...]
+    stamper_pid: int | None = None  # busybox awk writing the output to `log` and the stamped log
 
 
 class HostRuntime:
@@ -115,14 +117,16 @@ class HostRuntime:
         network: bool = True,
         ready_timeout: float = 10.0,
         log: Path | None = None,
+        stamped: Path | None = None,
         on_created: Callable[[int], None] | None = None,
     ) -> HostContainer:
         """Create and start `req` detached. `req.rootfs` is the image's rootfs (the overlay's lower layer).
 
         Network: an own namespace (unless `req.share_host_network`); with `network`, slirp4netns gives it
         outbound access and `ports`. `on_created(pid)` runs after `runc create`, before the container's
-        process starts (the environment network adds its NICs then). On any failure everything made so
-        far is removed again.
+        process starts (the environment network adds its NICs then). With `stamped`, the output goes
+        through templates/logs/stamp.awk: to `log` as written, and to `stamped` with times. On any failure
+        everything made so far is removed again.
         """
         for p in ports:
             p.validate()
@@ -135,7 +139,7 @@ class HostRuntime:
         try:
             own_network = network and not req.share_host_network and req.netns_path is None
             return self._start(req, cdir, tuple(ports), own_network, ready_timeout,
-                               log or cdir / "container.log", on_created)
+                               ContainerOutput(log or cdir / "container.log", stamped), on_created)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop(req.name, cdir, grace=0)
@@ -143,7 +147,7 @@ class HostRuntime:
 
     def _start(
         self, req: ContainerRequest, cdir: Path, ports: tuple[PortForward, ...], network: bool, ready_timeout: float,
-        log_path: Path, on_created: Callable[[int], None] | None = None,
+        output: ContainerOutput, on_created: Callable[[int], None] | None = None,
     ) -> HostContainer:
         lower = Path(req.rootfs)
         if not lower.is_dir():
@@ -170,9 +174,13 @@ class HostRuntime:
 
         exit_r, exit_w = os.pipe()
         try:
-            self._create(req.name, bundle, log_path, exit_w, stdin=_stdin_fifo(cdir) if req.stdin_open else None)
+            stamper = self._create(req.name, bundle, output, exit_w,
+                                   stdin=_stdin_fifo(cdir) if req.stdin_open else None)
             os.close(exit_w)
             exit_w = -1
+            if stamper is not None:
+                state["stamper_pid"] = stamper
+                _write_state(cdir, state)
             pid = self._pid(req.name)
             slirp_pid = None
             if network:
@@ -188,7 +196,7 @@ class HostRuntime:
             if exit_w >= 0:
                 os.close(exit_w)
         run([self.runc, "--root", self.runc_root, "start", req.name], timeout=30)
-        return HostContainer(req.name, cdir, pid, log_path, slirp_pid, ports)
+        return HostContainer(req.name, cdir, pid, output.log, slirp_pid, ports, stamper)
 
     def _mount_overlay(self, lower: Path, work: Path, target: Path) -> None:
         dirs = {"lowerdir": lower, "upperdir": work / "upper", "workdir": work / "work"}
@@ -197,14 +205,33 @@ class HostRuntime:
         options = ",".join(f"{k}={v}" for k, v in dirs.items())
         run([which("mount", package="mount"), "-t", "overlay", "overlay", "-o", options, target], timeout=30)
 
-    def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int, *, stdin: Path | None = None) -> None:
+    def _create(self, name: str, bundle: Path, output: ContainerOutput, exit_w: int, *,
+                stdin: Path | None = None) -> int | None:
+        """`runc create`; returns the stamper's PID when the output is stamped (the caller reaps it)."""
         argv = [self.runc, "--root", str(self.runc_root), "create", "--bundle", str(bundle)]
         argv += ["--preserve-fds", "1", name]  # fd 3 = exit pipe: slirp4netns ends with the container
-        pid = _spawn(argv, out=log_path, keep={3: exit_w}, stdin=stdin)  # runc hands its stdio to the container
-        code = _wait_through_interrupts(pid)
+        keep, stamper = {3: exit_w}, None
+        if output.stamped is not None:
+            output.stamped.touch(mode=0o600)  # both logs exist from the start, as the raw one always did
+            out_r, out_w = os.pipe()
+            try:
+                stamper = _spawn([which("busybox", package="busybox-static"), "awk", "-v", f"raw={output.log}",
+                                  "-v", f"stamped={output.stamped}", "-f", str(STAMP_AWK)], out=Path(os.devnull),
+                                 keep={0: out_r})
+            finally:
+                os.close(out_r)
+            keep |= {1: out_w, 2: out_w}
+        try:  # runc hands its stdio to the container
+            code = _wait_through_interrupts(_spawn(argv, out=output.log, keep=keep, stdin=stdin))
+        finally:
+            if output.stamped is not None:
+                os.close(keep[1])  # the container holds the pipe now; the stamper ends when it is gone
         if code != 0:
-            tail = "\n    ".join(log_path.read_text(errors="replace").strip().splitlines()[-6:])
+            if stamper is not None:  # runc's error went through the stamper: let it reach the log
+                reap(stamper, wait=2.0)
+            tail = "\n    ".join(output.log.read_text(errors="replace").strip().splitlines()[-6:])
             raise CommandFailed(f"`{shlex.join(argv)}` failed with exit code {code}:\n    {tail}")
+        return stamper
 
     def _pid(self, name: str) -> int:
         st = self.state(name)
@@ -291,6 +318,8 @@ class HostRuntime:
                 self._wait_stopped(name, grace)
             run([self.runc, "--root", self.runc_root, "delete", "--force", name], check=False, timeout=30)
         _end_process(state.get("slirp_pid"), state.get("slirp_start"))
+        if state.get("stamper_pid"):  # it ends once the container's output closes; collected where it is ours
+            reap(state["stamper_pid"], wait=1.0)
         rootfs = Path(state.get("rootfs") or cdir / "bundle" / "rootfs")
         if _is_mountpoint(rootfs):
             run([which("umount", package="mount"), rootfs], timeout=30)
@@ -361,6 +390,26 @@ def _wait_through_interrupts(pid: int) -> int:
     if interrupted is not None:
         raise interrupted
     return os.waitstatus_to_exitcode(status)
+
+
+@dataclass(frozen=True)
+class ContainerOutput:
+    log: Path  # the container's stdout and stderr, as written
+    stamped: Path | None = None  # the same lines after their UTC time (templates/logs/stamp.awk), or none
+
+
+def reap(pid: int, *, wait: float = 0.0) -> bool:
+    """Collect `pid` if it is our own child and has ended (within `wait` seconds); True once it is gone
+    (or not ours: tests start and stop in one process, the CLI leaves its children to init)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return True
+        if done or time.monotonic() >= deadline:
+            return bool(done)
+        time.sleep(0.02)
 
 
 def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Path | None = None) -> int:
@@ -473,24 +522,18 @@ def _alive(pid: int, start: int | None) -> bool:
 
 def _end_process(pid: int | None, start: int | None, grace: float = 2.0) -> None:
     if not pid or not _alive(pid, start):
-        _reap(pid)
+        if pid:
+            reap(pid)
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            _reap(pid)
+            reap(pid)
             if not _alive(pid, start):
                 return
             time.sleep(0.02)
-
-
-def _reap(pid: int | None) -> None:
-    """Collect `pid` if it is our own child (tests start and stop in one process)."""
-    if pid:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
 
 
 def _mountpoints() -> list[str]:

@@ -12,7 +12,8 @@ Files, next to the service's folder (`services/NAME`, which each restart recreat
     NAME.plan         what to start: the OCI request, the ports, the policy, the network join (a pickle
                       of vmctl's own dataclasses, written by `up`, mode 0600)
     NAME.status.json  state (starting|running|restarting|exited|failed), exit_code, restarts, pid, start
-    NAME.log          the container's output across restarts; NAME.supervisor.log, the supervisor's own
+    NAME.log          the container's output across restarts (NAME.log.t: the same with times, `logs -t`);
+                      NAME.supervisor.log, the supervisor's own
 
 `stop` ends the supervisor first (SIGTERM, by pid checked against its start time), then the container;
 `vmctl stop` then leaves a status `exited` (`mark_stopped`) and nothing that would restart it.
@@ -35,7 +36,7 @@ from typing import Any
 
 from vmctl.compose_values import Restart
 from vmctl.errors import HostError, VmctlError
-from vmctl.host_container import HostRuntime, PortForward, _alive, _end_process, _spawn, _start_time
+from vmctl.host_container import HostRuntime, PortForward, _alive, _end_process, _spawn, _start_time, reap
 from vmctl.network.host import EnvNetwork
 from vmctl.network.plan import Member, NetworkPlan
 from vmctl.oci_spec import ContainerRequest
@@ -81,7 +82,7 @@ class Plan:
 
 def files(cdir: Path) -> dict[str, Path]:
     name = cdir.name
-    return {k: cdir.with_name(f"{name}.{k}") for k in ("plan", "status.json", "log", "supervisor.log")}
+    return {k: cdir.with_name(f"{name}.{k}") for k in ("plan", "status.json", "log", "log.t", "supervisor.log")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,19 +149,22 @@ def supervise(plan: Plan) -> int:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGTERM, _on_term)
     host = HostRuntime(plan.runc_root)
-    log = files(plan.cdir)["log"]
+    log, stamped = files(plan.cdir)["log"], files(plan.cdir)["log.t"]
     me = {"pid": os.getpid(), "start": _start_time(os.getpid())}
     restarts = 0
     _write_status(plan.cdir, state="starting", restarts=0, **me)
     try:
         while True:
             try:
-                container = host.start(plan.request, plan.cdir, ports=plan.ports, log=log, on_created=plan.join)
+                container = host.start(plan.request, plan.cdir, ports=plan.ports, log=log, stamped=stamped,
+                                       on_created=plan.join)
             except VmctlError as e:
                 _write_status(plan.cdir, state="failed", error=e.message, restarts=restarts, **me)
                 return 1
             _write_status(plan.cdir, state="running", restarts=restarts, **me)
             code = _wait_exit(container.pid)
+            if container.stamper_pid is not None:  # it ends with the container's output: no zombie per restart
+                reap(container.stamper_pid, wait=2.0)
             if not plan.restart.restarts(code) or (plan.retries is not None and restarts >= plan.retries):
                 _write_status(plan.cdir, state="exited", exit_code=code, restarts=restarts, **me)
                 return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
+STAMP_AWK = TEMPLATES_DIR / "logs" / "stamp.awk"  # a container's output, line by line, with times
 GUEST_IMAGES_DIR = PROJECT_ROOT / "guest_images"
 
 

@@ -86,7 +86,8 @@ class Runtime(Protocol):
     def live(self, name: str) -> Live: ...
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
              options: ExecOptions | None = None) -> tuple[int, bytes]: ...
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0) -> None: ...
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
+             timestamps: bool = False) -> None: ...
     def stop(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
     def halt(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
 
@@ -154,11 +155,11 @@ class HostServiceRuntime:
     def _launch(self, req: ContainerRequest, svc: ServiceSpec, ports: Sequence[PublishedPort]) -> None:
         forwards = tuple(PortForward(p.host_port, p.container_port, p.host_ip, p.proto) for p in ports)
         cdir = self.cdir(svc.name)
-        log = host_supervisor.files(cdir)["log"]
-        host_supervisor.files(cdir)["status.json"].unlink(missing_ok=True)  # a stopped one's `exited`
+        paths = host_supervisor.files(cdir)
+        paths["status.json"].unlink(missing_ok=True)  # a stopped one's `exited`
         join = self._joiner(svc.name)
         if svc.restart is Restart.NO and svc.name not in self.awaited:
-            self.host.start(req, cdir, ports=forwards, log=log, on_created=join)
+            self.host.start(req, cdir, ports=forwards, log=paths["log"], stamped=paths["log.t"], on_created=join)
             return
         host_supervisor.launch(host_supervisor.Plan(req, cdir, forwards, svc.restart, svc.restart_retries,
                                                     self.host.runc_root, join))
@@ -198,13 +199,18 @@ class HostServiceRuntime:
             return 124, e.message.encode()
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
 
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0) -> None:
-        copy_file(host_supervisor.files(self.cdir(name))["log"], out, tail=tail, follow=follow, since=since)
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
+             timestamps: bool = False) -> None:
+        log = host_supervisor.files(self.cdir(name))["log.t" if timestamps else "log"]
+        if timestamps and not log.exists():
+            raise VmctlError(f"service `{name}` has no timestamped log", hint=f"`vmctl restart {name}` starts one")
+        copy_file(log, out, tail=tail, follow=follow, since=since)
 
     def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
         host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
         self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
-        host_supervisor.files(self.cdir(name))["log"].unlink(missing_ok=True)
+        for log in ("log", "log.t"):
+            host_supervisor.files(self.cdir(name))[log].unlink(missing_ok=True)
         return None
 
     def halt(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
@@ -758,34 +764,36 @@ def _exec_user(env: Environment, state: EnvState, svc: ServiceSpec, user: str) -
 
 
 def service_logs(env: Environment, envdir: EnvDir, state: EnvState, name: str, out: BinaryIO, *,
-                 tail: int | None, follow: bool) -> None:
-    """The container's output, each line prefixed `NAME  | ` like compose."""
+                 tail: int | None, follow: bool, timestamps: bool = False) -> None:
+    """The container's output, each line prefixed `NAME  | ` like compose (with `timestamps`, then the
+    UTC time the line arrived, to the second)."""
     with Runtimes(env, envdir, state) as runtimes:
         svc, rt = service_runtime(runtimes, env, name)
         width = max(len(s.name) for s in env.services)
         writer = PrefixWriter(out, svc.name.ljust(width))
         try:
-            rt.logs(svc.name, cast(BinaryIO, writer), tail=tail, follow=follow)
+            rt.logs(svc.name, cast(BinaryIO, writer), tail=tail, follow=follow, timestamps=timestamps)
         finally:
             writer.close()
 
 
 def services_logs(env: Environment, envdir: EnvDir, state: EnvState, names: Sequence[str], out: BinaryIO, *,
-                  tail: int | None, follow: bool) -> None:
+                  tail: int | None, follow: bool, timestamps: bool = False) -> None:
     """`vmctl logs [SERVICE...]`: each service's output (every started one when none is named), one
     after the other; with `follow`, all at once, a thread per service. Lines stay whole: each prefixed
     line is one write to `out`. The followers are daemon threads: Ctrl-C ends the command."""
     names = list(names) or [s.name for s in env.services if s.name in state.services]
     if not follow or len(names) == 1:
         for name in names:
-            service_logs(env, envdir, state, name, out, tail=tail, follow=follow)
+            service_logs(env, envdir, state, name, out, tail=tail, follow=follow, timestamps=timestamps)
         return
     failures: list[BaseException] = []
     gate = _Gate(out)
 
     def one(name: str) -> None:
         try:
-            service_logs(env, envdir, state, name, cast(BinaryIO, gate), tail=tail, follow=True)
+            service_logs(env, envdir, state, name, cast(BinaryIO, gate), tail=tail, follow=True,
+                         timestamps=timestamps)
         except Exception as e:  # noqa: BLE001 - raised again in the main thread
             failures.append(e)
 

@@ -11,8 +11,8 @@
 #                         as a tar on stdin
 #   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid. Also
 #                         starts a halted (or exited) service again, from the same bundle and overlay
-#   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log, the exit
-#                         code recorded; RESTART is compose's policy: no, always, unless-stopped (both
+#   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log (and, with
+#                         times, to container.log.t), the exit code recorded; RESTART is compose's policy: no, always, unless-stopped (both
 #                         restart after any exit), on-failure or on-failure:N (after a non-zero exit,
 #                         at most N times)
 #   sysctl KEY VALUE...   set net.* sysctls of the guest (the network stack its one container shares)
@@ -23,11 +23,12 @@
 #   stop NAME GRACE [SIGNAL]  halt, then delete, unmount and remove the folder (`vmctl down`)
 #
 # Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/, a `stdin_open` marker), rootfs/
-# (the overlay), rw/ (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log, state
+# (the overlay), rw/ (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log(.t), state
 # (starting|running|restarting|exited), exit_code, restarts, started, supervisor.pid, and `stopping`
 # while a stop is in progress.
 
 SELF=/run/vmctl/supervise.sh
+STAMP=/run/vmctl/stamp.awk  # templates/logs/stamp.awk, uploaded beside this script
 SVC_ROOT=/run/vmctl/svc
 IMG_ROOT=/run/vmctl/images
 VOL_ROOT=/run/vmctl/volumes
@@ -98,6 +99,7 @@ prepare() {
         || die "cannot mount the overlay root of $1"
     tar -x -f - -C "$dir/bundle" || die "cannot unpack the bundle of $1"
     : > "$dir/container.log"
+    : > "$dir/container.log.t"
     echo starting > "$dir/state"
 }
 
@@ -134,9 +136,11 @@ supervise() {
             [ -p "$dir/stdin" ] || mkfifo -m 600 "$dir/stdin" || die "cannot create the stdin of $1"
             stdin="$dir/stdin"
         fi
-        crun run --bundle "$dir/bundle" "$1" 0<> "$stdin" >> "$dir/container.log" 2>&1
-        code=$?
-        echo "$code" > "$dir/exit_code"
+        # the output through stamp.awk (container.log as written, container.log.t with times: `logs -t`);
+        # the group records crun's exit code, which the pipeline's own status would hide
+        { crun run --bundle "$dir/bundle" "$1" 0<> "$stdin" 2>&1; echo $? > "$dir/exit_code"; } \
+            | awk -v raw="$dir/container.log" -v stamped="$dir/container.log.t" -f "$STAMP"
+        read -r code < "$dir/exit_code" || code=255
         crun delete -f "$1" > /dev/null 2>&1
         [ ! -e "$dir/stopping" ] || break
         should_restart "$2" "$code" "$restarts" || break

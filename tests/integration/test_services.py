@@ -7,8 +7,10 @@ nothing), then one module-scoped environment shared by the other tests and remov
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import signal
 import subprocess
 import urllib.request
@@ -194,6 +196,26 @@ def test_logs_of_several_services_and_of_all(good: Path) -> None:
     assert "web     | web: from-the-vm" in out and "plain   | web: from-the-host" in out, out
     bad = run_vmctl("-f", str(good), "logs", "web", "nosuch")
     assert bad.returncode == 2 and "unknown machine or service `nosuch`" in bad.stderr
+
+
+def test_logs_with_timestamps(good: Path) -> None:
+    """`logs -t`: the same lines, each after the UTC time it was written (to the second), in a guest (web;
+    crasher across its restarts) and on the host (plain)."""
+    now = datetime.datetime.now(datetime.UTC)
+    for name in ("web", "crasher", "plain"):
+        raw = run_vmctl("-f", str(good), "logs", name)
+        stamped = run_vmctl("-f", str(good), "logs", "-t", name)
+        assert raw.returncode == stamped.returncode == 0, stamped.stderr
+        lines = [re.fullmatch(r"(\S+ +\| )(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) (.*)", line)
+                 for line in stamped.stdout.splitlines()]
+        assert lines and all(lines), stamped.stdout
+        texts, plain = [m.group(1) + m.group(3) for m in lines if m], raw.stdout.splitlines()
+        assert texts[:len(plain)] == plain and len(texts) <= len(plain) + 2  # read second: crasher ran again
+        times = [datetime.datetime.strptime(m.group(2), "%Y-%m-%dT%H:%M:%S%z") for m in lines if m]
+        assert times == sorted(times) and now - datetime.timedelta(minutes=30) < times[0]
+        assert times[-1] <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2), times
+    machine = run_vmctl("-f", str(good), "logs", "-t", "box")
+    assert machine.returncode == 2 and "its console has no timestamps" in machine.stderr
 
 
 def test_depends_on_order(good: Path) -> None:

@@ -182,10 +182,12 @@ class _TimedRuntime(HostRuntime):
 
     marks: list[tuple[str, float]]
 
-    def _create(self, name: str, bundle: Path, log_path: Path, exit_w: int, *, stdin: Path | None = None) -> None:
+    def _create(self, name: str, bundle: Path, output: host_container.ContainerOutput, exit_w: int, *,
+                stdin: Path | None = None) -> int | None:
         self.marks.append(("prepare", time.monotonic()))
-        super()._create(name, bundle, log_path, exit_w, stdin=stdin)
+        stamper = super()._create(name, bundle, output, exit_w, stdin=stdin)
         self.marks.append(("runtime create", time.monotonic()))
+        return stamper
 
     def _start_slirp(self, pid: int, cdir: Path, exit_r: int, state: dict[str, Any], timeout: float) -> int:
         slirp_pid = super()._start_slirp(pid, cdir, exit_r, state, timeout)
