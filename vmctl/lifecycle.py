@@ -456,8 +456,9 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     if (host := project.host_of(m)) is not None:
         files, image_disks = _send_files(project, hv, m, host, files, image_disks)
         m = remote.send_disks(hv.conn, m, project.progress, host)
-    forwards = ports.resolve(m.name, m.ports)
-    ssh_port = ports.free_port()
+    with remote.port_check(host) as is_free:  # free where QEMU binds them: this machine, or the host
+        forwards = ports.resolve(m.name, m.ports, is_free=is_free, on=host.name if host else "")
+        ssh_port = ports.free_port(is_free=is_free)
     view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks, net)
     clone = _clone_of(project, hv, m, image, view) if templates else None
     t0 = time.monotonic()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from vmctl.errors import HostError
 from vmctl.render import Forward
 from vmctl.spec import PortSpec
+
+PortCheck = Callable[[str, int, str], bool]  # (address, port, proto) -> free where the forwards will bind
 
 
 def port_is_free(host: str, port: int, proto: str = "tcp") -> bool:
@@ -32,29 +34,35 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", is_free: PortCheck = port_is_free) -> int:
     """A free port below the kernel's ephemeral range. Asking the kernel for port 0 would hand out an
-    ephemeral port, which an outgoing connection (ours, to another guest) may take before QEMU binds it."""
+    ephemeral port, which an outgoing connection (ours, to another guest) may take before QEMU binds it.
+    `is_free`: where it must be free (this machine's by default; a remote host's: remote.port_check)."""
     low, _ = _ephemeral_range()
     lo, hi = (20000, low - 1) if low > 21000 else (low // 2, low - 1)
     for _ in range(200):
         port = random.randint(lo, hi)
-        if port_is_free(host, port):
+        if is_free(host, port, "tcp"):
             return port
     raise HostError(f"found no free TCP port on {host} between {lo} and {hi}")
 
 
-def resolve(machine: str, ports: Iterable[PortSpec], *, check: bool = True) -> list[Forward]:
-    """Concrete forwards: fixed host ports must be free now (`check`); `GUEST`-only ports get a free one."""
+def resolve(machine: str, ports: Iterable[PortSpec], *, check: bool = True, is_free: PortCheck = port_is_free,
+            on: str = "") -> list[Forward]:
+    """Concrete forwards: fixed host ports must be free now (`check`); `GUEST`-only ports get a free one.
+    `on`: the host they bind on, for the error (empty: this machine)."""
     out = []
     for p in ports:
         if p.host_port is None:
-            out.append(Forward(p.host_ip, free_port(p.host_ip), p.target, p.proto))
+            out.append(Forward(p.host_ip, free_port(p.host_ip, is_free), p.target, p.proto))
             continue
-        if check and not port_is_free(p.host_ip, p.host_port, p.proto):
-            raise HostError(
-                f"machine `{machine}`: host port {p.host_ip}:{p.host_port}/{p.proto} is already in use",
-                hint="stop what listens there (`ss -ltnp`), or pick another host port in `ports`",
-            )
+        if check and not is_free(p.host_ip, p.host_port, p.proto):
+            raise in_use(machine, p.host_ip, p.host_port, p.proto, on)
         out.append(Forward(p.host_ip, p.host_port, p.target, p.proto))
     return out
+
+
+def in_use(machine: str, host_ip: str, port: int, proto: str, on: str = "") -> HostError:
+    where = f" on host `{on}`" if on else ""
+    return HostError(f"machine `{machine}`: host port {host_ip}:{port}/{proto} is already in use{where}",
+                     hint=f"stop what listens there (`ss -ltnp`{where}), or pick another host port in `ports`")

@@ -8,13 +8,14 @@ for too much, and says how to fix it. Nothing here changes the host: a failing `
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmctl import guest_image, ports, remote
 from vmctl.errors import HostError, UsageError, Where
+from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, is_embedded
 from vmctl.spec import Environment, MachineSpec, PortSpec
 from vmctl.state import EnvState
@@ -57,7 +58,10 @@ def check(project: Project, machines: Sequence[MachineSpec], state: EnvState) ->
     to_start = [m for m in machines if not _recorded(state, m)]
     local = [m for m in to_start if is_local(project.uri_for(m))]
     check_resources(env, local, host_resources())
-    check_ports(env, to_start, state)
+    fixed = [m for m in to_start if any(p.host_port is not None for p in m.ports)]
+    for host, on_it in _by_ssh_host(project, fixed).items():
+        with remote.port_check(host) as is_free:  # where each machine's ports will bind
+            check_ports(env, on_it, state, is_free, on=host.name if host else "")
     check_boot_files(env, to_start)
     check_volumes(env, to_start)
     check_external_volumes(env)
@@ -101,17 +105,26 @@ def check_resources(env: Environment, machines: Sequence[MachineSpec], host: Hos
                         where=where(env, biggest, "memory"))
 
 
+def _by_ssh_host(project: Project, machines: Sequence[MachineSpec]) -> dict[HostSpec | None, list[MachineSpec]]:
+    """Machines by the SSH host their forwards bind on (None: this machine, also for a local daemon's URI)."""
+    groups: dict[HostSpec | None, list[MachineSpec]] = {}
+    for m in machines:
+        host = project.host_of(m)
+        groups.setdefault(host if host is not None and host.address else None, []).append(m)
+    return groups
+
+
 def check_ports(env: Environment, machines: Sequence[MachineSpec], state: EnvState,
-                is_free: Callable[[str, int, str], bool] = ports.port_is_free) -> None:
+                is_free: ports.PortCheck = ports.port_is_free, *, on: str = "") -> None:
     ours = {(f.host_ip, f.host_port, f.proto) for ms in state.machines.values() for f in ms.forwards}
     for m in machines:
         for p in m.ports:
             if p.host_port is None or (p.host_ip, p.host_port, p.proto) in ours:
                 continue
             if not is_free(p.host_ip, p.host_port, p.proto):
-                raise HostError(f"machine `{m.name}`: host port {p.host_ip}:{p.host_port}/{p.proto} is already in use",
-                                hint="stop what listens there (`ss -ltnp`), or pick another host port in `ports`",
-                                where=_port_where(env, m, p))
+                error = ports.in_use(m.name, p.host_ip, p.host_port, p.proto, on)
+                error.where = _port_where(env, m, p)
+                raise error
 
 
 def _port_where(env: Environment, m: MachineSpec, port: PortSpec) -> Where:

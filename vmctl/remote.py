@@ -3,13 +3,17 @@ pool (vmctl/host_files.py), its console is read through libvirt, and SSH to it g
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vmctl import host_files
-from vmctl.errors import UsageError, Where
+import paramiko
+
+from vmctl import host_files, ports
+from vmctl.errors import HostError, UsageError, Where
 from vmctl.hostspec import HostSpec
 from vmctl.progress import Progress
 from vmctl.spec import Environment, MachineSpec
@@ -44,6 +48,41 @@ def forget_consoles(conn: Any, domains: Sequence[str]) -> None:
 def jump(host: HostSpec | None) -> Jump | None:
     """How SSH reaches a guest on `host`: through its sshd (None: the guest's port is on this machine)."""
     return Jump(host) if host is not None and host.address else None
+
+
+@contextlib.contextmanager
+def port_check(host: HostSpec | None) -> Iterator[ports.PortCheck]:
+    """Whether a port is free where a machine's forwards will bind (its QEMU's `hostfwd`): on this
+    machine, or on `host`, asked over one SSH connection to it."""
+    j = jump(host)
+    if j is None:
+        yield ports.port_is_free
+        return
+    client = j.open()
+    try:
+        yield functools.partial(_free_on_host, client, j.host.name)
+    finally:
+        client.close()
+
+
+def _free_on_host(client: paramiko.SSHClient, host: str, address: str, port: int, proto: str) -> bool:
+    """TCP: no answer to a connection made by the host's own sshd (a `direct-tcpip` channel: nothing runs
+    there). UDP cannot be asked that way: taken as free, and a port that is not makes QEMU fail to start,
+    which `up` reports and rolls back."""
+    if proto != "tcp":
+        return True
+    transport = client.get_transport()
+    assert transport is not None
+    target = "127.0.0.1" if address in ("0.0.0.0", "") else address
+    try:
+        transport.open_channel("direct-tcpip", (target, port), ("127.0.0.1", 0), timeout=10).close()
+    except paramiko.ChannelException as e:
+        if e.code == paramiko.common.OPEN_FAILED_CONNECT_FAILED:  # refused: nothing listens there
+            return True
+        raise HostError(f"cannot ask host `{host}` whether port {port} is free: its sshd said {e.text!r}",
+                        hint="its sshd must allow TCP forwarding (`AllowTcpForwarding yes`): vmctl reaches "
+                             "guests that way too") from None
+    return False
 
 
 def check(env: Environment, machines: Sequence[tuple[MachineSpec, HostSpec]]) -> None:

@@ -56,7 +56,7 @@ class Jump:
             client.close()
             hint = (f"vmctl never accepts an unknown host key: check it (`{h.fingerprint_command()}`), then add it "
                     f"to {known}") if "not found in known_hosts" in str(e) else None
-            raise HostError(f"cannot reach host `{h.name}` over SSH ({h.address}:{h.ssh_port}): {e}",
+            raise HostError(f"cannot reach host `{h.name}` ({h.uri}) over SSH at {h.address}:{h.ssh_port}: {e}",
                             hint=hint) from None
         return client
 

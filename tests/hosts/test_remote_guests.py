@@ -112,8 +112,10 @@ def test_each_host_was_probed_through_its_own_libvirt(bed: hostbed.HostBed, env:
         [entry] = [e for k, e in entries.items() if k.startswith(f"{host.name}|")]
         report = entry["report"]
         # The bed's hosts are this machine: KVM is offered there (its /dev/kvm), and cannot run the guest
-        # (kvm_pvm), so the probe guest was booted there and never reached its init.
-        assert not report["kvm_usable"] and f"on host `{host.name}`" in report["reason"], report
+        # (kvm_pvm): the probe guest was tried there, and either its QEMU failed to start (an assertion in
+        # QEMU's KVM MSR set-up, seen on one machine) or it never reached its init (seen on another).
+        assert not report["kvm_usable"] and f"host `{host.name}`" in report["reason"], report
+        assert "could not start a KVM guest" in report["reason"] or "init" in report["reason"], report
         assert report["probe_seconds"] is not None, report
         assert "probe" not in _on_host(bed, host, "virsh", "-c", "qemu:///system", "list", "--all", "--name")
         assert not [v for v in _pool(bed, host) if "probe" in v]  # its console volume went with it
