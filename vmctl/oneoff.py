@@ -3,14 +3,15 @@ vmctl's, removed afterwards (compose's `run --rm`).
 
 The one-off is the service's container made again (image, environment, volumes, user, limits: the same
 request) under a name of its own, `SERVICE-run-HEX`, with compose's `run` differences: CMD replaces the
-command, no published ports, no restart, no health check. It runs beside the service's container, in the
-same place, so that it reaches what the service reaches by the same names: in the service's microVM (a
-second crun container of the guest, which shares the guest's network stack like the first), or, for a
-host container, in the service's network namespace (runc joins it; no NIC and no address of its own).
-So the service must be running; compose would start a new container with the service's dependencies
-instead. Its output is read from its log as it grows, each read from where the last ended (the same log
-`vmctl logs` reads), and once its state
-is `exited` the rest is printed and its exit code returned.
+command, no published ports, no restart, no health check. It runs where the service runs, so that it
+reaches what the service reaches by the same names: in the service's microVM (a second crun container of
+the guest, which shares the guest's network stack like the first), or, for a host container, in the
+service's network namespace (runc joins it; no NIC and no address of its own). A host service that is
+not running (stopped, exited) lends the one-off its place on the environment network instead: its
+NICs and addresses, while the one-off runs. So the environment must be up (the service's machine
+running, for a microVM service); compose would also start the service's dependencies. Its output is
+read from its log as it grows, each read from where the last ended (the same log `vmctl logs` reads),
+and once its state is `exited` the rest is printed and its exit code returned.
 """
 
 from __future__ import annotations
@@ -65,10 +66,6 @@ def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneO
     """Run the one-off to its end; its exit code. Removed whatever happens (Ctrl-C included)."""
     with workloads.Runtimes(env, envdir, state) as runtimes:
         svc, rt = workloads.service_runtime(runtimes, env, name)
-        live = rt.live(svc.name)
-        if live.state != "running":
-            raise VmctlError(f"service `{svc.name}` is not running (state `{live.state}`)",
-                             hint=f"`vmctl run` starts its one-off beside it: `vmctl up {svc.name}` first")
         image = cached_image(svc.image, env.base_dir, state.services[svc.name].get("digest"))
         if image is None:
             raise VmctlError(f"the image of `{svc.name}` is no longer in the cache", hint="`vmctl up` again")
@@ -76,7 +73,10 @@ def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneO
                                   container_name=None)
         req = _request(svc, one, image, rt, runtimes)
         try:
-            rt.start(req, one, image, ())
+            if isinstance(rt, workloads.HostServiceRuntime):
+                rt.one_off(svc.name, req, one.name)
+            else:  # a second container of the service's guest, running or not the service's own
+                rt.start(req, one, image, ())
             return _attend(rt, one.name, out)
         finally:
             _remove(rt, one.name)
@@ -95,13 +95,9 @@ def _request(svc: ServiceSpec, one: ServiceSpec, image: PreparedImage, rt: workl
     base = workloads.container_request(dataclasses.replace(one, name=svc.name, container_name=svc.container_name),
                                        image, rt, runtimes.plan)
     cname = rt.container_name(one.name)
-    req = dataclasses.replace(base, name=cname, rootfs=rt.rootfs(one.name, image), etc_dir=rt.etc_dir(one.name),
-                              cgroups_path=f"/vmctl/{cname}",
-                              init_path=rt.init_path(one.name) if base.init_path else None)
-    if isinstance(rt, workloads.HostServiceRuntime):
-        rt.awaited = rt.awaited | {one.name}  # supervised: the supervisor is what learns its exit code
-        req = rt.beside(svc.name, req)
-    return req
+    return dataclasses.replace(base, name=cname, rootfs=rt.rootfs(one.name, image), etc_dir=rt.etc_dir(one.name),
+                               cgroups_path=f"/vmctl/{cname}",
+                               init_path=rt.init_path(one.name) if base.init_path else None)
 
 
 def _attend(rt: workloads.Runtime, name: str, out: BinaryIO) -> int:

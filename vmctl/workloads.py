@@ -143,7 +143,8 @@ class HostServiceRuntime:
         """Without a restart policy runc runs the container by itself; with one, vmctl's host supervisor
         (host_supervisor.py) starts it and restarts it after it exits, outliving this command. A service
         a dependent waits to complete is supervised too: only the supervisor learns its exit code."""
-        host_supervisor.files(self.cdir(svc.name))["log"].unlink(missing_ok=True)
+        for log in ("log", "log.t"):
+            host_supervisor.files(self.cdir(svc.name))[log].unlink(missing_ok=True)
         self._launch(req, svc, ports)
 
     def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
@@ -172,13 +173,21 @@ class HostServiceRuntime:
         host, plan = self.network
         return host_supervisor.NetworkJoin(host, member, plan)
 
-    def beside(self, service: str, req: ContainerRequest) -> ContainerRequest:
-        """`req` in the network namespace of the service's running container (`vmctl run`'s one-off):
-        it reaches what the service reaches, with no NIC of its own; the namespace's sysctls stay the service's."""
+    def one_off(self, service: str, req: ContainerRequest, name: str) -> None:
+        """Start `vmctl run`'s one-off `name` of `service`, supervised (only the supervisor learns its exit
+        code). Where the service's container runs: in its network namespace (no NIC of its own; the
+        namespace's sysctls stay the service's). Where it does not: in the service's place on the
+        environment network, its NICs and addresses for as long as the one-off runs."""
         st = self.host.state(self.container_name(service))
-        if st is None or st.pid <= 0:
-            raise VmctlError(f"service `{service}` has no running container", hint=f"`vmctl up {service}` first")
-        return dataclasses.replace(req, netns_path=f"/proc/{st.pid}/ns/net", sysctls=without_net(req.sysctls))
+        join = None
+        if st is not None and st.pid > 0 and st.status == "running":
+            req = dataclasses.replace(req, netns_path=f"/proc/{st.pid}/ns/net", sysctls=without_net(req.sysctls))
+        else:
+            join = self._joiner(service)
+        for log in ("log", "log.t"):
+            host_supervisor.files(self.cdir(name))[log].unlink(missing_ok=True)
+        host_supervisor.launch(host_supervisor.Plan(req, self.cdir(name), (), Restart.NO, None, self.host.runc_root,
+                                                    join))
 
     def live(self, name: str) -> Live:
         status = host_supervisor.read_status(self.cdir(name))

@@ -242,7 +242,7 @@ def test_stop_and_start_a_service_in_its_guest(env: Path) -> None:
     assert _ok(env, "exec", "vm", "--", "cat", "/etc/hostname") == "vm\n"
 
 
-def test_run_a_one_off_beside_the_service_and_remove_it(env: Path) -> None:
+def test_run_a_one_off_where_the_service_runs_and_remove_it(env: Path) -> None:
     for name, greeting in (("web", "from-the-host"), ("vm", "from-the-vm")):
         # the service's environment plus -e, in -w; beside the service: its own server answers on the
         # one-off's loopback (the same network stack); the exit code is the one-off's
@@ -257,7 +257,17 @@ def test_run_a_one_off_beside_the_service_and_remove_it(env: Path) -> None:
     assert _crun_names(env) == ["vm"] and _guest(env, "ls", "/run/vmctl/svc").split() == ["vm"]
     assert not [c for c in runc_containers(runtime_root()) if "-run-" in c]
     assert set(_ps(env, "-a")) == {"web", "once", "vm"}
-    stopped = _vmctl(env, "run", "--rm", "once")
-    assert stopped.returncode == 1 and "service `once` is not running" in stopped.stderr
+    # a host service that is not running (`once` exited) lends the one-off its place on the network: it
+    # reaches `web` by name from there; a microVM service that is stopped, its guest
+    exited = _vmctl(env, "run", "--rm", "--entrypoint", "sh", "once", "--", "-c",
+                    "cat /etc/hostname; wget -q -O- http://web:8080/ | grep greeting")
+    assert exited.returncode == 0 and exited.stdout.splitlines() == ["once", "greeting: from-the-host"], exited
+    assert _vmctl(env, "stop", "vm").returncode == 0
+    try:
+        in_guest = _vmctl(env, "run", "--rm", "--entrypoint", "cat", "vm", "--", "/etc/hostname")
+        assert (in_guest.returncode, in_guest.stdout) == (0, "vm\n"), in_guest.stderr
+    finally:
+        assert _vmctl(env, "start", "vm").returncode == 0
+    assert not [c for c in runc_containers(runtime_root()) if "-run-" in c]
     unknown = _vmctl(env, "run", "--rm", "nosuch")
     assert unknown.returncode == 2 and "`nosuch` is not a service" in unknown.stderr

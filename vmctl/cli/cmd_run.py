@@ -30,11 +30,12 @@ Examples:
 @pass_app
 def command(app: App, remove: bool, env: tuple[str, ...], user: str, workdir: str, entrypoint: str | None,
             no_tty: bool, service: str, argv: tuple[str, ...]) -> None:
-    """Run a one-off container of a running service, print its output, exit with its exit code.
+    """Run a one-off container of a service, print its output, exit with its exit code.
 
     It is the service's container once more (image, environment, volumes, user, limits), with CMD as its
-    command, no published ports and no restart, beside the service: in its microVM, or in its network
-    namespace for a host container, so it finds the other services by name. It is removed when it ends."""
+    command, no published ports and no restart, where the service runs: in its microVM, or in its network
+    namespace for a host container (in its place on the environment network when it is not running), so
+    it finds the other services by name. The environment must be up. It is removed when it ends."""
     project = app.project()
     if project.env.service(service) is None:
         raise UsageError(f"`{service}` is not a service of {project.env.file}",
