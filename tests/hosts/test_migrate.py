@@ -98,9 +98,11 @@ services:
     rows = {r["metric"]: r for r in data["results"] if r["workload"] == "portability" and r["sandbox"] == "microvm"}
     assert set(rows) == {"total_seconds", "downtime_ms", "client_downtime_ms", "moved_mib", "cold_move_mib"}, data
     assert {r["accel"] for r in rows.values()} <= {"tcg", "kvm"} and rows["total_seconds"]["median"] > 0
-    # The client saw the guest go quiet (at least one 5 ms echo missed), but not for longer than the move.
-    assert 5 < rows["client_downtime_ms"]["median"] < rows["total_seconds"]["median"] * 1000
-    assert rows["downtime_ms"]["median"] > 0 and 8 < rows["moved_mib"]["median"] < 2 * 192
+    # The client went without answers at least while QEMU had the guest paused (less one 5 ms echo
+    # interval and some slack for the two clocks), and not for longer than the whole move.
+    client, paused = rows["client_downtime_ms"]["median"], rows["downtime_ms"]["median"]
+    assert paused > 0 and 0.8 * paused - 10 <= client < rows["total_seconds"]["median"] * 1000, rows
+    assert 8 < rows["moved_mib"]["median"] < 2 * 192
     assert rows["cold_move_mib"]["median"] > 1
     criu = subprocess.run(["criu", "check"], capture_output=True, text=True, timeout=60, check=False)
     if criu.returncode == 0:
