@@ -82,6 +82,8 @@ def _free_on_host(client: paramiko.SSHClient, host: str, address: str, port: int
         raise HostError(f"cannot ask host `{host}` whether port {port} is free: its sshd said {e.text!r}",
                         hint="its sshd must allow TCP forwarding (`AllowTcpForwarding yes`): vmctl reaches "
                              "guests that way too") from None
+    except (paramiko.SSHException, OSError) as e:  # no answer in time, or the connection went away
+        raise HostError(f"cannot ask host `{host}` whether port {port} is free: {e}") from None
     return False
 
 
