@@ -12,9 +12,9 @@
 #   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid. Also
 #                         starts a halted (or exited) service again, from the same bundle and overlay
 #   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log (and, with
-#                         times, to container.log.t), the exit code recorded; RESTART is compose's policy: no, always, unless-stopped (both
-#                         restart after any exit), on-failure or on-failure:N (after a non-zero exit,
-#                         at most N times)
+#                         times, to container.log.t), the exit code recorded; RESTART is compose's
+#                         policy: no, always, unless-stopped (both restart after any exit), on-failure
+#                         or on-failure:N (after a non-zero exit, at most N times)
 #   sysctl KEY VALUE...   set net.* sysctls of the guest (the network stack its one container shares)
 #   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
 #   halt NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, the supervisor ended without a

@@ -58,18 +58,15 @@ def measure(env: Environment, workload: Workload, sandboxes: Sequence[str], runs
             keep: Keep) -> dict[str, str]:
     """Each of `sandboxes` ("microvm", "runc") moved `runs` times; `keep` gets the rows so far after each
     move. Returns the sandboxes that could not be measured, with the reason."""
-    done: list[Row] = []
+    rows: dict[str, list[Row]] = {}  # sandbox -> its rows so far
     skipped: dict[str, str] = {}
     for name, run in (("microvm", _microvm), ("runc", _criu)):
         if name not in sandboxes:
             continue
-        current: list[Row] = []
         try:
-            why = run(env, workload, runs, progress, functools.partial(_show, done=list(done), current=current,
-                                                                       keep=keep))
+            why = run(env, workload, runs, progress, functools.partial(_show, rows, name, keep))
         except VmctlError as e:
             why = e.message
-        done += current
         if why:
             skipped[name] = why
             progress.warn(WORKLOAD, f"{name}: {why}")
@@ -77,10 +74,10 @@ def measure(env: Environment, workload: Workload, sandboxes: Sequence[str], runs
     return skipped
 
 
-def _show(rows: list[Row], *, done: list[Row], current: list[Row], keep: Keep) -> None:
-    """The rows of the sandbox being moved so far, after those of the sandboxes already done."""
-    current[:] = rows
-    keep(done + rows)
+def _show(rows: dict[str, list[Row]], sandbox: str, keep: Keep, latest: list[Row]) -> None:
+    """`sandbox`'s rows so far replace its earlier ones; `keep` gets every sandbox's."""
+    rows[sandbox] = latest
+    keep([r for kept in rows.values() for r in kept])
 
 
 # --------------------------------------------------------------------------------------------- microVM
@@ -166,9 +163,10 @@ def _one_move(file: Path, netns: str, address: str, target: str, tmp: Path) -> d
     finally:
         end(pinger)
     replies = [float(x) for x in answers.read_text().split()]
-    if not any(r < t0 for r in replies) or not any(r > t1 for r in replies):
+    before, after = any(r < t0 for r in replies), any(r > t1 for r in replies)
+    if not (before and after):
         raise VmctlError(f"the client in `{PROBE}` got no answer from `{MOVER}` ({address}) "
-                         f"{'before' if not any(r < t0 for r in replies) else 'after'} the move")
+                         f"{'after' if before else 'before'} the move")
     return {"total": moved["seconds"], "downtime": moved["downtime_ms"] or 0.0,
             "client": seen_downtime_ms(replies, t0, t1) or 0.0,
             "moved": ((moved["memory_bytes"] or 0) + moved["copied_bytes"]) / 2**20,
@@ -268,7 +266,7 @@ def _criu(env: Environment, workload: Workload, runs: int, progress: Progress, s
 def _criu_rows(totals: list[float], moved: list[float], workload: Workload) -> list[Row]:
     stop_and_copy = "checkpoint + restore: a stop-and-copy, the workload is stopped the whole time"
     return [row(WORKLOAD, "runc", "total_seconds", "s", totals, "none", note="`runc checkpoint` + `runc restore`"),
-         row(WORKLOAD, "runc", "downtime_ms", "ms", [t * 1000 for t in totals], "none", note=stop_and_copy),
-         row(WORKLOAD, "runc", "moved_mib", "MiB", moved, "none", note="the checkpoint's files (CRIU images)"),
-         row(WORKLOAD, "runc", "cold_move_mib", "MiB", [workload.image.size_bytes / 2**20], "none",
-             note="what a move to a new host needs besides: the image's root filesystem")]
+            row(WORKLOAD, "runc", "downtime_ms", "ms", [t * 1000 for t in totals], "none", note=stop_and_copy),
+            row(WORKLOAD, "runc", "moved_mib", "MiB", moved, "none", note="the checkpoint's files (CRIU images)"),
+            row(WORKLOAD, "runc", "cold_move_mib", "MiB", [workload.image.size_bytes / 2**20], "none",
+                note="what a move to a new host needs besides: the image's root filesystem")]

@@ -161,6 +161,18 @@ def _measure_one(sb: Sandbox, workload: Workload, options: Options, report: Repo
         save()
 
 
+def _rows_after(report: Report, save: Save) -> Callable[[list[Row]], None]:
+    """For a measurement that hands over all its rows so far each time: they follow the report's rows of
+    now, replacing what it handed over before, and the report is saved."""
+    before = list(report.results)
+
+    def keep(rows: list[Row]) -> None:
+        report.results = before + rows
+        save()
+
+    return keep
+
+
 def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: Options, report: Report,
                      progress: Progress, save: Save) -> None:
     """Service to service on the environment network: needs both of vmctl's own kinds of member."""
@@ -168,12 +180,7 @@ def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: 
     if not {"runc", "microvm"} <= names:
         report.skipped[network.WORKLOAD] = "needs the runc and microvm sandboxes (vmctl's two kinds of member)"
         return
-    before = list(report.results)
-
-    def keep(rows: list[Row]) -> None:
-        report.results = before + rows
-        save()
-
+    keep = _rows_after(report, save)
     try:
         network.measure(workload, options.runs, options.perf_seconds, progress, keep)
     except VmctlError as e:
@@ -184,13 +191,8 @@ def _measure_network(sandboxes: Sequence[Sandbox], workload: Workload, options: 
 def _measure_portability(env: Environment, sandboxes: Sequence[Sandbox], workload: Workload, options: Options,
                          report: Report, progress: Progress, save: Save) -> None:
     """The running workload moved to another host: live migration (microvm), CRIU (runc)."""
-    before = list(report.results)
-
-    def keep(rows: list[Row]) -> None:
-        report.results = before + rows
-        save()
-
-    skipped = portability.measure(env, workload, [sb.name for sb in sandboxes], options.runs, progress, keep)
+    skipped = portability.measure(env, workload, [sb.name for sb in sandboxes], options.runs, progress,
+                                  _rows_after(report, save))
     report.skipped.update({f"{portability.WORKLOAD}/{name}": why for name, why in skipped.items()})
 
 
