@@ -35,9 +35,10 @@ _LINE = re.compile(r"^(VMCTL-[A-Z-]+)(.*)$")
 
 # ---------------------------------------------------------------------------------------------- argv
 
-def kernel_cmdline(hostname: str, sshkey_b64: str, *, probe: bool = False, extra: Sequence[str] = ()) -> str:
-    """The same kernel command line vmctl's render stage gives a one-vCPU TCG machine."""
-    return render.kernel_cmdline(hostname, sshkey_b64, extra, accel="tcg", vcpus=1, probe=probe)
+def kernel_cmdline(hostname: str, sshkey_b64: str, *, probe: bool = False, extra: Sequence[str] = (),
+                   accel: str = "tcg") -> str:
+    """The same kernel command line vmctl's render stage gives a one-vCPU machine."""
+    return render.kernel_cmdline(hostname, sshkey_b64, extra, accel=accel, vcpus=1, probe=probe)
 
 
 def machine_args(accel: str = "tcg", tb_size_mib: int | None = None) -> list[str]:
@@ -173,12 +174,12 @@ def start(argv: Sequence[str], ssh_port: int) -> BareVm:
 @contextlib.contextmanager
 def running_vm(kernel: Path, initrd: Path, hostname: str, sshkey_b64: str, *, probe: bool = False,
                extra: Sequence[str] = (), memory_mib: int = 256, tb_size_mib: int | None = None,
-               rng: bool = True) -> Iterator[BareVm]:
+               rng: bool = True, accel: str = "tcg") -> Iterator[BareVm]:
     """A QEMU booting the image, killed on exit whatever happens."""
     port = free_port()
-    cmdline = kernel_cmdline(hostname, sshkey_b64, probe=probe, extra=extra)
+    cmdline = kernel_cmdline(hostname, sshkey_b64, probe=probe, extra=extra, accel=accel)
     vm = start(qemu_argv(kernel, initrd, cmdline, ssh_port=port, memory_mib=memory_mib, tb_size_mib=tb_size_mib,
-                         rng=rng), port)
+                         rng=rng, accel=accel), port)
     try:
         yield vm
     finally:

@@ -32,7 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import bare_qemu
-from bench.vmstats import Scratch, add_out_option, cpu_seconds, fmt, median, results_file, scratch, table, timed_up
+from bench.vmstats import (
+    Scratch,
+    add_out_option,
+    cpu_seconds,
+    fmt,
+    median,
+    probed_accel,
+    results_file,
+    scratch,
+    table,
+    timed_up,
+)
 from vmctl.guest_image import BZIMAGE_FILE, GuestImage, build_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
@@ -46,6 +57,7 @@ class Variant:
     kernel_name: str  # cloud, cloud-bzimage, minimal
     image: GuestImage
     kernel: Path  # what both vmctl and bare QEMU boot
+    accel: str  # what `accel: auto` gives this image here (bench.vmstats.probed_accel): kvm or tcg
     template: bool = False
 
     @property
@@ -57,7 +69,7 @@ class Variant:
         return f"{self.kernel_name}-t" if self.template else self.kernel_name
 
     def machine(self, memory_mib: int) -> dict[str, object]:
-        spec: dict[str, object] = {"image": self.image.name, "memory": f"{memory_mib}M", "accel": "tcg",
+        spec: dict[str, object] = {"image": self.image.name, "memory": f"{memory_mib}M", "accel": self.accel,
                                    "template": self.template}
         if self.kernel != self.image.kernel:
             spec["kernel"] = str(self.kernel)
@@ -70,6 +82,7 @@ def variants(names: Sequence[str], progress: bool = True) -> list[Variant]:
             print(f"bench: {msg}", file=sys.stderr)
 
     out = []
+    accels: dict[str, str] = {}  # per image: a KVM host may run one guest kernel and not the other
     for spec in names:
         name, _, how = spec.partition(":")
         if how not in ("", "template") or (how and name == "cloud-bzimage"):
@@ -81,7 +94,9 @@ def variants(names: Sequence[str], progress: bool = True) -> list[Variant]:
             kernel = image.directory / BZIMAGE_FILE
         elif name not in ("cloud", "minimal"):
             raise SystemExit(f"unknown variant `{name}` (cloud, cloud-bzimage, minimal)")
-        out.append(Variant(name, image, kernel, template=how == "template"))
+        if image.name not in accels:
+            accels[image.name] = probed_accel(image, say)
+        out.append(Variant(name, image, kernel, accels[image.name], template=how == "template"))
     return out
 
 
@@ -114,7 +129,10 @@ def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int) -> dict[str, o
         memory = found.as_dict() if found else {}
     finally:
         s.vmctl(file, "down")
-    return {"variant": v.name, "run": run, "up_wall_s": round(wall, 3), "boot_s": machine["boot_seconds"],
+    if machine["accel"] != v.accel:
+        raise RuntimeError(f"{v.name}: expected accel {v.accel}, vmctl used {machine['accel']}")
+    return {"variant": v.name, "accel": v.accel, "run": run, "up_wall_s": round(wall, 3),
+            "boot_s": machine["boot_seconds"],
             "qemu_started_s": timeline.get("qemu_started"), "restored_s": timeline.get("restored"),
             "ready_s": timeline.get("ready"),
             "ssh_s": timeline.get("ssh"),
@@ -124,14 +142,14 @@ def vmctl_boot(s: Scratch, v: Variant, run: int, memory_mib: int) -> dict[str, o
 def bare_boot(v: Variant, run: int, memory_mib: int, tb_mib: int) -> dict[str, object]:
     key = bare_qemu.throwaway_key_blob()
     with bare_qemu.running_vm(v.kernel, v.image.initrd, "bench", key, memory_mib=memory_mib,
-                              tb_size_mib=tb_mib) as vm:
+                              tb_size_mib=tb_mib, accel=v.accel) as vm:
         if vm.wait_for("VMCTL-READY", timeout=120) != "VMCTL-READY":
             raise RuntimeError(f"bare boot of {v.name} failed: {vm.console[-10:]}")
         time.sleep(SETTLE)
         found = memory_of(vm.process.pid, memory_mib)
         memory = found.as_dict() if found else {}
         timings = vm.timings()
-    return {"variant": v.name, "run": run, "bare_ready_s": timings["wall_ready_s"],
+    return {"variant": v.name, "accel": v.accel, "run": run, "bare_ready_s": timings["wall_ready_s"],
             "bare_guest_ready_uptime_s": timings["uptime_ready_s"],
             **{f"bare_{k}": val for k, val in memory.items()}}
 
@@ -153,7 +171,7 @@ def parallel_up(s: Scratch, v: Variant, count: int, memory_mib: int) -> dict[str
     vmctl_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     cores = os.cpu_count() or 1
     floor = (qemu_cpu + vmctl_cpu) / cores
-    return {"variant": v.name, "machines": count, "wall_s": round(wall, 2), "cores": cores,
+    return {"variant": v.name, "accel": v.accel, "machines": count, "wall_s": round(wall, 2), "cores": cores,
             "qemu_cpu_s": round(qemu_cpu, 2), "vmctl_cpu_s": round(vmctl_cpu, 2), "floor_s": round(floor, 2),
             "wall_over_floor": round(wall / floor, 2) if floor else None,
             "slowest_boot_s": max(b for b in boots if b is not None)}
@@ -169,15 +187,17 @@ def parallel_attempts(s: Scratch, v: Variant, count: int, memory_mib: int, attem
         except RuntimeError as e:
             errors.append(" ".join(str(e).strip().splitlines()[-2:])[-200:])
             print(f"bench: parallel up failed: {errors[-1]}", file=sys.stderr)
-    return {"variant": v.name, "machines": count, "cores": os.cpu_count() or 1, "failed_tries": len(errors),
+    return {"variant": v.name, "accel": v.accel, "machines": count, "cores": os.cpu_count() or 1,
+            "failed_tries": len(errors),
             "failed_attempts": errors}
 
 
 # ---------------------------------------------------------------------------------------------- report
 
-def summarize(rows: Sequence[dict[str, object]], names: Sequence[str]) -> list[dict[str, object]]:
+def summarize(rows: Sequence[dict[str, object]], chosen: Sequence[Variant]) -> list[dict[str, object]]:
     out = []
-    for name in names:
+    for v in chosen:
+        name = v.name
         mine = [r for r in rows if r["variant"] == name]
         # a templated start is compared with the bare boot of the same kernel
         baseline = [r for r in rows if r["variant"] == name.removesuffix(" (template)")]
@@ -186,7 +206,7 @@ def summarize(rows: Sequence[dict[str, object]], names: Sequence[str]) -> list[d
             return median([float(str(r[key])) for r in rows_ if r.get(key) is not None])
 
         ready, bare, wall = med("ready_s"), med("bare_ready_s", baseline), med("up_wall_s")
-        out.append({"variant": name, "runs": len([r for r in mine if "up_wall_s" in r]),
+        out.append({"variant": name, "accel": v.accel, "runs": len([r for r in mine if "up_wall_s" in r]),
                     "up_wall_s": wall, "up_qemu_started_s": med("qemu_started_s"),
                     "up_restored_s": med("restored_s"), "up_ready_s": ready,
                     "up_ssh_s": med("ssh_s"),
@@ -260,18 +280,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     boots.append(bare_boot(v, run, args.memory, args.tb_cache))
                 for row in boots:
                     rows.append(row)
-                    out.write({"kind": "run", "accel": "tcg", **row})
+                    out.write({"kind": "run", **row})
         if args.parallel:
             for v in in_parallel:
                 parallel.append(parallel_attempts(s, v, args.parallel, args.memory, attempts=3))
-                out.write({"kind": "parallel", "accel": "tcg", **parallel[-1]})
-        summary = summarize(rows, [v.name for v in chosen])
+                out.write({"kind": "parallel", **parallel[-1]})
+        summary = summarize(rows, chosen)
         for row in summary:
-            out.write({"kind": "summary", "accel": "tcg", **row})
+            out.write({"kind": "summary", **row})
+    accel = ", ".join(sorted({v.accel for v in chosen}))  # each row carries its own too
     if args.json:
-        print(json.dumps({"accel": "tcg", "runs": rows, "summary": summary, "parallel": parallel}, indent=1))
+        print(json.dumps({"accel": accel, "runs": rows, "summary": summary, "parallel": parallel}, indent=1))
     else:
-        print(render(summary, parallel, "tcg", args.tb_cache, args.memory))
+        print(render(summary, parallel, accel, args.tb_cache, args.memory))
     return 0
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench.vmstats import Scratch, add_out_option, fmt, results_file, scratch, table, timed_up
+from bench.vmstats import Scratch, add_out_option, fmt, probed_accel, results_file, scratch, table, timed_up
 from vmctl.guest_image import build_guest_image
 from vmctl.hypervisor import qemu_pid
 from vmctl.memory import memory_of
@@ -87,11 +87,11 @@ def ksm_merging() -> Iterator[dict[str, float]]:
 
 
 def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memory_mib: int, settle: float,
-            timeout: float, start: str = "cold") -> dict[str, object]:
+            timeout: float, start: str = "cold", accel: str = "tcg") -> dict[str, object]:
     """`start`: cold or template, `+ksm` for KSM merging before the measurement."""
     env = f"density-{start.replace('+', '-')}-{count}"
     kind, ksm = start.removesuffix("+ksm"), start.endswith("+ksm")
-    machine = {"image": image, "memory": f"{memory_mib}M", "accel": "tcg", "template": kind == "template"}
+    machine = {"image": image, "memory": f"{memory_mib}M", "accel": accel, "template": kind == "template"}
     file = s.write_env(env, {f"d{i}": machine for i in range(count)})
     merged: dict[str, float] = {}
     try:
@@ -121,14 +121,14 @@ def measure(s: Scratch, image: str, boot_files: Sequence[Path], count: int, memo
 
 
 def attempts(s: Scratch, args: argparse.Namespace, boot_files: Sequence[Path], count: int,
-             start: str) -> dict[str, object]:
+             start: str, accel: str) -> dict[str, object]:
     """`measure`, tried again (`--attempts`) after a failed `up` (which rolled itself back); the errors
     of failed tries are kept in the row: a failed `up` is a data point too."""
     errors: list[str] = []
     for attempt in range(args.attempts):
         print(f"density: {count} VMs, {start} (attempt {attempt + 1})", file=sys.stderr)
         try:
-            row = measure(s, args.image, boot_files, count, args.memory, args.settle, args.timeout, start)
+            row = measure(s, args.image, boot_files, count, args.memory, args.settle, args.timeout, start, accel)
             return {**row, "failed_tries": len(errors), "failed_attempts": errors}
         except RuntimeError as e:
             errors.append(" ".join(str(e).strip().splitlines()[-2:])[-200:])
@@ -159,22 +159,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     with results_file(parser, args.out, tools=[fincore]) as out, scratch() as s:
         image = build_guest_image(args.image, progress=lambda m: print(f"density: {m}", file=sys.stderr))
         boot_files = [image.kernel, image.initrd]
+        accel = probed_accel(image, lambda m: print(f"density: {m}", file=sys.stderr))
         starts = [x for x in args.starts.split(",") if x]
         if any(x.startswith("template") for x in starts):  # the template is built here, not in a measured `up`
-            measure(s, args.image, boot_files, 1, args.memory, 0.0, args.timeout, "template")
+            measure(s, args.image, boot_files, 1, args.memory, 0.0, args.timeout, "template", accel)
         for count in counts:
             if count * per_vm > args.budget:
                 print(f"density: stop before {count} VMs: ~{count * per_vm:.0f} MiB > budget {args.budget} MiB",
                       file=sys.stderr)
                 break
             for start in starts:
-                row = attempts(s, args, boot_files, count, start)
+                row = attempts(s, args, boot_files, count, start, accel)
                 rows.append(row)
-                out.write({"accel": "tcg", "memory_mib": args.memory, "image": args.image, **row})
+                out.write({"accel": accel, "memory_mib": args.memory, "image": args.image, **row})
                 if "error" not in row:
                     per_vm = max(per_vm, float(str(row["pss_per_vm_mib"] or per_vm)))
     if args.json:
-        print(json.dumps({"accel": "tcg", "budget_mib": args.budget, "memory_mib": args.memory, "rows": rows},
+        print(json.dumps({"accel": accel, "budget_mib": args.budget, "memory_mib": args.memory, "rows": rows},
                          indent=1))
         return 0
 
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = row.get(key)
         return fmt(float(str(value)) if value is not None else None, digits, suffix)
 
-    print(f"accelerator = tcg; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
+    print(f"accelerator = {accel}; {args.memory} MiB per VM; image {args.image}; budget {args.budget} MiB")
     print(table(["start", "VMs", "up wall", "boot median", "boot max", "PSS total", "PSS/VM", "guest RAM/VM",
                  "TCG cache/VM", "files/VM", "private/VM", "overhead/VM", "w/o TCG", "kernel+initrd cached",
                  "KSM saved", "failed tries"],

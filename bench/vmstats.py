@@ -21,13 +21,27 @@ from typing import Any
 
 import yaml
 
+from vmctl import accel
 from vmctl.errors import VmctlError
+from vmctl.guest_image import GuestImage
 from vmctl.hypervisor import shared_capability_cache, warm_capabilities
 from vmctl.outputs import JsonLines, writable_file
 from vmctl.paths import private_dir, runtime_root
+from vmctl.spec import Accel
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------- accelerator
+
+def probed_accel(image: GuestImage, say: Callable[[str], None]) -> str:
+    """The accelerator `accel: auto` gives this image's machines here (vmctl's real probe, cached), so a
+    benchmark measures KVM on a KVM host and TCG elsewhere, and labels every row with it."""
+    report = accel.host_report(image.kernel, image.initrd)
+    chosen = report.choose(Accel.AUTO)
+    say(f"accelerator for image {image.name}: {chosen} ({report.reason})")
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------- processes

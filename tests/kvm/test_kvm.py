@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from bench import kvmhost
 from examples.build_images import build_image
 from tests.conftest import ROOT
-from tests.kvm.conftest import KvmHost, qemus_in_l1, sh, vmctl
+from tests.kvm.conftest import KvmHost, qemus_in_l1, sh, vmctl, vmctl_env
 from vmctl.guest_image import Cpio
 
 pytestmark = [pytest.mark.kvm, pytest.mark.vm]
@@ -203,6 +204,26 @@ def test_compare_in_l1_flags_every_microvm_figure_as_nested(kvm_host: KvmHost) -
     assert all(not r["emulated"] for r in data["results"] if r["sandbox"] == "runc")
     assert {"runc", "microvm"} <= {v["sandbox"] for v in data["isolation"]}
     assert NESTED_LABEL in data["warning"] and NESTED_LABEL in stderr
+
+
+def test_the_boot_benchmark_runs_unchanged_on_a_kvm_host_and_labels_its_rows_kvm(kvm_host: KvmHost) -> None:
+    """bench.boot asks vmctl's probe, as `accel: auto` does: in L1 its vmctl boots, template restores and
+    bare QEMU boots all run under KVM and say so (the figures themselves are TCG-slow: not read here)."""
+    def body(l1: kvmhost.L1) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "bench.boot", "--variants", "cloud,cloud:template", "--runs", "1",
+                "--parallel", "0", "--json"]
+        result = l1.run(argv, env=vmctl_env(), cwd=str(ROOT), timeout=1200).check()
+        assert not qemus_in_l1(l1), "bench.boot left a QEMU running in L1"
+        return dict(json.loads(result.stdout))
+
+    data = kvm_host.scenario(body)
+    assert data["accel"] == "kvm", data["accel"]
+    assert {r["variant"] for r in data["summary"]} == {"cloud", "cloud (template)"}
+    assert data["runs"] and all(r["accel"] == "kvm" for r in [*data["runs"], *data["summary"]]), data["runs"]
+    bare = [r for r in data["runs"] if "bare_ready_s" in r]
+    assert bare and all(r["bare_ready_s"] > 0 for r in bare), bare
+    templated = next(r for r in data["summary"] if r["variant"] == "cloud (template)")
+    assert templated["up_restored_s"] is not None, templated  # restored, not booted
 
 
 def test_l1_without_svm_fails_naming_it_with_the_kernel_log() -> None:
