@@ -169,12 +169,19 @@ class GuestRuntime:
         return volume_path(volume_tag(source))
 
     def _helper(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> str:
+        return self._helpers([args], stdin=stdin, timeout=timeout)
+
+    def _helpers(self, calls: Sequence[Sequence[str]], *, stdin: bytes | None = None, timeout: float = 60.0) -> str:
+        """supervise.sh once per call, in one SSH command (each costs a round trip and, under TCG, a
+        fresh shell in the guest); the first failure ends the chain. Only the first reads `stdin`."""
         if not self._uploaded:
             helpers = tar_of({name: (source.read_bytes(), mode, 0, 0) for name, (source, mode) in HELPERS.items()})
             self.guest.run(["sh", "-c", "mkdir -p /run/vmctl && tar -x -f - -C /run/vmctl"], stdin=helpers,
                            timeout=30, check=True)
             self._uploaded = True
-        _, out, _ = self.guest.run(["sh", SCRIPT, *args], stdin=stdin, timeout=timeout, check=True)
+        argv = ["sh", SCRIPT, *calls[0]] if len(calls) == 1 else \
+            ["sh", "-c", " && ".join(shlex.join(["sh", SCRIPT, *c]) for c in calls)]
+        _, out, _ = self.guest.run(argv, stdin=stdin, timeout=timeout, check=True)
         return out.decode(errors="replace")
 
     def container_name(self, service: str) -> str:
@@ -195,18 +202,23 @@ class GuestRuntime:
             volumes += [tag, "ro" if readonly else "rw"]
         if not all(_VOLUME_TAG.fullmatch(t) for t in volumes[::2]):
             raise UsageError(f"invalid volume tags {volumes[::2]}")
-        self._helper("prepare", req.name, serial, *volumes, stdin=bundle_tar(req))
+        calls = [("prepare", req.name, serial, *volumes)]
         # the container shares the guest's network stack (its own VM: spec refuses net.* in a shared one),
         # so its net.* sysctls are the guest's; crun refuses them without a network namespace of its own
         net = [part for key, value in svc.sysctls if key.startswith("net.") for part in (key, value)]
         if net:
-            self._helper("sysctl", *net)
-        self._helper("start", req.name, _policy(svc))
+            calls.append(("sysctl", *net))
+        self._helpers([*calls, ("start", req.name, _policy(svc))], stdin=bundle_tar(req))
 
     def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
                ports: Sequence[object] = ()) -> None:
         """Run a halted (or exited) container again: the bundle, the overlay and the log are still there."""
         self._helper("start", req.name, _policy(svc))
+
+    def wait_output(self, name: str, timeout: float) -> None:
+        """Return once the container has written to its log (waited for in the guest, not polled)."""
+        seconds = max(1, math.ceil(timeout))
+        self._helper("wait-output", self.container_name(name), str(seconds), timeout=seconds + 10)
 
     def live(self, name: str) -> Live:
         return parse_status(self._helper("status", self.container_name(name)))

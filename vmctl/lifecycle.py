@@ -48,7 +48,7 @@ from vmctl.network.machine import MachineNetwork
 from vmctl.progress import Progress
 from vmctl.runner import which
 from vmctl.spec import Environment, MachineSpec, ServiceSpec, with_dependencies
-from vmctl.ssh import Guest
+from vmctl.ssh import KEPT, Guest
 from vmctl.state import EnvDir, EnvState, ForwardState, MachineState
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
@@ -570,6 +570,7 @@ def _boot(project: Project, hv: Hypervisor, job: Job, ms: MachineState, timeout:
             if net is not None:
                 net.configure_guest(guest, job.clone.template.macs if ms.template and job.clone else ())
             t_network = time.monotonic()
+            guest.keep()  # for the services' start (or compare's container) in this process
     except Cancelled:
         progress.error(m.name, "cancelled")
         raise
@@ -641,6 +642,9 @@ def down(project: Project, *, remove_volumes: bool = False) -> list[str]:
         project.remember(state)
         removed += workloads.stop_host_services(project.env, envdir, state, project.progress)
         workloads.stop_guest_services(project.env, envdir, state, project.progress)
+        for ms in state.machines.values():  # what `up` in this process kept open to them
+            if ms.hostkey:
+                KEPT.release(ms.ssh_port, ms.hostkey)
         uris = set(project.uris()) | {ms.uri for ms in state.machines.values()}
         unreachable = []
         for uri in sorted(uris):

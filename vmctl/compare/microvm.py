@@ -24,10 +24,9 @@ from vmctl.compare.sandboxes import (
     phases_from_marks,
     request,
     tool_version,
-    wait_first_line,
 )
-from vmctl.errors import VmctlError
-from vmctl.guest_container import GuestRuntime, image_serial, service_dir
+from vmctl.errors import GuestError, VmctlError
+from vmctl.guest_container import GuestRuntime, image_serial
 from vmctl.hypervisor import qemu_pid
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import DiskSpec, Environment, MachineSpec, PortSpec, ServiceSpec
@@ -75,12 +74,13 @@ class MicroVMInstance(Instance):
         self.runtime.start(req, ServiceSpec(name=name, image=self.workload.image_ref), self.workload.image)
 
     def first_output(self, name: str, timeout: float = 60.0) -> float:
-        log = f"{service_dir(name)}/container.log"
-
-        def read() -> str:
-            return self.guest.run(["cat", log], timeout=30)[1].decode(errors="replace")
-
-        return wait_first_line(read, timeout, f"container `{name}` in the microVM")
+        # Waited for in the guest: a poll over SSH would run a shell in the guest per round trip, on the
+        # vCPU the container is starting on.
+        try:
+            self.runtime.wait_output(name, timeout)
+        except GuestError as e:
+            raise VmctlError(f"container `{name}` in the microVM: {e.message}") from None
+        return time.monotonic()
 
     def exec(self, argv: Sequence[str], *, timeout: float = 60.0) -> Exec:
         code, out = self.runtime.exec(self.container, argv, timeout=timeout)
