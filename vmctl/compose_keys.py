@@ -42,9 +42,6 @@ SERVICE = (
                 "put the other service in this file, or reach it through a published port"),
     Unsupported("mac_address", "string", "vmctl gives every member a stable MAC address of its own",
                 "remove it"),
-    Unsupported("tty", "bool", "containers run without a terminal so far: a detached container's terminal needs "
-                "a process that holds the pty's master end (the runtime's console socket), which vmctl has not yet",
-                "drop `tty` (`stdin_open: true` keeps a shell waiting); `vmctl exec` gives a terminal"),
     Unsupported("ipc", "string", "containers always get their own IPC namespace", "remove it"),
     Unsupported("pid", "string", "containers always get their own PID namespace", "remove it"),
     Unsupported("uts", "string", "containers always get their own UTS namespace", "remove it"),

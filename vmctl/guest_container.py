@@ -48,6 +48,7 @@ SERIAL_HEX = 16  # virtio-blk serials hold at most 20 bytes
 STOP_GRACE_SECONDS = 5
 INIT_FILE = "init"  # the static init in the bundle, bound at /sbin/docker-init
 STDIN_OPEN_FILE = "stdin_open"
+TTY_FILE = "tty"  # a marker: supervise.sh runs crun on a terminal of its own (util-linux's script)
 TINI = Path("/usr/bin/tini-static")  # Debian's `tini` package: static, so it runs in any image
 _SERIAL = re.compile(rf"{SERIAL_PREFIX}[0-9a-f]{{{SERIAL_HEX}}}")
 VOLUME_ROOT = "/run/vmctl/volumes"
@@ -113,6 +114,8 @@ def bundle_tar(req: ContainerRequest) -> bytes:
         files[INIT_FILE] = host_init().read_bytes()
     if req.stdin_open:  # a marker: supervise.sh then gives `crun run` a FIFO it holds open as stdin
         files[STDIN_OPEN_FILE] = b""
+    if req.terminal:
+        files[TTY_FILE] = b""
     owned = {f"etc/{file_name(i)}": f for i, f in enumerate(req.files)}  # secrets and configs
     files |= {path: f.data for path, f in owned.items()}
     # busybox tar, run by root, keeps the owner and the mode

@@ -30,6 +30,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ class HostContainer:
     log: Path
     slirp_pid: int | None
     ports: tuple[PortForward, ...]
-    stamper_pid: int | None = None  # busybox awk writing the output to `log` and the stamped log
+    output_pids: tuple[int, ...] = ()  # what carries the output to `log`: the tty relay, busybox awk stamping it
 
 
 class HostRuntime:
@@ -174,12 +175,13 @@ class HostRuntime:
 
         exit_r, exit_w = os.pipe()
         try:
-            stamper = self._create(req.name, bundle, output, exit_w,
-                                   stdin=_stdin_fifo(cdir) if req.stdin_open else None)
+            carriers = self._create(req.name, bundle, output, exit_w,
+                                    stdin=_stdin_fifo(cdir) if req.stdin_open or req.terminal else None,
+                                    console=_socket_path(cdir, "tty") if req.terminal else None)
             os.close(exit_w)
             exit_w = -1
-            if stamper is not None:
-                state["stamper_pid"] = stamper
+            if carriers:
+                state["output_pids"] = list(carriers)
                 _write_state(cdir, state)
             pid = self._pid(req.name)
             slirp_pid = None
@@ -196,7 +198,7 @@ class HostRuntime:
             if exit_w >= 0:
                 os.close(exit_w)
         run([self.runc, "--root", self.runc_root, "start", req.name], timeout=30)
-        return HostContainer(req.name, cdir, pid, output.log, slirp_pid, ports, stamper)
+        return HostContainer(req.name, cdir, pid, output.log, slirp_pid, ports, carriers)
 
     def _mount_overlay(self, lower: Path, work: Path, target: Path) -> None:
         dirs = {"lowerdir": lower, "upperdir": work / "upper", "workdir": work / "work"}
@@ -206,32 +208,51 @@ class HostRuntime:
         run([which("mount", package="mount"), "-t", "overlay", "overlay", "-o", options, target], timeout=30)
 
     def _create(self, name: str, bundle: Path, output: ContainerOutput, exit_w: int, *,
-                stdin: Path | None = None) -> int | None:
-        """`runc create`; returns the stamper's PID when the output is stamped (the caller reaps it)."""
+                stdin: Path | None = None, console: Path | None = None) -> tuple[int, ...]:
+        """`runc create`; returns the PIDs of what carries the output (the caller reaps them): with
+        `console` (`tty`), the relay holding the terminal (vmctl/tty_relay.py), then, when the output is
+        stamped, the stamper. Without a terminal runc hands its own stdio to the container."""
         argv = [self.runc, "--root", str(self.runc_root), "create", "--bundle", str(bundle)]
+        if console is not None:
+            argv += ["--console-socket", str(console)]
         argv += ["--preserve-fds", "1", name]  # fd 3 = exit pipe: slirp4netns ends with the container
-        keep, stamper = {3: exit_w}, None
-        if output.stamped is not None:
-            output.stamped.touch(mode=0o600)  # both logs exist from the start, as the raw one always did
-            out_r, out_w = os.pipe()
-            try:
-                stamper = _spawn([which("busybox", package="busybox-static"), "awk", "-v", f"raw={output.log}",
-                                  "-v", f"stamped={output.stamped}", "-f", str(STAMP_AWK)], out=Path(os.devnull),
-                                 keep={0: out_r})
-            finally:
-                os.close(out_r)
-            keep |= {1: out_w, 2: out_w}
-        try:  # runc hands its stdio to the container
-            code = _wait_through_interrupts(_spawn(argv, out=output.log, keep=keep, stdin=stdin))
-        finally:
+        keep, carriers, out_w = {3: exit_w}, [], -1
+        try:
             if output.stamped is not None:
-                os.close(keep[1])  # the container holds the pipe now; the stamper ends when it is gone
-        if code != 0:
-            if stamper is not None:  # runc's error went through the stamper: let it reach the log
-                reap(stamper, wait=2.0)
-            tail = "\n    ".join(output.log.read_text(errors="replace").strip().splitlines()[-6:])
-            raise CommandFailed(f"`{shlex.join(argv)}` failed with exit code {code}:\n    {tail}")
-        return stamper
+                output.stamped.touch(mode=0o600)  # both logs exist from the start, as the raw one always did
+                out_r, out_w = os.pipe()
+                try:
+                    carriers.append(_spawn([which("busybox", package="busybox-static"), "awk", "-v",
+                                            f"raw={output.log}", "-v", f"stamped={output.stamped}", "-f",
+                                            str(STAMP_AWK)], out=Path(os.devnull), keep={0: out_r}))
+                finally:
+                    os.close(out_r)
+            into = {1: out_w, 2: out_w} if out_w >= 0 else {}
+            if console is not None:
+                carriers.insert(0, _relay(console, output.log, into, stdin))
+                stdin = None
+            else:
+                keep |= into
+            try:  # runc hands its stdio to the container (or its terminal, to the relay)
+                code = _wait_through_interrupts(_spawn(argv, out=output.log, keep=keep, stdin=stdin))
+            finally:
+                if out_w >= 0:
+                    os.close(out_w)  # the container (or the relay) holds the pipe now; the stamper ends with it
+                    out_w = -1
+                if console is not None:
+                    console.unlink(missing_ok=True)
+            if code != 0:
+                if console is not None:  # it waits for a terminal that will not come
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(carriers[0], signal.SIGTERM)
+                for pid in carriers:  # runc's error went through them: let it reach the log
+                    reap(pid, wait=2.0)
+                tail = "\n    ".join(output.log.read_text(errors="replace").strip().splitlines()[-6:])
+                raise CommandFailed(f"`{shlex.join(argv)}` failed with exit code {code}:\n    {tail}")
+        finally:
+            if out_w >= 0:
+                os.close(out_w)
+        return tuple(carriers)
 
     def _pid(self, name: str) -> int:
         st = self.state(name)
@@ -318,8 +339,8 @@ class HostRuntime:
                 self._wait_stopped(name, grace)
             run([self.runc, "--root", self.runc_root, "delete", "--force", name], check=False, timeout=30)
         _end_process(state.get("slirp_pid"), state.get("slirp_start"))
-        if state.get("stamper_pid"):  # it ends once the container's output closes; collected where it is ours
-            reap(state["stamper_pid"], wait=1.0)
+        for pid in state.get("output_pids", ()):  # they end once the container's output closes; collected
+            reap(pid, wait=1.0)                      # where they are ours
         rootfs = Path(state.get("rootfs") or cdir / "bundle" / "rootfs")
         if _is_mountpoint(rootfs):
             run([which("umount", package="mount"), rootfs], timeout=30)
@@ -444,6 +465,18 @@ def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Pa
             os.close(fd)
 
 
+def _relay(console: Path, log: Path, into: Mapping[int, int], stdin: Path | None) -> int:
+    """The process that will hold a `tty` container's terminal (vmctl/tty_relay.py), listening on
+    `console` before runc looks for it; its output goes to `into` (the stamper's pipe) or `log`."""
+    console.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(console))
+        os.chmod(console, 0o600)
+        listener.listen(1)
+        argv = [sys.executable, "-m", "vmctl.tty_relay", *(["--stdin"] if stdin else [])]
+        return _spawn(argv, out=log, keep={3: listener.fileno(), **into}, stdin=stdin)
+
+
 def _stdin_fifo(cdir: Path) -> Path:
     """`stdin_open`: a FIFO the container opens read-write, so its stdin never reaches EOF (its own
     descriptor is a writer that never closes) and nobody else needs to hold it open."""
@@ -453,13 +486,14 @@ def _stdin_fifo(cdir: Path) -> Path:
     return path
 
 
-def _socket_path(cdir: Path) -> Path:
-    path = cdir / "slirp.sock"
+def _socket_path(cdir: Path, kind: str = "slirp") -> Path:
+    """`cdir/KIND.sock`, or a short name in /run/vmctl/sockets where that is too long for sun_path."""
+    path = cdir / f"{kind}.sock"
     if len(os.fsencode(path)) < SOCKET_PATH_MAX:
         return path
-    short = Path("/run/vmctl/slirp")
+    short = Path("/run/vmctl/sockets")
     short.mkdir(parents=True, exist_ok=True)
-    return short / (hashlib.sha256(os.fsencode(cdir)).hexdigest()[:16] + ".sock")
+    return short / (hashlib.sha256(os.fsencode(cdir)).hexdigest()[:16] + f".{kind}.sock")
 
 
 def _add_hostfwd(api: Path, p: PortForward) -> None:

@@ -163,8 +163,8 @@ def supervise(plan: Plan) -> int:
                 return 1
             _write_status(plan.cdir, state="running", restarts=restarts, **me)
             code = _wait_exit(container.pid)
-            if container.stamper_pid is not None:  # it ends with the container's output: no zombie per restart
-                reap(container.stamper_pid, wait=2.0)
+            for pid in container.output_pids:  # they end with the container's output: no zombie per restart
+                reap(pid, wait=2.0)
             if not plan.restart.restarts(code) or (plan.retries is not None and restarts >= plan.retries):
                 _write_status(plan.cdir, state="exited", exit_code=code, restarts=restarts, **me)
                 return 0

@@ -236,6 +236,7 @@ class ServiceSpec:
     group_add: tuple[str, ...] = ()  # names or numbers
     shm_mib: int | None = None  # None: 64 MiB
     stdin_open: bool = False  # its stdin is a pipe kept open (docker's -i), not /dev/null
+    tty: bool = False  # its process has a terminal (docker's -t)
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
     pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
     build: BuildSpec | None = None  # its image is built from a Dockerfile (vmctl/build.py)
@@ -695,6 +696,9 @@ SERVICE_SETTINGS = (
             "image's /etc/group, or numbers"),
     Setting("stdin_open", p_bool, False, "bool", "keep its standard input open: a pipe nobody writes to, instead "
             "of /dev/null, so a program that reads stdin (`sh`, `cat`) waits rather than ending at EOF"),
+    Setting("tty", p_bool, False, "bool", "give its process a terminal (docker's -t): programs see a tty, and "
+            "its log is the terminal's output (lines end in CRLF, as `docker logs` shows them). In a microVM "
+            "util-linux's `script` holds the terminal; on the host a relay of vmctl's receives runc's console"),
     Setting("shm_size", p_bytes_mib, None, "size", "the size of its /dev/shm tmpfs (default 64m)"),
     Setting("network_mode", lambda v, p, c: None, None, "-", "every service is a member of its environment's "
             "networks", support=Support.REFUSED, hint="remove it; use `networks:` to choose networks"),
@@ -914,7 +918,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
-                       stdin_open=v["stdin_open"])
+                       stdin_open=v["stdin_open"], tty=v["tty"])
 
 
 def _limits(v: Mapping[str, Any]) -> Limits:

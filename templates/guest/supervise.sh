@@ -132,6 +132,23 @@ start() {
     done
 }
 
+# run_container NAME DIR: `crun run` in the foreground. With `tty`, crun hands the container a terminal
+# only when its own stdin is one (tcgetattr fails on a FIFO), so util-linux's script runs it on a new pty
+# and copies what that shows to our stdout (-e: crun's exit code; crun makes that outer pty raw, so only
+# the container's own terminal turns \n into \r\n). The words of -c are a validated name and the path
+# made of it.
+run_container() {
+    if [ ! -e "$2/bundle/tty" ]; then
+        crun run --bundle "$2/bundle" "$1"
+        return
+    fi
+    if ! command -v script > /dev/null; then
+        echo "supervise: \`tty\` needs util-linux's \`script\` in the guest image, and this one has none"
+        return 127
+    fi
+    script -q -e -c "exec crun run --bundle $2/bundle $1" /dev/null
+}
+
 supervise() {
     local dir restarts code up _rest stdin
     dir="$SVC_ROOT/$1"
@@ -143,15 +160,16 @@ supervise() {
         read -r up _rest < /proc/uptime
         echo "$up" > "$dir/started"
         echo running > "$dir/state"
-        # `stdin_open`: a FIFO opened read-write is a stdin that never reaches EOF (no writer ever closes it)
+        # `stdin_open`: a FIFO opened read-write is a stdin that never reaches EOF (no writer ever closes it);
+        # a terminal's input does not end either (`tty` without `stdin_open`: a shell waits, as under docker)
         stdin=/dev/null
-        if [ -e "$dir/bundle/stdin_open" ]; then
+        if [ -e "$dir/bundle/stdin_open" ] || [ -e "$dir/bundle/tty" ]; then
             [ -p "$dir/stdin" ] || mkfifo -m 600 "$dir/stdin" || die "cannot create the stdin of $1"
             stdin="$dir/stdin"
         fi
         # the output through stamp.awk (container.log as written, container.log.t with times: `logs -t`);
         # the group records crun's exit code, which the pipeline's own status would hide
-        { crun run --bundle "$dir/bundle" "$1" 0<> "$stdin" 2>&1; echo $? > "$dir/exit_code"; } \
+        { run_container "$1" "$dir" 0<> "$stdin" 2>&1; echo $? > "$dir/exit_code"; } \
             | awk -v raw="$dir/container.log" -v stamped="$dir/container.log.t" -f "$STAMP"
         read -r code < "$dir/exit_code" || code=255
         crun delete -f "$1" > /dev/null 2>&1

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,22 @@ services:
     healthcheck: {test: ["CMD", "false"], interval: 200ms, retries: 2}
 """
 
+
+TERMINAL = ["sh", "-c", "tty; [ -t 1 ] && echo has-a-terminal; echo TERM=$$TERM; exec sh"]
+TTY = f"""\
+name: svc-tty
+services:
+  vmterm:
+    image: ./web.tar
+    entrypoint: {json.dumps(TERMINAL)}
+    tty: true
+    vm: {{memory: 256M}}
+  hostterm:
+    image: ./web.tar
+    isolation: container
+    entrypoint: {json.dumps(TERMINAL)}
+    tty: true
+"""
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +233,21 @@ def test_logs_with_timestamps(good: Path) -> None:
         assert times[-1] <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2), times
     machine = run_vmctl("-f", str(good), "logs", "-t", "box")
     assert machine.returncode == 2 and "its console has no timestamps" in machine.stderr
+
+
+def test_tty_gives_the_container_a_terminal_that_stays_open(folder: Path) -> None:
+    """`tty: true`, in a microVM and on the host: the process's stdout is a terminal (TERM set, lines
+    ending CRLF in the log as docker's do), and a shell on it waits for input instead of ending."""
+    file = _write(folder, "tty", TTY)
+    with environment_up(file):
+        for name in ("vmterm", "hostterm"):  # bytes: text mode would turn the CRLFs into newlines
+            log = subprocess.run([*VMCTL, "-f", str(file), "logs", name], cwd=ROOT, capture_output=True,
+                                 timeout=60, check=True).stdout
+            assert re.search(rb"^" + name.encode() + rb" +\| /dev/pts/\d+\r\n", log, re.M), log
+            assert b"| has-a-terminal\r\n" in log and b"| TERM=xterm\r\n" in log and b"\r\r" not in log, log
+        time.sleep(1)  # the shells have read their (empty) terminals by now
+        assert {n: r["state"] for n, r in _ps(file).items()} == {"vmterm": "running", "hostterm": "running"}
+    assert _of_env("svc-tty") == ([], [])
 
 
 def test_depends_on_order(good: Path) -> None:

@@ -198,6 +198,7 @@ SERVICE_GOOD: list[tuple[str, Any, str, Any]] = [
     ("group_add", ["audio", 27], "group_add", ("audio", "27")),
     ("shm_size", "256m", "shm_mib", 256),
     ("stdin_open", True, "stdin_open", True),
+    ("tty", True, "tty", True),
 ]
 
 SERVICE_BAD: list[tuple[str, Any, str]] = [
@@ -285,6 +286,7 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("group_add", [["x"]], "invalid group"),
     ("shm_size", "lots", "size"),
     ("stdin_open", "always", "true or false"),
+    ("tty", "yes", "true or false"),
     ("links", ["bad link!"], "invalid link"),
     ("network_mode", "host", "`network_mode` is not supported"),
     ("host", "nosuch", "undeclared host `nosuch`"),  # more in test_hostspec.py

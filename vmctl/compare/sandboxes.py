@@ -183,11 +183,11 @@ class _TimedRuntime(HostRuntime):
     marks: list[tuple[str, float]]
 
     def _create(self, name: str, bundle: Path, output: host_container.ContainerOutput, exit_w: int, *,
-                stdin: Path | None = None) -> int | None:
+                stdin: Path | None = None, console: Path | None = None) -> tuple[int, ...]:
         self.marks.append(("prepare", time.monotonic()))
-        stamper = super()._create(name, bundle, output, exit_w, stdin=stdin)
+        carriers = super()._create(name, bundle, output, exit_w, stdin=stdin, console=console)
         self.marks.append(("runtime create", time.monotonic()))
-        return stamper
+        return carriers
 
     def _start_slirp(self, pid: int, cdir: Path, exit_r: int, state: dict[str, Any], timeout: float) -> int:
         slirp_pid = super()._start_slirp(pid, cdir, exit_r, state, timeout)

@@ -1,0 +1,78 @@
+"""The terminal of a host container with `tty: true`: a process that holds the pty's master end.
+
+runc creates the container's terminal and sends its master end to `--console-socket`; someone has to
+hold it for as long as the container runs, or the container's writes fail. vmctl's commands end at
+once, so `host_container` starts this relay in a session of its own: fd 3 is the listening socket
+(bound before `runc create`, so runc never finds nobody there), stdout is where the output goes (the
+log, or the stamper's pipe), and stdin, with `--stdin`, is copied to the terminal (`stdin_open`).
+It ends when the container has closed its terminal (EIO on the master), or after ACCEPT_SECONDS
+when runc never connected.
+
+    python -m vmctl.tty_relay [--stdin]
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+import sys
+
+ACCEPT_SECONDS = 60.0
+LISTEN_FD = 3
+
+
+def receive_master(listener: socket.socket) -> int:
+    """The descriptor runc sends (SCM_RIGHTS) over the one connection it makes."""
+    listener.settimeout(ACCEPT_SECONDS)
+    conn, _ = listener.accept()
+    with conn:
+        fds = array.array("i")
+        _, ancdata, _, _ = conn.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    if not fds:
+        raise OSError("runc sent no terminal")
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0]
+
+
+def relay(master: int, forward_stdin: bool) -> None:
+    readers = [master, 0] if forward_stdin else [master]
+    while True:
+        ready, _, _ = select.select(readers, [], [])
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every slave end is closed, the container has ended
+                return
+            if not data:
+                return
+            os.write(1, data)
+        if 0 in ready:
+            data = os.read(0, 65536)
+            if data:
+                os.write(master, data)
+            else:
+                readers.remove(0)  # input ended; the terminal stays open, as docker's does
+
+
+def main(argv: list[str]) -> int:
+    with socket.socket(fileno=LISTEN_FD) as listener:
+        try:
+            master = receive_master(listener)
+        except OSError as e:
+            print(f"tty relay: no terminal from runc: {e}", file=sys.stderr)
+            return 1
+    try:
+        relay(master, "--stdin" in argv)
+    finally:
+        os.close(master)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
