@@ -1,7 +1,8 @@
-"""`build:`: a service's image built from its Dockerfile by a builder the host has, kept as an OCI archive.
+"""`build:`: a service's image built from its Dockerfile by a builder the host has, kept as an image archive.
 
 The builder is podman (daemonless; `podman build` is buildah), else docker when its daemon answers. Its
-result is exported with `podman save --format oci-archive` / `docker save`, and that archive is what
+result is exported with `podman save --format docker-archive` / `docker save` (docker's image format:
+OCI's has no HEALTHCHECK, which a service inherits), and that archive is what
 the rest of vmctl uses, exactly as if the file had said `image: ./app.tar`: the image stage unpacks it,
 caches it by digest and makes its ext4 disk. The archive itself is cached under `CACHE/builds/KEY.tar`,
 KEY a hash of everything the build reads (the context's files, names, modes and link targets, less
@@ -138,6 +139,8 @@ class Builder:
 
     def build(self, spec: BuildSpec, tag: str, log: Path) -> None:
         argv = [*self.argv, "build", "-f", str(spec.context / spec.dockerfile), "-t", tag]
+        if self.name == "podman":  # docker's image format, as docker builds: OCI's has no HEALTHCHECK
+            argv += ["--format", "docker"]
         for key, value in spec.args:
             argv += ["--build-arg", f"{key}={value}"]
         argv += [*(["--target", spec.target] if spec.target else []), *(["--no-cache"] if spec.no_cache else []),
@@ -151,7 +154,7 @@ class Builder:
                             hint=f"the whole output is in {log}")
 
     def save(self, tag: str, archive: Path) -> None:
-        form = ["--format", "oci-archive"] if self.name == "podman" else []
+        form = ["--format", "docker-archive"] if self.name == "podman" else []  # keeps the config as built
         run([*self.argv, "save", *form, "-o", str(archive), tag], timeout=600)
         run([*self.argv, "rmi", tag], check=False, timeout=120)  # the archive is the result; the layers stay
 
@@ -177,13 +180,16 @@ def find_builder() -> Builder:
 # the cache
 
 
+ARCHIVE_FORMAT = "docker-archive"  # in the key: an archive saved in another format is built again
+
+
 def builds_root() -> Path:
     return cache_root() / "builds"
 
 
 def cache_key(spec: BuildSpec, builder: Builder) -> str:
-    h = hashlib.sha256(repr((builder.name, builder.version, spec.dockerfile, spec.args, spec.target,
-                             spec.network)).encode())
+    h = hashlib.sha256(repr((ARCHIVE_FORMAT, builder.name, builder.version, spec.dockerfile, spec.args,
+                             spec.target, spec.network)).encode())
     rules = dockerignore.load(spec.context)
     for rel, path in _context_files(spec.context):
         if dockerignore.ignored(rules, rel, dockerfile=spec.dockerfile):

@@ -13,6 +13,7 @@ Cache entry `cache_root()/images/<hex>/`: `rootfs/` (read-only use), `disk.ext4`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from vmctl.errors import CommandFailed, HostError, UsageError, VmctlError
 from vmctl.paths import cache_root
 from vmctl.runner import output, run, which
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the image's HEALTHCHECK
 LAYOUT_TAG = "vmctl"
 FILE_TRANSPORTS = ("docker-archive:", "oci-archive:", "oci:")
 ENGINE_TRANSPORTS = ("docker-daemon:", "containers-storage:")
@@ -55,6 +56,41 @@ class PullPolicy(StrEnum):
 
 
 @dataclass(frozen=True)
+class ImageHealthcheck:
+    """An image's HEALTHCHECK (docker's image format only: OCI's has none), in seconds; a service that
+    sets no `healthcheck:` of its own inherits it, as under compose."""
+
+    test: tuple[str, ...]  # argv in the container
+    interval: float = 30.0  # docker's defaults where the image leaves a field at 0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    start_interval: float | None = None
+
+
+def healthcheck_from_json(raw: Any) -> ImageHealthcheck | None:
+    """docker's `config.Healthcheck` ({"Test": [...], "Interval": ns, ...}); None for none or `NONE`."""
+    if not isinstance(raw, dict):
+        return None
+    test = [str(t) for t in raw.get("Test") or ()]
+    if not test or test[0] == "NONE":
+        return None
+    argv = tuple(test[1:]) if test[0] == "CMD" else ("/bin/sh", "-c", test[1]) \
+        if test[0] == "CMD-SHELL" and len(test) == 2 else ()
+    if not argv:
+        return None
+
+    def seconds(key: str, default: float) -> float:
+        value = raw.get(key)
+        return value / 1e9 if isinstance(value, int) and value > 0 else default
+
+    retries = raw.get("Retries")
+    return ImageHealthcheck(argv, seconds("Interval", 30.0), seconds("Timeout", 30.0),
+                            retries if isinstance(retries, int) and retries > 0 else 3,
+                            seconds("StartPeriod", 0.0), seconds("StartInterval", 0.0) or None)
+
+
+@dataclass(frozen=True)
 class ImageConfig:
     """The parts of an OCI image config a container runtime needs."""
 
@@ -64,6 +100,7 @@ class ImageConfig:
     working_dir: str = ""
     user: str = ""
     exposed_ports: tuple[str, ...] = ()  # "8080/tcp"
+    healthcheck: ImageHealthcheck | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +279,10 @@ def _build(source: str, digest: str, tmp: Path, progress: Callable[[str], None])
     progress(f"copying {source}")
     _skopeo(source, ["copy", "--quiet", *tls_off(source, "--src-tls-verify"), source, f"oci:{layout}:{LAYOUT_TAG}"])
     config = read_layout_config(layout, LAYOUT_TAG)
+    if config.healthcheck is None:  # the copy into an OCI layout dropped it: the source's own config has it
+        raw = json.loads(_skopeo(source, ["inspect", *tls_off(source, "--tls-verify"), "--config", "--raw", source],
+                                 capture_text=True))
+        config = dataclasses.replace(config, healthcheck=image_config_from_json(raw).healthcheck)
     progress("unpacking layers")
     _unpack(source, layout, rootfs)
     shutil.rmtree(layout)
@@ -297,6 +338,7 @@ def _config_from_meta(c: dict[str, Any]) -> ImageConfig:
         working_dir=str(c["working_dir"]),
         user=str(c["user"]),
         exposed_ports=strings("exposed_ports"),
+        healthcheck=ImageHealthcheck(**{**hc, "test": tuple(hc["test"])}) if (hc := c["healthcheck"]) else None,
     )
 
 
@@ -466,6 +508,7 @@ def image_config_from_json(blob: dict[str, Any]) -> ImageConfig:
         working_dir=str(c.get("WorkingDir") or ""),
         user=str(c.get("User") or ""),
         exposed_ports=tuple(sorted(c.get("ExposedPorts") or {})),
+        healthcheck=healthcheck_from_json(c.get("Healthcheck")),
     )
 
 

@@ -261,6 +261,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
         project.place(machines, state)  # with `hosts:`, before anything is created
         preflight.check(project, machines, state)  # before anything is created
         service_images = workloads.prepare_images(project.env, services, project.progress, rebuild=rebuild)
+        env = workloads.with_image_healthchecks(project.env, service_images)
         for name in volumes.ensure(project.env.volumes, workloads.volume_seeds(services, service_images)):
             project.progress.done(f"volume {name}", "created")
         images = ensure_images(project, machines)
@@ -283,7 +284,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                 envdir.save(state)
                 _boot_all(project, hvs, jobs, state, timeout, plan)
                 envdir.save(state)
-                workloads.start_services(project.env, envdir, state, service_images, project.progress,
+                workloads.start_services(env, envdir, state, service_images, project.progress,
                                          timeout=timeout, wait=wait, recreate=recreate)
                 rollback.pop_all()
         except BaseException:

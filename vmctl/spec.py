@@ -203,6 +203,7 @@ class ServiceSpec:
     volumes: tuple[VolumeSpec, ...] = ()
     dependencies: tuple[Dependency, ...] = ()
     healthcheck: HealthcheckSpec | None = None
+    healthcheck_from_image: bool = False  # the file sets none (not even `disable`): the image's applies at `up`
     restart: Restart = Restart.NO
     restart_retries: int | None = None  # `on-failure:N`: at most N restarts
     isolation: Isolation = Isolation.MICROVM
@@ -669,7 +670,8 @@ SERVICE_SETTINGS = (
             '"VOLUME:/path[:ro|rw]" (a named volume, writable by default), or the long form'),
     Setting("depends_on", p_depends_on, (), "list|mapping", "services started before this one (list), or "
             "name -> `condition`, `required`, `restart`"),
-    Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period"),
+    Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period; "
+            "none at all: the image's HEALTHCHECK (docker's image format), as under compose"),
     Setting("restart", p_restart, (Restart.NO, None), '"no"|always|on-failure[:N]|unless-stopped',
             "restart policy, applied by the guest's supervisor (microVM) or vmctl's host supervisor (container)",
             shown='"no"'),
@@ -918,7 +920,8 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
-                       stdin_open=v["stdin_open"], tty=v["tty"])
+                       stdin_open=v["stdin_open"], tty=v["tty"],
+                       healthcheck_from_image=not (isinstance(raw, Mapping) and "healthcheck" in raw))
 
 
 def _limits(v: Mapping[str, Any]) -> Limits:
@@ -1060,7 +1063,8 @@ def _check_references(env: Environment, ctx: Ctx) -> None:
             if target is None:
                 ctx.fail(path, f"unknown service `{dep.service}`",
                          did_you_mean(dep.service, [x.name for x in env.services], "services"))
-            if dep.condition is Condition.HEALTHY and target.healthcheck is None:
+            if dep.condition is Condition.HEALTHY and target.healthcheck is None and \
+                    not target.healthcheck_from_image:  # (the image's is checked at `up`, once it is known)
                 ctx.fail(path, f"`{dep.service}` has no healthcheck, so it never becomes healthy",
                          f"give `{dep.service}` a `healthcheck`, or use `condition: service_started`")
     cycle = _find_cycle({s.name: s.depends_on for s in env.services})

@@ -35,7 +35,7 @@ from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
 from vmctl.oci_spec import BindMount, ContainerRequest, FileData, merge_command, merge_env
 from vmctl.progress import Progress
-from vmctl.spec import Condition, Environment, Isolation, ServiceSpec, topological_services
+from vmctl.spec import Condition, Environment, HealthcheckSpec, Isolation, ServiceSpec, topological_services
 from vmctl.ssh import Guest
 from vmctl.state import EnvDir, EnvState
 
@@ -399,6 +399,34 @@ def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: 
         if use(s) not in prepared:
             prepared[use(s)] = _prepare_image(env, s, use(s)[1], progress, rebuild)
     return {s.name: prepared[use(s)] for s in services}
+
+
+def with_image_healthchecks(env: Environment, images: Mapping[str, PreparedImage]) -> Environment:
+    """Each service that sets no `healthcheck:` runs its image's HEALTHCHECK (compose's rule). A
+    `service_healthy` dependency on a service that still has none is refused here, before `up` creates
+    anything: the file could not say, its image can."""
+    def own(svc: ServiceSpec) -> ServiceSpec:
+        image = images.get(svc.name)
+        hc = image.config.healthcheck if image is not None and svc.healthcheck_from_image else None
+        if hc is None or svc.healthcheck is not None:
+            return svc
+        return dataclasses.replace(svc, healthcheck=HealthcheckSpec(hc.test, hc.interval, hc.timeout, hc.retries,
+                                                                    hc.start_period, hc.start_interval))
+
+    out = dataclasses.replace(env, services=tuple(own(s) for s in env.services))
+    for svc in out.services:
+        for dep in svc.dependencies:
+            target = out.service(dep.service)
+            if dep.condition is Condition.HEALTHY and target is not None and target.healthcheck is None:
+                key = f"services.{svc.replica_of or svc.name}.depends_on"
+                where = env.place(f"{key}.{target.replica_of or target.name}") or env.place(key)
+                image = f"the image built from `{target.build.context}`" if target.build else \
+                    f"its image `{target.image}`"
+                raise UsageError(f"`{dep.service}` has no healthcheck (none in the file, and {image} has no "
+                                 "HEALTHCHECK), so it never becomes healthy",
+                                 where=where or Where(str(env.file), None, key),
+                                 hint=f"give `{dep.service}` a `healthcheck`, or use `condition: service_started`")
+    return out
 
 
 def _prepare_image(env: Environment, svc: ServiceSpec, policy: PullPolicy, progress: Progress,

@@ -6,6 +6,7 @@ content. Nothing is mocked."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,3 +99,50 @@ def test_a_failing_build_names_the_service_and_keeps_the_log(tmp_path: Path) -> 
     assert "`podman build` failed" in up.stderr and "services.app.build" in up.stderr, up.stderr
     assert "the whole output is in" in up.stderr
     assert run_vmctl("-f", str(file), "down").returncode == 0
+
+
+HEALTHY = """\
+name: built-health
+x-build: &build
+  args: {{BASE: "oci-archive:{base}"}}
+  network: none
+services:
+  db:
+    build: {{<<: *build, context: ./checked}}
+    isolation: container
+    entrypoint: ["sh", "-c", "sleep 1; touch /tmp/ready; exec sleep 3600"]
+    stop_grace_period: 0s
+  web:
+    build: {{<<: *build, context: ./unchecked}}
+    isolation: container
+    command: ["sleep", "3600"]
+    stop_grace_period: 0s
+    depends_on: {{db: {{condition: service_healthy}}}}
+"""
+
+
+def test_a_service_inherits_its_images_healthcheck(tmp_path: Path) -> None:
+    """A HEALTHCHECK in the Dockerfile (kept: the build saves docker's image format) is what `db` runs when
+    the file sets none, so `service_healthy` waits for it; on an image without one it is refused before
+    anything starts, naming the dependency's line."""
+    base = build_image("web", tmp_path / "base")
+    for name, extra in (("checked", 'HEALTHCHECK --interval=1s --retries=30 CMD ["test", "-e", "/tmp/ready"]\n'),
+                        ("unchecked", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "Dockerfile").write_text(f"ARG BASE\nFROM ${{BASE}}\n{extra}")
+    file = tmp_path / "compose.yaml"
+    file.write_text(HEALTHY.format(base=base))
+    try:
+        up = run_vmctl("-f", str(file), "up", "--timeout", "180")
+        assert up.returncode == 0, up.stderr
+        assert re.search(r"✔ db +healthy in", up.stderr) and "checks failed" in up.stderr, up.stderr  # it ran
+    finally:
+        assert run_vmctl("-f", str(file), "down").returncode == 0
+
+    file.write_text(HEALTHY.format(base=base).replace("context: ./checked", "context: ./unchecked"))
+    refused = run_vmctl("-f", str(file), "up", "--timeout", "180")
+    assert refused.returncode == 2, refused.stderr
+    assert f"{file}:16: `services.web.depends_on.db`: `db` has no healthcheck" in refused.stderr, refused.stderr
+    assert f"the image built from `{tmp_path / 'unchecked'}` has no HEALTHCHECK" in refused.stderr, refused.stderr
+    ps = run_vmctl("-f", str(file), "ps", "-a", "--json")
+    assert '"state": "running"' not in ps.stdout, ps.stdout  # nothing was started

@@ -152,7 +152,8 @@ CASES = [
     Case("replicas-in-machine", "name: corpus\nmachines: {m: {}}\nservices:\n  web:\n    image: x.tar\n"
          "    machine: m\n    scale: 2\n", "`machine` cannot be used with several instances",
          at=(6, "services.web.machine")),
-    Case("depends-healthy-without-check", "name: corpus\nservices:\n  db: {image: x.tar}\n  web:\n    image: x.tar\n"
+    Case("depends-healthy-without-check", "name: corpus\nservices:\n"
+         "  db: {image: x.tar, healthcheck: {disable: true}}\n  web:\n    image: x.tar\n"
          "    depends_on:\n      db: {condition: service_healthy}\n", "`db` has no healthcheck",
          at=(7, "services.web.depends_on.db")),
     Case("depends-bad-condition", S1 + "    depends_on: {web2: {condition: healthy}}\n", "invalid value 'healthy'",

@@ -515,8 +515,8 @@ def test_depends_on_conditions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "want", "key"), [
-    ("  db: {image: x.tar}\n  web:\n    image: x.tar\n    depends_on: {db: {condition: service_healthy}}\n",
-     "`db` has no healthcheck", "services.web.depends_on.db"),
+    ("  db: {image: x.tar, healthcheck: {disable: true}}\n  web:\n    image: x.tar\n"
+     "    depends_on: {db: {condition: service_healthy}}\n", "`db` has no healthcheck", "services.web.depends_on.db"),
     ("  web:\n    image: x.tar\n    depends_on: {db: {}}\n", "unknown service `db`", "services.web.depends_on.db"),
     ("  db: {image: x.tar}\n  web:\n    image: x.tar\n    depends_on: {db: {condition: service_ready}}\n",
      "invalid value 'service_ready'", "services.web.depends_on.db.condition"),
@@ -528,8 +528,11 @@ def test_depends_on_errors_name_the_dependency(tmp_path: Path, text: str, want: 
 
 def test_a_healthcheck_is_off_with_none_or_disable(tmp_path: Path) -> None:
     env = load(tmp_path, "services:\n  a: {image: x.tar, healthcheck: {test: [NONE]}}\n"
-                         "  b: {image: x.tar, healthcheck: {test: [CMD, 'false'], disable: true}}\n")
-    assert [s.healthcheck for s in env.services] == [None, None]
+                         "  b: {image: x.tar, healthcheck: {test: [CMD, 'false'], disable: true}}\n"
+                         "  c: {image: x.tar}\n")
+    assert [s.healthcheck for s in env.services] == [None, None, None]
+    # only a service that says nothing about it inherits its image's HEALTHCHECK (at `up`)
+    assert [s.healthcheck_from_image for s in env.services] == [False, False, True]
 
 
 def test_restart_takes_the_dependents_that_ask_for_it(tmp_path: Path) -> None:
