@@ -647,7 +647,8 @@ HEALTHCHECK_SETTINGS = (
 DEPENDENCY_SETTINGS = (
     Setting("condition", p_enum(Condition), Condition.STARTED, "service_started|service_healthy|"
             "service_completed_successfully", "what this service waits for before it starts: the "
-            "dependency running, healthy (it needs a `healthcheck`), or exited with code 0"),
+            "dependency running, healthy (it needs a `healthcheck`, or an image with a HEALTHCHECK), or exited "
+            "with code 0"),
     Setting("required", p_bool, True, "bool", "false: a dependency that is not in the file (an inactive "
             "profile) is left out with a warning"),
     Setting("restart", p_bool, False, "bool", "`vmctl restart` of the dependency restarts this service too"),
