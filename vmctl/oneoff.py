@@ -47,7 +47,8 @@ class OneOff:
 
 
 def one_off_spec(svc: ServiceSpec, opts: OneOff) -> ServiceSpec:
-    """The service as compose's `run` makes it: what the options override, and nothing that outlives it."""
+    """The service as compose's `run` makes it: what the options override, and nothing that outlives it
+    (no terminal either: its output is streamed here, as with `-T`)."""
     extra = []
     for item in opts.env:
         key, sep, value = item.partition("=")
@@ -59,7 +60,7 @@ def one_off_spec(svc: ServiceSpec, opts: OneOff) -> ServiceSpec:
         entrypoint=opts.entrypoint if opts.entrypoint is not None else svc.entrypoint,
         environment=(*[(k, v) for k, v in svc.environment if k not in dict(extra)], *extra),
         user=opts.user or svc.user, working_dir=opts.workdir or svc.working_dir,
-        ports=(), restart=Restart.NO, restart_retries=None, healthcheck=None, stdin_open=False)
+        ports=(), restart=Restart.NO, restart_retries=None, healthcheck=None, stdin_open=False, tty=False)
 
 
 def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneOff, out: BinaryIO) -> int:
