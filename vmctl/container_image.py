@@ -254,8 +254,8 @@ def prepare_image(ref: str, base_dir: Path, *, policy: PullPolicy = PullPolicy.M
         try:
             tmp.rename(entry)
         except OSError:  # another vmctl built it meanwhile: keep theirs
-            if _load_entry(ref, digest, entry) is None:
-                raise
+            if _load_entry(ref, digest, entry) is None:  # an entry of another cache format: replace it
+                _replace_entry(entry, tmp)
     _memo_put(source, digest)
     result = _load_entry(ref, digest, entry)
     if result is None:
@@ -293,6 +293,15 @@ def _build(source: str, digest: str, tmp: Path, progress: Callable[[str], None])
     meta = {"format": CACHE_FORMAT, "digest": digest, "size_bytes": size, "config": asdict(config)}
     (tmp / "image.json").write_text(json.dumps(meta, indent=1) + "\n")
     progress(f"prepared in {time.monotonic() - started:.1f} s")
+
+
+def _replace_entry(entry: Path, new: Path) -> None:
+    """Put `new` in the place of an entry this version cannot read (an older vmctl's): moved aside first,
+    so the name never holds half of either; a running machine keeps the disk it has open."""
+    aside = entry.with_name(f".tmp-stale-{uuid.uuid4().hex[:8]}")
+    entry.rename(aside)
+    new.rename(entry)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager

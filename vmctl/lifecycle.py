@@ -36,7 +36,7 @@ from vmctl import (
     volumes,
     workloads,
 )
-from vmctl.container_image import PullPolicy
+from vmctl.container_image import PreparedImage, PullPolicy
 from vmctl.errors import GuestError, HostError, UsageError, VmctlError
 from vmctl.hostspec import HostSpec
 from vmctl.hypervisor import Hypervisor, embed_uri, is_embedded, prepare_embed_root, qemu_pid, shared_capability_cache
@@ -246,13 +246,15 @@ def _disk_views(project: Project, machine: MachineSpec,
 
 
 def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_TIMEOUT,
-       wait: bool = True, templates: bool = True, rebuild: bool = False, recreate: bool = False) -> EnvState:
+       wait: bool = True, templates: bool = True, rebuild: bool = False, recreate: bool = False,
+       hold: frozenset[str] = frozenset()) -> EnvState:
     """Boot the machines, then start the services in `depends_on` order; roll everything back on failure.
 
     Services' images are prepared before any boot: each distinct image's ext4 disk is attached
     read-only to every machine that runs it. With `templates`, a machine of a shape that has a template
     (vmctl/template.py; built on first use) is restored from it instead of booting its kernel. With
-    `recreate`, running services' containers are made anew (their machines keep running)."""
+    `recreate`, running services' containers are made anew (their machines keep running). The services
+    in `hold` get their machine, image and network but are not started (`vmctl run`'s own service)."""
     machines, services = project.select_with_services(names)
     envdir = project.envdir
     with envdir.lock(on_wait=lambda text: project.progress.info("lock", text)):
@@ -284,7 +286,8 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                 envdir.save(state)
                 _boot_all(project, hvs, jobs, state, timeout, plan)
                 envdir.save(state)
-                workloads.start_services(env, envdir, state, service_images, project.progress,
+                workloads.start_services(env, envdir, state,
+                                         {n: i for n, i in service_images.items() if n not in hold}, project.progress,
                                          timeout=timeout, wait=wait, recreate=recreate)
                 rollback.pop_all()
         except BaseException:
@@ -302,6 +305,18 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                 _remove_env_files(envdir)
             raise
         return state
+
+
+def up_for_one_off(project: Project, service: str, *, timeout: float = DEFAULT_TIMEOUT) -> PreparedImage | None:
+    """`vmctl run SERVICE` where the service has never been started: what `up SERVICE` would bring up
+    (its machine, the network, what it depends on, started and waited for) comes up, the service itself
+    does not (compose's `run`). Its prepared image, or None when the service has run here before (the
+    one-off then uses the image it ran)."""
+    [svc] = workloads.select_services(project.env, [service])[:1]
+    if svc.name in project.envdir.load(str(project.env.file)).services:
+        return None
+    up(project, [svc.name], timeout=timeout, hold=frozenset({svc.name}))
+    return workloads.prepare_images(project.env, [svc], project.progress, policy=PullPolicy.NEVER)[svc.name]
 
 
 def pull(project: Project, names: Sequence[str] = ()) -> list[str]:

@@ -63,13 +63,19 @@ def one_off_spec(svc: ServiceSpec, opts: OneOff) -> ServiceSpec:
         ports=(), restart=Restart.NO, restart_retries=None, healthcheck=None, stdin_open=False, tty=False)
 
 
-def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneOff, out: BinaryIO) -> int:
-    """Run the one-off to its end; its exit code. Removed whatever happens (Ctrl-C included)."""
+def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneOff, out: BinaryIO,
+        image: PreparedImage | None = None) -> int:
+    """Run the one-off to its end; its exit code. Removed whatever happens (Ctrl-C included). `image`:
+    the service has never run, and `lifecycle.up_for_one_off` has just made its place and prepared it."""
     with workloads.Runtimes(env, envdir, state) as runtimes:
-        svc, rt = workloads.service_runtime(runtimes, env, name)
-        image = cached_image(svc.image, env.base_dir, state.services[svc.name].get("digest"))
-        if image is None:
-            raise VmctlError(f"the image of `{svc.name}` is no longer in the cache", hint="`vmctl up` again")
+        if image is None:  # the image the service ran
+            svc, rt = workloads.service_runtime(runtimes, env, name)
+            image = cached_image(svc.image, env.base_dir, state.services[svc.name].get("digest"))
+            if image is None:
+                raise VmctlError(f"the image of `{svc.name}` is no longer in the cache", hint="`vmctl up` again")
+        else:
+            [svc] = workloads.select_services(env, [name])[:1]
+            rt = runtimes.for_service(svc)
         one = dataclasses.replace(one_off_spec(svc, opts), name=f"{svc.name}-run-{secrets.token_hex(3)}",
                                   container_name=None)
         req = _request(svc, one, image, rt, runtimes)

@@ -96,3 +96,23 @@ def test_up_of_one_service_starts_what_it_depends_on(tmp_path: Path) -> None:
     code, err, rows = up_then_down(file, "web")
     assert code == 0, err
     assert {name for name, r in rows.items() if r["state"] == "running"} == {"db", "web"}
+
+
+def test_run_where_nothing_is_up_starts_what_the_service_needs_but_not_the_service(tmp_path: Path) -> None:
+    """compose's `run` on an environment that is not up: `db` (a dependency, healthy first) and the
+    network come up and stay up for `down`; `job` itself is not started, its one-off is, and sees `db`."""
+    file = write(tmp_path, "  db:\n" + CONTAINER + '    command: ["sh", "-c", "touch /tmp/ready; exec sleep 3600"]\n'
+                           '    healthcheck: {test: ["CMD", "test", "-e", "/tmp/ready"], interval: 200ms}\n'
+                           "  job:\n" + CONTAINER + '    command: ["sh", "-c", "echo the-service-ran"]\n'
+                           "    depends_on: {db: {condition: service_healthy}}\n")
+    try:
+        one = run_vmctl("-f", str(file), "run", "--rm", "job", "--", "sh", "-c", "nslookup db > /dev/null && echo ok")
+        assert one.returncode == 0 and one.stdout == "ok\n", one.stderr
+        assert "healthy in" in one.stderr  # db was waited for first
+        ps = json.loads(run_vmctl("-f", str(file), "ps", "-a", "--json").stdout)
+        assert {s["name"]: s["state"] for s in ps["services"]} == {"db": "running", "job": "absent"}
+        again = run_vmctl("-f", str(file), "run", "--rm", "job", "--", "echo", "second")  # db is up now
+        assert again.returncode == 0 and again.stdout == "second\n" and "healthy in" not in again.stderr, again.stderr
+    finally:
+        down = run_vmctl("-f", str(file), "down")
+    assert down.returncode == 0, down.stderr

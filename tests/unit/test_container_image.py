@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -211,3 +212,34 @@ def test_never_without_a_cached_preparation_fails_before_asking(tmp_path: Path,
     with pytest.raises(HostError) as err:
         ci.prepare_image("127.0.0.1:9/web:1", tmp_path, policy=ci.PullPolicy.NEVER)
     assert "pull_policy: never" in err.value.message and "vmctl pull" in (err.value.hint or "")
+
+
+def test_an_images_healthcheck_from_dockers_config() -> None:
+    hc = ci.healthcheck_from_json({"Test": ["CMD", "wget", "-q", "http://x/"], "Interval": 2_000_000_000,
+                                   "Retries": 4, "StartPeriod": 500_000_000})
+    assert hc == ci.ImageHealthcheck(("wget", "-q", "http://x/"), 2.0, 30.0, 4, 0.5, None)
+    shell = ci.healthcheck_from_json({"Test": ["CMD-SHELL", "pg_isready || exit 1"], "StartInterval": 10**9})
+    assert shell == ci.ImageHealthcheck(("/bin/sh", "-c", "pg_isready || exit 1"), start_interval=1.0)
+    for off in ({"Test": ["NONE"]}, {"Test": []}, None, {"Test": ["CMD-SHELL"]}, {"Test": ["NOPE", "x"]}):
+        assert ci.healthcheck_from_json(off) is None, off
+    blob = {"config": {"Cmd": ["sh"], "Healthcheck": {"Test": ["CMD", "true"]}}}
+    assert ci.image_config_from_json(blob).healthcheck == ci.ImageHealthcheck(("true",))
+
+
+def test_cache_entry_keeps_the_healthcheck_and_an_older_format_is_replaced(tmp_path: Path) -> None:
+    config = ci.ImageConfig(cmd=("c",), healthcheck=ci.ImageHealthcheck(("true",), 1.0, 2.0, 3, 4.0, 0.5))
+    digest = "sha256:" + "3" * 64
+
+    def entry(path: Path, fmt: int) -> Path:
+        (path / "rootfs").mkdir(parents=True)
+        (path / "disk.ext4").write_bytes(b"")
+        meta = {"format": fmt, "digest": digest, "size_bytes": 1, "config": dataclasses.asdict(config)}
+        (path / "image.json").write_text(json.dumps(meta))
+        return path
+
+    old, new = entry(tmp_path / "e", ci.CACHE_FORMAT - 1), entry(tmp_path / ".tmp-new", ci.CACHE_FORMAT)
+    assert ci._load_entry("ref", digest, old) is None  # another format: not read
+    ci._replace_entry(old, new)
+    got = ci._load_entry("ref", digest, old)
+    assert got is not None and got.config == config
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]  # nothing aside left

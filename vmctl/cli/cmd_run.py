@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from vmctl import oneoff
+from vmctl import lifecycle, oneoff
 from vmctl.cli.app import App, pass_app, strip_dashes
 from vmctl.errors import UsageError
 
@@ -35,7 +35,9 @@ def command(app: App, remove: bool, env: tuple[str, ...], user: str, workdir: st
     It is the service's container once more (image, environment, volumes, user, limits), with CMD as its
     command, no published ports and no restart, where the service runs: in its microVM, or in its network
     namespace for a host container (in its place on the environment network when it is not running), so
-    it finds the other services by name. The environment must be up. It is removed when it ends."""
+    it finds the other services by name. A service that was never started gets its place first, as
+    compose's `run` does: its machine, the network and what it depends on come up (and stay up for
+    `vmctl down`), the service itself does not. The one-off is removed when it ends."""
     project = app.project()
     if project.env.service(service) is None:
         raise UsageError(f"`{service}` is not a service of {project.env.file}",
@@ -45,6 +47,7 @@ def command(app: App, remove: bool, env: tuple[str, ...], user: str, workdir: st
     except ValueError as e:
         raise UsageError(f"`--entrypoint {entrypoint}`: {e}") from None
     opts = oneoff.OneOff(command=strip_dashes(argv), entrypoint=split, env=env, user=user, workdir=workdir)
+    image = lifecycle.up_for_one_off(project, service)
     state = project.envdir.load(str(project.env.file))
-    code = oneoff.run(project.env, project.envdir, state, service, opts, sys.stdout.buffer)
+    code = oneoff.run(project.env, project.envdir, state, service, opts, sys.stdout.buffer, image=image)
     raise click.exceptions.Exit(code)
