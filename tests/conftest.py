@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from vmctl import kernel_build
+from vmctl.guest_image import GuestImage, build_guest_image
 from vmctl.network.host import TAP_PREFIX, VETH_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +64,25 @@ def vmctl_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+KERNEL_BUILD_TIMEOUT = float(os.environ.get("VMCTL_TEST_KERNEL_BUILD_TIMEOUT", "2700"))
+
+
+@pytest.fixture(scope="session")
+def minimal_image() -> GuestImage:
+    """The `minimal` guest image (its kernel has 9p built in), for every test that boots it.
+
+    Its kernel is compiled at most once per cache, keyed by source version + fragment + compiler, so only
+    the first run after one of those changed pays the compile, here, bounded by
+    `VMCTL_TEST_KERNEL_BUILD_TIMEOUT` seconds, and not inside some test's `up --timeout`.
+    `VMCTL_TEST_KERNEL_BUILD=0` skips the tests that need it when it is not cached yet.
+    """
+    if kernel_build.find_kernel("minimal") is None and os.environ.get("VMCTL_TEST_KERNEL_BUILD") == "0":
+        pytest.skip("the minimal kernel is not cached and VMCTL_TEST_KERNEL_BUILD=0 forbids compiling it")
+    kernel_build.build_kernel("minimal", timeout=KERNEL_BUILD_TIMEOUT,
+                              progress=lambda m: print(f"kernel minimal: {m}", file=sys.stderr))
+    return build_guest_image("minimal")
 
 
 def qemu_pids(domain_prefix: str = "") -> set[int]:

@@ -29,6 +29,7 @@ from examples.build_images import build_image
 from tests.conftest import ROOT, VMCTL, missing_tools, runtime_of
 from tests.reliability.conftest import leftovers
 from vmctl.compose_values import GUEST_OVERHEAD_MIB
+from vmctl.guest_image import GuestImage
 
 CORPUS = ROOT / "tests" / "compose"
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox", "tini-static", "podman")
@@ -344,7 +345,8 @@ def test_microvm_cache_reached_by_name_from_a_container(tmp_path: Path, images: 
 
 
 @pytest.mark.vm
-def test_microvm_named_volume_survives_down(tmp_path: Path, images: Path) -> None:
+def test_microvm_named_volume_survives_down(tmp_path: Path, images: Path, minimal_image: GuestImage) -> None:
+    # minimal_image: 9p makes this service's VM boot the minimal image, compiled (once) outside `up`'s timeout
     p = checkout("vm-volume", tmp_path, images)
     try:
         ok(p, "up", "--timeout", "240")

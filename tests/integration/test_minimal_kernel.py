@@ -2,30 +2,24 @@
 vmlinux entered through PVH, no modules) booted by the real `vmctl up`, reached over SSH, running a crun
 container.
 
-The kernel is compiled at most once per cache: it lands in the shared `VMCTL_CACHE_DIR` (kept between CI
-runs on the same machine) keyed by source version + fragment + compiler, so only a run after one of those
-changed pays the compile (~see guest_images/minimal/README.md), bounded by
-`VMCTL_TEST_KERNEL_BUILD_TIMEOUT` seconds. `VMCTL_TEST_KERNEL_BUILD=0` skips these tests when the kernel
-is not cached yet instead of compiling it.
+The kernel is compiled at most once per cache, by the `minimal_image` fixture of tests/conftest.py: it
+lands in the shared `VMCTL_CACHE_DIR` (kept between CI runs on the same machine), so only a run after its
+source, fragment or compiler changed pays the compile (~see guest_images/minimal/README.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_vmctl
-from vmctl import kernel_build
-from vmctl.guest_image import GuestImage, build_guest_image
+from vmctl.guest_image import GuestImage
 
 pytestmark = pytest.mark.vm
 
-BUILD_TIMEOUT = float(os.environ.get("VMCTL_TEST_KERNEL_BUILD_TIMEOUT", "2700"))
 ENV = """\
 name: minikernel
 machines:
@@ -44,12 +38,8 @@ CONTAINER = (
 
 
 @pytest.fixture(scope="module")
-def image() -> GuestImage:
-    if kernel_build.find_kernel("minimal") is None and os.environ.get("VMCTL_TEST_KERNEL_BUILD") == "0":
-        pytest.skip("the minimal kernel is not cached and VMCTL_TEST_KERNEL_BUILD=0 forbids compiling it")
-    kernel_build.build_kernel("minimal", timeout=BUILD_TIMEOUT,
-                              progress=lambda m: print(f"kernel minimal: {m}", file=sys.stderr))
-    return build_guest_image("minimal")
+def image(minimal_image: GuestImage) -> GuestImage:
+    return minimal_image
 
 
 @pytest.fixture(scope="module")

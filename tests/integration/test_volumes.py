@@ -4,15 +4,14 @@ container, read-only unless `:rw`. Real VM under TCG, real crun; nothing is mock
 
 The machine boots the `minimal` image: its kernel has 9p built in. Debian's cloud kernel (the `default`
 image) is built without 9p, so `up` refuses volumes there before creating anything (tests/reliability/
-test_preflight.py). The minimal kernel is compiled at most once per cache (see test_minimal_kernel.py);
-`VMCTL_TEST_KERNEL_BUILD=0` skips these tests when it is not cached yet.
+test_preflight.py). The minimal kernel is compiled at most once per cache (the `minimal_image` fixture of
+tests/conftest.py); `VMCTL_TEST_KERNEL_BUILD=0` skips these tests when it is not cached yet.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,8 @@ import pytest
 
 from examples.build_images import build_tiny_image
 from tests.conftest import environment_up, missing_tools, qemu_pids, run_vmctl
-from vmctl import kernel_build
 from vmctl.guest_container import volume_tag
-from vmctl.guest_image import build_guest_image
+from vmctl.guest_image import GuestImage
 
 TOOLS = ("skopeo", "umoci", "mkfs.ext4", "busybox")
 missing = missing_tools(TOOLS)
@@ -33,7 +31,6 @@ pytestmark = [
     pytest.mark.skipif(bool(missing), reason=f"missing tools: {missing}"),
 ]
 
-BUILD_TIMEOUT = float(os.environ.get("VMCTL_TEST_KERNEL_BUILD_TIMEOUT", "2700"))
 ENV = """\
 name: vols
 machines:
@@ -47,12 +44,7 @@ services:
 
 
 @pytest.fixture(scope="module")
-def env_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if kernel_build.find_kernel("minimal") is None and os.environ.get("VMCTL_TEST_KERNEL_BUILD") == "0":
-        pytest.skip("the minimal kernel is not cached and VMCTL_TEST_KERNEL_BUILD=0 forbids compiling it")
-    kernel_build.build_kernel("minimal", timeout=BUILD_TIMEOUT,
-                              progress=lambda m: print(f"kernel minimal: {m}", file=sys.stderr))
-    build_guest_image("minimal")
+def env_file(tmp_path_factory: pytest.TempPathFactory, minimal_image: GuestImage) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("volumes")
     build_tiny_image(folder)
     (folder / "ro").mkdir()
