@@ -34,6 +34,7 @@ from vmctl import registry
 from vmctl.errors import CommandFailed, HostError, UsageError, VmctlError
 from vmctl.paths import cache_root
 from vmctl.runner import output, run, which
+from vmctl.state import write_atomic
 
 CACHE_FORMAT = 2  # 2: the image's HEALTHCHECK
 LAYOUT_TAG = "vmctl"
@@ -438,11 +439,7 @@ def _memo_put(source: str, digest: str) -> None:
     st = _source_stat(source)
     if st is None:
         return
-    path = _memo_path(source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"source": source, "stat": st, "digest": digest}))
-    tmp.replace(path)
+    write_atomic(_memo_path(source), json.dumps({"source": source, "stat": st, "digest": digest}).encode(), mode=0o644)
 
 
 # ---------------------------------------------------------------- tools

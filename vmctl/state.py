@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -196,10 +197,13 @@ class EnvDir:
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` so that `path` is either the old or the new content, never a torn mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A name of its own per call: threads of one process write the same file (two hosts' uploads
+    # hashing one image), and a shared `.PID.tmp` lets one rename the other's file away.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
+            os.fchmod(fd, mode)
             view = memoryview(data)
             while view:  # os.write may write less than asked
                 view = view[os.write(fd, view):]
