@@ -271,7 +271,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
         created: list[str] = []
         try:
             plan = _network_up(project, state)
-            with project.hypervisors() as hvs, contextlib.ExitStack() as rollback:
+            with project.hypervisors() as hvs, contextlib.ExitStack() as rollback, remote.PortChecks() as checks:
                 jobs = []
                 for m in machines:
                     hv = hvs[project.uri_for(m)]
@@ -282,7 +282,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
                     disks = workloads.image_disks(project.env, m.name, service_images)
                     net = _machine_network(project, plan, m)
                     jobs.append(_prepare(project, state, hv, m, images[m.image], chosen[m.name],
-                                         rollback, disks, net, templates=templates))
+                                         rollback, checks, disks, net, templates=templates))
                 envdir.save(state)
                 _boot_all(project, hvs, jobs, state, timeout, plan)
                 envdir.save(state)
@@ -457,7 +457,7 @@ class Job:
 
 
 def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, image: guest_image.GuestImage,
-             accel_name: str, rollback: contextlib.ExitStack,
+             accel_name: str, rollback: contextlib.ExitStack, checks: remote.PortChecks,
              image_disks: Sequence[tuple[str, Path]] = (),
              net: MachineNetwork | None = None, *, templates: bool = True) -> Job:
     """Define the domain (replacing a stale one) and record it in state before it starts."""
@@ -472,9 +472,9 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     if (host := project.host_of(m)) is not None:
         files, image_disks = _send_files(project, hv, m, host, files, image_disks)
         m = remote.send_disks(hv.conn, m, project.progress, host)
-    with remote.port_check(host) as is_free:  # free where QEMU binds them: this machine, or the host
-        forwards = ports.resolve(m.name, m.ports, is_free=is_free, on=host.name if host else "")
-        ssh_port = ports.free_port(is_free=is_free)
+    is_free = checks.on(host)  # free where QEMU binds them: this machine, or the host
+    forwards = ports.resolve(m.name, m.ports, is_free=is_free, on=host.name if host else "")
+    ssh_port = ports.free_port(is_free=is_free)
     view = domain_view(project, m, files, accel_name, forwards, ssh_port, image_disks, net)
     clone = _clone_of(project, hv, m, image, view) if templates else None
     t0 = time.monotonic()

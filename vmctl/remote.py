@@ -65,6 +65,24 @@ def port_check(host: HostSpec | None) -> Iterator[ports.PortCheck]:
         client.close()
 
 
+class PortChecks(contextlib.AbstractContextManager["PortChecks"]):
+    """`port_check` for every host one `up` defines machines on, each host's connection opened once
+    (not once per machine) and closed at the end."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._checks: dict[str, ports.PortCheck] = {}
+
+    def on(self, host: HostSpec | None) -> ports.PortCheck:
+        key = host.name if host else ""
+        if key not in self._checks:
+            self._checks[key] = self._stack.enter_context(port_check(host))
+        return self._checks[key]
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
 def _free_on_host(client: paramiko.SSHClient, host: str, address: str, port: int, proto: str) -> bool:
     """TCP: no answer to a connection made by the host's own sshd (a `direct-tcpip` channel: nothing runs
     there). UDP cannot be asked that way: taken as free, and a port that is not makes QEMU fail to start,
