@@ -3,19 +3,25 @@ taken over once (no second handshake), a later one is new, and `down` closes wha
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from vmctl import lifecycle
-from vmctl.cli.app import App
-from vmctl.ssh import KEPT
-
 pytestmark = pytest.mark.vm
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
-def test_the_connection_up_made_is_taken_over_once_and_closed_by_down(tmp_path: Path) -> None:
-    file = tmp_path / "vmctl.yaml"
+
+def check_handover(folder: Path) -> None:
+    """The handover itself: in-process, as `vmctl up` followed by `vmctl exec` in one process would."""
+    from vmctl import lifecycle
+    from vmctl.cli.app import App
+    from vmctl.ssh import KEPT
+
+    file = folder / "vmctl.yaml"
     file.write_text("name: handover\nmachines:\n  m: {memory: 256M}\n")
     project = App(files=(file,), progress_mode="quiet").project()
     try:
@@ -38,3 +44,13 @@ def test_the_connection_up_made_is_taken_over_once_and_closed_by_down(tmp_path: 
         lifecycle.down(project)
     assert KEPT.client_for(port) is None, "down left a connection kept for its machine"
     assert transport is not None and not transport.is_active()
+
+
+def test_the_connection_up_made_is_taken_over_once_and_closed_by_down(tmp_path: Path) -> None:
+    # In a process of its own: libvirt's embedded driver stays bound to the first root a process
+    # opens, and the unit tests later in this pytest process open roots of their own.
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from test_ssh_handover import check_handover; " \
+           "from pathlib import Path; check_handover(Path(sys.argv[2]))"
+    run = subprocess.run([sys.executable, "-c", code, str(HERE), str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
