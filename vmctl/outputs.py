@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from vmctl import state
 from vmctl.errors import UsageError
 
 
@@ -60,17 +61,8 @@ def writable_file(path: Path, flag: str) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step (a temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace `path` with `text` in one step (state.write_atomic: a temporary file of its own, then rename)."""
+    state.write_atomic(path, text.encode())
 
 
 class JsonLines:
