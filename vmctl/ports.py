@@ -34,6 +34,19 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def claiming(check: PortCheck) -> PortCheck:
+    """`check`, with each port it finds free claimed from then on: nothing binds a port until QEMU starts,
+    so without this a later machine of the same `up` could be handed the same one."""
+    claimed: set[tuple[str, int, str]] = set()
+
+    def is_free(address: str, port: int, proto: str) -> bool:
+        if (address, port, proto) in claimed or not check(address, port, proto):
+            return False
+        claimed.add((address, port, proto))
+        return True
+    return is_free
+
+
 def free_port(host: str = "127.0.0.1", is_free: PortCheck = port_is_free) -> int:
     """A free port below the kernel's ephemeral range. Asking the kernel for port 0 would hand out an
     ephemeral port, which an outgoing connection (ours, to another guest) may take before QEMU binds it.

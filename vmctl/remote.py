@@ -76,21 +76,8 @@ class PortChecks(contextlib.AbstractContextManager["PortChecks"]):
     def on(self, host: HostSpec | None) -> ports.PortCheck:
         key = host.name if host else ""
         if key not in self._checks:
-            self._checks[key] = self._claiming(self._stack.enter_context(port_check(host)))
+            self._checks[key] = ports.claiming(self._stack.enter_context(port_check(host)))
         return self._checks[key]
-
-    @staticmethod
-    def _claiming(check: ports.PortCheck) -> ports.PortCheck:
-        """A port found free is claimed: nothing binds it until QEMU starts, so without this a later
-        machine of the same `up` could be handed the same one (two clones failed on one SSH forward)."""
-        claimed: set[tuple[str, int, str]] = set()
-
-        def is_free(address: str, port: int, proto: str) -> bool:
-            if (address, port, proto) in claimed or not check(address, port, proto):
-                return False
-            claimed.add((address, port, proto))
-            return True
-        return is_free
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
