@@ -264,6 +264,7 @@ def up(project: Project, names: Sequence[str] = (), *, timeout: float = DEFAULT_
         preflight.check(project, machines, state)  # before anything is created
         service_images = workloads.prepare_images(project.env, services, project.progress, rebuild=rebuild)
         env = workloads.with_image_healthchecks(project.env, service_images)
+        workloads.refuse_unhealthy_dependencies(env)
         for name in volumes.ensure(project.env.volumes, workloads.volume_seeds(services, service_images)):
             project.progress.done(f"volume {name}", "created")
         images = ensure_images(project, machines)

@@ -402,9 +402,8 @@ def prepare_images(env: Environment, services: Sequence[ServiceSpec], progress: 
 
 
 def with_image_healthchecks(env: Environment, images: Mapping[str, PreparedImage]) -> Environment:
-    """Each service that sets no `healthcheck:` runs its image's HEALTHCHECK (compose's rule). A
-    `service_healthy` dependency on a service that still has none is refused here, before `up` creates
-    anything: the file could not say, its image can."""
+    """Each service that sets no `healthcheck:` runs its image's HEALTHCHECK (compose's rule): `up`,
+    `start` and `restart` all wait for it."""
     def own(svc: ServiceSpec) -> ServiceSpec:
         image = images.get(svc.name)
         hc = image.config.healthcheck if image is not None and svc.healthcheck_from_image else None
@@ -413,10 +412,15 @@ def with_image_healthchecks(env: Environment, images: Mapping[str, PreparedImage
         return dataclasses.replace(svc, healthcheck=HealthcheckSpec(hc.test, hc.interval, hc.timeout, hc.retries,
                                                                     hc.start_period, hc.start_interval))
 
-    out = dataclasses.replace(env, services=tuple(own(s) for s in env.services))
-    for svc in out.services:
+    return dataclasses.replace(env, services=tuple(own(s) for s in env.services))
+
+
+def refuse_unhealthy_dependencies(env: Environment) -> None:
+    """A `service_healthy` dependency on a service that has no healthcheck, even from its image, is
+    refused before `up` creates anything: the file could not say, its image can."""
+    for svc in env.services:
         for dep in svc.dependencies:
-            target = out.service(dep.service)
+            target = env.service(dep.service)
             if dep.condition is Condition.HEALTHY and target is not None and target.healthcheck is None:
                 key = f"services.{svc.replica_of or svc.name}.depends_on"
                 where = env.place(f"{key}.{target.replica_of or target.name}") or env.place(key)
@@ -426,7 +430,6 @@ def with_image_healthchecks(env: Environment, images: Mapping[str, PreparedImage
                                  "HEALTHCHECK), so it never becomes healthy",
                                  where=where or Where(str(env.file), None, key),
                                  hint=f"give `{dep.service}` a `healthcheck`, or use `condition: service_started`")
-    return out
 
 
 def _prepare_image(env: Environment, svc: ServiceSpec, policy: PullPolicy, progress: Progress,
@@ -910,6 +913,8 @@ def start_stopped(env: Environment, envdir: EnvDir, state: EnvState, names: Sequ
         raise VmctlError(f"service `{never[0]}` has no container to start", hint="create it with `vmctl up`")
     todo = [s for s in services if s.name in state.services]
     images = prepare_images(env, todo, progress)  # cached since `up`: no pull, no build
+    env = with_image_healthchecks(env, images)
+    todo = [s for s in select_services(env, names) if s.name in state.services]
     deadline = time.monotonic() + timeout
     started = []
     with Runtimes(env, envdir, state) as runtimes:

@@ -123,8 +123,8 @@ services:
 
 def test_a_service_inherits_its_images_healthcheck(tmp_path: Path) -> None:
     """A HEALTHCHECK in the Dockerfile (kept: the build saves docker's image format) is what `db` runs when
-    the file sets none, so `service_healthy` waits for it; on an image without one it is refused before
-    anything starts, naming the dependency's line."""
+    the file sets none, so `service_healthy` waits for it, and so does `start`; on an image without one it
+    is refused before anything starts, naming the dependency's line."""
     base = build_image("web", tmp_path / "base")
     for name, extra in (("checked", 'HEALTHCHECK --interval=1s --retries=30 CMD ["test", "-e", "/tmp/ready"]\n'),
                         ("unchecked", "")):
@@ -136,6 +136,9 @@ def test_a_service_inherits_its_images_healthcheck(tmp_path: Path) -> None:
         up = run_vmctl("-f", str(file), "up", "--timeout", "180")
         assert up.returncode == 0, up.stderr
         assert re.search(r"✔ db +healthy in", up.stderr) and "checks failed" in up.stderr, up.stderr  # it ran
+        assert run_vmctl("-f", str(file), "stop", "db").returncode == 0
+        start = run_vmctl("-f", str(file), "start", "db")  # waits for the image's check too, as `up` did
+        assert start.returncode == 0 and re.search(r"✔ db +healthy in", start.stderr), start.stderr
     finally:
         assert run_vmctl("-f", str(file), "down").returncode == 0
 
