@@ -196,6 +196,22 @@ class GuestRuntime:
         """Prepare the bundle and the overlay root, then start the supervised `crun run`.
 
         `ports` are already forwarded by the VM (the container shares the guest's network)."""
+        self._helpers([*self._prepare(req, svc, image), ("start", req.name, _policy(svc))], stdin=bundle_tar(req))
+
+    def attach(self, service: str, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage) -> int:
+        """`vmctl run`'s one-off in the foreground; its exit code. Prepared as `start` prepares, then `crun
+        run` on the SSH channel itself: its stdin and output are this process's, and with `req.terminal`
+        the channel is a terminal (a pty of the guest's sshd, which crun hands on to the container)."""
+        self._helpers(self._prepare(req, svc, image), stdin=bundle_tar(req))
+        argv = ["sh", SCRIPT, "attach", req.name]
+        if req.terminal:
+            return self.guest.interactive(argv)
+        stdin = None if sys.stdin.closed else sys.stdin.buffer
+        return self.guest.stream(argv, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin)
+
+    def _prepare(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage) -> list[tuple[str, ...]]:
+        """The helper calls that make the bundle, the overlay and the guest's sysctls (the bundle comes on
+        stdin)."""
         serial = image_serial(image.digest)
         if not _SERIAL.fullmatch(serial):
             raise UsageError(f"invalid image digest `{image.digest}`")
@@ -211,7 +227,7 @@ class GuestRuntime:
         net = [part for key, value in svc.sysctls if key.startswith("net.") for part in (key, value)]
         if net:
             calls.append(("sysctl", *net))
-        self._helpers([*calls, ("start", req.name, _policy(svc))], stdin=bundle_tar(req))
+        return calls
 
     def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
                ports: Sequence[object] = ()) -> None:

@@ -120,14 +120,16 @@ class HostRuntime:
         log: Path | None = None,
         stamped: Path | None = None,
         on_created: Callable[[int], None] | None = None,
+        attached: bool = False,
     ) -> HostContainer:
         """Create and start `req` detached. `req.rootfs` is the image's rootfs (the overlay's lower layer).
 
         Network: an own namespace (unless `req.share_host_network`); with `network`, slirp4netns gives it
         outbound access and `ports`. `on_created(pid)` runs after `runc create`, before the container's
         process starts (the environment network adds its NICs then). With `stamped`, the output goes
-        through templates/logs/stamp.awk: to `log` as written, and to `stamped` with times. On any failure
-        everything made so far is removed again.
+        through templates/logs/stamp.awk: to `log` as written, and to `stamped` with times. `attached`: the
+        container's stdio is ours instead (its terminal, with `req.terminal`, relayed to ours), for a caller
+        that waits for it as a child subreaper. On any failure everything made so far is removed again.
         """
         for p in ports:
             p.validate()
@@ -140,7 +142,7 @@ class HostRuntime:
         try:
             own_network = network and not req.share_host_network and req.netns_path is None
             return self._start(req, cdir, tuple(ports), own_network, ready_timeout,
-                               ContainerOutput(log or cdir / "container.log", stamped), on_created)
+                               ContainerOutput(log or cdir / "container.log", stamped, attached), on_created)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop(req.name, cdir, grace=0)
@@ -175,8 +177,8 @@ class HostRuntime:
 
         exit_r, exit_w = os.pipe()
         try:
-            carriers = self._create(req.name, bundle, output, exit_w,
-                                    stdin=_stdin_fifo(cdir) if req.stdin_open or req.terminal else None,
+            fifo = (req.stdin_open or req.terminal) and not output.attached
+            carriers = self._create(req.name, bundle, output, exit_w, stdin=_stdin_fifo(cdir) if fifo else None,
                                     console=_socket_path(cdir, "tty") if req.terminal else None)
             os.close(exit_w)
             exit_w = -1
@@ -211,7 +213,8 @@ class HostRuntime:
                 stdin: Path | None = None, console: Path | None = None) -> tuple[int, ...]:
         """`runc create`; returns the PIDs of what carries the output (the caller reaps them): with
         `console` (`tty`), the relay holding the terminal (vmctl/tty_relay.py), then, when the output is
-        stamped, the stamper. Without a terminal runc hands its own stdio to the container."""
+        stamped, the stamper. Without a terminal runc hands its own stdio to the container: ours, when
+        `output.attached`."""
         argv = [self.runc, "--root", str(self.runc_root), "create", "--bundle", str(bundle)]
         if console is not None:
             argv += ["--console-socket", str(console)]
@@ -228,8 +231,10 @@ class HostRuntime:
                 finally:
                     os.close(out_r)
             into = {1: out_w, 2: out_w} if out_w >= 0 else {}
+            if output.attached:
+                into = {0: 0, 1: 1, 2: 2}
             if console is not None:
-                carriers.insert(0, _relay(console, output.log, into, stdin))
+                carriers.insert(0, _relay(console, output.log, into, stdin, forward=output.attached))
                 stdin = None
             else:
                 keep |= into
@@ -417,6 +422,7 @@ def _wait_through_interrupts(pid: int) -> int:
 class ContainerOutput:
     log: Path  # the container's stdout and stderr, as written
     stamped: Path | None = None  # the same lines after their UTC time (templates/logs/stamp.awk), or none
+    attached: bool = False  # instead: the caller's own stdin, stdout and stderr (`vmctl run` in the foreground)
 
 
 def reap(pid: int, *, wait: float = 0.0) -> bool:
@@ -465,15 +471,16 @@ def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Pa
             os.close(fd)
 
 
-def _relay(console: Path, log: Path, into: Mapping[int, int], stdin: Path | None) -> int:
+def _relay(console: Path, log: Path, into: Mapping[int, int], stdin: Path | None, *, forward: bool = False) -> int:
     """The process that will hold a `tty` container's terminal (vmctl/tty_relay.py), listening on
-    `console` before runc looks for it; its output goes to `into` (the stamper's pipe) or `log`."""
+    `console` before runc looks for it; its output goes to `into` (the stamper's pipe, or with `forward`
+    the caller's own stdio, whose input it copies to the terminal) or `log`."""
     console.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(str(console))
         os.chmod(console, 0o600)
         listener.listen(1)
-        argv = [sys.executable, "-m", "vmctl.tty_relay", *(["--stdin"] if stdin else [])]
+        argv = [sys.executable, "-m", "vmctl.tty_relay", *(["--stdin"] if stdin or forward else [])]
         return _spawn(argv, out=log, keep={3: listener.fileno(), **into}, stdin=stdin)
 
 

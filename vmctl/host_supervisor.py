@@ -145,8 +145,13 @@ class _Stopped(Exception):
     pass
 
 
-def supervise(plan: Plan) -> int:
+def become_subreaper() -> None:
+    """Orphans below this process (a container's init, once `runc create` exits) become its children."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def supervise(plan: Plan) -> int:
+    become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
     host = HostRuntime(plan.runc_root)
     log, stamped = files(plan.cdir)["log"], files(plan.cdir)["log.t"]
@@ -162,7 +167,7 @@ def supervise(plan: Plan) -> int:
                 _write_status(plan.cdir, state="failed", error=e.message, restarts=restarts, **me)
                 return 1
             _write_status(plan.cdir, state="running", restarts=restarts, **me)
-            code = _wait_exit(container.pid)
+            code = wait_exit(container.pid)
             for pid in container.output_pids:  # they end with the container's output: no zombie per restart
                 reap(pid, wait=2.0)
             if not plan.restart.restarts(code) or (plan.retries is not None and restarts >= plan.retries):
@@ -176,7 +181,7 @@ def supervise(plan: Plan) -> int:
         return 0
 
 
-def _wait_exit(pid: int) -> int:
+def wait_exit(pid: int) -> int:
     """The exit code of the container's init: our child, once `runc create` has exited (subreaper)."""
     while True:
         try:

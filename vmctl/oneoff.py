@@ -9,20 +9,23 @@ the guest, which shares the guest's network stack like the first), or, for a hos
 service's network namespace (runc joins it; no NIC and no address of its own). A host service that is
 not running (stopped, exited) lends the one-off its place on the environment network instead: its
 NICs and addresses, while the one-off runs. So the environment must be up (the service's machine
-running, for a microVM service); compose would also start the service's dependencies. Its output is
-read from its log as it grows, each read from where the last ended (the same log `vmctl logs` reads),
-and once its state is `exited` the rest is printed and its exit code returned.
+running, for a microVM service); `lifecycle.up_for_one_off` makes that place first for a service that
+never ran, as compose does.
+
+It runs in the foreground, attached: its stdin is ours and its output comes to our stdout and stderr,
+and with `tty` (a terminal on both ends, unless `-T`) it runs on a terminal that is ours passed on.
+In a microVM that is `crun run` on the SSH channel itself (supervise.sh `attach`; a pty of the guest's
+sshd with `tty`); on the host, runc hands the container our own descriptors (or its terminal to the
+relay, which copies it to ours) and vmctl, a child subreaper for the while, waits for its exit code.
+No poll and no log: its input can end (EOF) as a pipe's does, and what it writes arrives as written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import secrets
-import time
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from vmctl import workloads
 from vmctl.compose_values import Restart
@@ -31,8 +34,7 @@ from vmctl.errors import UsageError, VmctlError
 from vmctl.oci_spec import ContainerRequest
 from vmctl.spec import Environment, ServiceSpec
 from vmctl.state import EnvDir, EnvState
-
-POLL_SECONDS = 0.2  # how often the log and the state are read while it runs
+from vmctl.tty_relay import raw_terminal
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,12 @@ class OneOff:
     env: tuple[str, ...] = ()  # K=V, added to the service's
     user: str = ""  # a name from the image, or uid[:gid]
     workdir: str = ""
+    tty: bool = False  # a terminal (ours, passed on), not pipes
 
 
 def one_off_spec(svc: ServiceSpec, opts: OneOff) -> ServiceSpec:
-    """The service as compose's `run` makes it: what the options override, and nothing that outlives it
-    (no terminal either: its output is streamed here, as with `-T`)."""
+    """The service as compose's `run` makes it: what the options override, and nothing that outlives it.
+    Its stdin is the caller's (attached, never a pipe kept open) and it has a terminal only with `tty`."""
     extra = []
     for item in opts.env:
         key, sep, value = item.partition("=")
@@ -60,13 +63,14 @@ def one_off_spec(svc: ServiceSpec, opts: OneOff) -> ServiceSpec:
         entrypoint=opts.entrypoint if opts.entrypoint is not None else svc.entrypoint,
         environment=(*[(k, v) for k, v in svc.environment if k not in dict(extra)], *extra),
         user=opts.user or svc.user, working_dir=opts.workdir or svc.working_dir,
-        ports=(), restart=Restart.NO, restart_retries=None, healthcheck=None, stdin_open=False, tty=False)
+        ports=(), restart=Restart.NO, restart_retries=None, healthcheck=None, stdin_open=False, tty=opts.tty)
 
 
-def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneOff, out: BinaryIO,
+def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneOff,
         image: PreparedImage | None = None) -> int:
-    """Run the one-off to its end; its exit code. Removed whatever happens (Ctrl-C included). `image`:
-    the service has never run, and `lifecycle.up_for_one_off` has just made its place and prepared it."""
+    """Run the one-off to its end on this process's stdin and output; its exit code. Removed whatever
+    happens (Ctrl-C included). `image`: the service has never run, and `lifecycle.up_for_one_off` has
+    just made its place and prepared it."""
     with workloads.Runtimes(env, envdir, state) as runtimes:
         if image is None:  # the image the service ran
             svc, rt = workloads.service_runtime(runtimes, env, name)
@@ -79,12 +83,9 @@ def run(env: Environment, envdir: EnvDir, state: EnvState, name: str, opts: OneO
         one = dataclasses.replace(one_off_spec(svc, opts), name=f"{svc.name}-run-{secrets.token_hex(3)}",
                                   container_name=None)
         req = _request(svc, one, image, rt, runtimes)
-        try:
-            if isinstance(rt, workloads.HostServiceRuntime):
-                rt.one_off(svc.name, req, one.name)
-            else:  # a second container of the service's guest, running or not the service's own
-                rt.start(req, one, image, ())
-            return _attend(rt, one.name, out)
+        try:  # in a microVM: a second container of the service's guest, running or not the service's own
+            with raw_terminal() if one.tty and rt.isolation == "container" else contextlib.nullcontext():
+                return rt.attach(svc.name, req, one, image)
         finally:
             _remove(rt, one.name)
 
@@ -105,23 +106,3 @@ def _request(svc: ServiceSpec, one: ServiceSpec, image: PreparedImage, rt: workl
     return dataclasses.replace(base, name=cname, rootfs=rt.rootfs(one.name, image), etc_dir=rt.etc_dir(one.name),
                                cgroups_path=f"/vmctl/{cname}",
                                init_path=rt.init_path(one.name) if base.init_path else None)
-
-
-def _attend(rt: workloads.Runtime, name: str, out: BinaryIO) -> int:
-    printed = 0
-    while True:
-        live = rt.live(name)  # first: once it says `exited`, the log read next is complete
-        printed += _print_new(rt, name, out, printed)
-        if live.state in ("exited", "absent"):
-            return live.exit_code if live.exit_code is not None else 1
-        time.sleep(POLL_SECONDS)
-
-
-def _print_new(rt: workloads.Runtime, name: str, out: BinaryIO, printed: int) -> int:
-    buf = io.BytesIO()
-    rt.logs(name, buf, tail=None, follow=False, since=printed)  # only what came since the last read
-    new = buf.getvalue()
-    out.write(new)
-    out.flush()
-    return len(new)
-

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import select
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +18,7 @@ import paramiko
 
 from vmctl.errors import GuestError, HostError
 from vmctl.hostspec import DEFAULT_KNOWN_HOSTS, HostSpec
+from vmctl.tty_relay import raw_terminal
 
 GUEST_USER = "root"
 
@@ -303,7 +303,7 @@ class Guest:
             chan.exec_command(shlex.join(argv))
         else:
             chan.invoke_shell()
-        with _raw_terminal():
+        with raw_terminal():
             while True:
                 ready, _, _ = select.select([chan, sys.stdin], [], [])
                 if chan in ready:
@@ -318,19 +318,3 @@ class Guest:
                     else:
                         chan.sendall(data)
         return chan.recv_exit_status()
-
-
-@contextlib.contextmanager
-def _raw_terminal() -> Iterator[None]:
-    if not sys.stdin.isatty():
-        yield
-        return
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(sys.stdin)
-    try:
-        tty.setraw(sys.stdin.fileno())
-        yield
-    finally:
-        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)

@@ -4,7 +4,8 @@ runc creates the container's terminal and sends its master end to `--console-soc
 hold it for as long as the container runs, or the container's writes fail. vmctl's commands end at
 once, so `host_container` starts this relay in a session of its own: fd 3 is the listening socket
 (bound before `runc create`, so runc never finds nobody there), stdout is where the output goes (the
-log, or the stamper's pipe), and stdin, with `--stdin`, is copied to the terminal (`stdin_open`).
+log, or the stamper's pipe, or the terminal of `vmctl run`), and stdin, with `--stdin`, is copied to the
+terminal (`stdin_open`, or what is typed at `vmctl run`).
 It ends when the container has closed its terminal (EIO on the master), or after ACCEPT_SECONDS
 when runc never connected.
 
@@ -14,10 +15,15 @@ when runc never connected.
 from __future__ import annotations
 
 import array
+import contextlib
+import fcntl
 import os
 import select
 import socket
 import sys
+import termios
+import tty
+from collections.abc import Iterator
 
 ACCEPT_SECONDS = 60.0
 LISTEN_FD = 3
@@ -41,6 +47,9 @@ def receive_master(listener: socket.socket) -> int:
 
 
 def relay(master: int, forward_stdin: bool) -> None:
+    if forward_stdin and os.isatty(0):  # `vmctl run` on a terminal: the container's takes its size
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
     readers = [master, 0] if forward_stdin else [master]
     while True:
         ready, _, _ = select.select(readers, [], [])
@@ -58,6 +67,21 @@ def relay(master: int, forward_stdin: bool) -> None:
                 os.write(master, data)
             else:
                 readers.remove(0)  # input ended; the terminal stays open, as docker's does
+
+
+@contextlib.contextmanager
+def raw_terminal() -> Iterator[None]:
+    """Our terminal in raw mode for the block (when stdin is one): keys reach the other end as typed,
+    and its terminal does the echo and the line editing."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    saved = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setraw(sys.stdin.fileno())
+        yield
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
 
 
 def main(argv: list[str]) -> int:

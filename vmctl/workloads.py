@@ -30,7 +30,7 @@ from vmctl.compose_values import Restart
 from vmctl.container_image import PreparedImage, PullPolicy, cached_image, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError, Where
 from vmctl.guest_container import ExecOptions, GuestRuntime, Live, host_init, image_serial, volume_tag
-from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward
+from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward, reap
 from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
 from vmctl.oci_spec import BindMount, ContainerRequest, FileData, merge_command, merge_env
@@ -83,6 +83,7 @@ class Runtime(Protocol):
               ports: Sequence[PublishedPort]) -> None: ...
     def resume(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage,
                ports: Sequence[PublishedPort]) -> None: ...
+    def attach(self, service: str, req: ContainerRequest, one: ServiceSpec, image: PreparedImage) -> int: ...
     def live(self, name: str) -> Live: ...
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
              options: ExecOptions | None = None) -> tuple[int, bytes]: ...
@@ -173,21 +174,29 @@ class HostServiceRuntime:
         host, plan = self.network
         return host_supervisor.NetworkJoin(host, member, plan)
 
-    def one_off(self, service: str, req: ContainerRequest, name: str) -> None:
-        """Start `vmctl run`'s one-off `name` of `service`, supervised (only the supervisor learns its exit
-        code). Where the service's container runs: in its network namespace (no NIC of its own; the
-        namespace's sysctls stay the service's). Where it does not: in the service's place on the
-        environment network, its NICs and addresses for as long as the one-off runs."""
+    def attach(self, service: str, req: ContainerRequest, one: ServiceSpec, image: PreparedImage) -> int:
+        """`vmctl run`'s one-off `one` of `service` in the foreground; its exit code. Its stdin and output
+        are this process's (its terminal, relayed, with `req.terminal`), and this process is its child
+        subreaper, so `waitpid` sees its init as the host supervisor's does. Where the service's container
+        runs: in its network namespace (no NIC of its own; the namespace's sysctls stay the service's).
+        Where it does not: in the service's place on the environment network, its NICs and addresses for
+        as long as the one-off runs."""
         st = self.host.state(self.container_name(service))
         join = None
         if st is not None and st.pid > 0 and st.status == "running":
             req = dataclasses.replace(req, netns_path=f"/proc/{st.pid}/ns/net", sysctls=without_net(req.sysctls))
         else:
             join = self._joiner(service)
-        for log in ("log", "log.t"):
-            host_supervisor.files(self.cdir(name))[log].unlink(missing_ok=True)
-        host_supervisor.launch(host_supervisor.Plan(req, self.cdir(name), (), Restart.NO, None, self.host.runc_root,
-                                                    join))
+        host_supervisor.become_subreaper()
+        log = host_supervisor.files(self.cdir(one.name))["log"]  # runc's own words, should it fail
+        log.unlink(missing_ok=True)
+        container = self.host.start(req, self.cdir(one.name), log=log, on_created=join, attached=True)
+        try:
+            return host_supervisor.wait_exit(container.pid)
+        finally:
+            for pid in container.output_pids:  # the terminal's relay: its last output reaches ours first
+                reap(pid, wait=2.0)
+            log.unlink(missing_ok=True)
 
     def live(self, name: str) -> Live:
         status = host_supervisor.read_status(self.cdir(name))

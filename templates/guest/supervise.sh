@@ -11,6 +11,9 @@
 #                         as a tar on stdin
 #   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid. Also
 #                         starts a halted (or exited) service again, from the same bundle and overlay
+#   attach NAME           `crun run` of a prepared container on this command's own stdin and output (the
+#                         SSH channel of `vmctl run`, a terminal when it has one), no log, no restart;
+#                         exits with crun's exit code
 #   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log (and, with
 #                         times, to container.log.t), the exit code recorded; RESTART is compose's
 #                         policy: no, always, unless-stopped (both restart after any exit), on-failure
@@ -149,6 +152,19 @@ run_container() {
     script -q -e -c "exec crun run --bundle $2/bundle $1" /dev/null
 }
 
+attach() {
+    local dir code
+    dir="$SVC_ROOT/$1"
+    [ -f "$dir/bundle/config.json" ] || die "service $1 is not prepared"
+    echo running > "$dir/state"
+    crun run --bundle "$dir/bundle" "$1"
+    code=$?
+    crun delete -f "$1" > /dev/null 2>&1
+    echo "$code" > "$dir/exit_code"
+    echo exited > "$dir/state"
+    exit "$code"
+}
+
 supervise() {
     local dir restarts code up _rest stdin
     dir="$SVC_ROOT/$1"
@@ -271,6 +287,7 @@ case "$1" in
     start) [ $# -eq 3 ] || die "usage: start NAME RESTART"
         case "$3" in no|always|unless-stopped|on-failure|on-failure:[0-9]*) ;; *) die "invalid restart policy $3" ;; esac
         start "$2" "$3" ;;
+    attach) [ $# -eq 2 ] || die "usage: attach NAME"; attach "$2" ;;
     supervise) supervise "$2" "$3" ;;
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
     wait-output) [ $# -eq 3 ] || die "usage: wait-output NAME SECONDS"

@@ -1,4 +1,4 @@
-"""compose's verbs through the real CLI: stop, start, restart, ps -a, port, images, exec -u/-w/-e.
+"""compose's verbs through the real CLI: stop, start, restart, ps -a, port, images, exec -u/-w/-e, run.
 
 Host containers (runc) for most cases, and one microVM service (crun in its guest, under TCG here) for
 stop/start inside a guest. Everything is checked from the outside: runc's own state, the container's
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import time
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from examples.build_images import build_tiny_image
-from tests.conftest import environment_up, missing_tools, run_vmctl, runc_containers
+from tests.conftest import ROOT, VMCTL, environment_up, missing_tools, run_vmctl, runc_containers
 from vmctl.paths import runtime_root
 
 TOOLS = ("runc", "slirp4netns", "skopeo", "umoci", "mkfs.ext4", "busybox")
@@ -240,6 +242,48 @@ def test_stop_and_start_a_service_in_its_guest(env: Path) -> None:
     assert _ps(env)["vm"]["state"] == "running" and _crun_names(env) == ["vm"]
     assert "greeting: from-the-vm" in _wait_answer(port)
     assert _ok(env, "exec", "vm", "--", "cat", "/etc/hostname") == "vm\n"
+
+
+def _on_a_terminal(file: Path, *args: str, answer: tuple[bytes, bytes], timeout: float = 180) -> tuple[int, str]:
+    """vmctl on a pty of its own, as typed at a terminal: once the output shows `answer[0]`, `answer[1]`
+    is typed. Its exit code and everything the terminal showed."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*VMCTL, "-f", str(file), *args], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT)
+    os.close(slave)
+    shown, typed, deadline = b"", False, time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every end of the terminal is closed, vmctl has ended
+                    break
+                shown += data
+            if not typed and answer[0] in shown:
+                os.write(master, answer[1])
+                typed = True
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), shown.decode(errors="replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_one_off_is_attached_to_our_stdin_and_to_our_terminal(env: Path) -> None:
+    """compose's `run`: piped input reaches the one-off and ends where the pipe does, stderr stays apart
+    (`-T`); on a terminal it gets a terminal of its own and what is typed reaches it. In the service's
+    microVM (crun on the SSH channel) and on the host (runc with our descriptors) alike."""
+    for name in ("web", "vm"):
+        piped = run_vmctl("-f", str(env), "run", "--rm", "-T", "--entrypoint", "sh", name, "--", "-c",
+                          'read -r line; echo "got $line"; cat; echo apart >&2; exit 5', input="first\nrest\n")
+        assert (piped.returncode, piped.stdout) == (5, "got first\nrest\n"), piped
+        assert "apart" in piped.stderr and "apart" not in piped.stdout, piped.stderr
+        code, shown = _on_a_terminal(env, "run", "--rm", "--entrypoint", "sh", name, "--", "-c",
+                                     'test -t 0 && test -t 1 && echo "on a terminal"; read -r x; echo "typed: $x"; '
+                                     "exit 4", answer=(b"on a terminal", b"hello\n"))
+        assert code == 4 and "typed: hello" in shown, shown
+    assert not [c for c in runc_containers(runtime_root()) if "-run-" in c]
+    assert _guest(env, "ls", "/run/vmctl/svc").split() == ["vm"]
 
 
 def test_run_a_one_off_where_the_service_runs_and_remove_it(env: Path) -> None:

@@ -16,7 +16,9 @@ Examples:
   vmctl run --rm web -- sh -c 'echo $GREETING'    the service's container once more, with another command
   vmctl run --rm api -- ./manage.py migrate        a task beside a running service: same image, env, volumes
   vmctl run --rm -e DEBUG=1 -w /tmp web -- env     with a variable added, in another folder
-  vmctl run --rm --entrypoint 'wget -q -O-' web -- http://cache:8080/   reaches what the service reaches""")
+  vmctl run --rm --entrypoint 'wget -q -O-' web -- http://cache:8080/   reaches what the service reaches
+  vmctl run --rm web -- sh                         a shell on a terminal (when this one is a terminal)
+  vmctl run --rm -T db -- psql < dump.sql          its stdin is yours: input ends where the file does""")
 @click.option("--rm", "remove", is_flag=True,
               help="Remove the one-off when it ends (always done: vmctl keeps no one-off containers).")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable (repeatable).")
@@ -24,7 +26,7 @@ Examples:
 @click.option("-w", "--workdir", default="", help="Folder the command runs in.")
 @click.option("--entrypoint", default=None, metavar="CMD", help="Replace the image's entrypoint (split like a shell).")
 @click.option("-T", "--no-tty", "no_tty", is_flag=True,
-              help="Accepted for compose's sake: the one-off never gets a terminal, nor this one's input.")
+              help="No terminal, even when this one is one: plain pipes (stdout and stderr apart).")
 @click.argument("service")
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 @pass_app
@@ -37,7 +39,8 @@ def command(app: App, remove: bool, env: tuple[str, ...], user: str, workdir: st
     namespace for a host container (in its place on the environment network when it is not running), so
     it finds the other services by name. A service that was never started gets its place first, as
     compose's `run` does: its machine, the network and what it depends on come up (and stay up for
-    `vmctl down`), the service itself does not. The one-off is removed when it ends."""
+    `vmctl down`), the service itself does not. It runs attached: its stdin is yours, and on a terminal
+    (unless -T) it gets a terminal too. The one-off is removed when it ends."""
     project = app.project()
     if project.env.service(service) is None:
         raise UsageError(f"`{service}` is not a service of {project.env.file}",
@@ -46,8 +49,9 @@ def command(app: App, remove: bool, env: tuple[str, ...], user: str, workdir: st
         split = tuple(shlex.split(entrypoint)) if entrypoint is not None else None
     except ValueError as e:
         raise UsageError(f"`--entrypoint {entrypoint}`: {e}") from None
-    opts = oneoff.OneOff(command=strip_dashes(argv), entrypoint=split, env=env, user=user, workdir=workdir)
+    tty = not no_tty and sys.stdin.isatty() and sys.stdout.isatty()
+    opts = oneoff.OneOff(command=strip_dashes(argv), entrypoint=split, env=env, user=user, workdir=workdir, tty=tty)
     image = lifecycle.up_for_one_off(project, service)
     state = project.envdir.load(str(project.env.file))
-    code = oneoff.run(project.env, project.envdir, state, service, opts, sys.stdout.buffer, image=image)
+    code = oneoff.run(project.env, project.envdir, state, service, opts, image=image)
     raise click.exceptions.Exit(code)
