@@ -5,7 +5,9 @@ initramfs and the container image disks go there as volumes named by their conte
 (`sha256-HEX32.kind`), through `virStorageVol.upload` streams over the same connection vmctl already
 has. A volume that is already there is not sent again, so a second `up` sends nothing. An upload goes
 into a `.part` volume first and becomes the real one by a copy on the host, so a killed upload never
-leaves a volume that looks complete. `down` leaves the pool alone; `vmctl image prune --host NAME`
+leaves a volume that looks complete. A machine's scratch disk (`size:`) is a volume of the same pool,
+named by its environment, machine and disk (`scratch-ENV.MACHINE.DISK.raw`, sparse), made by the first
+`up` and deleted by `down`. `down` leaves the rest of the pool alone; `vmctl image prune --host NAME`
 empties it of what no domain uses.
 
 The guest's console is a file in the same pool (`console-DOMAIN.log`, created by libvirt when the domain
@@ -52,13 +54,15 @@ def pool_xml(name: str = POOL, target: str = POOL_DIR) -> str:
     return ET.tostring(pool, encoding="unicode")
 
 
-def volume_xml(name: str, size: int) -> str:
+def volume_xml(name: str, size: int, *, sparse: bool = False, mode: str = "0644") -> str:
     vol = ET.Element("volume")
     ET.SubElement(vol, "name").text = name
     ET.SubElement(vol, "capacity", unit="bytes").text = str(size)
+    if sparse:  # without <allocation>, libvirt allocates the whole capacity
+        ET.SubElement(vol, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type="raw")
-    ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0644"
+    ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = mode
     return ET.tostring(vol, encoding="unicode")
 
 
@@ -133,9 +137,10 @@ def _delete_quietly(pool: Any, name: str) -> None:
         pool.storageVolLookupByName(name).delete(0)
 
 
-def volume_size(conn: Any, path: str) -> int:
-    """The size of a file of vmctl's pool on a host, in bytes (its volume's capacity: they are raw)."""
-    return int(ensure_pool(conn).storageVolLookupByName(Path(path).name).info()[1])
+def volume_size(conn: Any, path: str, *, allocated: bool = False) -> int:
+    """The size of a file of vmctl's pool on a host, in bytes (its volume's capacity: they are raw), or
+    with `allocated` what its blocks take (less, for a sparse scratch disk)."""
+    return int(ensure_pool(conn).storageVolLookupByName(Path(path).name).info()[2 if allocated else 1])
 
 
 def copy_between(src_conn: Any, dst_conn: Any, path: str) -> bool:
@@ -154,6 +159,41 @@ def copy_between(src_conn: Any, dst_conn: Any, path: str) -> bool:
         tmp.flush()
         send(dst_conn, dst_pool, Path(tmp.name), "", name=name)
     return True
+
+
+# ------------------------------------------------------------------------------------------------ scratch disks
+
+
+def scratch_name(environment: str, machine: str, disk: str) -> str:
+    """The volume of a machine's scratch disk (`size:`) on its host: named by what it belongs to, not by
+    content, since the guest writes to it. `.` occurs in none of the three names."""
+    return f"scratch-{environment}.{machine}.{disk}.raw"
+
+
+def ensure_scratch(conn: Any, name: str, size: int) -> str:
+    """An empty sparse volume of `size` bytes, made the first time (a later `up` keeps what the guest
+    wrote, as a local scratch disk is kept until `down`); its path on the host."""
+    pool = ensure_pool(conn)
+    with contextlib.suppress(libvirt.libvirtError):
+        return str(pool.storageVolLookupByName(name).path())
+    try:
+        return str(pool.createXML(volume_xml(name, size, sparse=True, mode="0600"), 0).path())
+    except libvirt.libvirtError as e:
+        raise HostError(f"cannot create the scratch disk `{name}` on {conn.getURI()}: {e.get_error_message()}"
+                        ) from None
+
+
+def remove_scratch(conn: Any, environment: str, *, only: set[str] | None = None) -> list[str]:
+    """Delete the environment's scratch disks on the host (`only`: those of these paths); their names."""
+    pool = ensure_pool(conn)
+    pool.refresh(0)
+    removed = []
+    for vol in pool.listAllVolumes(0):
+        name = str(vol.name())
+        if name.startswith(f"scratch-{environment}.") and (only is None or vol.path() in only):
+            vol.delete(0)
+            removed.append(name)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------ console

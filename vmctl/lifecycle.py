@@ -472,7 +472,7 @@ def _prepare(project: Project, state: EnvState, hv: Hypervisor, m: MachineSpec, 
     (mdir / "console.log").unlink(missing_ok=True)
     if (host := project.host_of(m)) is not None:
         files, image_disks = _send_files(project, hv, m, host, files, image_disks)
-        m = remote.send_disks(hv.conn, m, project.progress, host)
+        m = remote.send_disks(hv.conn, project.env.name, m, project.progress, host)
     is_free = checks.on(host)  # free where QEMU binds them: this machine, or the host
     forwards = ports.resolve(m.name, m.ports, is_free=is_free, on=host.name if host else "")
     ssh_port = ports.free_port(is_free=is_free)
@@ -672,7 +672,7 @@ def down(project: Project, *, remove_volumes: bool = False) -> list[str]:
                     domains = hv.domains_of(project.env.name)
                     removed += _remove_all(project, hv, domains)
                     if not preflight.is_local(uri):
-                        remote.forget_consoles(hv.conn, [str(d.name()) for d in domains])
+                        remote.forget(hv.conn, project.env.name, [str(d.name()) for d in domains])
             except HostError as e:
                 if is_embedded(uri):
                     continue

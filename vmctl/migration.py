@@ -2,12 +2,14 @@
 live migration.
 
 The machine's read-only, content-named files (kernel, initramfs, image disks) are copied into the
-target's pool first, under the same names, so the domain's XML is valid there unchanged; then libvirt
-migrates it live (QEMU to QEMU over TCP to the target's address), persistent on the target and
-undefined on the source. Its name, its guest key, its forwards and its addresses on the environment
-network stay (the target gets the network's bridges and tunnel ends first; QEMU's announcement after
-the move teaches the mesh where its MACs are now): its SSH and published ports are now on the target
-host. The environment's lock must be free: `migrate` never waits for an `up`.
+target's pool first, under the same names, so the domain's XML is valid there unchanged; its scratch
+disks get an empty volume of the same name and size there, which QEMU fills during the move (libvirt's
+storage migration: NBD, mirrored until the switch-over). Then libvirt migrates it live (QEMU to QEMU
+over TCP to the target's address), persistent on the target and undefined on the source. Its name, its
+guest key, its forwards and its addresses on the environment network stay (the target gets the
+network's bridges and tunnel ends first; QEMU's announcement after the move teaches the mesh where its
+MACs are now): its SSH and published ports are now on the target host. The environment's lock must be
+free: `migrate` never waits for an `up`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 import libvirt
@@ -47,15 +50,31 @@ class Moved:
     copied: tuple[str, ...]  # volumes the target did not have yet
     copied_bytes: int  # their size: what this move sent besides the machine's memory
     memory_bytes: int | None  # what QEMU sent (RAM, with every page sent again after the guest dirtied it)
-    image_bytes: int  # every pool file the machine uses: what a cold move to a new host needs
+    image_bytes: int  # every read-only pool file the machine uses: what a cold move to a new host needs
+    disk_bytes: int = 0  # what the disks the guest writes to (scratch disks) held on the source: the storage copy
 
 
 def pool_files(xml: str) -> list[str]:
-    """The files of vmctl's pool a domain uses, but its console (the target makes its own)."""
+    """The read-only files of vmctl's pool a domain uses (kernel, initramfs, image disks): not its console
+    (the target makes its own), nor the disks it writes to (`written_disks`)."""
     root = ET.fromstring(xml)
     paths = [e.text or "" for e in root.iter() if e.tag in ("kernel", "initrd")]
-    paths += [s.get("file", "") for s in root.iter("source") if s.get("file")]
-    return [p for p in paths if p.startswith(host_files.POOL_DIR + "/") and not p.endswith(".log")]
+    for disk in root.iter("disk"):
+        source = disk.find("source")
+        if disk.find("readonly") is not None and source is not None and source.get("file"):
+            paths.append(source.get("file", ""))
+    return [p for p in paths if p.startswith(host_files.POOL_DIR + "/")]
+
+
+def written_disks(xml: str) -> list[tuple[str, str]]:
+    """(target device, path) of each disk file the domain writes to: its scratch disks, which the
+    migration copies while the guest runs (libvirt's NBD storage migration)."""
+    out = []
+    for disk in ET.fromstring(xml).iter("disk"):
+        source, target = disk.find("source"), disk.find("target")
+        if disk.find("readonly") is None and source is not None and target is not None and source.get("file"):
+            out.append((target.get("dev", ""), source.get("file", "")))
+    return out
 
 
 def migrate(project: Project, name: str, target: str, *, bandwidth_mib: int = 0) -> Moved:
@@ -80,16 +99,23 @@ def migrate(project: Project, name: str, target: str, *, bandwidth_mib: int = 0)
             dom = shv.lookup(ms.domain)
             if dom is None or not dom.isActive():
                 raise VmctlError(f"machine `{name}` is not running on host `{src.name}`")
-            files = {p: host_files.volume_size(shv.conn, p) for p in pool_files(dom.XMLDesc(0))}
+            xml = dom.XMLDesc(0)
+            files = {p: host_files.volume_size(shv.conn, p) for p in pool_files(xml)}
             copied = tuple(p for p in files if host_files.copy_between(shv.conn, dhv.conn, p))
+            written = written_disks(xml)
+            disk_bytes = sum(host_files.volume_size(shv.conn, path, allocated=True) for _, path in written)
+            for _, path in written:  # empty on the target, same name and size: QEMU mirrors into it
+                host_files.ensure_scratch(dhv.conn, PurePath(path).name, host_files.volume_size(shv.conn, path))
             _network_to(project, state, dst)
-            seconds, moved = _move(dom, dhv, dst.address, name, dst.name, bandwidth_mib, src.name)
+            seconds, moved = _move(dom, dhv, dst.address, name, dst.name, bandwidth_mib, src.name,
+                                   [dev for dev, _ in written])
             job = _completed_job(moved)
             remote.forget_consoles(shv.conn, [ms.domain])
+            host_files.remove_scratch(shv.conn, env.name, only={path for _, path in written})
         ms.host, ms.uri = dst.name, dst.connection_uri
         project.envdir.save(state)
     return Moved(name, src.name, dst.name, round(seconds, 3), _int(job.get("downtime")), copied,
-                 sum(files[p] for p in copied), _int(job.get("data_processed")), sum(files.values()))
+                 sum(files[p] for p in copied), _int(job.get("data_processed")), sum(files.values()), disk_bytes)
 
 
 def _network_to(project: Project, state: EnvState, dst: HostSpec) -> None:
@@ -105,13 +131,23 @@ def _network_to(project: Project, state: EnvState, dst: HostSpec) -> None:
 
 
 def _move(dom: Any, dhv: Hypervisor, address: str | None, name: str, target: str, bandwidth_mib: int,
-          source: str) -> tuple[float, Any]:
+          source: str, disks: list[str]) -> tuple[float, Any]:
+    """`disks`: the target devices to copy with the memory (NBD to the target's QEMU, then mirrored
+    until the switch-over, so the guest's writes during the move are not lost)."""
     flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    params: dict[str, Any] = {}
+    if address:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{address}"
+    if bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
+    if disks:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks
     watch = _Watch(dom, dhv.conn)
     watch.start()
     t0 = time.monotonic()
     try:
-        moved = dom.migrate(dhv.conn, flags, None, f"tcp://{address}" if address else None, bandwidth_mib)
+        moved = dom.migrate3(dhv.conn, params, flags)
     except libvirt.libvirtError as e:
         why = watch.reason or e.get_error_message()
         where = f"it still runs on host `{source}`" if _running(dom) else "`vmctl status` says where it runs now"
@@ -138,7 +174,8 @@ class _Watch(threading.Thread):
         last, since = -1, time.monotonic()
         while not self._done.wait(1.0):
             with contextlib.suppress(libvirt.libvirtError):
-                processed = int(self.dom.jobStats().get("data_processed", 0))
+                stats = self.dom.jobStats()  # memory, and the disks' copy that comes first
+                processed = int(stats.get("data_processed", 0)) + int(stats.get("disk_processed", 0))
                 if processed != last:
                     last, since = processed, time.monotonic()
             if not self.dconn.isAlive():

@@ -39,6 +39,14 @@ def console_reader(conn: Any, domain: str) -> Callable[[int], bytes]:
     return lambda offset: host_files.read_from(conn, pool, name, offset)
 
 
+def forget(conn: Any, environment: str, domains: Sequence[str]) -> None:
+    """What `down` leaves of the environment on a host but its cache: the consoles, the scratch disks."""
+    pool = host_files.ensure_pool(conn)
+    for domain in domains:
+        host_files.remove_console(pool, domain)
+    host_files.remove_scratch(conn, environment)
+
+
 def forget_consoles(conn: Any, domains: Sequence[str]) -> None:
     pool = host_files.ensure_pool(conn)
     for domain in domains:
@@ -106,24 +114,33 @@ def _free_on_host(client: paramiko.SSHClient, host: str, address: str, port: int
 
 
 def check(env: Environment, machines: Sequence[tuple[MachineSpec, HostSpec]]) -> None:
-    """What a machine cannot have on another host yet: host folders (9p), and disks it writes to (a
-    writable or scratch disk is a file of this machine whose writes would stay on the host). Read-only
-    image files are sent into the host's pool like the kernel (`send_disks`)."""
+    """What a machine cannot have on another host yet: host folders (9p), and disk files of this machine
+    it writes to (its writes would stay on the host). Read-only image files are sent into the host's pool
+    like the kernel, and a scratch disk (`size:`) is made there empty (`send_disks`)."""
     for m, host in machines:
         base = f"services.{m.dedicated_to}" if m.dedicated_to else f"machines.{m.name}"
         uses_volumes = any(s.volumes for s in env.services_on(m.name))
-        writable = [d for d in m.disks if not (d.readonly and d.path is not None)]
+        writable = [d for d in m.disks if d.path is not None and not d.readonly]
         if writable or uses_volumes:
-            what, key = (f"the writable disk `{writable[0].name}`", f"{base}.disks") if writable else (
+            what, key = (f"the writable disk file `{writable[0].name}`", f"{base}.disks") if writable else (
                 "`volumes`", f"{base}.volumes")
             raise UsageError(f"machine `{m.name}` runs on host `{host.name}`, and {what} of a machine on another "
                              "host is not supported yet (a file of this machine, written there)",
-                             hint="run it here (remove `hosts:`), make the disk `readonly: true`, or drop it",
+                             hint="run it here (remove `hosts:`), make the disk `readonly: true` or a scratch disk "
+                                  "(`size:` instead of `path:`), or drop it",
                              where=env.place(key) or Where(str(env.file), None, key))
 
 
-def send_disks(conn: Any, m: MachineSpec, progress: Progress, host: HostSpec) -> MachineSpec:
-    """The machine with its disk files (read-only ones: `check`) as content-named volumes on the host."""
-    there = send_files(conn, [(d.path, "disk") for d in m.disks if d.path is not None], progress, m.name, host)
-    return dataclasses.replace(m, disks=tuple(dataclasses.replace(d, path=Path(p))
-                                              for d, p in zip(m.disks, there, strict=True)))
+def send_disks(conn: Any, environment: str, m: MachineSpec, progress: Progress, host: HostSpec) -> MachineSpec:
+    """The machine with its disks as volumes on the host: its read-only files (`check`) content-named,
+    its scratch disks made empty the first time."""
+    there = iter(send_files(conn, [(d.path, "disk") for d in m.disks if d.path is not None], progress, m.name, host))
+    disks = []
+    for d in m.disks:
+        if d.path is not None:
+            path = next(there)
+        else:
+            path = host_files.ensure_scratch(conn, host_files.scratch_name(environment, m.name, d.name),
+                                             (d.size_mib or 1) << 20)
+        disks.append(dataclasses.replace(d, path=Path(path)))
+    return dataclasses.replace(m, disks=tuple(disks))

@@ -45,3 +45,16 @@ def write_env(tmp: Path, text: str) -> Path:
     path = tmp / "vmctl.yaml"
     path.write_text(text)
     return path
+
+
+def on_host(bed: hostbed.HostBed, host: hostbed.BedHost, *argv: str) -> str:
+    """A command on one of the bed's hosts, over its sshd (as an administrator would look)."""
+    return subprocess.run(bed.in_client(hostbed.client_ssh(bed, host, list(argv))), capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
+def pool_volumes(bed: hostbed.HostBed, host: hostbed.BedHost) -> list[str]:
+    """The volumes of vmctl's pool on the host, by name, as its own libvirt lists them (none: no pool yet)."""
+    # one word: ssh hands the command line to the host's shell, which runs the `||`
+    out = on_host(bed, host, "virsh -q -c qemu:///system vol-list vmctl 2> /dev/null || true")
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())

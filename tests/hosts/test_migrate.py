@@ -13,7 +13,7 @@ import pytest
 
 from bench import hostbed
 from tests.conftest import ROOT
-from tests.hosts.conftest import hosts_yaml, vmctl_in, write_env
+from tests.hosts.conftest import hosts_yaml, pool_volumes, vmctl_in, write_env
 
 pytestmark = [pytest.mark.vm, pytest.mark.daemon]
 
@@ -113,3 +113,35 @@ services:
     left = subprocess.run(["pgrep", "-af", "qemu-system.*compare-move"], capture_output=True, text=True, timeout=10,
                           check=False)
     assert left.stdout == "", left.stdout
+
+
+SCRATCH = 'for b in /sys/block/vd*; do [ "$(cat $b/serial)" = data ] && echo /dev/${b##*/}; done'
+
+
+def test_a_scratch_disk_lives_on_the_host_and_moves_with_the_machine(bed: hostbed.HostBed, tmp_path: Path) -> None:
+    """A machine's scratch disk on a remote host is a volume of that host's pool (sparse, made by `up`);
+    `migrate` copies what the guest wrote to it while it runs (libvirt's storage migration), the source's
+    volume goes, and `down` removes it on the host it ended on."""
+    env = write_env(tmp_path, "name: scr\n" + hosts_yaml(bed) + """\
+machines:
+  box: {memory: 192M, host: h1, disks: [{name: data, size: 64M}]}
+""")
+    h1, h2 = bed.hosts
+    volume = "scratch-scr.box.data.raw"
+    up = vmctl_in(bed, "-f", str(env), "up", "--timeout", "180")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert volume in pool_volumes(bed, h1) and volume not in pool_volumes(bed, h2)
+        write = f'd=$({SCRATCH}); printf written-on-h1 | dd of="$d" bs=512 conv=sync,fsync 2>/dev/null && echo "$d"'
+        wrote = vmctl_in(bed, "-f", str(env), "exec", "box", "--", "sh", "-c", write)
+        assert wrote.returncode == 0 and wrote.stdout.startswith("/dev/vd"), wrote.stderr
+        moved = vmctl_in(bed, "-f", str(env), "migrate", "box", "--to", "h2", "--json")
+        assert moved.returncode == 0, moved.stderr
+        assert json.loads(moved.stdout)["disk_bytes"] > 0, moved.stdout
+        assert volume in pool_volumes(bed, h2) and volume not in pool_volumes(bed, h1)
+        read = vmctl_in(bed, "-f", str(env), "exec", "box", "--", "sh", "-c", f'head -c 13 "$({SCRATCH})"')
+        assert (read.returncode, read.stdout) == (0, "written-on-h1"), read.stderr
+    finally:
+        down = vmctl_in(bed, "-f", str(env), "down")
+    assert down.returncode == 0, down.stderr
+    assert not [v for host in bed.hosts for v in pool_volumes(bed, host) if v.startswith("scratch-")]

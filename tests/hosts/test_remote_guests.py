@@ -12,7 +12,7 @@ import pytest
 
 from bench import hostbed
 from tests.conftest import ROOT
-from tests.hosts.conftest import hosts_yaml, vmctl_in, write_env
+from tests.hosts.conftest import hosts_yaml, on_host, pool_volumes, vmctl_in, write_env
 from vmctl.paths import cache_root
 
 pytestmark = [pytest.mark.vm, pytest.mark.daemon]
@@ -31,16 +31,6 @@ services:
     healthcheck: {{test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"], interval: 1s,
                   retries: 30}}
 """
-
-
-def _on_host(bed: hostbed.HostBed, host: hostbed.BedHost, *argv: str) -> str:
-    return subprocess.run(bed.in_client(hostbed.client_ssh(bed, host, list(argv))), capture_output=True, text=True,
-                          check=True, timeout=60).stdout
-
-
-def _pool(bed: hostbed.HostBed, host: hostbed.BedHost) -> list[str]:
-    out = _on_host(bed, host, "virsh", "-q", "-c", "qemu:///system", "vol-list", "vmctl")
-    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +58,8 @@ def test_machines_run_on_their_hosts(bed: hostbed.HostBed, env: Path) -> None:
     assert {m["name"]: (m["host"], m["state"]) for m in status["machines"]} == {
         "a": ("h1", "running"), "web": ("h2", "running")}
     h1, h2 = bed.hosts
-    assert "vmctl-remote-a" in _on_host(bed, h1, "virsh", "-c", "qemu:///system", "list", "--name")
-    assert "vmctl-remote-web" in _on_host(bed, h2, "virsh", "-c", "qemu:///system", "list", "--name")
+    assert "vmctl-remote-a" in on_host(bed, h1, "virsh", "-c", "qemu:///system", "list", "--name")
+    assert "vmctl-remote-web" in on_host(bed, h2, "virsh", "-c", "qemu:///system", "list", "--name")
     ps = vmctl_in(bed, "-f", str(env), "ps")
     assert ps.stdout.splitlines()[1].split()[:3] == ["web", "web", "h2"]
 
@@ -98,9 +88,9 @@ def test_published_ports_bind_on_the_host_that_runs_the_service(bed: hostbed.Hos
 
 def test_files_went_through_libvirt_once(bed: hostbed.HostBed, env: Path) -> None:
     h1, h2 = bed.hosts
-    assert sorted(v.rsplit(".", 1)[1] for v in _pool(bed, h1) if not v.startswith("console-")) == [
+    assert sorted(v.rsplit(".", 1)[1] for v in pool_volumes(bed, h1) if not v.startswith("console-")) == [
         "disk", "initrd", "kernel"]
-    assert sorted(v.rsplit(".", 1)[1] for v in _pool(bed, h2) if not v.startswith("console-")) == [
+    assert sorted(v.rsplit(".", 1)[1] for v in pool_volumes(bed, h2) if not v.startswith("console-")) == [
         "ext4", "initrd", "kernel"]
     again = vmctl_in(bed, "-f", str(env), "up")
     assert again.returncode == 0 and "sent" not in again.stderr, again.stderr
@@ -117,8 +107,8 @@ def test_each_host_was_probed_through_its_own_libvirt(bed: hostbed.HostBed, env:
         assert not report["kvm_usable"] and f"host `{host.name}`" in report["reason"], report
         assert "could not start a KVM guest" in report["reason"] or "init" in report["reason"], report
         assert report["probe_seconds"] is not None, report
-        assert "probe" not in _on_host(bed, host, "virsh", "-c", "qemu:///system", "list", "--all", "--name")
-        assert not [v for v in _pool(bed, host) if "probe" in v]  # its console volume went with it
+        assert "probe" not in on_host(bed, host, "virsh", "-c", "qemu:///system", "list", "--all", "--name")
+        assert not [v for v in pool_volumes(bed, host) if "probe" in v]  # its console volume went with it
     status = json.loads(vmctl_in(bed, "-f", str(env), "status", "--json").stdout)
     assert {m["accel"] for m in status["machines"]} == {"tcg"}
 
@@ -127,9 +117,9 @@ def test_down_keeps_the_pool_and_prune_empties_it(bed: hostbed.HostBed, env: Pat
     down = vmctl_in(bed, "-f", str(env), "down")
     assert down.returncode == 0, down.stderr
     h1 = bed.hosts[0]
-    assert _on_host(bed, h1, "virsh", "-c", "qemu:///system", "list", "--all", "--name").strip() == ""
-    assert _pool(bed, h1) and not [v for v in _pool(bed, h1) if v.startswith("console-")]
+    assert on_host(bed, h1, "virsh", "-c", "qemu:///system", "list", "--all", "--name").strip() == ""
+    assert pool_volumes(bed, h1) and not [v for v in pool_volumes(bed, h1) if v.startswith("console-")]
     proc = vmctl_in(bed, "-f", str(env), "image", "prune", "--host", "h1", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)["removed"]) == 3 and _pool(bed, h1) == []
+    assert len(json.loads(proc.stdout)["removed"]) == 3 and pool_volumes(bed, h1) == []
 
