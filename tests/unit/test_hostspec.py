@@ -117,17 +117,18 @@ def test_read_load_counts_running_domains_against_a_capacity(tmp_path: Path) -> 
     assert not found.fits(m) and found.lack(m) == "`h1` has 0 MiB free"
 
 
-def test_a_machine_on_another_host_takes_read_only_disk_files_only(tmp_path: Path) -> None:
+def test_a_machine_on_another_host_takes_read_only_disk_files_and_scratch_disks_only(tmp_path: Path) -> None:
     from vmctl import remote
     from vmctl.errors import UsageError
 
     (tmp_path / "ro.img").write_bytes(b"x" * 512)
     base = "hosts:\n  h1: {uri: 'qemu+ssh://root@10.0.0.1/system'}\nmachines:\n  a:\n    host: h1\n    disks:\n"
-    env = load(tmp_path, base + "      - {name: ro, path: ./ro.img, readonly: true}\n")
-    remote.check(env, [(env.machines[0], env.hosts[0])])  # sent into the host's pool at `up`
-    for disk, name in (("{name: scratch, size: 8M}", "scratch"), ("{name: rw, path: ./ro.img}", "rw")):
-        env = load(tmp_path, base + f"      - {disk}\n")
-        with pytest.raises(UsageError) as info:
-            remote.check(env, [(env.machines[0], env.hosts[0])])
-        assert f"the writable disk `{name}`" in info.value.message and info.value.where is not None
-        assert (info.value.where.key, info.value.where.line) == ("machines.a.disks", 6)
+    for fine in ("{name: ro, path: ./ro.img, readonly: true}", "{name: scratch, size: 8M}"):
+        env = load(tmp_path, base + f"      - {fine}\n")
+        remote.check(env, [(env.machines[0], env.hosts[0])])  # sent into (made in) the host's pool at `up`
+    env = load(tmp_path, base + "      - {name: rw, path: ./ro.img}\n")
+    with pytest.raises(UsageError) as info:
+        remote.check(env, [(env.machines[0], env.hosts[0])])
+    assert "the writable disk file `rw`" in info.value.message and info.value.where is not None
+    assert (info.value.where.key, info.value.where.line) == ("machines.a.disks", 6)
+    assert "a scratch disk" in (info.value.hint or "")
