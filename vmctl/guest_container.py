@@ -68,16 +68,19 @@ class Live:
 
 @dataclass(frozen=True)
 class ExecOptions:
-    """`exec -u/-w/-e`: who runs the command, in which folder, with which more variables."""
+    """`exec -u/-w/-e`: who runs the command, in which folder, with which more variables, on a terminal
+    (`tty`: the caller's is one, and no `-T`) or not."""
 
     user: str = ""  # uid[:gid], numeric: crun and runc take no names
     cwd: str = ""
     env: tuple[str, ...] = ()  # K=V
+    tty: bool = False
 
     def flags(self) -> list[str]:
         """As `crun exec` and `runc exec` both spell them."""
         out = [part for entry in self.env for part in ("--env", entry)]
         out += ["--user", self.user] if self.user else []
+        out += ["--tty"] if self.tty else []
         return out + (["--cwd", self.cwd] if self.cwd else [])
 
 
@@ -251,6 +254,8 @@ class GuestRuntime:
         cmd = ["crun", "exec", *options.flags(), self.container_name(name), *argv]
         if timeout is not None:
             cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
+        if not capture and options.tty:  # a pty of the guest's sshd, which `crun exec --tty` passes on
+            return self.guest.interactive(cmd), b""
         if not capture:
             stdin = None if sys.stdin.isatty() or sys.stdin.closed else sys.stdin.buffer
             return self.guest.stream(cmd, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin), b""

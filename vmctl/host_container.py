@@ -310,8 +310,10 @@ class HostRuntime:
         cwd: str | None = None,
         capture: bool = True,
         timeout: float | None = None,
+        tty: bool = False,
     ) -> CompletedProcess[bytes]:
-        """Run `args` in the running container; the returncode is the process's own exit code."""
+        """Run `args` in the running container; the returncode is the process's own exit code. With `tty`
+        (not captured), on a terminal runc makes and relays to ours in the foreground."""
         if not args:
             raise UsageError("exec needs a command")
         argv: list[str] = [self.runc, "--root", str(self.runc_root), "exec"]
@@ -321,6 +323,8 @@ class HostRuntime:
             argv += ["--user", user]
         if cwd:
             argv += ["--cwd", cwd]
+        if tty:
+            argv += ["--tty"]
         return run([*argv, "--", name, *args], check=False, capture=capture, timeout=timeout)
 
     def kill(self, name: str, sig: str = "TERM") -> None:

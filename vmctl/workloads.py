@@ -212,7 +212,7 @@ class HostServiceRuntime:
         options = options or ExecOptions()
         try:
             proc = self.host.exec(self.container_name(name), argv, env=options.env, user=options.user or None,
-                                  cwd=options.cwd or None, capture=capture, timeout=timeout)
+                                  cwd=options.cwd or None, capture=capture, timeout=timeout, tty=options.tty)
         except CommandFailed as e:  # timed out
             return 124, e.message.encode()
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
@@ -785,6 +785,7 @@ class ExecRequest:
     user: str = ""
     workdir: str = ""
     env: tuple[str, ...] = ()  # K=V
+    tty: bool = False  # on a terminal of its own (compose's default where ours is one; `-T`: not)
 
 
 def exec_service(env: Environment, envdir: EnvDir, state: EnvState, name: str, argv: Sequence[str],
@@ -800,7 +801,7 @@ def exec_service(env: Environment, envdir: EnvDir, state: EnvState, name: str, a
             detail = f", exit code {live.exit_code}" if live.exit_code is not None else ""
             raise VmctlError(f"service `{name}` is not running (state `{live.state}`{detail})",
                              hint=f"see `vmctl logs {name}`; `vmctl start {name}` starts it again")
-        options = ExecOptions(_exec_user(env, state, svc, request.user), request.workdir, request.env)
+        options = ExecOptions(_exec_user(env, state, svc, request.user), request.workdir, request.env, request.tty)
         exit_code, _ = rt.exec(svc.name, argv, capture=False, options=options)
         return exit_code
 

@@ -269,10 +269,10 @@ def _on_a_terminal(file: Path, *args: str, answer: tuple[bytes, bytes], timeout:
             proc.kill()
 
 
-def test_a_one_off_is_attached_to_our_stdin_and_to_our_terminal(env: Path) -> None:
+def test_run_and_exec_are_attached_to_our_stdin_and_to_our_terminal(env: Path) -> None:
     """compose's `run`: piped input reaches the one-off and ends where the pipe does, stderr stays apart
-    (`-T`); on a terminal it gets a terminal of its own and what is typed reaches it. In the service's
-    microVM (crun on the SSH channel) and on the host (runc with our descriptors) alike."""
+    (`-T`); on a terminal it gets a terminal of its own and what is typed reaches it; `exec` gets one too.
+    In the service's microVM (crun on the SSH channel) and on the host (runc with our descriptors) alike."""
     for name in ("web", "vm"):
         piped = run_vmctl("-f", str(env), "run", "--rm", "-T", "--entrypoint", "sh", name, "--", "-c",
                           'read -r line; echo "got $line"; cat; echo apart >&2; exit 5', input="first\nrest\n")
@@ -282,6 +282,12 @@ def test_a_one_off_is_attached_to_our_stdin_and_to_our_terminal(env: Path) -> No
                                      'test -t 0 && test -t 1 && echo "on a terminal"; read -r x; echo "typed: $x"; '
                                      "exit 4", answer=(b"on a terminal", b"hello\n"))
         assert code == 4 and "typed: hello" in shown, shown
+        # `exec` too, in the running service's container (compose's default; `-T` keeps pipes)
+        code, shown = _on_a_terminal(env, "exec", name, "--", "sh", "-c", 'test -t 0 && echo "on a tty"; read -r x; '
+                                     'echo "typed: $x"; exit 6', answer=(b"on a tty", b"again\n"))
+        assert code == 6 and "typed: again" in shown, shown
+        piped = run_vmctl("-f", str(env), "exec", "-T", name, "--", "sh", "-c", "test -t 0 || echo pipes")
+        assert (piped.returncode, piped.stdout) == (0, "pipes\n"), piped.stderr
     assert not [c for c in runc_containers(runtime_root()) if "-run-" in c]
     assert _guest(env, "ls", "/run/vmctl/svc").split() == ["vm"]
 
