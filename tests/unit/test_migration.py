@@ -1,4 +1,5 @@
-"""What `migrate` copies to the target first: the pool files of a domain, not its console."""
+"""What `migrate` copies to the target first (the read-only pool files of a domain, not its console) and
+what the migration copies (the disks the guest writes to)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from vmctl.spec import load_environment
 
 XML = """<domain><os><kernel>/var/lib/libvirt/vmctl/sha256-aa.kernel</kernel>
 <initrd>/var/lib/libvirt/vmctl/sha256-bb.initrd</initrd></os><devices>
-<disk><source file="/var/lib/libvirt/vmctl/sha256-cc.ext4"/></disk>
-<disk><source file="/srv/other.raw"/></disk>
+<disk><source file="/var/lib/libvirt/vmctl/sha256-cc.ext4"/><target dev="vdb"/><readonly/></disk>
+<disk><source file="/srv/other.raw"/><readonly/></disk>
+<disk><source file="/var/lib/libvirt/vmctl/scratch-e.m.data.raw"/><target dev="vda"/></disk>
 <serial type="file"><source path="/var/lib/libvirt/vmctl/console-vmctl-e-m.log"/></serial>
 </devices></domain>"""
 
@@ -24,6 +26,10 @@ def test_pool_files_are_the_read_only_content_named_ones() -> None:
     assert migration.pool_files(XML) == ["/var/lib/libvirt/vmctl/sha256-aa.kernel",
                                          "/var/lib/libvirt/vmctl/sha256-bb.initrd",
                                          "/var/lib/libvirt/vmctl/sha256-cc.ext4"]
+
+
+def test_the_disks_it_writes_to_are_copied_by_the_migration_itself() -> None:
+    assert migration.written_disks(XML) == [("vda", "/var/lib/libvirt/vmctl/scratch-e.m.data.raw")]
 
 
 def test_migrate_never_waits_for_an_up_that_holds_the_lock(tmp_path: Path) -> None:
