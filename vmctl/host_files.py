@@ -137,10 +137,16 @@ def _delete_quietly(pool: Any, name: str) -> None:
         pool.storageVolLookupByName(name).delete(0)
 
 
-def volume_size(conn: Any, path: str, *, allocated: bool = False) -> int:
-    """The size of a file of vmctl's pool on a host, in bytes (its volume's capacity: they are raw), or
-    with `allocated` what its blocks take (less, for a sparse scratch disk)."""
-    return int(ensure_pool(conn).storageVolLookupByName(Path(path).name).info()[2 if allocated else 1])
+def volume_size(conn: Any, path: str) -> int:
+    """The size of a file of vmctl's pool on a host, in bytes (its volume's capacity: they are raw)."""
+    return volume_sizes(conn, path)[0]
+
+
+def volume_sizes(conn: Any, path: str) -> tuple[int, int]:
+    """(capacity, allocation) of a file of vmctl's pool on a host, in bytes: what its blocks take is less
+    for a sparse scratch disk."""
+    _, capacity, allocation = ensure_pool(conn).storageVolLookupByName(Path(path).name).info()
+    return int(capacity), int(allocation)
 
 
 def copy_between(src_conn: Any, dst_conn: Any, path: str) -> bool:
@@ -167,7 +173,11 @@ def copy_between(src_conn: Any, dst_conn: Any, path: str) -> bool:
 def scratch_name(environment: str, machine: str, disk: str) -> str:
     """The volume of a machine's scratch disk (`size:`) on its host: named by what it belongs to, not by
     content, since the guest writes to it. `.` occurs in none of the three names."""
-    return f"scratch-{environment}.{machine}.{disk}.raw"
+    return f"{_scratch_prefix(environment)}{machine}.{disk}.raw"
+
+
+def _scratch_prefix(environment: str) -> str:
+    return f"scratch-{environment}."
 
 
 def ensure_scratch(conn: Any, name: str, size: int) -> str:
@@ -190,7 +200,7 @@ def remove_scratch(conn: Any, environment: str, *, only: set[str] | None = None)
     removed = []
     for vol in pool.listAllVolumes(0):
         name = str(vol.name())
-        if name.startswith(f"scratch-{environment}.") and (only is None or vol.path() in only):
+        if name.startswith(_scratch_prefix(environment)) and (only is None or vol.path() in only):
             vol.delete(0)
             removed.append(name)
     return removed

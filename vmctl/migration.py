@@ -103,9 +103,9 @@ def migrate(project: Project, name: str, target: str, *, bandwidth_mib: int = 0)
             files = {p: host_files.volume_size(shv.conn, p) for p in pool_files(xml)}
             copied = tuple(p for p in files if host_files.copy_between(shv.conn, dhv.conn, p))
             written = written_disks(xml)
-            disk_bytes = sum(host_files.volume_size(shv.conn, path, allocated=True) for _, path in written)
-            for _, path in written:  # empty on the target, same name and size: QEMU mirrors into it
-                host_files.ensure_scratch(dhv.conn, PurePath(path).name, host_files.volume_size(shv.conn, path))
+            sizes = {path: host_files.volume_sizes(shv.conn, path) for _, path in written}  # (capacity, allocated)
+            for path, (capacity, _) in sizes.items():  # empty on the target, same name and size: QEMU mirrors into it
+                host_files.ensure_scratch(dhv.conn, PurePath(path).name, capacity)
             _network_to(project, state, dst)
             seconds, moved = _move(dom, dhv, dst.address, name, dst.name, bandwidth_mib, src.name,
                                    [dev for dev, _ in written])
@@ -115,7 +115,8 @@ def migrate(project: Project, name: str, target: str, *, bandwidth_mib: int = 0)
         ms.host, ms.uri = dst.name, dst.connection_uri
         project.envdir.save(state)
     return Moved(name, src.name, dst.name, round(seconds, 3), _int(job.get("downtime")), copied,
-                 sum(files[p] for p in copied), _int(job.get("data_processed")), sum(files.values()), disk_bytes)
+                 sum(files[p] for p in copied), _int(job.get("data_processed")), sum(files.values()),
+                 sum(allocated for _, allocated in sizes.values()))
 
 
 def _network_to(project: Project, state: EnvState, dst: HostSpec) -> None:

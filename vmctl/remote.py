@@ -41,9 +41,7 @@ def console_reader(conn: Any, domain: str) -> Callable[[int], bytes]:
 
 def forget(conn: Any, environment: str, domains: Sequence[str]) -> None:
     """What `down` leaves of the environment on a host but its cache: the consoles, the scratch disks."""
-    pool = host_files.ensure_pool(conn)
-    for domain in domains:
-        host_files.remove_console(pool, domain)
+    forget_consoles(conn, domains)
     host_files.remove_scratch(conn, environment)
 
 

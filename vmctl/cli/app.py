@@ -18,6 +18,11 @@ from vmctl.progress import Progress, json_renderer, plain_renderer, quiet_render
 from vmctl.spec import Environment, environment_from
 
 
+def wants_tty(no_tty: bool) -> bool:
+    """compose's rule for `run` and `exec`: a terminal for the command when ours is one, unless `-T`."""
+    return not no_tty and sys.stdin.isatty() and sys.stdout.isatty()
+
+
 @dataclass
 class App:
     files: tuple[Path, ...] = ()  # empty: compose's default names (`vmctl.load.DEFAULT_FILES`)

@@ -5,7 +5,7 @@ import sys
 import click
 
 from vmctl import lifecycle, workloads
-from vmctl.cli.app import App, pass_app, strip_dashes
+from vmctl.cli.app import App, pass_app, strip_dashes, wants_tty
 from vmctl.errors import UsageError
 
 
@@ -34,7 +34,7 @@ def command(app: App, user: str, workdir: str, env: tuple[str, ...], no_tty: boo
 
     Services and machines share one namespace; a service's dedicated microVM is reached with `vmctl ssh`."""
     argv = strip_dashes(argv)
-    tty = not no_tty and sys.stdin.isatty() and sys.stdout.isatty()
+    tty = wants_tty(no_tty)
     project = app.project()
     if project.env.service(name) is not None:
         state = project.envdir.load(str(project.env.file))

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 import click
 
 from vmctl import lifecycle, oneoff
-from vmctl.cli.app import App, pass_app, strip_dashes
+from vmctl.cli.app import App, pass_app, strip_dashes, wants_tty
 from vmctl.errors import UsageError
 
 
@@ -49,7 +48,7 @@ def command(app: App, remove: bool, env: tuple[str, ...], user: str, workdir: st
         split = tuple(shlex.split(entrypoint)) if entrypoint is not None else None
     except ValueError as e:
         raise UsageError(f"`--entrypoint {entrypoint}`: {e}") from None
-    tty = not no_tty and sys.stdin.isatty() and sys.stdout.isatty()
+    tty = wants_tty(no_tty)
     opts = oneoff.OneOff(command=strip_dashes(argv), entrypoint=split, env=env, user=user, workdir=workdir, tty=tty)
     image = lifecycle.up_for_one_off(project, service)
     state = project.envdir.load(str(project.env.file))
