@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
 import yaml
 
 from vmctl import cache, kernel_build
@@ -308,6 +307,8 @@ def module_load_order(deps: Mapping[str, Sequence[str]], wanted: Sequence[str]) 
 def render_init(image_name: str, kernel_release: str, modules: Sequence[str],
                 template_text: str | None = None, modules_after_ready: Sequence[str] = (),
                 template: Path | None = None) -> str:
+    import jinja2  # as render._templates does: only what renders pays for it
+
     # Shell uses `${#var}`: Jinja comments are `{## ... ##}` here, not `{# ... #}`.
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
                              comment_start_string="{##", comment_end_string="##}")

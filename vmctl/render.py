@@ -9,13 +9,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import jinja2
 import markupsafe
 
 from vmctl import cmdline
 from vmctl.guest_image import KERNEL_CMDLINE
 from vmctl.paths import TEMPLATES_DIR
+
+if TYPE_CHECKING:
+    import jinja2
 
 XMLNS = "https://github.com/vmctl/vmctl/xmlns/instance/1"
 DOMAIN_PREFIX = "vmctl"
@@ -187,6 +190,8 @@ def _xml_text(value: object) -> object:
 
 @functools.cache
 def _templates() -> jinja2.Environment:
+    import jinja2  # here, not at the top: commands that render nothing (status, ps, exec) skip its ~40 ms
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=True,  # every value is XML text; nothing from YAML may become markup

@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
 import pytest
 
-from tests.conftest import run_vmctl
-from vmctl.cli.main import cli
+from tests.conftest import ROOT, run_vmctl
+from vmctl.cli.main import COMMANDS, cli
 
 
 def commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = [prefix]
-    for name, command in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the root group loads its commands lazily: ask it, as click does
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             out += commands(command, (*prefix, name))
         else:
             out.append((*prefix, name))
     return out
+
+
+def test_the_lazy_command_table_names_every_command_module() -> None:
+    modules = {p.stem.removeprefix("cmd_") for p in (ROOT / "vmctl" / "cli").glob("cmd_*.py")}
+    assert set(COMMANDS) == modules and len(commands()) > len(COMMANDS)
+
+
+def test_a_command_imports_only_what_it_uses() -> None:
+    """`status` renders nothing and reports nothing: jinja2, invoke and compare's package stay unloaded."""
+    probe = ("import sys\nfrom vmctl.cli.main import cli\ntry:\n    cli(['status', '--help'])\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('jinja2', 'invoke', 'vmctl.compare', 'vmctl.cli.cmd_up') if sys.modules.get(m)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.splitlines()[-1] == "[]", out
 
 
 @pytest.fixture
