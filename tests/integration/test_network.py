@@ -203,8 +203,14 @@ def test_replicas_are_members_of_their_own_found_by_the_service_name(tmp_path: P
         assert redis_ping(file, "cli-1", "api-2") == "PONG"
         _, hostname = sh(file, "api", "cat /etc/hostname")  # `exec api` is the first instance
         assert hostname.strip() == "api-1"
+        second = run_vmctl("-f", str(file), "exec", "--index", "2", "api", "--", "cat", "/etc/hostname")
+        assert (second.returncode, second.stdout.strip()) == (0, "api-2"), second  # compose's `--index`
+        beyond = run_vmctl("-f", str(file), "exec", "--index", "3", "api", "--", "true")
+        assert beyond.returncode == 2 and "service `api` has 2 instance(s)" in beyond.stderr, beyond
         ports = {s["name"]: s["ports"][0]["host_port"] for s in ps["services"] if s["name"].startswith("api")}
         assert len(set(ports.values())) == 2  # each instance published on a free port of its own
+        port = run_vmctl("-f", str(file), "port", "--index", "2", "api", "6379")
+        assert port.stdout.strip() == f"127.0.0.1:{ports['api-2']}", port
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from vmctl.errors import VmctlError
+from vmctl.errors import UsageError, VmctlError
 from vmctl.lifecycle import DEFAULT_TIMEOUT, Project
 from vmctl.load import Model, load_project
 from vmctl.progress import Progress, json_renderer, plain_renderer, quiet_renderer
@@ -98,6 +98,27 @@ def grace_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--wait-timeout", type=click.FloatRange(1, 3600), default=DEFAULT_TIMEOUT, show_default=True,
                         help="Seconds the services may take to run again (or be healthy, with a healthcheck).")(f)
+
+
+def index_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """compose's `--index N` of `exec` and `port`: which instance of a replicated service."""
+    return click.option("--index", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="The Nth instance of a service with replicas (its own name is NAME-N; default 1).")(f)
+
+
+def instance(env: Environment, name: str, index: int | None) -> str:
+    """The name `--index` picks: `NAME-N` of a replicated service; 1 is the only index of any other."""
+    if index is None:
+        return name
+    found = env.instances(name)
+    if not found:
+        raise UsageError(f"`--index {index}`: `{name}` is not a service of {env.file}",
+                         hint=f"services: {', '.join(s.replica_of or s.name for s in env.services) or 'none'}")
+    if index > len(found):
+        raise UsageError(f"`--index {index}`: service `{name}` has {len(found)} instance(s)",
+                         hint=f"use 1..{len(found)}, or the instance's own name: "
+                              f"{', '.join(s.name for s in found)}")
+    return found[index - 1].name
 
 
 pass_app = click.make_pass_decorator(App)

@@ -5,7 +5,7 @@ import sys
 import click
 
 from vmctl import lifecycle, workloads
-from vmctl.cli.app import App, pass_app, strip_dashes, wants_tty
+from vmctl.cli.app import App, index_option, instance, pass_app, strip_dashes, wants_tty
 from vmctl.errors import UsageError
 
 
@@ -17,17 +17,19 @@ Examples:
   vmctl exec worker -- uname -r                   a machine: the guest's kernel, not the host's
   vmctl exec worker -- sh -c 'exit 3'; echo $?    prints 3
   vmctl exec -u nobody -w /tmp -e A=1 web -- id    as a user of the image, in a folder, with a variable
-  vmctl exec web -- sh                            a shell on a terminal (when this one is a terminal)""")
+  vmctl exec web -- sh                            a shell on a terminal (when this one is a terminal)
+  vmctl exec --index 2 api -- hostname            the second instance of a service with replicas (api-2)""")
 @click.option("-u", "--user", default="", help="USER[:GROUP], names from the image's /etc/passwd (services only).")
 @click.option("-w", "--workdir", default="", help="Folder the command runs in (services only).")
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE",
               help="Set a variable for the command (repeatable; services only).")
 @click.option("-T", "--no-tty", "no_tty", is_flag=True,
               help="No terminal, even when this one is one: plain pipes (stdout and stderr apart).")
+@index_option
 @click.argument("name")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_app
-def command(app: App, user: str, workdir: str, env: tuple[str, ...], no_tty: bool, name: str,
+def command(app: App, user: str, workdir: str, env: tuple[str, ...], no_tty: bool, index: int | None, name: str,
             argv: tuple[str, ...]) -> None:
     """Run a command in a service's container, or in a machine; its exit code becomes vmctl's. On a
     terminal (unless -T) the command gets a terminal too, as with compose.
@@ -36,6 +38,7 @@ def command(app: App, user: str, workdir: str, env: tuple[str, ...], no_tty: boo
     argv = strip_dashes(argv)
     tty = wants_tty(no_tty)
     project = app.project()
+    name = instance(project.env, name, index)
     if project.env.service(name) is not None:
         state = project.envdir.load(str(project.env.file))
         request = workloads.ExecRequest(user=user, workdir=workdir, env=env, tty=tty)
