@@ -24,10 +24,11 @@ import io
 import json
 import math
 import re
+import secrets
 import shlex
 import sys
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -208,9 +209,17 @@ class GuestRuntime:
         self._helpers(self._prepare(req, svc, image), stdin=bundle_tar(req))
         argv = ["sh", SCRIPT, "attach", req.name]
         if req.terminal:
-            return self.guest.interactive(argv)
+            token = secrets.token_hex(4)
+            return self.guest.interactive([*argv, token], on_resize=self._resizer(token))
         stdin = None if sys.stdin.closed else sys.stdin.buffer
         return self.guest.stream(argv, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin)
+
+    def _resizer(self, token: str) -> Callable[[int, int], None]:
+        """What gives crun's terminal of `attach`/`on-tty` TOKEN our new size (supervise.sh `resize`)."""
+        def resize(rows: int, cols: int) -> None:
+            self._helper("resize", token, str(rows), str(cols))
+
+        return resize
 
     def _prepare(self, req: ContainerRequest, svc: ServiceSpec, image: PreparedImage) -> list[tuple[str, ...]]:
         """The helper calls that make the bundle, the overlay and the guest's sysctls (the bundle comes on
@@ -252,10 +261,14 @@ class GuestRuntime:
         if options.env:  # `crun exec --env` replaces the container's environment (runc's adds to it)
             options = dataclasses.replace(options, env=merge_env(self._env(name), options.env))
         cmd = ["crun", "exec", *options.flags(), self.container_name(name), *argv]
+        if not capture and options.tty:  # on a terminal crun makes, behind a pty of the guest's sshd
+            token = secrets.token_hex(4)
+            cmd = ["sh", SCRIPT, "on-tty", token, *cmd[1:]]
+            if timeout is not None:
+                cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
+            return self.guest.interactive(cmd, on_resize=self._resizer(token)), b""
         if timeout is not None:
             cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
-        if not capture and options.tty:  # a pty of the guest's sshd, which `crun exec --tty` passes on
-            return self.guest.interactive(cmd), b""
         if not capture:
             stdin = None if sys.stdin.isatty() or sys.stdin.closed else sys.stdin.buffer
             return self.guest.stream(cmd, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin), b""

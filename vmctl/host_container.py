@@ -443,10 +443,11 @@ def reap(pid: int, *, wait: float = 0.0) -> bool:
         time.sleep(0.02)
 
 
-def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Path | None = None) -> int:
-    """Start `argv` in a new session: stdin /dev/null (or `stdin`, opened read-write), stdout+stderr
-    appended to `out`, and each `keep[child_fd] = our_fd` at that number. Returns the PID (the caller
-    waits or records it).
+def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Path | None = None,
+           session: bool = True) -> int:
+    """Start `argv` (in a new session, unless not `session`): stdin /dev/null (or `stdin`, opened
+    read-write), stdout+stderr appended to `out`, and each `keep[child_fd] = our_fd` at that number.
+    Returns the PID (the caller waits or records it).
 
     Not `runner.run`: that one waits and captures; here the program (runc's container, slirp4netns)
     must outlive the call with its output in a file and an inherited pipe at a fixed fd number.
@@ -467,7 +468,7 @@ def _spawn(argv: Sequence[str], *, out: Path, keep: Mapping[int, int], stdin: Pa
                 spare.append(src)
             actions.append((os.POSIX_SPAWN_DUP2, src, child_fd))
         try:
-            return os.posix_spawn(args[0], args, dict(os.environ), file_actions=actions, setsid=True)
+            return os.posix_spawn(args[0], args, dict(os.environ), file_actions=actions, setsid=session)
         except FileNotFoundError as e:
             raise HostError(f"`{args[0]}` is not installed") from e
     finally:
@@ -485,7 +486,8 @@ def _relay(console: Path, log: Path, into: Mapping[int, int], stdin: Path | None
         os.chmod(console, 0o600)
         listener.listen(1)
         argv = [sys.executable, "-m", "vmctl.tty_relay", *(["--stdin"] if stdin or forward else [])]
-        return _spawn(argv, out=log, keep={3: listener.fileno(), **into}, stdin=stdin)
+        # forwarding to our terminal, it stays in our process group: the kernel's SIGWINCH reaches it
+        return _spawn(argv, out=log, keep={3: listener.fileno(), **into}, stdin=stdin, session=not forward)
 
 
 def _stdin_fifo(cdir: Path) -> Path:

@@ -97,6 +97,7 @@ class ContainerRequest:
     pids_limit: int | None = None
     privileged: bool = False
     terminal: bool = False
+    console_size: tuple[int, int] | None = None  # (rows, cols) of the terminal at start: the caller's, for `run`
     share_host_network: bool = False  # True: no network namespace
     netns_path: str | None = None  # join this network namespace (another container's) instead of a new one
     cgroups_path: str | None = None
@@ -239,6 +240,10 @@ def _process(req: ContainerRequest) -> dict[str, Any]:
     args = [INIT_TARGET, "--", *req.args] if req.init_path else list(req.args)
     return {
         "terminal": req.terminal,
+        # the runtime sizes the terminal before the process starts: the relay that would copy our size
+        # may not hold it yet when the first `stty size` or curses screen runs
+        **({"consoleSize": {"height": req.console_size[0], "width": req.console_size[1]}}
+           if req.terminal and req.console_size else {}),
         "user": {"uid": uid, "gid": gid, **({"additionalGids": list(req.additional_gids)}
                                             if req.additional_gids else {})},
         "args": args,

@@ -34,7 +34,7 @@ from vmctl.errors import UsageError, VmctlError
 from vmctl.oci_spec import ContainerRequest
 from vmctl.spec import Environment, ServiceSpec
 from vmctl.state import EnvDir, EnvState
-from vmctl.tty_relay import raw_terminal
+from vmctl.tty_relay import raw_terminal, terminal_size
 
 
 @dataclass(frozen=True)
@@ -104,5 +104,5 @@ def _request(svc: ServiceSpec, one: ServiceSpec, image: PreparedImage, rt: workl
                                        image, rt, runtimes.plan)
     cname = rt.container_name(one.name)
     return dataclasses.replace(base, name=cname, rootfs=rt.rootfs(one.name, image), etc_dir=rt.etc_dir(one.name),
-                               cgroups_path=f"/vmctl/{cname}",
+                               cgroups_path=f"/vmctl/{cname}", console_size=terminal_size() if one.tty else None,
                                init_path=rt.init_path(one.name) if base.init_path else None)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import select
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +19,7 @@ import paramiko
 
 from vmctl.errors import GuestError, HostError
 from vmctl.hostspec import DEFAULT_KNOWN_HOSTS, HostSpec
-from vmctl.tty_relay import raw_terminal
+from vmctl.tty_relay import drain, raw_terminal, window_changes
 
 GUEST_USER = "root"
 
@@ -291,8 +292,10 @@ class Guest:
         chan.close()
         return code
 
-    def interactive(self, argv: Sequence[str] | None = None) -> int:
-        """A real terminal: raw mode locally, a pty in the guest, window size passed on."""
+    def interactive(self, argv: Sequence[str] | None = None,
+                    on_resize: Callable[[int, int], None] | None = None) -> int:
+        """A real terminal: raw mode locally, a pty in the guest, window size passed on, also when ours
+        changes (and then to `on_resize(rows, cols)`, for a terminal behind the guest's pty)."""
         assert self.client is not None
         transport = self.client.get_transport()
         assert transport is not None
@@ -303,9 +306,16 @@ class Guest:
             chan.exec_command(shlex.join(argv))
         else:
             chan.invoke_shell()
-        with raw_terminal():
+        with raw_terminal(), window_changes() as resized:
             while True:
-                ready, _, _ = select.select([chan, sys.stdin], [], [])
+                ready, _, _ = select.select([chan, sys.stdin, resized], [], [])
+                if resized in ready:  # our terminal was resized: so is the guest's pty (its SIGWINCH)
+                    drain(resized)
+                    with contextlib.suppress(OSError, paramiko.SSHException, GuestError):  # it has just ended
+                        cols, rows = os.get_terminal_size()
+                        chan.resize_pty(width=cols, height=rows)
+                        if on_resize is not None:
+                            on_resize(rows, cols)
                 if chan in ready:
                     data = chan.recv(65536)
                     if not data:

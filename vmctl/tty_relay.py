@@ -5,7 +5,9 @@ hold it for as long as the container runs, or the container's writes fail. vmctl
 once, so `host_container` starts this relay in a session of its own: fd 3 is the listening socket
 (bound before `runc create`, so runc never finds nobody there), stdout is where the output goes (the
 log, or the stamper's pipe, or the terminal of `vmctl run`), and stdin, with `--stdin`, is copied to the
-terminal (`stdin_open`, or what is typed at `vmctl run`).
+terminal (`stdin_open`, or what is typed at `vmctl run`). For `vmctl run` it runs in vmctl's process
+group, so the kernel's SIGWINCH reaches it when our terminal is resized, and it gives the container's
+terminal the new size.
 It ends when the container has closed its terminal (EIO on the master), or after ACCEPT_SECONDS
 when runc never connected.
 
@@ -19,9 +21,11 @@ import contextlib
 import fcntl
 import os
 import select
+import signal
 import socket
 import sys
 import termios
+import threading
 import tty
 from collections.abc import Iterator
 
@@ -46,13 +50,67 @@ def receive_master(listener: socket.socket) -> int:
     return fds[0]
 
 
+@contextlib.contextmanager
+def window_changes() -> Iterator[int]:
+    """A descriptor that turns readable whenever our terminal is resized (SIGWINCH), for a select loop:
+    the handler only writes a byte, the loop does the work (a handler must not enter paramiko's locks)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        try:
+            yield r
+        finally:
+            os.close(r)
+            os.close(w)
+        return
+
+    def changed(_signum: int, _frame: object) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(w, b"\0")
+
+    previous = signal.signal(signal.SIGWINCH, changed)
+    try:
+        yield r
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+        os.close(r)
+        os.close(w)
+
+
+def terminal_size() -> tuple[int, int] | None:
+    """(rows, cols) of our terminal, None without one (or one of no size yet)."""
+    try:
+        cols, rows = os.get_terminal_size(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return None
+    return (rows, cols) if rows and cols else None
+
+
+def drain(fd: int) -> None:
+    os.read(fd, 4096)
+
+
+def _copy_size(master: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+
+
 def relay(master: int, forward_stdin: bool) -> None:
-    if forward_stdin and os.isatty(0):  # `vmctl run` on a terminal: the container's takes its size
-        with contextlib.suppress(OSError):
-            fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
-    readers = [master, 0] if forward_stdin else [master]
+    if not (forward_stdin and os.isatty(0)):
+        _copy_loop(master, forward_stdin, None)
+        return
+    with window_changes() as resized:  # `vmctl run` on a terminal: the container's has its size, always
+        _copy_size(master)
+        _copy_loop(master, forward_stdin, resized)
+
+
+def _copy_loop(master: int, forward_stdin: bool, resized: int | None) -> None:
+    readers = [master, *([0] if forward_stdin else []), *([resized] if resized is not None else [])]
     while True:
         ready, _, _ = select.select(readers, [], [])
+        if resized is not None and resized in ready:  # before what was typed meanwhile: it may depend on it
+            drain(resized)
+            _copy_size(master)
         if master in ready:
             try:
                 data = os.read(master, 65536)

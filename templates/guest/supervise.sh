@@ -11,9 +11,12 @@
 #                         as a tar on stdin
 #   start NAME RESTART    run `supervise` detached; returns once the supervisor has written its pid. Also
 #                         starts a halted (or exited) service again, from the same bundle and overlay
-#   attach NAME           `crun run` of a prepared container on this command's own stdin and output (the
+#   attach NAME [TOKEN]   `crun run` of a prepared container on this command's own stdin and output (the
 #                         SSH channel of `vmctl run`, a terminal when it has one), no log, no restart;
-#                         exits with crun's exit code
+#                         exits with crun's exit code. TOKEN: on a terminal, whose size `resize` sets
+#   on-tty TOKEN exec ARGS...  `crun exec ARGS...` on a terminal, whose size `resize` sets
+#   resize TOKEN ROWS COLS  the size of the terminal crun made for the process of `attach` or `on-tty` TOKEN
+#                         (crun does not pass on a SIGWINCH of its own terminal, the SSH channel's pty)
 #   supervise NAME RESTART  `crun run` in the foreground, output appended to container.log (and, with
 #                         times, to container.log.t), the exit code recorded; RESTART is compose's
 #                         policy: no, always, unless-stopped (both restart after any exit), on-failure
@@ -37,6 +40,7 @@ STAMP=/run/vmctl/stamp.awk  # templates/logs/stamp.awk, uploaded beside this scr
 SVC_ROOT=/run/vmctl/svc
 IMG_ROOT=/run/vmctl/images
 VOL_ROOT=/run/vmctl/volumes
+TTY_ROOT=/run/vmctl/tty  # TOKEN.pid: the process on a terminal of crun's, for `resize`
 
 TICK=/run/vmctl/tick  # a FIFO no one writes: `pause` reads it with a timeout
 
@@ -157,12 +161,37 @@ attach() {
     dir="$SVC_ROOT/$1"
     [ -f "$dir/bundle/config.json" ] || die "service $1 is not prepared"
     echo running > "$dir/state"
-    crun run --bundle "$dir/bundle" "$1"
+    if [ -n "$2" ]; then
+        on_tty "$2" run --bundle "$dir/bundle" "$1"
+    else
+        crun run --bundle "$dir/bundle" "$1"
+    fi
     code=$?
     crun delete -f "$1" > /dev/null 2>&1
     echo "$code" > "$dir/exit_code"
     echo exited > "$dir/state"
     exit "$code"
+}
+
+# crun SUBCOMMAND (run or exec) with its process's pid in TTY_ROOT/TOKEN.pid while it runs
+on_tty() {
+    local pid_file code sub
+    pid_file="$TTY_ROOT/$1.pid"
+    mkdir -p "$TTY_ROOT" || die "cannot create $TTY_ROOT"
+    shift
+    sub="$1"
+    shift
+    crun "$sub" --pid-file "$pid_file" "$@"
+    code=$?
+    rm -f "$pid_file"
+    return "$code"
+}
+
+# The terminal's slave end is the process's stdin; opened through /proc, so from outside its devpts
+resize() {
+    local pid
+    pid="$(cat "$TTY_ROOT/$1.pid" 2> /dev/null)" || return 0  # not started yet, or ended: nothing to size
+    stty -F "/proc/$pid/fd/0" rows "$2" cols "$3" 2> /dev/null || true
 }
 
 supervise() {
@@ -287,7 +316,16 @@ case "$1" in
     start) [ $# -eq 3 ] || die "usage: start NAME RESTART"
         case "$3" in no|always|unless-stopped|on-failure|on-failure:[0-9]*) ;; *) die "invalid restart policy $3" ;; esac
         start "$2" "$3" ;;
-    attach) [ $# -eq 2 ] || die "usage: attach NAME"; attach "$2" ;;
+    attach) [ $# -eq 2 ] || [ $# -eq 3 ] || die "usage: attach NAME [TOKEN]"
+        case "${3:-0}" in *[!0-9a-f]*) die "invalid token $3" ;; esac
+        attach "$2" "$3" ;;
+    on-tty) [ $# -ge 4 ] && [ "$3" = exec ] || die "usage: on-tty TOKEN exec ARGS..."
+        case "$2" in ''|*[!0-9a-f]*) die "invalid token $2" ;; esac
+        shift; on_tty "$@"; exit $? ;;
+    resize) [ $# -eq 4 ] || die "usage: resize TOKEN ROWS COLS"
+        case "$2" in ''|*[!0-9a-f]*) die "invalid token $2" ;; esac
+        case "$3$4" in *[!0-9]*) die "invalid size $3 $4" ;; esac
+        resize "$2" "$3" "$4" ;;
     supervise) supervise "$2" "$3" ;;
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
     wait-output) [ $# -eq 3 ] || die "usage: wait-output NAME SECONDS"

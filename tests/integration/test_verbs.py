@@ -7,12 +7,15 @@ PID, the published port answering or not, the guest's `crun list`. Nothing is mo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import select
 import shutil
+import struct
 import subprocess
+import termios
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -245,10 +248,13 @@ def test_stop_and_start_a_service_in_its_guest(env: Path) -> None:
 
 
 def _on_a_terminal(file: Path, *args: str, answer: tuple[bytes, bytes], timeout: float = 180) -> tuple[int, str]:
-    """vmctl on a pty of its own, as typed at a terminal: once the output shows `answer[0]`, `answer[1]`
-    is typed. Its exit code and everything the terminal showed."""
+    """vmctl on a pty of its own (its controlling terminal, 24x80), as typed at a terminal: once the output
+    shows `answer[0]`, the terminal is resized to 33x111, then `answer[1]` is typed. Its exit code and
+    everything the terminal showed."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([*VMCTL, "-f", str(file), *args], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([*VMCTL, "-f", str(file), *args], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
+                            preexec_fn=lambda: os.login_tty(0))  # a session with this pty, as a login has
     os.close(slave)
     shown, typed, deadline = b"", False, time.monotonic() + timeout
     try:
@@ -260,6 +266,8 @@ def _on_a_terminal(file: Path, *args: str, answer: tuple[bytes, bytes], timeout:
                     break
                 shown += data
             if not typed and answer[0] in shown:
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))  # SIGWINCH to vmctl
+                time.sleep(1.0)  # the new size reaches the container's terminal (over SSH for a microVM)
                 os.write(master, answer[1])
                 typed = True
         return proc.wait(timeout=max(1.0, deadline - time.monotonic())), shown.decode(errors="replace")
@@ -279,13 +287,14 @@ def test_run_and_exec_are_attached_to_our_stdin_and_to_our_terminal(env: Path) -
         assert (piped.returncode, piped.stdout) == (5, "got first\nrest\n"), piped
         assert "apart" in piped.stderr and "apart" not in piped.stdout, piped.stderr
         code, shown = _on_a_terminal(env, "run", "--rm", "--entrypoint", "sh", name, "--", "-c",
-                                     'test -t 0 && test -t 1 && echo "on a terminal"; read -r x; echo "typed: $x"; '
-                                     "exit 4", answer=(b"on a terminal", b"hello\n"))
+                                     'test -t 0 && test -t 1 && echo "on a terminal"; stty size; read -r x; '
+                                     'echo "typed: $x"; stty size; exit 4', answer=(b"on a terminal", b"hello\n"))
         assert code == 4 and "typed: hello" in shown, shown
+        assert "24 80" in shown and shown.index("typed: hello") < shown.index("33 111"), shown  # resized too
         # `exec` too, in the running service's container (compose's default; `-T` keeps pipes)
         code, shown = _on_a_terminal(env, "exec", name, "--", "sh", "-c", 'test -t 0 && echo "on a tty"; read -r x; '
-                                     'echo "typed: $x"; exit 6', answer=(b"on a tty", b"again\n"))
-        assert code == 6 and "typed: again" in shown, shown
+                                     'echo "typed: $x"; stty size; exit 6', answer=(b"on a tty", b"again\n"))
+        assert code == 6 and "typed: again" in shown and "33 111" in shown, shown
         piped = run_vmctl("-f", str(env), "exec", "-T", name, "--", "sh", "-c", "test -t 0 || echo pipes")
         assert (piped.returncode, piped.stdout) == (0, "pipes\n"), piped.stderr
     assert not [c for c in runc_containers(runtime_root()) if "-run-" in c]
