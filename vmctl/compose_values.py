@@ -48,12 +48,19 @@ class Restart(StrEnum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one container (compose's `mem_limit`, `cpus`, `pids_limit`, `deploy.resources`)."""
+    """Resource limits of one container (compose's `mem_limit`, `cpus`, `pids_limit`, `deploy.resources`,
+    `cpu_shares`, `cpuset`)."""
 
     memory_mib: int | None = None
     memory_reservation_mib: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    cpu_shares: int | None = None  # a relative weight (docker's 2..262144; the runtime maps it to cpu.weight)
+    cpuset: tuple[int, ...] = ()  # the CPUs it may run on (empty: any)
+
+    @property
+    def cpuset_text(self) -> str | None:
+        return ",".join(map(str, self.cpuset)) if self.cpuset else None
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,23 @@ def p_pids_limit(value: Any, path: KeyPath, ctx: Ctx) -> int | None:
     if limit == 0:
         ctx.fail(path, "a pids limit of 0 would not even start the container", "use -1 for no limit")
     return None if limit == -1 else limit
+
+
+_CPUSET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def p_cpuset(value: Any, path: KeyPath, ctx: Ctx) -> tuple[int, ...]:
+    """`0-2,5` as the CPU numbers (0, 1, 2, 5): one list for the cgroup and for a microVM's size."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not _CPUSET.match(text.replace(" ", "")):
+        ctx.fail(path, f"invalid cpuset {value!r}", "write CPU numbers and ranges like `0`, `0-1` or `0,2-3`")
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        low, _, high = part.partition("-")
+        if int(high or low) < int(low) or int(high or low) >= 64:
+            ctx.fail(path, f"invalid CPU range `{part}` in cpuset", "CPUs 0 to 63, the lower number first")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return tuple(sorted(cpus))
 
 
 def p_resources(value: Any, path: KeyPath, ctx: Ctx) -> dict[str, Any]:

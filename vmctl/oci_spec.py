@@ -95,6 +95,9 @@ class ContainerRequest:
     mounts: tuple[BindMount, ...] = ()
     memory_limit_bytes: int | None = None
     pids_limit: int | None = None
+    cpu_shares: int | None = None
+    cpuset: str | None = None  # `0-1,3`: cpuset.cpus
+    oom_score_adj: int | None = None
     privileged: bool = False
     terminal: bool = False
     console_size: tuple[int, int] | None = None  # (rows, cols) of the terminal at start: the caller's, for `run`
@@ -252,6 +255,7 @@ def _process(req: ContainerRequest) -> dict[str, Any]:
         "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
         "rlimits": _rlimits(req),
         "noNewPrivileges": req.no_new_privileges and not req.privileged,
+        **({"oomScoreAdj": req.oom_score_adj} if req.oom_score_adj is not None else {}),
     }
 
 
@@ -306,8 +310,11 @@ def _linux(req: ContainerRequest) -> dict[str, Any]:
     memory = {"limit": req.memory_limit_bytes, "reservation": req.memory_reservation_bytes}
     if any(v is not None for v in memory.values()):
         resources["memory"] = {k: v for k, v in memory.items() if v is not None}
-    if req.cpus is not None:
-        resources["cpu"] = {"quota": round(req.cpus * CPU_PERIOD), "period": CPU_PERIOD}
+    cpu = {**({"quota": round(req.cpus * CPU_PERIOD), "period": CPU_PERIOD} if req.cpus is not None else {}),
+           **({"shares": req.cpu_shares} if req.cpu_shares is not None else {}),
+           **({"cpus": req.cpuset} if req.cpuset else {})}
+    if cpu:
+        resources["cpu"] = cpu
     if req.pids_limit is not None:
         resources["pids"] = {"limit": req.pids_limit}
     linux: dict[str, Any] = {

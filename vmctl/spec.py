@@ -32,6 +32,7 @@ from vmctl.compose_values import (
     p_caps,
     p_container_name,
     p_cpus,
+    p_cpuset,
     p_deploy,
     p_dns,
     p_dns_opt,
@@ -238,6 +239,7 @@ class ServiceSpec:
     shm_mib: int | None = None  # None: 64 MiB
     stdin_open: bool = False  # its stdin is a pipe kept open (docker's -i), not /dev/null
     tty: bool = False  # its process has a terminal (docker's -t)
+    oom_score_adj: int | None = None
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
     pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
     build: BuildSpec | None = None  # its image is built from a Dockerfile (vmctl/build.py)
@@ -741,6 +743,12 @@ SERVICE_SETTINGS = (
     Setting("cpus", p_cpus, None, "number", "CPU time limit (cgroup quota); a dedicated microVM gets "
             "ceil(cpus) vCPUs unless `vm.vcpus` says otherwise"),
     Setting("pids_limit", p_pids_limit, None, "int", "the most processes the container may have (-1: no limit)"),
+    Setting("cpu_shares", p_int(2, 262_144), None, "int", "its CPU weight against other containers when the CPUs "
+            "are busy (docker's 1024 is the default weight; the runtime writes cgroup v2's `cpu.weight`)"),
+    Setting("cpuset", p_cpuset, (), "string", "the CPUs it may run on (`0-1`, `0,2`: cgroup `cpuset.cpus`); a "
+            "dedicated microVM gets enough vCPUs for the highest one unless `vm.vcpus` says otherwise"),
+    Setting("oom_score_adj", p_int(-1000, 1000), None, "int", "its processes' OOM-killer preference "
+            "(`/proc/PID/oom_score_adj`: 1000 goes first, -1000 never)"),
     Setting("deploy", p_deploy, Deploy(), "mapping", "`resources.limits` (memory, cpus, pids) and "
             "`resources.reservations.memory`, as `mem_limit`, `cpus`, `pids_limit`, `mem_reservation`; "
             "`replicas`, as `scale`", shown="-"),
@@ -864,6 +872,7 @@ def environment_from(model: Model) -> Environment:
     _check_hosts(env, ctx)
     _check_port_conflicts(env, ctx)
     _check_names(env, ctx)
+    _check_cpusets(env, ctx)
     return env
 
 
@@ -921,7 +930,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
-                       stdin_open=v["stdin_open"], tty=v["tty"],
+                       stdin_open=v["stdin_open"], tty=v["tty"], oom_score_adj=v["oom_score_adj"],
                        healthcheck_from_image=not (isinstance(raw, Mapping) and "healthcheck" in raw))
 
 
@@ -930,7 +939,8 @@ def _limits(v: Mapping[str, Any]) -> Limits:
     deploy: Limits = v["deploy"].limits
     return Limits(memory_mib=v["mem_limit"] or deploy.memory_mib,
                   memory_reservation_mib=v["mem_reservation"] or deploy.memory_reservation_mib,
-                  cpus=v["cpus"] or deploy.cpus, pids=v["pids_limit"] or deploy.pids)
+                  cpus=v["cpus"] or deploy.cpus, pids=v["pids_limit"] or deploy.pids, cpu_shares=v["cpu_shares"],
+                  cpuset=v["cpuset"])
 
 
 def _dedicated_vm(service: ServiceSpec, raw: Mapping[str, Any], defaults: Mapping[str, Any],
@@ -954,12 +964,12 @@ FOLDER_IMAGE = "minimal"  # the guest image a dedicated microVM with `volumes` g
 def _sized_for(limits: Limits, explicit: set[str]) -> dict[str, Any]:
     """A dedicated microVM sized by its container's limits, where `vm:` and `defaults:` do not size it:
     RAM = the memory limit + GUEST_OVERHEAD_MIB (kernel, the tmpfs root, crun, the writable layer's tmpfs),
-    vCPUs = the CPU limit rounded up."""
+    vCPUs = the CPU limit rounded up, and at least one more than the highest CPU of `cpuset`."""
     sized: dict[str, Any] = {}
     if limits.memory_mib is not None and "memory" not in explicit:
         sized["memory"] = limits.memory_mib + GUEST_OVERHEAD_MIB
-    if limits.cpus is not None and "vcpus" not in explicit:
-        sized["vcpus"] = math.ceil(limits.cpus)
+    if (limits.cpus is not None or limits.cpuset) and "vcpus" not in explicit:
+        sized["vcpus"] = max(math.ceil(limits.cpus or 1), max(limits.cpuset, default=0) + 1)
     return sized
 
 
@@ -1036,6 +1046,16 @@ def _check_names(env: Environment, ctx: Ctx) -> None:
             if owner.setdefault(name, shared.get(name, member)) != shared.get(name, member):
                 ctx.fail(path, f"the name `{name}` is claimed twice on network `{net.name}`",
                          "each service name, hostname and alias must be unique on a network: rename one")
+
+
+def _check_cpusets(env: Environment, ctx: Ctx) -> None:
+    """A microVM's CPUs are its vCPUs: a `cpuset` beyond them could never be written to the cgroup."""
+    for s in env.services:
+        m = env.machine(s.machine) if s.machine else None
+        if m is not None and s.limits.cpuset and max(s.limits.cpuset) >= m.vcpus:
+            ctx.fail(("services", s.replica_of or s.name, "cpuset"),
+                     f"CPU {max(s.limits.cpuset)} is not in its microVM `{m.name}`, which has {m.vcpus} vCPU(s)",
+                     f"use CPUs 0-{m.vcpus - 1}, or give the microVM more (`vcpus` of the machine, or `vm.vcpus`)")
 
 
 def _networks_of(env: Environment, svc: ServiceSpec) -> tuple[str, ...]:

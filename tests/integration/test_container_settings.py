@@ -25,6 +25,9 @@ SETTINGS = """\
     dns_search: [corp.example]
     dns_opt: ["ndots:2"]
     links: ["db:database"]
+    cpu_shares: 512
+    cpuset: "1"
+    oom_score_adj: 300
 """
 ENV = f"""\
 name: csettings
@@ -73,6 +76,24 @@ def test_names_resolver_groups_and_shm_inside(env: Path, service: str) -> None:
     assert "size=98304k" in shm[0][3].split(","), shm
     database = sh(env, service, "getent hosts database").split()[0]
     assert database == sh(env, service, "getent hosts db").split()[0]  # `links: [db:database]`
+
+
+@pytest.mark.parametrize("service", ["host", "guest"])
+def test_cpu_weight_cpuset_and_oom_score_inside(env: Path, service: str) -> None:
+    """`cpu_shares: 512` is half docker's default weight: cgroup v1's `cpu.shares` as written (this host), below
+    cgroup v2's default `cpu.weight` of 100 in the guest (runc and crun versions map shares to weight
+    differently); `cpuset: "1"` pins it (its microVM got 2 vCPUs for that); `oom_score_adj` is its processes'."""
+    line = ("cd /sys/fs/cgroup; if [ -e cgroup.controllers ]; then echo v2 $(cat cpu.weight cpuset.cpus); "
+            "else echo v1 $(cat cpu/cpu.shares cpuset/cpuset.cpus); fi; grep Cpus_allowed_list /proc/1/status; "
+            "cat /proc/1/oom_score_adj")
+    out = sh(env, service, line).splitlines()
+    assert len(out) == 3, out
+    (version, weight, cpus), allowed, score = out[0].split(), out[1].split(), out[2]
+    assert (version, weight) == ("v1", "512") if version == "v1" else 1 <= int(weight) < 100, out
+    assert cpus == "1" and allowed == ["Cpus_allowed_list:", "1"] and score == "300", out
+    assert sh(env, "db", "cat /proc/1/oom_score_adj") == "0\n"  # not set: the default
+    if service == "guest":  # the guest's CPUs, which the container sees in /proc/cpuinfo
+        assert sh(env, "guest", "grep -c ^processor /proc/cpuinfo") == "2\n"
 
 
 @pytest.mark.parametrize("service", ["host", "guest"])

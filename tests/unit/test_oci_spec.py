@@ -106,6 +106,10 @@ def test_host_network_limits_user_and_mounts() -> None:
         share_host_network=True,
         memory_limit_bytes=64 << 20,
         pids_limit=100,
+        cpus=0.5,
+        cpu_shares=512,
+        cpuset="0,2",
+        oom_score_adj=-500,
         user="1000:100",
         cgroups_path="/vmctl/vmctl-demo-web",
         mounts=(BindMount("/srv/data", "/data"), BindMount("/srv/rw", "/rw", read_only=False)),
@@ -113,6 +117,8 @@ def test_host_network_limits_user_and_mounts() -> None:
     assert "network" not in [n["type"] for n in cfg["linux"]["namespaces"]]
     assert cfg["linux"]["resources"]["memory"] == {"limit": 64 << 20}
     assert cfg["linux"]["resources"]["pids"] == {"limit": 100}
+    assert cfg["linux"]["resources"]["cpu"] == {"quota": 50_000, "period": 100_000, "shares": 512, "cpus": "0,2"}
+    assert cfg["process"]["oomScoreAdj"] == -500
     assert cfg["linux"]["cgroupsPath"] == "/vmctl/vmctl-demo-web"
     assert cfg["process"]["user"] == {"uid": 1000, "gid": 100}
     mounts = by_dest(cfg)

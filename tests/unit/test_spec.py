@@ -253,6 +253,10 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("mem_reservation", "1k", "invalid memory size"),
     ("cpus", 0, "invalid cpus"),
     ("pids_limit", 0, "pids limit of 0"),
+    ("cpu_shares", 1, "from 2 to 262144"),
+    ("cpuset", "1-x", "invalid cpuset"),
+    ("cpuset", "3-1", "invalid CPU range `3-1`"),
+    ("oom_score_adj", 1001, "from -1000 to 1000"),
     ("deploy", {"replicas": 0}, "must be a whole number from 1 to 32"),
     ("deploy", {"mode": "global"}, "is not supported"),
     ("scale", 33, "must be a whole number from 1 to 32"),
@@ -298,6 +302,14 @@ def test_service_setting_parses(tmp_path: Path, key: str, value: Any, attr: str,
     assert getattr(service_with(tmp_path, key, value), attr) == want
 
 
+def test_a_cpuset_sizes_its_microvm_and_must_fit_the_vcpus_it_was_given(tmp_path: Path) -> None:
+    sized = load(tmp_path, "services:\n  s1: {image: x.tar, cpuset: '0,2'}\n").machine("s1")
+    assert sized is not None and sized.vcpus == 3
+    err = fails(tmp_path, "services:\n  s1:\n    image: x.tar\n    cpuset: '1'\n    vm: {vcpus: 1}\n")
+    assert "CPU 1 is not in its microVM `s1`, which has 1 vCPU(s)" in err.message and "vm.vcpus" in (err.hint or "")
+    assert err.where is not None and (err.where.key, err.where.line) == ("services.s1.cpuset", 4)
+
+
 @pytest.mark.parametrize(("key", "value", "message"), SERVICE_BAD)
 def test_service_setting_errors(tmp_path: Path, key: str, value: Any, message: str) -> None:
     settings = {"image": "x.tar", key: value} if key != "image" else {"image": value}
@@ -336,6 +348,9 @@ COMPOSE_GOOD = [
     ("mem_limit", 268435456, "limits", Limits(memory_mib=256)),
     ("cpus", "0.5", "limits", Limits(cpus=0.5)),
     ("pids_limit", 100, "limits", Limits(pids=100)),
+    ("cpu_shares", 512, "limits", Limits(cpu_shares=512)),
+    ("cpuset", "0,2-3", "limits", Limits(cpuset=(0, 2, 3))),
+    ("oom_score_adj", -500, "oom_score_adj", -500),
     ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
                               "reservations": {"memory": "256m"}}},
      "limits", Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
