@@ -33,8 +33,6 @@ SERVICE = (
                 ignored=True),
     Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
     Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),
-    Unsupported("logging", "mapping", "each container's output goes to its own log file (`vmctl logs`); "
-                "log drivers and their options are not implemented", "remove `logging`"),
     Unsupported("devices", "list", "passing host devices into a microVM is not implemented", "remove it"),
     Unsupported("device_cgroup_rules", "list", "device access rules are not implemented", "remove it"),
     Unsupported("gpus", "list|string", "GPUs are not passed to microVMs or containers", "remove it"),

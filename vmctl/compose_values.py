@@ -336,6 +336,42 @@ RESOURCES_SETTINGS = (
     Setting("reservations", p_limits, None, "mapping", "memory"),
 )
 
+# -- logging: vmctl keeps each container's output in one log file of its own (`vmctl logs`), which is what
+# compose's default `json-file` driver (and `local`) does; drivers that ship the output elsewhere are refused.
+
+KEPT_LOG_DRIVERS = ("json-file", "local")
+_WHOLE_LOG = "vmctl keeps the container's whole output in its own log file (`down` removes it); there is no rotation"
+
+
+def p_log_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    if value == "none":
+        ctx.warn(path, "`driver: none` is ignored: vmctl still keeps the container's output (`vmctl logs`)")
+        return "none"
+    if value not in KEPT_LOG_DRIVERS:
+        ctx.fail(path, f"log driver {value!r} is not supported: the output goes to vmctl's own log file, as with "
+                 "`json-file`", "remove it, or use `driver: json-file` (and ship the log from the host if you need to)")
+    return str(value)
+
+
+LOG_OPTION_SETTINGS = tuple(
+    Setting(key, lambda v, p, c: None, None, kind, _WHOLE_LOG, support=Support.IGNORED)
+    for key, kind in (("max-size", "size"), ("max-file", "int"), ("compress", "bool"), ("mode", "string"),
+                      ("max-buffer-size", "size"), ("tag", "string"), ("labels", "string"),
+                      ("labels-regex", "string"), ("env", "string"), ("env-regex", "string")))
+
+LOGGING_SETTINGS = (
+    Setting("driver", p_log_driver, "json-file", "string", "`json-file` or `local`: the output goes to the "
+            "container's log file (`vmctl logs`), as theirs do; `none`: ignored with a warning (the log is kept); "
+            "any other driver is refused"),
+    Setting("options", lambda v, p, c: parse_table(LOG_OPTION_SETTINGS, v, p, c), None, "mapping",
+            "the `json-file` options; each is ignored with a warning naming it (no rotation: one whole log)"),
+)
+
+
+def p_logging(value: Any, path: KeyPath, ctx: Ctx) -> None:
+    parse_table(LOGGING_SETTINGS, value, path, ctx)
+
+
 MAX_REPLICAS = 32
 
 DEPLOY_SETTINGS = (

@@ -30,6 +30,8 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
     ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),
     ("`services.NAME.ulimits.NAME:`", compose_values.ULIMIT_SETTINGS),
+    ("`services.NAME.logging:`", compose_values.LOGGING_SETTINGS),
+    ("`services.NAME.logging.options:`", compose_values.LOG_OPTION_SETTINGS),
     ("`hosts.NAME:`", hostspec.HOST_SETTINGS),
     ("`hosts.NAME.capacity:`", hostspec.CAPACITY_SETTINGS),
 )

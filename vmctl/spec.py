@@ -41,6 +41,7 @@ from vmctl.compose_values import (
     p_group_add,
     p_labels,
     p_links,
+    p_logging,
     p_pids_limit,
     p_platform,
     p_profiles,
@@ -747,6 +748,8 @@ SERVICE_SETTINGS = (
             "are busy (docker's 1024 is the default weight; the runtime writes cgroup v2's `cpu.weight`)"),
     Setting("cpuset", p_cpuset, (), "string", "the CPUs it may run on (`0-1`, `0,2`: cgroup `cpuset.cpus`); a "
             "dedicated microVM gets enough vCPUs for the highest one unless `vm.vcpus` says otherwise"),
+    Setting("logging", p_logging, None, "mapping", "`driver: json-file` (compose's default) or `local`: the "
+            "container's output goes to its own log file, read by `vmctl logs`; see `logging:` below"),
     Setting("oom_score_adj", p_int(-1000, 1000), None, "int", "its processes' OOM-killer preference "
             "(`/proc/PID/oom_score_adj`: 1000 goes first, -1000 never)"),
     Setting("deploy", p_deploy, Deploy(), "mapping", "`resources.limits` (memory, cpus, pids) and "

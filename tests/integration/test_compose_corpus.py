@@ -301,6 +301,16 @@ def test_anchors_and_merge_keys_share_settings(tmp_path: Path, images: Path) -> 
         assert ok(p, "exec", "jobs", "--", "cat", "/proc/1/cmdline").startswith("/sbin/docker-init\0")
 
 
+def test_json_file_logging_is_the_log_vmctl_keeps_and_its_options_are_named(tmp_path: Path, images: Path) -> None:
+    p = checkout("logging-json-file", tmp_path, images)
+    config = vmctl(p, "config")
+    assert config.returncode == 0, config.stderr
+    for option in ("max-size", "max-file"):
+        assert f"`services.web.logging.options.{option}`: `{option}` is ignored" in config.stderr, config.stderr
+    with up(p):
+        wait_for("the log line", lambda: "started-and-logged" in ok(p, "logs", "web"))
+
+
 def test_profiles_from_compose_profiles(tmp_path: Path, images: Path) -> None:
     p = checkout("profiles", tmp_path, images)
     assert sorted(config(p)["services"]) == ["app"]
@@ -443,7 +453,7 @@ REFUSED = [  # project, compose file, line, key
     ("refused-devices", "compose.yaml", 7, "services.gateway.devices"),
     ("refused-host-network", "docker-compose.yml", 10, "services.agent.network_mode"),
     ("refused-volumes-from", "compose.yaml", 11, "services.shipper.volumes_from"),
-    ("refused-logging", "compose.yaml", 4, "services.web.logging"),
+    ("refused-logging", "compose.yaml", 8, "services.web.logging.driver"),
 ]
 
 

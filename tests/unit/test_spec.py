@@ -257,6 +257,8 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("cpuset", "1-x", "invalid cpuset"),
     ("cpuset", "3-1", "invalid CPU range `3-1`"),
     ("oom_score_adj", 1001, "from -1000 to 1000"),
+    ("logging", {"driver": "fluentd"}, "log driver 'fluentd' is not supported"),
+    ("logging", {"options": {"max-sise": "1m"}}, "did you mean `max-size`"),
     ("deploy", {"replicas": 0}, "must be a whole number from 1 to 32"),
     ("deploy", {"mode": "global"}, "is not supported"),
     ("scale", 33, "must be a whole number from 1 to 32"),
@@ -351,6 +353,7 @@ COMPOSE_GOOD = [
     ("cpu_shares", 512, "limits", Limits(cpu_shares=512)),
     ("cpuset", "0,2-3", "limits", Limits(cpuset=(0, 2, 3))),
     ("oom_score_adj", -500, "oom_score_adj", -500),
+    ("logging", {"driver": "local", "options": {"max-size": "1m"}}, "name", "s1"),  # accepted (with a warning)
     ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
                               "reservations": {"memory": "256m"}}},
      "limits", Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
