@@ -261,14 +261,13 @@ class GuestRuntime:
         if options.env:  # `crun exec --env` replaces the container's environment (runc's adds to it)
             options = dataclasses.replace(options, env=merge_env(self._env(name), options.env))
         cmd = ["crun", "exec", *options.flags(), self.container_name(name), *argv]
-        if not capture and options.tty:  # on a terminal crun makes, behind a pty of the guest's sshd
-            token = secrets.token_hex(4)
+        token = secrets.token_hex(4) if not capture and options.tty else None
+        if token:  # on a terminal crun makes, behind a pty of the guest's sshd: supervise.sh sizes it
             cmd = ["sh", SCRIPT, "on-tty", token, *cmd[1:]]
-            if timeout is not None:
-                cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
-            return self.guest.interactive(cmd, on_resize=self._resizer(token)), b""
         if timeout is not None:
             cmd = ["timeout", str(max(1, math.ceil(timeout))), *cmd]
+        if token:
+            return self.guest.interactive(cmd, on_resize=self._resizer(token)), b""
         if not capture:
             stdin = None if sys.stdin.isatty() or sys.stdin.closed else sys.stdin.buffer
             return self.guest.stream(cmd, sys.stdout.buffer, sys.stderr.buffer, stdin=stdin), b""

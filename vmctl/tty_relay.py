@@ -53,26 +53,22 @@ def receive_master(listener: socket.socket) -> int:
 @contextlib.contextmanager
 def window_changes() -> Iterator[int]:
     """A descriptor that turns readable whenever our terminal is resized (SIGWINCH), for a select loop:
-    the handler only writes a byte, the loop does the work (a handler must not enter paramiko's locks)."""
+    the handler only writes a byte, the loop does the work (a handler must not enter paramiko's locks).
+    Off the main thread, which gets no signals, it never turns readable."""
     r, w = os.pipe()
     os.set_blocking(w, False)
-    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-        try:
-            yield r
-        finally:
-            os.close(r)
-            os.close(w)
-        return
 
     def changed(_signum: int, _frame: object) -> None:
-        with contextlib.suppress(BlockingIOError):
+        with contextlib.suppress(BlockingIOError):  # a byte is waiting already: one is enough
             os.write(w, b"\0")
 
-    previous = signal.signal(signal.SIGWINCH, changed)
+    installed = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGWINCH, changed) if installed else None
     try:
         yield r
     finally:
-        signal.signal(signal.SIGWINCH, previous)
+        if installed:
+            signal.signal(signal.SIGWINCH, previous)
         os.close(r)
         os.close(w)
 
@@ -99,7 +95,7 @@ def relay(master: int, forward_stdin: bool) -> None:
     if not (forward_stdin and os.isatty(0)):
         _copy_loop(master, forward_stdin, None)
         return
-    with window_changes() as resized:  # `vmctl run` on a terminal: the container's has its size, always
+    with window_changes() as resized:  # `vmctl run` on a terminal: the container's follows its size
         _copy_size(master)
         _copy_loop(master, forward_stdin, resized)
 
