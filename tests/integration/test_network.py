@@ -209,6 +209,9 @@ def test_replicas_are_members_of_their_own_found_by_the_service_name(tmp_path: P
         assert beyond.returncode == 2 and "service `api` has 2 instance(s)" in beyond.stderr, beyond
         ports = {s["name"]: s["ports"][0]["host_port"] for s in ps["services"] if s["name"].startswith("api")}
         assert len(set(ports.values())) == 2  # each instance published on a free port of its own
+        logs = run_vmctl("-f", str(file), "logs", "--index", "2", "api")
+        prefixes = {line.split("|")[0].strip() for line in logs.stdout.splitlines() if "|" in line}
+        assert logs.returncode == 0 and prefixes == {"api-2"}, logs
         port = run_vmctl("-f", str(file), "port", "--index", "2", "api", "6379")
         assert port.stdout.strip() == f"127.0.0.1:{ports['api-2']}", port
 

@@ -5,7 +5,7 @@ import sys
 import click
 
 from vmctl import lifecycle, workloads
-from vmctl.cli.app import App, pass_app
+from vmctl.cli.app import App, index_option, instance, pass_app
 from vmctl.errors import UsageError
 
 
@@ -15,17 +15,24 @@ Examples:
   vmctl logs web cache       these two services
   vmctl logs -f -n 20 web    the last 20 lines, then follow (Ctrl-C to stop); -f with several follows all
   vmctl logs -t web          each line after the UTC time it was written, to the second
+  vmctl logs --index 2 api   only instance api-2 of a service with replicas (without: every instance)
   vmctl logs worker          a machine: the guest's serial console""")
 @click.argument("names", nargs=-1)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
 @click.option("-n", "--tail", "lines", type=click.IntRange(0), default=None, help="Only the last N lines.")
 @click.option("-t", "--timestamps", is_flag=True,
               help="Show the UTC time each line was written (RFC 3339, to the second); services only.")
+@index_option
 @pass_app
-def command(app: App, names: tuple[str, ...], follow: bool, lines: int | None, timestamps: bool) -> None:
+def command(app: App, names: tuple[str, ...], follow: bool, lines: int | None, timestamps: bool,
+            index: int | None) -> None:
     """Show services' container output (all started services by default), or a machine's console output."""
     project = app.project()
     env = project.env
+    if index is not None:
+        if not names:
+            raise UsageError("`--index` picks an instance of the services named", hint="`vmctl logs --index 2 SERVICE`")
+        names = tuple(instance(env, n, index) for n in names)
     unknown = [n for n in names if env.service(n) is None and env.machine(n) is None]
     if unknown:
         known = sorted({m.name for m in env.machines} | {s.name for s in env.services})
