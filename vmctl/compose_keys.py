@@ -50,8 +50,6 @@ SERVICE = (
                 "choose with `isolation: microvm|container`"),
     Unsupported("cpu_count", "int", "Windows-only in compose", "use `cpus`"),
     Unsupported("cpu_percent", "int", "Windows-only in compose", "use `cpus`"),
-    Unsupported("cpu_period", "duration", "set through `cpus` only", "use `cpus`"),
-    Unsupported("cpu_quota", "duration", "set through `cpus` only", "use `cpus`"),
     Unsupported("cpu_rt_runtime", "duration", "real-time scheduling is not implemented", "remove it"),
     Unsupported("cpu_rt_period", "duration", "real-time scheduling is not implemented", "remove it"),
     Unsupported("blkio_config", "mapping", "block I/O limits are not implemented", "remove it"),

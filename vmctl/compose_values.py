@@ -19,10 +19,12 @@ from vmctl.oci_spec import ALL_CAPS
 from vmctl.settings import (
     REQUIRED,
     Ctx,
+    Parser,
     Setting,
     Support,
     did_you_mean,
     p_abs_path,
+    p_duration,
     p_int,
     p_str,
     parse_table,
@@ -55,6 +57,7 @@ class Limits:
     memory_reservation_mib: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    cpu_period_us: int | None = None  # the CFS period `cpus` is a share of (compose's `cpu_period`; default 100 ms)
     cpu_shares: int | None = None  # a relative weight (docker's 2..262144; the runtime maps it to cpu.weight)
     cpuset: tuple[int, ...] = ()  # the CPUs it may run on (empty: any)
 
@@ -241,6 +244,23 @@ def p_pids_limit(value: Any, path: KeyPath, ctx: Ctx) -> int | None:
     if limit == 0:
         ctx.fail(path, "a pids limit of 0 would not even start the container", "use -1 for no limit")
     return None if limit == -1 else limit
+
+
+def p_cpu_micros(low: int, high: int) -> Parser:
+    """compose's `cpu_period` / `cpu_quota`: microseconds as a number, or a duration (`50ms`)."""
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            micros = value
+        elif isinstance(value, str) and not value.strip().isdigit():
+            micros = round(p_duration(value, path, ctx) * 1_000_000)
+        else:
+            micros = int(value) if isinstance(value, str) else -1
+        if not low <= micros <= high:
+            ctx.fail(path, f"invalid {path[-1]} {value!r}", f"from {low} to {high} microseconds (or `{low // 1000}ms` "
+                     f"to `{high // 1000}ms`)")
+        return micros
+
+    return parse
 
 
 _CPUSET = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")

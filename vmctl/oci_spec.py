@@ -95,6 +95,7 @@ class ContainerRequest:
     mounts: tuple[BindMount, ...] = ()
     memory_limit_bytes: int | None = None
     pids_limit: int | None = None
+    cpu_period: int | None = None  # microseconds; None: CPU_PERIOD
     cpu_shares: int | None = None
     cpuset: str | None = None  # `0-1,3`: cpuset.cpus
     oom_score_adj: int | None = None
@@ -310,7 +311,9 @@ def _linux(req: ContainerRequest) -> dict[str, Any]:
     memory = {"limit": req.memory_limit_bytes, "reservation": req.memory_reservation_bytes}
     if any(v is not None for v in memory.values()):
         resources["memory"] = {k: v for k, v in memory.items() if v is not None}
-    cpu = {**({"quota": round(req.cpus * CPU_PERIOD), "period": CPU_PERIOD} if req.cpus is not None else {}),
+    period = req.cpu_period or CPU_PERIOD
+    cpu = {**({"quota": round(req.cpus * period)} if req.cpus is not None else {}),
+           **({"period": period} if req.cpus is not None or req.cpu_period else {}),
            **({"shares": req.cpu_shares} if req.cpu_shares is not None else {}),
            **({"cpus": req.cpuset} if req.cpuset else {})}
     if cpu:

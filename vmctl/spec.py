@@ -31,6 +31,7 @@ from vmctl.compose_values import (
     p_bytes_mib,
     p_caps,
     p_container_name,
+    p_cpu_micros,
     p_cpus,
     p_cpuset,
     p_deploy,
@@ -56,6 +57,7 @@ from vmctl.compose_values import (
 from vmctl.container_image import PullPolicy
 from vmctl.errors import UsageError, Where
 from vmctl.load import Model, load_project
+from vmctl.oci_spec import CPU_PERIOD
 from vmctl.settings import (
     NAME_RE,
     NAME_RULE,
@@ -744,6 +746,11 @@ SERVICE_SETTINGS = (
     Setting("cpus", p_cpus, None, "number", "CPU time limit (cgroup quota); a dedicated microVM gets "
             "ceil(cpus) vCPUs unless `vm.vcpus` says otherwise"),
     Setting("pids_limit", p_pids_limit, None, "int", "the most processes the container may have (-1: no limit)"),
+    Setting("cpu_period", p_cpu_micros(1_000, 1_000_000), None, "int|duration", "the CFS period, microseconds or a "
+            "duration (default 100ms): the cgroup's `cpu.max` period, which `cpus` and `cpu_quota` are shares of"),
+    Setting("cpu_quota", p_cpu_micros(1_000, 64_000_000), None, "int|duration", "CPU time per period, microseconds "
+            "or a duration: as `cpus` = cpu_quota / cpu_period (say one of the two), and it sizes a dedicated "
+            "microVM as `cpus` does"),
     Setting("cpu_shares", p_int(2, 262_144), None, "int", "its CPU weight against other containers when the CPUs "
             "are busy (docker's 1024 is the default weight; the runtime writes cgroup v2's `cpu.weight`)"),
     Setting("cpuset", p_cpuset, (), "string", "the CPUs it may run on (`0-1`, `0,2`: cgroup `cpuset.cpus`); a "
@@ -903,6 +910,12 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
     if v["pull_policy"] is PullPolicy.BUILD and v["build"] is None:
         ctx.fail((*path, "pull_policy"), "`pull_policy: build` needs a `build:` section", "add `build:`, or "
                  "use `always`, `missing` or `never`")
+    if v["cpu_quota"] is not None and (v["cpus"] or v["deploy"].limits.cpus):
+        ctx.fail((*path, "cpu_quota"), "`cpu_quota` and `cpus` both limit the CPU time",
+                 "say it once: `cpus: 0.5` is `cpu_quota: 50000` of the default `cpu_period: 100000`")
+    if v["cpu_quota"] is not None and v["cpu_quota"] > 64 * (v["cpu_period"] or CPU_PERIOD):
+        ctx.fail((*path, "cpu_quota"), "`cpu_quota` over `cpu_period` is more than 64 CPUs",
+                 "a quota of at most 64 periods (as `cpus`: 0.01 to 64)")
     if v["isolation"] is Isolation.CONTAINER and (v["machine"] or v["vm"]):
         key = "machine" if v["machine"] else "vm"
         ctx.fail((*path, key), f"`{key}` does not apply to `isolation: container`",
@@ -940,9 +953,11 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
 def _limits(v: Mapping[str, Any]) -> Limits:
     """The service's own keys win over `deploy.resources` (compose lets both say it; they should agree)."""
     deploy: Limits = v["deploy"].limits
+    quota_cpus = v["cpu_quota"] / (v["cpu_period"] or CPU_PERIOD) if v["cpu_quota"] is not None else None
     return Limits(memory_mib=v["mem_limit"] or deploy.memory_mib,
                   memory_reservation_mib=v["mem_reservation"] or deploy.memory_reservation_mib,
-                  cpus=v["cpus"] or deploy.cpus, pids=v["pids_limit"] or deploy.pids, cpu_shares=v["cpu_shares"],
+                  cpus=v["cpus"] or deploy.cpus or quota_cpus, cpu_period_us=v["cpu_period"],
+                  pids=v["pids_limit"] or deploy.pids, cpu_shares=v["cpu_shares"],
                   cpuset=v["cpuset"])
 
 

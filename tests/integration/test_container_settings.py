@@ -26,6 +26,8 @@ SETTINGS = """\
     dns_opt: ["ndots:2"]
     links: ["db:database"]
     cpu_shares: 512
+    cpu_quota: 40ms
+    cpu_period: 50000
     cpuset: "1"
     oom_score_adj: 300
 """
@@ -80,16 +82,18 @@ def test_names_resolver_groups_and_shm_inside(env: Path, service: str) -> None:
 
 @pytest.mark.parametrize("service", ["host", "guest"])
 def test_cpu_weight_cpuset_and_oom_score_inside(env: Path, service: str) -> None:
-    """`cpu_shares: 512` is half docker's default weight: cgroup v1's `cpu.shares` as written (this host), below
-    cgroup v2's default `cpu.weight` of 100 in the guest (runc and crun versions map shares to weight
-    differently); `cpuset: "1"` pins it (its microVM got 2 vCPUs for that); `oom_score_adj` is its processes'."""
-    line = ("cd /sys/fs/cgroup; if [ -e cgroup.controllers ]; then echo v2 $(cat cpu.weight cpuset.cpus); "
-            "else echo v1 $(cat cpu/cpu.shares cpuset/cpuset.cpus); fi; grep Cpus_allowed_list /proc/1/status; "
-            "cat /proc/1/oom_score_adj")
+    """`cpu_quota` and `cpu_period` are the cgroup's quota and period as written. `cpu_shares: 512` is half
+    docker's default weight: cgroup v1's `cpu.shares` as written (this host), below cgroup v2's default
+    `cpu.weight` of 100 in the guest (runc and crun versions map shares to weight differently); `cpuset: "1"`
+    pins it (its microVM got 2 vCPUs for that); `oom_score_adj` is its processes'."""
+    line = ("cd /sys/fs/cgroup; if [ -e cgroup.controllers ]; then echo v2 $(cat cpu.weight cpuset.cpus cpu.max); "
+            "else echo v1 $(cat cpu/cpu.shares cpuset/cpuset.cpus cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us); fi; "
+            "grep Cpus_allowed_list /proc/1/status; cat /proc/1/oom_score_adj")
     out = sh(env, service, line).splitlines()
     assert len(out) == 3, out
-    (version, weight, cpus), allowed, score = out[0].split(), out[1].split(), out[2]
+    (version, weight, cpus, quota, period), allowed, score = out[0].split(), out[1].split(), out[2]
     assert (version, weight) == ("v1", "512") if version == "v1" else 1 <= int(weight) < 100, out
+    assert (quota, period) == ("40000", "50000"), out  # `cpu_quota: 40ms` of `cpu_period: 50000` (microseconds)
     assert cpus == "1" and allowed == ["Cpus_allowed_list:", "1"] and score == "300", out
     assert sh(env, "db", "cat /proc/1/oom_score_adj") == "0\n"  # not set: the default
     if service == "guest":  # the guest's CPUs, which the container sees in /proc/cpuinfo

@@ -118,6 +118,7 @@ def test_host_network_limits_user_and_mounts() -> None:
     assert cfg["linux"]["resources"]["memory"] == {"limit": 64 << 20}
     assert cfg["linux"]["resources"]["pids"] == {"limit": 100}
     assert cfg["linux"]["resources"]["cpu"] == {"quota": 50_000, "period": 100_000, "shares": 512, "cpus": "0,2"}
+    assert config(cpus=3.0, cpu_period=50_000)["linux"]["resources"]["cpu"] == {"quota": 150_000, "period": 50_000}
     assert cfg["process"]["oomScoreAdj"] == -500
     assert cfg["linux"]["cgroupsPath"] == "/vmctl/vmctl-demo-web"
     assert cfg["process"]["user"] == {"uid": 1000, "gid": 100}

@@ -254,6 +254,9 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("cpus", 0, "invalid cpus"),
     ("pids_limit", 0, "pids limit of 0"),
     ("cpu_shares", 1, "from 2 to 262144"),
+    ("cpu_period", 999, "from 1000 to 1000000 microseconds"),
+    ("cpu_quota", "soon", "invalid duration"),
+    ("cpu_quota", 6_500_001, "more than 64 CPUs"),
     ("cpuset", "1-x", "invalid cpuset"),
     ("cpuset", "3-1", "invalid CPU range `3-1`"),
     ("oom_score_adj", 1001, "from -1000 to 1000"),
@@ -304,6 +307,15 @@ def test_service_setting_parses(tmp_path: Path, key: str, value: Any, attr: str,
     assert getattr(service_with(tmp_path, key, value), attr) == want
 
 
+def test_cpu_quota_is_a_share_of_cpu_period_said_once(tmp_path: Path) -> None:
+    env = load(tmp_path, "services:\n  s1: {image: x.tar, cpu_quota: 150000, cpu_period: 50ms}\n")
+    svc, machine = env.service("s1"), env.machine("s1")
+    assert svc is not None and svc.limits == Limits(cpus=3.0, cpu_period_us=50_000)
+    assert machine is not None and machine.vcpus == 3  # sized as `cpus: 3` would size it
+    err = fails(tmp_path, "services:\n  s1:\n    image: x.tar\n    cpus: 1\n    cpu_quota: 50000\n")
+    assert "`cpu_quota` and `cpus` both limit" in err.message and err.where is not None and err.where.line == 5
+
+
 def test_a_cpuset_sizes_its_microvm_and_must_fit_the_vcpus_it_was_given(tmp_path: Path) -> None:
     sized = load(tmp_path, "services:\n  s1: {image: x.tar, cpuset: '0,2'}\n").machine("s1")
     assert sized is not None and sized.vcpus == 3
@@ -351,6 +363,8 @@ COMPOSE_GOOD = [
     ("cpus", "0.5", "limits", Limits(cpus=0.5)),
     ("pids_limit", 100, "limits", Limits(pids=100)),
     ("cpu_shares", 512, "limits", Limits(cpu_shares=512)),
+    ("cpu_quota", 50_000, "limits", Limits(cpus=0.5)),
+    ("cpu_quota", "25ms", "limits", Limits(cpus=0.25)),
     ("cpuset", "0,2-3", "limits", Limits(cpuset=(0, 2, 3))),
     ("oom_score_adj", -500, "oom_score_adj", -500),
     ("logging", {"driver": "local", "options": {"max-size": "1m"}}, "name", "s1"),  # accepted (with a warning)
