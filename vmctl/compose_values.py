@@ -229,6 +229,35 @@ def p_bytes_mib(value: Any, path: KeyPath, ctx: Ctx) -> int:
     return mib
 
 
+def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, Any]]
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        pairs = [tuple(v.split("=", 1)) if "=" in v else (v, None) for v in value]
+    else:
+        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {typename(value)}")
+    out = []
+    for key, val in pairs:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            ctx.fail((*path, key), f"invalid variable name {key!r}", "use letters, digits and `_`")
+        if val is None or isinstance(val, dict | list):
+            ctx.fail((*path, key), f"`{key}` needs a plain value", 'write KEY: "value"')
+        text = str(val).lower() if isinstance(val, bool) else str(val)
+        if "\0" in text:
+            ctx.fail((*path, key), "values must not contain NUL bytes")
+        out.append((key, text))
+    return tuple(out)
+
+
+def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else p_str(value, path, ctx)
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", text):
+        ctx.fail(path, f"invalid user {value!r}",
+                 'write "UID[:GID]" or "NAME[:GROUP]" (names are looked up in the image\'s /etc/passwd and /etc/group)')
+    return text
+
+
 def p_cpus(value: Any, path: KeyPath, ctx: Ctx) -> float:
     try:
         cpus = float(value) if not isinstance(value, bool) else -1.0

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import build, compose_values, file_mounts, hostspec, settings, spec, volumes
+from vmctl import build, compose_values, file_mounts, hooks, hostspec, settings, spec, volumes
 
 SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
@@ -30,6 +30,7 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`services.NAME.deploy.resources:`", compose_values.RESOURCES_SETTINGS),
     ("`services.NAME.deploy.resources.limits:` (and `reservations:`)", compose_values.LIMIT_SETTINGS),
     ("`services.NAME.ulimits.NAME:`", compose_values.ULIMIT_SETTINGS),
+    ("`services.NAME.post_start[]` and `pre_stop[]`", hooks.HOOK_SETTINGS),
     ("`services.NAME.logging:`", compose_values.LOGGING_SETTINGS),
     ("`services.NAME.logging.options:`", compose_values.LOG_OPTION_SETTINGS),
     ("`hosts.NAME:`", hostspec.HOST_SETTINGS),

@@ -39,6 +39,7 @@ from vmctl.compose_values import (
     p_dns_opt,
     p_domainname,
     p_domains,
+    p_environment,
     p_group_add,
     p_labels,
     p_links,
@@ -53,9 +54,11 @@ from vmctl.compose_values import (
     p_sysctls,
     p_tmpfs,
     p_ulimits,
+    p_user,
 )
 from vmctl.container_image import PullPolicy
 from vmctl.errors import UsageError, Where
+from vmctl.hooks import Hook, p_hooks
 from vmctl.load import Model, load_project
 from vmctl.oci_spec import CPU_PERIOD
 from vmctl.settings import (
@@ -243,6 +246,8 @@ class ServiceSpec:
     stdin_open: bool = False  # its stdin is a pipe kept open (docker's -i), not /dev/null
     tty: bool = False  # its process has a terminal (docker's -t)
     oom_score_adj: int | None = None
+    post_start: tuple[Hook, ...] = ()  # run in the container once it has started (vmctl/hooks.py)
+    pre_stop: tuple[Hook, ...] = ()  # run in it before its stop signal
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
     pull_policy: PullPolicy = PullPolicy.MISSING  # when `image` is pulled from its registry
     build: BuildSpec | None = None  # its image is built from a Dockerfile (vmctl/build.py)
@@ -347,35 +352,6 @@ def p_disks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[DiskSpec, ...]:
         if name in names[:i]:
             ctx.fail((*path, i), f"two disks are named `{name}`", "give each disk a distinct `name`")
     return tuple(disks)
-
-
-def p_environment(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, str], ...]:
-    pairs: list[tuple[str, Any]]
-    if isinstance(value, dict):
-        pairs = list(value.items())
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        pairs = [tuple(v.split("=", 1)) if "=" in v else (v, None) for v in value]
-    else:
-        ctx.fail(path, f"must be a mapping or a list of KEY=VALUE strings, not {typename(value)}")
-    out = []
-    for key, val in pairs:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            ctx.fail((*path, key), f"invalid variable name {key!r}", "use letters, digits and `_`")
-        if val is None or isinstance(val, dict | list):
-            ctx.fail((*path, key), f"`{key}` needs a plain value", 'write KEY: "value"')
-        text = str(val).lower() if isinstance(val, bool) else str(val)
-        if "\0" in text:
-            ctx.fail((*path, key), "values must not contain NUL bytes")
-        out.append((key, text))
-    return tuple(out)
-
-
-def p_user(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else p_str(value, path, ctx)
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", text):
-        ctx.fail(path, f"invalid user {value!r}",
-                 'write "UID[:GID]" or "NAME[:GROUP]" (names are looked up in the image\'s /etc/passwd and /etc/group)')
-    return text
 
 
 def p_volumes(value: Any, path: KeyPath, ctx: Ctx) -> tuple[VolumeSpec, ...]:
@@ -755,6 +731,10 @@ SERVICE_SETTINGS = (
             "are busy (docker's 1024 is the default weight; the runtime writes cgroup v2's `cpu.weight`)"),
     Setting("cpuset", p_cpuset, (), "string", "the CPUs it may run on (`0-1`, `0,2`: cgroup `cpuset.cpus`); a "
             "dedicated microVM gets enough vCPUs for the highest one unless `vm.vcpus` says otherwise"),
+    Setting("post_start", p_hooks, (), "list", "commands run in the container once it has started, as `vmctl exec` "
+            "runs them (`{command, user, working_dir, environment}`); one that fails fails the start"),
+    Setting("pre_stop", p_hooks, (), "list", "commands run in the container before its `stop_signal` (`stop`, "
+            "`down`, `up --force-recreate`); one that fails is a warning and the stop goes on"),
     Setting("logging", p_logging, None, "mapping", "`driver: json-file` (compose's default) or `local`: the "
             "container's output goes to its own log file, read by `vmctl logs`; see `logging:` below"),
     Setting("oom_score_adj", p_int(-1000, 1000), None, "int", "its processes' OOM-killer preference "
@@ -947,6 +927,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
                        stdin_open=v["stdin_open"], tty=v["tty"], oom_score_adj=v["oom_score_adj"],
+                       post_start=v["post_start"], pre_stop=v["pre_stop"],
                        healthcheck_from_image=not (isinstance(raw, Mapping) and "healthcheck" in raw))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from vmctl.compose_values import Restart
 from vmctl.container_image import PreparedImage, PullPolicy, cached_image, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError, Where
 from vmctl.guest_container import ExecOptions, GuestRuntime, Live, host_init, image_serial, volume_tag
+from vmctl.hooks import HOOK_SECONDS, Hook
 from vmctl.host_container import STOP_GRACE_SECONDS, HostRuntime, PortForward, reap
 from vmctl.network import plan as netplan
 from vmctl.network.host import EnvNetwork
@@ -556,11 +558,13 @@ def start_services(env: Environment, envdir: EnvDir, state: EnvState, images: Ma
                 if not recreate:
                     progress.done(svc.name, "already running")
                     continue
+                pre_stop(env, state, svc, rt, progress)
                 progress.working(svc.name, f"recreating: stopping ({svc.stop_signal})")
                 rt.stop(svc.name, grace_of(svc, rt), svc.stop_signal)
             wait_for_dependencies(env, svc, runtimes, progress, deadline, healthy)
             rollback.callback(_forget, envdir, state, svc.name)
             _start_one(svc, images[svc.name], rt, state, envdir, progress, rollback, runtimes.plan)
+            post_start(env, state, svc, rt, progress, deadline)
             if wait and wait_ready(svc, rt, progress, deadline):
                 healthy.add(svc.name)
         rollback.pop_all()
@@ -713,6 +717,46 @@ def _wait_healthy(svc: ServiceSpec, rt: Runtime, progress: Progress, deadline: f
         if time.monotonic() + pause > deadline:
             _fail(svc, rt, f"was not healthy before the timeout (last check: {detail})")
         time.sleep(pause)
+
+
+# ------------------------------------------------------------------------------------------------
+# lifecycle hooks (vmctl/hooks.py)
+
+
+def post_start(env: Environment, state: EnvState, svc: ServiceSpec, rt: Runtime, progress: Progress,
+               deadline: float) -> None:
+    """The service's `post_start` hooks, once its container runs; one that fails fails the start."""
+    if not svc.post_start:
+        return
+    if _wait_started(svc, rt, deadline).state != "running":
+        _fail(svc, rt, "ended before its `post_start` hooks could run in it")
+    for hook in svc.post_start:
+        code, detail = _run_hook(env, state, svc, rt, hook, "post_start", progress)
+        if code != 0:
+            _fail(svc, rt, f"failed its `post_start` hook `{shlex.join(hook.command)}` (exit code {code}: {detail})")
+
+
+def pre_stop(env: Environment, state: EnvState, svc: ServiceSpec | None, rt: Runtime, progress: Progress) -> None:
+    """The service's `pre_stop` hooks, while its container still runs; one that fails is only a warning."""
+    if svc is None or not svc.pre_stop or rt.live(svc.name).state != "running":
+        return
+    for hook in svc.pre_stop:
+        try:
+            code, detail = _run_hook(env, state, svc, rt, hook, "pre_stop", progress)
+        except VmctlError as e:  # `down` must go on: a hook that cannot even run is said, not raised
+            code, detail = -1, e.message
+        if code != 0:
+            progress.warn(svc.name, f"its `pre_stop` hook `{shlex.join(hook.command)}` failed (exit code {code}: "
+                                    f"{detail}); stopping it anyway")
+
+
+def _run_hook(env: Environment, state: EnvState, svc: ServiceSpec, rt: Runtime, hook: Hook, which: str,
+              progress: Progress) -> tuple[int, str]:
+    progress.working(svc.name, f"{which}: {shlex.join(hook.command)}")
+    options = ExecOptions(_exec_user(env, state, svc, hook.user), hook.working_dir,
+                          tuple(f"{k}={v}" for k, v in hook.environment))
+    code, out = rt.exec(svc.name, hook.command, capture=True, timeout=HOOK_SECONDS, options=options)
+    return code, out.decode(errors="replace").strip()[-200:] or "no output"
 
 
 def _fail(svc: ServiceSpec, rt: Runtime, what: str) -> None:
@@ -907,6 +951,7 @@ def stop_services(env: Environment, envdir: EnvDir, state: EnvState, names: Sequ
             if rt.live(svc.name).state not in UP_STATES:
                 progress.done(svc.name, "not running")
                 continue
+            pre_stop(env, state, svc, rt, progress)
             progress.working(svc.name, f"stopping ({svc.stop_signal})")
             code = rt.halt(svc.name, grace_of(svc, rt, grace), svc.stop_signal)
             state.services[svc.name]["stopped_at"] = time.time()
@@ -943,6 +988,7 @@ def start_stopped(env: Environment, envdir: EnvDir, state: EnvState, names: Sequ
             ports = [PublishedPort(**p) for p in state.services[svc.name].get("ports", [])]
             _timed(rt.start if live.state == "absent" else rt.resume, req, svc, images[svc.name], ports, state,
                    envdir)
+            post_start(env, state, svc, rt, progress, deadline)
             wait_ready(svc, rt, progress, deadline)
             started.append(svc.name)
     return started
@@ -1001,6 +1047,7 @@ def stop_guest_services(env: Environment, envdir: EnvDir, state: EnvState, progr
             with Runtimes(env, envdir, state) as runtimes:
                 rt = runtimes.guest(machine, GUEST_STOP_CONNECT_SECONDS)
                 for svc in services:
+                    pre_stop(env, state, svc, rt, progress)
                     progress.working(svc.name, f"stopping ({svc.stop_signal})")
                     code = rt.stop(svc.name, grace_of(svc, rt), svc.stop_signal)
                     progress.done(svc.name, "stopped" + (f" (exit code {code})" if code is not None else ""))
@@ -1019,8 +1066,9 @@ def stop_host_services(env: Environment, envdir: EnvDir, state: EnvState, progre
     rt = Runtimes(env, envdir, state).host()
     stopped = []
     for name in sorted(names | set(rt.names())):
-        progress.working(name, "stopping (runc)")
         svc = env.service(name)
+        pre_stop(env, state, svc, rt, progress)
+        progress.working(name, "stopping (runc)")
         rt.stop(name, grace_of(svc, rt), svc.stop_signal if svc else "SIGTERM")
         progress.done(name, "removed")
         stopped.append(name)

@@ -311,6 +311,23 @@ def test_json_file_logging_is_the_log_vmctl_keeps_and_its_options_are_named(tmp_
         wait_for("the log line", lambda: "started-and-logged" in ok(p, "logs", "web"))
 
 
+def test_post_start_and_pre_stop_hooks_run_in_the_container(tmp_path: Path, images: Path) -> None:
+    p = checkout("hooks", tmp_path, images)
+    with up(p):
+        assert sh(p, "app", "cat /state/started /state/env; id -u") == (
+            "started-by-hook\nfrom-the-hook /tmp 0\n65534\n")  # the hook as root, in its folder; the service not
+        ok(p, "stop", "app")  # pre_stop, as the service's user, while it still ran
+        assert (volume_dir("corpus-hooks_state") / "stopped-by").read_text() == "65534\n"
+        (volume_dir("corpus-hooks_state") / "started").unlink()
+        ok(p, "start", "app")  # post_start at every start
+        assert sh(p, "app", "cat /state/started") == "started-by-hook\n"
+    failing = checkout("hooks-fail", tmp_path, images)
+    out = vmctl(failing, "up")
+    assert out.returncode == 1 and "failed its `post_start` hook" in out.stderr and "exit code 3" in out.stderr, out
+    assert "no-migration-today" in out.stderr and "rolled back" in out.stderr
+    assert json.loads(ok(failing, "ps", "-a", "--json"))["services"][0]["state"] == "absent"
+
+
 def test_profiles_from_compose_profiles(tmp_path: Path, images: Path) -> None:
     p = checkout("profiles", tmp_path, images)
     assert sorted(config(p)["services"]) == ["app"]

@@ -11,6 +11,7 @@ import yaml
 from vmctl import spec
 from vmctl.compose_values import GUEST_OVERHEAD_MIB, Limits, Restart, TmpfsSpec, Ulimit
 from vmctl.errors import SpecError, UsageError
+from vmctl.hooks import Hook
 from vmctl.settings import NAME_RE, Setting, Support
 from vmctl.spec import Accel, Isolation, PortSpec
 
@@ -261,6 +262,10 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("cpuset", "3-1", "invalid CPU range `3-1`"),
     ("oom_score_adj", 1001, "from -1000 to 1000"),
     ("logging", {"driver": "fluentd"}, "log driver 'fluentd' is not supported"),
+    ("post_start", {"command": "true"}, "must be a list of hooks"),
+    ("post_start", [{"user": "root"}], "missing required key `command`"),
+    ("pre_stop", [{"command": "true", "privileged": True}], "a privileged hook is not supported"),
+    ("pre_stop", [{"command": "true", "environment": {"1A": "x"}}], "invalid variable name"),
     ("logging", {"options": {"max-sise": "1m"}}, "did you mean `max-size`"),
     ("deploy", {"replicas": 0}, "must be a whole number from 1 to 32"),
     ("deploy", {"mode": "global"}, "is not supported"),
@@ -367,6 +372,10 @@ COMPOSE_GOOD = [
     ("cpu_quota", "25ms", "limits", Limits(cpus=0.25)),
     ("cpuset", "0,2-3", "limits", Limits(cpuset=(0, 2, 3))),
     ("oom_score_adj", -500, "oom_score_adj", -500),
+    ("post_start", [{"command": "chown -R 1000 /data", "user": "root"}], "post_start",
+     (Hook(("chown", "-R", "1000", "/data"), user="root"),)),
+    ("pre_stop", [{"command": ["sh", "-c", "x"], "working_dir": "/tmp", "environment": ["A=1"]}], "pre_stop",
+     (Hook(("sh", "-c", "x"), working_dir="/tmp", environment=(("A", "1"),)),)),
     ("logging", {"driver": "local", "options": {"max-size": "1m"}}, "name", "s1"),  # accepted (with a warning)
     ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
                               "reservations": {"memory": "256m"}}},
