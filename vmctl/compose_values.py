@@ -1,6 +1,7 @@
 """The compose service keys vmctl honours beyond its own: their typed values and their value parsers
-(`restart`, `container_name`, `labels`, `tmpfs`, capabilities, `security_opt`, signals, `ulimits`,
-`sysctls`, memory/CPU/pids limits and `deploy.resources`, `profiles`, `platform`, `pull_policy`).
+(`environment`, `user`, `restart`, `container_name`, `labels`, `tmpfs`, capabilities, `security_opt`,
+signals, `ulimits`, `sysctls`, memory/CPU/pids limits, `cpuset`, `cpu_shares`, `deploy.resources`,
+`logging`, `profiles`, `platform`, `pull_policy`).
 
 The rows that use them are in `spec.SERVICE_SETTINGS`; the keys vmctl does not honour are in
 `compose_keys`.
