@@ -59,7 +59,6 @@ SERVICE = (
     Unsupported("storage_opt", "mapping", "the writable layer is a tmpfs; storage options do not apply",
                 "remove it"),
     Unsupported("credential_spec", "mapping", "Windows-only in compose", "remove it"),
-    Unsupported("label_file", "list|string", "label files are not implemented yet", "write the `labels` out"),
     Unsupported("provider", "mapping", "provider services are not implemented", "remove it"),
     Unsupported("use_api_socket", "bool", "there is no container engine socket to share", "remove it"),
     Unsupported("models", "list", "AI models are not a thing vmctl runs", "remove it"),

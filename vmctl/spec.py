@@ -696,6 +696,8 @@ SERVICE_SETTINGS = (
             "the runtime's container name (runc on the host, crun in the guest); default: the service's"),
     Setting("labels", p_labels, (), "mapping|list", "OCI annotations of the container, and the dedicated "
             "microVM's domain metadata (`<vmctl:label>`)"),
+    Setting("label_file", lambda v, p, c: None, None, "path|list",
+            "`KEY=VALUE` lines read into `labels` at load time (`labels` wins), as `env_file` is read"),
     Setting("annotations", p_labels, (), "mapping|list", "OCI annotations of the container"),
     Setting("tmpfs", p_tmpfs, (), "path|list", "tmpfs mounts: `/path[:size=64m,mode=1777,noexec,...]`"),
     Setting("secrets", file_mounts.p_service("secrets"), (), "list", "top-level secrets it sees, read-only: "

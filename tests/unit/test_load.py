@@ -180,6 +180,25 @@ def test_env_file_forms_and_precedence(tmp_path: Path) -> None:
     assert model.where(("services", "web", "environment", "A")).file == str((tmp_path / "common.env").resolve())
 
 
+def test_label_file_is_read_into_labels_which_win(tmp_path: Path) -> None:
+    write(tmp_path, "app.labels", "# labels\ncom.example.tier=backend\ncom.example.team=${TEAM:-core}\nbare\n")
+    write(tmp_path, "compose.yaml", """
+        services:
+          web:
+            image: x.tar
+            label_file: [app.labels, {path: missing.labels, required: false}]
+            labels: {com.example.team: web}
+        """)
+    model = load_project(cwd=tmp_path, environ={})
+    assert web(model.data)["labels"] == {"com.example.tier": "backend", "com.example.team": "web", "bare": None}
+    assert "label_file" not in web(model.data)
+    write(tmp_path, "compose.yaml", "services:\n  web:\n    image: x.tar\n    label_file: nope.labels\n")
+    with pytest.raises(SpecError, match="label file `nope.labels` does not exist") as info:
+        load_project(cwd=tmp_path, environ={})
+    where = info.value.where
+    assert where is not None and (where.line, where.key) == (4, "services.web.label_file")
+
+
 def test_missing_required_env_file(tmp_path: Path) -> None:
     write(tmp_path, "compose.yaml", "services:\n  web:\n    image: x.tar\n    env_file: nope.env\n")
     with pytest.raises(SpecError, match="env file `nope.env` does not exist") as info:

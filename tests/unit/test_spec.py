@@ -235,6 +235,7 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("restart", "sometimes", "use one of"),
     ("restart", "always:3", "use one of"),
     ("env_file", 5, "`env_file` takes a path"),
+    ("label_file", [{"path": "a.labels", "format": "raw"}], "`label_file` entries take `path` and `required`"),
     ("extends", "nope", "no service `nope`"),  # more in test_extends.py
     ("container_name", "-x", "invalid container name"),
     ("labels", "x", "mapping or a list"),

@@ -182,35 +182,39 @@ def _resolve_environments(tree: Node, project_dir: Path, variables: Mapping[str,
         return
     for name, svc in services.children.items():
         if isinstance(svc.children, dict):
-            _resolve_environment(svc, ("services", name), project_dir, variables)
+            _resolve_from_files(svc, ("services", name), project_dir, variables, "env_file", "environment")
+            _resolve_from_files(svc, ("services", name), project_dir, variables, "label_file", "labels")
 
 
-def _resolve_environment(svc: Node, path: KeyPath, project_dir: Path, variables: Mapping[str, str]) -> None:
-    """`env_file:` entries first, `environment:` over them; a value-less `KEY` comes from the variables
-    (and is left out when they do not set it, as compose does)."""
+def _resolve_from_files(svc: Node, path: KeyPath, project_dir: Path, variables: Mapping[str, str], file_key: str,
+                        key: str) -> None:
+    """`file_key:`'s files (`env_file`, `label_file`: KEY=VALUE lines) first, the mapping `key` over them.
+    In `environment` a value-less `KEY` comes from the variables (and is left out when they do not set
+    it, as compose does); a value-less label is empty."""
     assert isinstance(svc.children, dict)
-    declared = svc.children.get("environment")
-    env = as_mapping(declared) if declared is not None else None
-    if env is not None and not isinstance(env.children, dict):
+    declared = svc.children.get(key)
+    own = as_mapping(declared) if declared is not None else None
+    if own is not None and not isinstance(own.children, dict):
         return  # not a list of strings nor a mapping: the settings table says what it takes
+    files = svc.children.pop(file_key, None)
     merged: dict[str, Node] = {}
-    env_file = svc.children.pop("env_file", None)
-    if env_file is not None:
-        for file in _env_files(env_file, dotted((*path, "env_file")), project_dir):
-            for e in dotenv.read(file, variables.get):
-                merged[e.key] = Node(e.value, Origin(str(file), e.line))
-    merged.update(env.children if env is not None and isinstance(env.children, dict) else {})
-    for key, node in list(merged.items()):
-        if node.value is None and node.children is None:
-            if key in variables:
-                merged[key] = Node(variables[key], Origin(node.origin.file, node.origin.line, (key,)))
+    for file in _env_files(files, dotted((*path, file_key)), project_dir) if files is not None else []:
+        for e in dotenv.read(file, variables.get):
+            merged[e.key] = Node(e.value, Origin(str(file), e.line))
+    merged.update(own.children if own is not None and isinstance(own.children, dict) else {})
+    for name, node in list(merged.items()):
+        if key == "environment" and node.value is None and node.children is None:
+            if name in variables:
+                merged[name] = Node(variables[name], Origin(node.origin.file, node.origin.line, (name,)))
             else:
-                del merged[key]
-    if env_file is not None or env is not None:
-        svc.children["environment"] = mapping(merged, (env or svc).origin)
+                del merged[name]
+    if files is not None or own is not None:
+        svc.children[key] = mapping(merged, (own or svc).origin)
 
 
 def _env_files(node: Node, key: str, project_dir: Path) -> list[Path]:
+    """The files of an `env_file:` (or `label_file:`, `key` says which): a path, a list, `{path, required}`."""
+    name = key.rsplit(".", 1)[-1]
     items = node.children if isinstance(node.children, list) else [node]
     out = []
     for item in items:
@@ -218,21 +222,21 @@ def _env_files(node: Node, key: str, project_dir: Path) -> list[Path]:
         if isinstance(item.children, dict):
             unknown = sorted(set(item.children) - {"path", "required"})
             if unknown:
-                raise SpecError(f"`env_file` entries take `path` and `required`, not `{unknown[0]}`",
+                raise SpecError(f"`{name}` entries take `path` and `required`, not `{unknown[0]}`",
                                 where=Where(item.origin.file, item.origin.line, key),
                                 hint="write `{path: FILE, required: false}` (the `format` key is not supported)")
             path_node = item.children.get("path") or item
             flag = item.children.get("required")
             required = flag is None or flag.value is not False
         if not isinstance(path_node.value, str) or not path_node.value:
-            raise SpecError("`env_file` takes a path, a list of paths, or `{path: FILE, required: false}`",
+            raise SpecError(f"`{name}` takes a path, a list of paths, or `{{path: FILE, required: false}}`",
                             where=Where(item.origin.file, item.origin.line, key),
-                            hint='write `env_file: .env.web` or `env_file: [{path: .env.local, required: false}]`')
+                            hint=f"write `{name}: ./FILE` or `{name}: [{{path: ./FILE, required: false}}]`")
         file = (project_dir / Path(path_node.value).expanduser()).resolve()
         if file.is_file():
             out.append(file)
         elif required:
-            raise SpecError(f"env file `{path_node.value}` does not exist (looked for `{file}`)",
+            raise SpecError(f"{name.replace('_', ' ')} `{path_node.value}` does not exist (looked for `{file}`)",
                             where=Where(path_node.origin.file, path_node.origin.line, key),
                             hint="paths are relative to the project folder (the first file's); "
                                  "mark an optional one `{path: FILE, required: false}`")
