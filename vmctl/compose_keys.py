@@ -21,8 +21,6 @@ class Unsupported:
     ignored: bool = False
 
 
-_MOUNTS = "mounts are listed per service (host folders and named volumes)"
-
 TOP_LEVEL = (
     Unsupported("version", "string", "obsolete in the compose specification; compose ignores it too", ignored=True),
     Unsupported("models", "mapping", "AI models are not a thing vmctl runs", "remove it"),
@@ -32,7 +30,6 @@ SERVICE = (
     Unsupported("attach", "bool", "`vmctl up` never attaches to the containers' output (see `vmctl logs`)",
                 ignored=True),
     Unsupported("develop", "mapping", "only `compose watch` uses it; vmctl has no watch mode", ignored=True),
-    Unsupported("volumes_from", "list", _MOUNTS, "mount the same named volume (or host folder) in both services"),
     Unsupported("devices", "list", "passing host devices into a microVM is not implemented", "remove it"),
     Unsupported("device_cgroup_rules", "list", "device access rules are not implemented", "remove it"),
     Unsupported("gpus", "list|string", "GPUs are not passed to microVMs or containers", "remove it"),

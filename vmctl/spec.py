@@ -208,6 +208,7 @@ class ServiceSpec:
     user: str | None = None
     ports: tuple[PortSpec, ...] = ()
     volumes: tuple[VolumeSpec, ...] = ()
+    volumes_from: tuple[tuple[str, bool | None], ...] = ()  # (service, read-only: None keeps its mode)
     dependencies: tuple[Dependency, ...] = ()
     healthcheck: HealthcheckSpec | None = None
     healthcheck_from_image: bool = False  # the file sets none (not even `disable`): the image's applies at `up`
@@ -352,6 +353,45 @@ def p_disks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[DiskSpec, ...]:
         if name in names[:i]:
             ctx.fail((*path, i), f"two disks are named `{name}`", "give each disk a distinct `name`")
     return tuple(disks)
+
+
+def p_volumes_from(value: Any, path: KeyPath, ctx: Ctx) -> tuple[tuple[str, bool | None], ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        ctx.fail(path, f"must be a list of `SERVICE[:ro|rw]` strings, not {typename(value)}")
+    out = []
+    for i, item in enumerate(value):
+        name, _, mode = item.partition(":")
+        if name == "container":
+            ctx.fail((*path, i), "`container:NAME` is not supported: containers outside the environment are "
+                     "not vmctl's", "name a service of this file")
+        if not NAME_RE.match(name) or mode not in ("", "ro", "rw"):
+            ctx.fail((*path, i), f"invalid volumes_from entry {item!r}",
+                     "write `SERVICE`, `SERVICE:ro` or `SERVICE:rw`")
+        out.append((name, None if not mode else mode == "ro"))
+    return tuple(out)
+
+
+def _with_volumes_from(services: Sequence[ServiceSpec], ctx: Ctx) -> list[ServiceSpec]:
+    """`volumes_from` resolved into volumes of the service's own (before the microVMs are made, which
+    need to know of every folder they share); chains are followed, a cycle or an unknown service fails."""
+    by_name = {s.name: s for s in services}
+
+    def volumes_of(name: str, seen: tuple[str, ...]) -> tuple[VolumeSpec, ...]:
+        svc = by_name[name]
+        out = list(svc.volumes)
+        for i, (source, readonly) in enumerate(svc.volumes_from):
+            where = ("services", name, "volumes_from", i)
+            if source not in by_name:
+                ctx.fail(where, f"unknown service `{source}`", did_you_mean(source, by_name, "services"))
+            if source in seen:
+                ctx.fail(where, f"`volumes_from` goes round in a circle: {' -> '.join((*seen, source))}",
+                         "let one of them declare the volumes")
+            targets = {v.target for v in out}
+            out += [replace(v, readonly=v.readonly if readonly is None else readonly)
+                    for v in volumes_of(source, (*seen, source)) if v.target not in targets]
+        return tuple(out)
+
+    return [replace(s, volumes=volumes_of(s.name, (s.name,))) if s.volumes_from else s for s in services]
 
 
 def p_volumes(value: Any, path: KeyPath, ctx: Ctx) -> tuple[VolumeSpec, ...]:
@@ -650,6 +690,8 @@ SERVICE_SETTINGS = (
     Setting("ports", p_ports, (), "list", 'published ports "HOST:CONTAINER", bound to 127.0.0.1'),
     Setting("volumes", p_volumes, (), "list", '"./folder:/path[:ro|rw]" (read-only by default) or '
             '"VOLUME:/path[:ro|rw]" (a named volume, writable by default), or the long form'),
+    Setting("volumes_from", p_volumes_from, (), "list", "`SERVICE[:ro|rw]`: every volume of that service (host "
+            "folders and named volumes) mounted here too, at the same paths, in its mode unless `:ro`/`:rw` says"),
     Setting("depends_on", p_depends_on, (), "list|mapping", "services started before this one (list), or "
             "name -> `condition`, `required`, `restart`"),
     Setting("healthcheck", p_healthcheck, None, "mapping", "test, interval, timeout, retries, start_period; "
@@ -827,7 +869,7 @@ def environment_from(model: Model) -> Environment:
     raws = top["services"] or {}
     counts: dict[str, int] = {}
     services = [_service(name, raw, ctx, defaults, counts) for name, raw in raws.items()]
-    services = _optional_dependencies(services, ctx)
+    services = _with_volumes_from(_optional_dependencies(services, ctx), ctx)
     pairs = replicas.expand(list(zip(services, raws.values(), strict=True)), counts, ctx)
     services = [s for s, _ in pairs]
     machines += [_dedicated_vm(s, raw, defaults, ctx) for s, raw in pairs
@@ -929,7 +971,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
                        stdin_open=v["stdin_open"], tty=v["tty"], oom_score_adj=v["oom_score_adj"],
-                       post_start=v["post_start"], pre_stop=v["pre_stop"],
+                       post_start=v["post_start"], pre_stop=v["pre_stop"], volumes_from=v["volumes_from"],
                        healthcheck_from_image=not (isinstance(raw, Mapping) and "healthcheck" in raw))
 
 

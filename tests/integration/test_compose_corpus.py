@@ -328,6 +328,14 @@ def test_post_start_and_pre_stop_hooks_run_in_the_container(tmp_path: Path, imag
     assert json.loads(ok(failing, "ps", "-a", "--json"))["services"][0]["state"] == "absent"
 
 
+def test_volumes_from_mounts_the_apps_volumes_read_only(tmp_path: Path, images: Path) -> None:
+    with up(checkout("volumes-from", tmp_path, images)) as p:
+        wait_for("the app's log line", lambda: sh(p, "shipper", "cat /var/log/app/app.log 2>&1; true")
+                 == "line-from-the-app\n")
+        assert "read-only" in sh(p, "shipper", "touch /var/log/app/x 2>&1; true").lower()  # `app:ro`
+        sh(p, "app", "touch /var/log/app/x")  # the app's own mount stays writable
+
+
 def test_profiles_from_compose_profiles(tmp_path: Path, images: Path) -> None:
     p = checkout("profiles", tmp_path, images)
     assert sorted(config(p)["services"]) == ["app"]
@@ -469,7 +477,6 @@ def test_secrets_and_configs_in_a_container_and_a_microvm(tmp_path: Path, images
 REFUSED = [  # project, compose file, line, key
     ("refused-devices", "compose.yaml", 7, "services.gateway.devices"),
     ("refused-host-network", "docker-compose.yml", 10, "services.agent.network_mode"),
-    ("refused-volumes-from", "compose.yaml", 11, "services.shipper.volumes_from"),
     ("refused-logging", "compose.yaml", 8, "services.web.logging.driver"),
 ]
 

@@ -235,6 +235,9 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("restart", "sometimes", "use one of"),
     ("restart", "always:3", "use one of"),
     ("env_file", 5, "`env_file` takes a path"),
+    ("volumes_from", ["container:abc"], "`container:NAME` is not supported"),
+    ("volumes_from", ["nosuch"], "unknown service `nosuch`"),
+    ("volumes_from", ["s1:rx"], "invalid volumes_from entry"),
     ("label_file", [{"path": "a.labels", "format": "raw"}], "`label_file` entries take `path` and `required`"),
     ("extends", "nope", "no service `nope`"),  # more in test_extends.py
     ("container_name", "-x", "invalid container name"),
@@ -320,6 +323,26 @@ def test_cpu_quota_is_a_share_of_cpu_period_said_once(tmp_path: Path) -> None:
     assert machine is not None and machine.vcpus == 3  # sized as `cpus: 3` would size it
     err = fails(tmp_path, "services:\n  s1:\n    image: x.tar\n    cpus: 1\n    cpu_quota: 50000\n")
     assert "`cpu_quota` and `cpus` both limit" in err.message and err.where is not None and err.where.line == 5
+
+
+def test_volumes_from_copies_volumes_through_chains_in_their_mode_or_the_one_asked(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    env = load(tmp_path, "services:\n"
+                         "  app: {image: x.tar, isolation: container, volumes: ['./logs:/logs:rw', 'data:/data']}\n"
+                         "  shipper: {image: x.tar, volumes_from: ['app:ro']}\n"
+                         "  audit: {image: x.tar, volumes: ['./logs:/logs:rw'], volumes_from: [shipper]}\n"
+                         "volumes: {data: {}}\n")
+    def mounts(name: str) -> list[tuple[str, bool]]:
+        svc = env.service(name)
+        assert svc is not None
+        return [(v.target, v.readonly) for v in svc.volumes]
+    assert mounts("app") == [("/logs", False), ("/data", False)]
+    assert mounts("shipper") == [("/logs", True), ("/data", True)]
+    assert mounts("audit") == [("/logs", False), ("/data", True)]  # its own mount at /logs wins
+    shipper = env.machine("shipper")
+    assert shipper is not None and shipper.image == "minimal"  # a microVM sharing folders gets the 9p kernel
+    err = fails(tmp_path, "services:\n  a: {image: x.tar, volumes_from: [b]}\n  b: {image: x.tar, volumes_from: [a]}\n")
+    assert "goes round in a circle" in err.message
 
 
 def test_a_cpuset_sizes_its_microvm_and_must_fit_the_vcpus_it_was_given(tmp_path: Path) -> None:
