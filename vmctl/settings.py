@@ -220,12 +220,16 @@ def p_enum(enum: type[StrEnum]) -> Parser:
     return parse
 
 
-def p_only(choice: str, what: str, why: str) -> Parser:
-    """A compose setting with one value vmctl can honour (`driver: bridge`, `driver: local`)."""
+def p_only(choices: str | tuple[str, ...], what: str, why: str) -> Parser:
+    """A compose setting with the value(s) vmctl honours by what it always does (`driver: bridge`,
+    `ipc: private`): anything else is refused, saying why."""
+    allowed = (choices,) if isinstance(choices, str) else choices
+
     def parse(value: Any, path: KeyPath, ctx: Ctx) -> str:
-        if value != choice:
-            ctx.fail(path, f"{what} {value!r} is not supported", f"{why}: remove `{path[-1]}` or write `{choice}`")
-        return choice
+        if value not in allowed:
+            ctx.fail(path, f"{what} {value!r} is not supported",
+                     f"{why}: remove `{path[-1]}` or write {' or '.join(f'`{c}`' for c in allowed)}")
+        return str(value)
 
     return parse
 

@@ -781,6 +781,14 @@ SERVICE_SETTINGS = (
             "`down`, `up --force-recreate`); one that fails is a warning and the stop goes on"),
     Setting("logging", p_logging, None, "mapping", "`driver: json-file` (compose's default) or `local`: the "
             "container's output goes to its own log file, read by `vmctl logs`; see `logging:` below"),
+    Setting("ipc", p_only(("private", "shareable"), "ipc mode", "each container has an IPC namespace of its own, "
+            "which no other joins"), None, "private|shareable", "what vmctl always does: an IPC namespace of "
+            "its own (`host` and `service:NAME` are refused)"),
+    Setting("cgroup", p_only("private", "cgroup mode", "each container has a cgroup namespace of its own"), None,
+            "private", "what vmctl always does: a cgroup namespace of its own (`host` is refused)"),
+    Setting("userns_mode", p_only("host", "userns_mode", "containers run without a user namespace (root in the "
+            "container is root of its kernel: the guest's, or the host's)"), None, "host",
+            "what vmctl always does: no user namespace of its own"),
     Setting("oom_score_adj", p_int(-1000, 1000), None, "int", "its processes' OOM-killer preference "
             "(`/proc/PID/oom_score_adj`: 1000 goes first, -1000 never)"),
     Setting("deploy", p_deploy, Deploy(), "mapping", "`resources.limits` (memory, cpus, pids) and "

@@ -235,6 +235,9 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("restart", "sometimes", "use one of"),
     ("restart", "always:3", "use one of"),
     ("env_file", 5, "`env_file` takes a path"),
+    ("ipc", "host", "ipc mode 'host' is not supported"),
+    ("cgroup", "host", "cgroup mode 'host' is not supported"),
+    ("userns_mode", "keep-id", "userns_mode 'keep-id' is not supported"),
     ("volumes_from", ["container:abc"], "`container:NAME` is not supported"),
     ("volumes_from", ["nosuch"], "unknown service `nosuch`"),
     ("volumes_from", ["s1:rx"], "invalid volumes_from entry"),
@@ -401,6 +404,9 @@ COMPOSE_GOOD = [
     ("pre_stop", [{"command": ["sh", "-c", "x"], "working_dir": "/tmp", "environment": ["A=1"]}], "pre_stop",
      (Hook(("sh", "-c", "x"), working_dir="/tmp", environment=(("A", "1"),)),)),
     ("logging", {"driver": "local", "options": {"max-size": "1m"}}, "name", "s1"),  # accepted (with a warning)
+    ("ipc", "shareable", "name", "s1"),  # what vmctl always does: accepted
+    ("cgroup", "private", "name", "s1"),
+    ("userns_mode", "host", "name", "s1"),
     ("deploy", {"resources": {"limits": {"memory": "1g", "cpus": 2, "pids": 9},
                               "reservations": {"memory": "256m"}}},
      "limits", Limits(memory_mib=1024, memory_reservation_mib=256, cpus=2.0, pids=9)),
