@@ -772,7 +772,8 @@ SERVICE_SETTINGS = (
             "or a duration: as `cpus` = cpu_quota / cpu_period (say one of the two), and it sizes a dedicated "
             "microVM as `cpus` does"),
     Setting("cpu_shares", p_int(2, 262_144), None, "int", "its CPU weight against other containers when the CPUs "
-            "are busy (docker's 1024 is the default weight; the runtime writes cgroup v2's `cpu.weight`)"),
+            "are busy (docker's 1024 is the default): cgroup v1's `cpu.shares`, or the `cpu.weight` the runtime "
+            "maps it to on cgroup v2"),
     Setting("cpuset", p_cpuset, (), "string", "the CPUs it may run on (`0-1`, `0,2`: cgroup `cpuset.cpus`); a "
             "dedicated microVM gets enough vCPUs for the highest one unless `vm.vcpus` says otherwise"),
     Setting("post_start", p_hooks, (), "list", "commands run in the container once it has started, as `vmctl exec` "
