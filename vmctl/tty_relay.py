@@ -87,24 +87,24 @@ def drain(fd: int) -> None:
 
 
 def _copy_size(master: int) -> None:
+    """Our terminal's size to the container's; nothing where our stdin is no terminal (a FIFO, /dev/null)."""
     with contextlib.suppress(OSError):
         fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
 
 
 def relay(master: int, forward_stdin: bool) -> None:
-    if not (forward_stdin and os.isatty(0)):
-        _copy_loop(master, forward_stdin, None)
-        return
-    with window_changes() as resized:  # `vmctl run` on a terminal: the container's follows its size
+    # `vmctl run` on a terminal: the container's has its size, then follows it (only then can a
+    # SIGWINCH reach us: otherwise we run in a session of our own, with no terminal)
+    with window_changes() as resized:
         _copy_size(master)
         _copy_loop(master, forward_stdin, resized)
 
 
-def _copy_loop(master: int, forward_stdin: bool, resized: int | None) -> None:
-    readers = [master, *([0] if forward_stdin else []), *([resized] if resized is not None else [])]
+def _copy_loop(master: int, forward_stdin: bool, resized: int) -> None:
+    readers = [master, resized, *([0] if forward_stdin else [])]
     while True:
         ready, _, _ = select.select(readers, [], [])
-        if resized is not None and resized in ready:  # before what was typed meanwhile: it may depend on it
+        if resized in ready:  # before what was typed meanwhile: it may depend on it
             drain(resized)
             _copy_size(master)
         if master in ready:

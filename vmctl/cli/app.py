@@ -101,7 +101,7 @@ def wait_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def index_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """compose's `--index N` of `exec` and `port`: which instance of a replicated service."""
+    """compose's `--index N` of `exec`, `port` and `logs`: which instance of a replicated service."""
     return click.option("--index", type=click.IntRange(min=1), default=None, metavar="N",
                         help="The Nth instance of a service with replicas (its own name is NAME-N; default 1).")(f)
 

@@ -74,7 +74,6 @@ def cli(ctx: click.Context, files: tuple[Path, ...], project_name: str | None, p
                   progress_mode=progress, debug=debug)
 
 
-
 def main() -> None:
     debug = "--debug" in sys.argv
     try:

@@ -202,12 +202,13 @@ def _resolve_from_files(svc: Node, path: KeyPath, project_dir: Path, variables: 
         for e in dotenv.read(file, variables.get):
             merged[e.key] = Node(e.value, Origin(str(file), e.line))
     merged.update(own.children if own is not None and isinstance(own.children, dict) else {})
-    for name, node in list(merged.items()):
-        if key == "environment" and node.value is None and node.children is None:
-            if name in variables:
-                merged[name] = Node(variables[name], Origin(node.origin.file, node.origin.line, (name,)))
-            else:
-                del merged[name]
+    bare = [name for name, node in merged.items() if node.value is None and node.children is None]
+    for name in bare if key == "environment" else []:
+        if name in variables:
+            node = merged[name]
+            merged[name] = Node(variables[name], Origin(node.origin.file, node.origin.line, (name,)))
+        else:
+            del merged[name]
     if files is not None or own is not None:
         svc.children[key] = mapping(merged, (own or svc).origin)
 
