@@ -72,6 +72,10 @@ class Config:
     tcg_thread: str = "multi"  # "single": one host thread runs every vCPU of L1
     cpu: str = "EPYC,+svm,+npt"
     boot_timeout: float = 180.0  # measured here: L1's agent answers 5-10 s after QEMU starts
+    # While a command runs, L1's agent ticks every `tick` s; `stall` s without a byte from it is a hung L1
+    # (the one hang seen in CI waited out a 660 s deadline). A busy L1 (two L2 boots) still ticks on time.
+    tick: float = 10.0
+    stall: float = 90.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Config:
@@ -253,15 +257,20 @@ class L1:
         assert self._sock is not None
         self._sock.sendall(json.dumps(request).encode() + b"\n")
 
-    def _request(self, request: Mapping[str, Any], seconds: float) -> dict[str, Any]:
-        """Send one request and wait, bounded, for its answer (answers to earlier pings are skipped)."""
+    def _request(self, request: Mapping[str, Any], seconds: float, stall: float | None = None) -> dict[str, Any]:
+        """Send one request and wait, bounded, for its answer (answers to earlier pings and ticks are
+        skipped); with `stall`, L1 counts as hung once it has sent nothing for that long."""
         assert self._sock is not None
         rid = next(self._ids)
         self._send({**request, "id": rid})
         deadline, buf = time.monotonic() + seconds, b""
+        heard = time.monotonic()
         while (left := deadline - time.monotonic()) > 0:
             if self._qemu_gone():
                 raise L1Fault("L1 ended (kernel panic?) while running a command", self.console_tail())
+            if stall is not None and time.monotonic() - heard > stall:
+                raise L1Fault(f"L1 sent nothing for {stall:.0f} s while running a command (hung?)",
+                              self.console_tail())
             self._sock.settimeout(min(left, 1.0))
             try:
                 chunk = self._sock.recv(1 << 20)
@@ -269,6 +278,7 @@ class L1:
                 continue
             if not chunk:
                 raise L1Fault("L1's agent channel closed", self.console_tail())
+            heard = time.monotonic()
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
@@ -280,9 +290,10 @@ class L1:
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | None = None,
             timeout: float = 600.0, grace: float = 60.0) -> Result:
         """Run `argv` in L1 and return its exit code and output. The agent kills it after `timeout`
-        (exit 124); L1 itself gets `grace` seconds more before it counts as hung (L1Fault)."""
+        (exit 124); L1 itself gets `grace` seconds more before it counts as hung (L1Fault), and counts as
+        hung sooner when its agent's ticks stop for `config.stall` seconds."""
         answer = self._request({"op": "run", "argv": list(argv), "env": dict(env or {}), "cwd": cwd,
-                                "timeout": timeout}, timeout + grace)
+                                "timeout": timeout, "tick": self.config.tick}, timeout + grace, self.config.stall)
         def text(key: str) -> str:
             return base64.b64decode(answer[key]).decode(errors="replace")
 

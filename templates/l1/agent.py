@@ -1,8 +1,10 @@
 """PID 1 of the nested KVM test host L1 (bench/kvmhost.py), run by the host's python3 after switch_root.
 
 Serves one command at a time on the virtio-serial port `vmctl.l1`: a request is one JSON line
-{"id", "op": "run", "argv", "env", "cwd", "timeout"} (or "op": "ping" / "poweroff"), the answer one JSON
-line {"id", "returncode", "stdout", "stderr" (base64), "seconds"}. Standard library only.
+{"id", "op": "run", "argv", "env", "cwd", "timeout", "tick"} (or "op": "ping" / "poweroff"), the answer one
+JSON line {"id", "returncode", "stdout", "stderr" (base64), "seconds"}. While a command runs, the agent
+writes {"tick": SECONDS} every `tick` seconds: the host tells a hung L1 (no tick) from a long command in
+a minute instead of at the command's timeout. Standard library only.
 PID 1 forks: the parent only reaps orphans (daemons that vmctl's libvirt leaves to PID 1) so that no
 wait of the server's own subprocesses ever loses an exit status to it, and powers L1 off when the
 server ends.
@@ -17,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,8 +42,23 @@ def find_port() -> str:
     raise SystemExit(f"no virtio-serial port named {PORT_NAME}")
 
 
-def run(request: dict[str, Any]) -> dict[str, Any]:
-    start = time.monotonic()
+def run(request: dict[str, Any], write: Any) -> dict[str, Any]:
+    start, done = time.monotonic(), threading.Event()
+    ticker = threading.Thread(target=_ticks, args=(write, float(request.get("tick") or 0), done, start), daemon=True)
+    ticker.start()
+    try:
+        return _run(request, start)
+    finally:
+        done.set()
+        ticker.join()  # every tick before the answer: the host reads nothing of this request after it
+
+
+def _ticks(write: Any, every: float, done: threading.Event, start: float) -> None:
+    while every > 0 and not done.wait(every):
+        write({"tick": round(time.monotonic() - start, 1)})
+
+
+def _run(request: dict[str, Any], start: float) -> dict[str, Any]:
     env = {**BASE_ENV, **request.get("env", {})}
     try:
         proc = subprocess.Popen(request["argv"], cwd=request.get("cwd") or "/", env=env, stdin=subprocess.DEVNULL,
@@ -64,6 +82,14 @@ def _b64(data: bytes | str) -> str:
 
 def serve(port: str) -> None:
     fd = os.open(port, os.O_RDWR)
+    lock = threading.Lock()  # ticks come from another thread: one line at a time on the port
+
+    def write(message: dict[str, Any]) -> None:
+        line = json.dumps(message).encode() + b"\n"
+        with lock:
+            while line:
+                line = line[os.write(fd, line):]
+
     buf = b""
     console("VMCTL-L1-AGENT ready")
     while True:
@@ -77,10 +103,8 @@ def serve(port: str) -> None:
             request = json.loads(line)
             if request.get("op") == "poweroff":
                 return
-            answer = run(request) if request.get("op") == "run" else {}
-            reply = json.dumps({"id": request.get("id"), **answer}).encode() + b"\n"
-            while reply:
-                reply = reply[os.write(fd, reply):]
+            answer = run(request, write) if request.get("op") == "run" else {}
+            write({"id": request.get("id"), **answer})
 
 
 def poweroff() -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,16 @@ def test_a_hung_l1_is_bounded_and_the_scenario_retries_in_a_fresh_l1() -> None:
         session.close()
     assert len(attempts) == 2 and attempts[0] != attempts[1] and session.retries == 1
     assert "gave no answer within 10 s" in log[0]
+
+
+def test_an_l1_that_stops_ticking_counts_as_hung_long_before_the_commands_deadline() -> None:
+    """A long command keeps L1 alive by the agent's ticks; a frozen L1 is a fault after `stall` seconds,
+    not at the command's timeout (which once cost CI 11 minutes)."""
+    with kvmhost.L1(kvmhost.Config(memory_mib=512, tick=1, stall=6)) as l1:
+        assert l1.run(["sleep", "10"], timeout=60).check().seconds >= 10  # silent output, ticking agent
+        assert l1.pid is not None
+        os.kill(l1.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(kvmhost.L1Fault, match="sent nothing for 6 s"):
+            l1.run(["sleep", "1"], timeout=600)
+        assert time.monotonic() - start < 30
