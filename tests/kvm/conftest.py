@@ -19,6 +19,7 @@ import pytest
 from bench import kvmhost
 from tests.conftest import ROOT
 from vmctl.errors import VmctlError
+from vmctl.guest_image import build_guest_image
 
 T = TypeVar("T")
 L1_STATE = "/root/vmctl-l1-state"  # vmctl's state in L1 (tmpfs overlay): nothing of it reaches the host
@@ -72,6 +73,9 @@ def qemus_in_l1(l1: kvmhost.L1) -> Sequence[str]:
 
 @pytest.fixture(scope="module")
 def kvm_host() -> Iterator[KvmHost]:
+    # vmctl in L1 reads the host's guest image cache and has no network to build one: build it here first
+    # (cached; a run of `-m kvm` alone on a fresh machine needs it, the whole suite has it already)
+    build_guest_image("default")
     host = KvmHost()
     try:
         yield host
