@@ -35,8 +35,6 @@ SERVICE = (
     Unsupported("gpus", "list|string", "GPUs are not passed to microVMs or containers", "remove it"),
     Unsupported("external_links", "list", "containers outside the environment are not reachable from it",
                 "put the other service in this file, or reach it through a published port"),
-    Unsupported("mac_address", "string", "vmctl gives every member a stable MAC address of its own",
-                "remove it"),
     Unsupported("pid", "string", "containers always get their own PID namespace", "remove it"),
     Unsupported("uts", "string", "containers always get their own UTS namespace", "remove it"),
     Unsupported("cgroup_parent", "string", "vmctl places containers under its own `/vmctl` cgroup", "remove it"),
@@ -56,6 +54,18 @@ SERVICE = (
     Unsupported("provider", "mapping", "provider services are not implemented", "remove it"),
     Unsupported("use_api_socket", "bool", "there is no container engine socket to share", "remove it"),
     Unsupported("models", "list", "AI models are not a thing vmctl runs", "remove it"),
+)
+
+# a service's settings on one of its networks (`networks: {NAME: {...}}`), beside `aliases` and `mac_address`
+ATTACHMENT = (
+    Unsupported("ipv4_address", "string", "addresses are assigned by vmctl", "remove it and reach the service by name"),
+    Unsupported("ipv6_address", "string", "environment networks are IPv4 only", "remove it"),
+    Unsupported("link_local_ips", "list", "members get no link-local addresses", "remove it"),
+    Unsupported("interface_name", "string", "NIC names are not configurable (ethN, in the order of the service's "
+                "networks)", "remove it (`priority` orders the networks)"),
+    Unsupported("driver_opts", "mapping", "the bridge driver of environment networks takes no options", "remove it"),
+    Unsupported("gw_priority", "int", "environment networks have no gateway: the way out of the host is always "
+                "user-mode networking's (none on internal networks)", ignored=True),
 )
 
 DEPLOY = (

@@ -44,6 +44,7 @@ from vmctl.compose_values import (
     p_labels,
     p_links,
     p_logging,
+    p_mac,
     p_pids_limit,
     p_platform,
     p_profiles,
@@ -172,10 +173,11 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class Attachment:
-    """A service on one network, with the extra names it answers to there."""
+    """A service on one network, with the extra names it answers to there (and its MAC, when chosen)."""
 
     network: str
     aliases: tuple[str, ...] = ()
+    mac_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -532,8 +534,8 @@ def p_service_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Attachment,
     for name, raw in value.items():
         p_dns_label(name, (*path, name), ctx)
         v = parse_table(ATTACHMENT_SETTINGS, raw, (*path, name), ctx)
-        out.append(Attachment(network=name, aliases=v["aliases"]))
-    return tuple(out)
+        out.append((-v["priority"], Attachment(network=name, aliases=v["aliases"], mac_address=v["mac_address"])))
+    return tuple(a for _, a in sorted(out, key=lambda pair: pair[0]))  # stable: equal priorities keep their order
 
 
 def p_aliases(value: Any, path: KeyPath, ctx: Ctx) -> tuple[str, ...]:
@@ -649,8 +651,11 @@ NETWORK_SETTINGS = (
 
 ATTACHMENT_SETTINGS = (
     Setting("aliases", p_aliases, (), "list", "more names this service is found by on this network"),
-    Setting("ipv4_address", lambda v, p, c: None, None, "-", "addresses are assigned by vmctl",
-            support=Support.REFUSED, hint="remove it and reach the service by name"),
+    Setting("mac_address", p_mac, None, "string", "its NIC's MAC address on this network (default: one derived "
+            "from the environment, member and network names)"),
+    Setting("priority", p_int(-(2**31), 2**31 - 1), 0, "int", "networks of higher priority come first: "
+            "its NICs are in that order (a host container's eth0, eth1...) and so is the search for a name"),
+    *unsupported(compose_keys.ATTACHMENT),
 )
 
 HEALTHCHECK_SETTINGS = (
@@ -708,7 +713,10 @@ SERVICE_SETTINGS = (
     Setting("privileged", p_bool, False, "bool", "all capabilities and devices (weakens isolation)"),
     Setting("hostname", p_dns_label, None, "name", "the container's hostname, and one more name on its networks"),
     Setting("networks", p_service_networks, None, "list|mapping",
-            "networks it joins, with `aliases` per network (default: `default`)"),
+            "networks it joins, with `aliases`, `mac_address` and `priority` per network (default: `default`)"),
+    Setting("mac_address", p_mac, None, "string", "its MAC address on its first network (the one of highest "
+            "`priority`), as `networks: {NAME: {mac_address: ...}}` says it there; its own microVM's NIC or its "
+            "host container's veth gets it"),
     Setting("expose", p_expose, (), "list", "ports reachable on its networks (documentation: all are)"),
     Setting("extra_hosts", p_extra_hosts, (), "list|mapping", '"NAME:IP" lines for its /etc/hosts'),
     Setting("links", p_links, (), "list", '"SERVICE[:ALIAS]": the linked service\'s address under ALIAS in its '
@@ -915,6 +923,7 @@ def environment_from(model: Model) -> Environment:
     _check_hosts(env, ctx)
     _check_port_conflicts(env, ctx)
     _check_names(env, ctx)
+    _check_macs(env, ctx)
     _check_cpusets(env, ctx)
     return env
 
@@ -960,6 +969,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
         ctx.fail((*path, "vm"), "`vm` and `machine` exclude each other",
                  "a service runs in a declared machine (`machine`) or in its own VM sized by `vm`")
     restart, retries = v["restart"]
+    networks = _with_mac(v["networks"] or (Attachment(DEFAULT_NETWORK),), v["mac_address"], path, ctx)
     if v["machine"] and any(key.startswith("net.") for key, _ in v["sysctls"]):
         ctx.fail((*path, "sysctls"), "net.* sysctls of a service in a shared machine would change the network of "
                  "every service in it (containers in a guest share its network stack)",
@@ -975,13 +985,24 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        no_new_privileges=v["security_opt"], init=v["init"], stop_signal=v["stop_signal"],
                        stop_grace_period=v["stop_grace_period"], ulimits=v["ulimits"], sysctls=v["sysctls"],
                        limits=_limits(v), profiles=v["profiles"], hostname=v["hostname"],
-                       networks=v["networks"] or (Attachment(DEFAULT_NETWORK),), expose=v["expose"],
+                       networks=networks, expose=v["expose"],
                        extra_hosts=v["extra_hosts"], pull_policy=v["pull_policy"], links=v["links"], dns=v["dns"],
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
                        stdin_open=v["stdin_open"], tty=v["tty"], oom_score_adj=v["oom_score_adj"],
                        post_start=v["post_start"], pre_stop=v["pre_stop"], volumes_from=v["volumes_from"],
                        healthcheck_from_image=not (isinstance(raw, Mapping) and "healthcheck" in raw))
+
+
+def _with_mac(networks: tuple[Attachment, ...], mac: str | None, path: KeyPath, ctx: Ctx) -> tuple[Attachment, ...]:
+    """The service's own `mac_address` is its first network's (compose's, for the network of highest priority)."""
+    if mac is None:
+        return networks
+    first = networks[0]
+    if first.mac_address is not None:
+        ctx.fail((*path, "mac_address"), f"network `{first.network}` has a `mac_address` of its own already",
+                 f"say it once: keep `networks.{first.network}.mac_address` or this one")
+    return (replace(first, mac_address=mac), *networks[1:])
 
 
 def _limits(v: Mapping[str, Any]) -> Limits:
@@ -1082,6 +1103,30 @@ def _used_networks(declared: Mapping[str, Any], machines: Sequence[MachineSpec],
                          did_you_mean(a.network, declared, "networks") + " (declare it under top-level `networks:`)")
     names = [n for n in (DEFAULT_NETWORK, *declared) if n in used]
     return tuple(NetworkSpec(name=n, internal=bool(declared.get(n, {}).get("internal"))) for n in names)
+
+
+def _check_macs(env: Environment, ctx: Ctx) -> None:
+    """A chosen MAC is one NIC's: a service's own microVM or host container (the services of a declared
+    machine share its NICs), and no other NIC of that network has it."""
+    owner: dict[tuple[str, str], str] = {}
+    for s in env.services:
+        for a in s.networks:
+            if a.mac_address is None:
+                continue
+            path = _mac_path(s.replica_of or s.name, a.network, ctx)
+            machine = env.machine(s.machine) if s.machine else None
+            if machine is not None and machine.dedicated_to != s.name:
+                ctx.fail(path, f"`{s.name}` runs in machine `{machine.name}`, whose NICs its services share",
+                         "give the service its own microVM (remove `machine`), or remove `mac_address`")
+            if (other := owner.setdefault((a.network, a.mac_address), s.name)) != s.name:
+                ctx.fail(path, f"`{a.mac_address}` is `{other}`'s MAC address on network `{a.network}` already",
+                         "give each service a MAC address of its own")
+
+
+def _mac_path(service: str, network: str, ctx: Ctx) -> KeyPath:
+    """Where the file says a service's MAC on `network`: in that network's settings, or the service's own key."""
+    there: KeyPath = ("services", service, "networks", network, "mac_address")
+    return there if there in ctx.doc.origins else ("services", service, "mac_address")
 
 
 def _check_names(env: Environment, ctx: Ctx) -> None:

@@ -28,6 +28,7 @@ if missing:  # a missing tool is a failed set-up, not a reason to skip: `./boots
     raise RuntimeError(f"the network tests need {missing}: run ./bootstrap.sh (it installs them)")
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="bridges and taps need root")]
 
+WEB_MAC, EDGE_MAC = "02:42:AC:11:00:02", "02:00:00:00:0e:d9"
 REDIS = '["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]'
 APP = f"""\
 name: netapp
@@ -42,11 +43,12 @@ services:
     command: {REDIS}
     networks:
       back: {{aliases: [redis]}}
-  web:                        # a microVM on both networks
+  web:                        # a microVM on both networks, with a MAC of its choosing on the first
     image: ./tools.tar
     command: {REDIS}
     hostname: www
     networks: [front, back]
+    mac_address: {WEB_MAC}
   job:                        # inside the declared machine: found by its name and the machine's
     image: ./tools.tar
     machine: worker
@@ -55,7 +57,8 @@ services:
     image: ./tools.tar
     isolation: container
     command: {REDIS}
-    networks: [front]
+    networks:
+      front: {{mac_address: "{EDGE_MAC}"}}
     expose: [6379]
 """
 OTHER = """\
@@ -118,6 +121,23 @@ def test_container_and_microvm_are_peers(app: Path) -> None:
     assert redis_ping(app, "edge", "web") == "PONG"  # host container -> microVM
     assert redis_ping(app, "edge", "www") == "PONG"  # by the service's hostname
     assert redis_ping(app, "web", "edge") == "PONG"  # microVM -> host container
+
+
+def test_chosen_macs_are_on_the_wire(app: Path) -> None:
+    """`mac_address` is the NIC's: each side's ARP table holds the other's chosen MAC for its address."""
+    def arp(service: str) -> dict[str, str]:
+        _, table = sh(app, service, "cat /proc/net/arp")
+        return {row.split()[0]: row.split()[3] for row in table.splitlines()[1:] if len(row.split()) >= 4}
+
+    def address(client: str, name: str) -> str:
+        _, out = sh(app, client, f"getent hosts {name}")
+        return out.split()[0]
+
+    assert redis_ping(app, "edge", "web") == "PONG" and redis_ping(app, "web", "edge") == "PONG"
+    assert arp("edge").get(address("edge", "web")) == WEB_MAC.lower()
+    assert arp("web").get(address("web", "edge")) == EDGE_MAC
+    _, own = sh(app, "web", "cat /sys/class/net/*/address")
+    assert WEB_MAC.lower() in own.split(), own
 
 
 def test_declared_machine_is_found_by_its_name(app: Path) -> None:

@@ -99,6 +99,41 @@ def test_unique_addresses_and_macs(tmp_path: Path) -> None:
     assert len(set(macs)) == 60 and all(m.startswith("52:54:00:") for m in macs)
 
 
+def test_chosen_macs_and_network_priority(tmp_path: Path) -> None:
+    """`mac_address` (the service's own: its first network by `priority`; or per network) is its NIC's, in a
+    dedicated microVM and a host container alike; a derived MAC never takes a chosen one."""
+    derived = plan(load(tmp_path, "networks: {front: {}}\nservices:\n  b: {image: x, networks: [front]}\n")).member("b")
+    assert derived is not None  # the MAC `b` gets when nobody has chosen it
+    text = f"""
+networks: {{front: {{}}, back: {{}}}}
+services:
+  web:
+    image: x
+    mac_address: 02:42:AC:11:00:02
+    networks:
+      back: {{priority: 1}}
+      front: {{priority: 5}}
+  proxy:
+    image: x
+    isolation: container
+    networks:
+      front: {{mac_address: "{derived.nics[0].mac}"}}
+  a: {{image: x, networks: [front]}}
+  b: {{image: x, networks: [front]}}
+"""
+    p = plan(load(tmp_path, text))
+    web, proxy = p.member("web"), p.member("proxy")
+    assert web is not None and web.kind is Kind.MACHINE and proxy is not None and proxy.kind is Kind.CONTAINER
+    assert [(n.network, n.mac) for n in web.nics][0] == ("front", "02:42:ac:11:00:02")  # priority 5 first
+    assert [n.network for n in web.nics] == ["front", "back"] and web.nics[1].mac.startswith("52:54:00:")
+    b = p.member("b")
+    assert b is not None and proxy.nics[0].mac == derived.nics[0].mac != b.nics[0].mac  # `b` derived another
+    macs = [n.mac for m in p.members for n in m.nics]
+    assert len(set(macs)) == len(macs)
+    bed = load(tmp_path, text)
+    assert [a.network for a in bed.service("web").networks] == ["front", "back"]
+
+
 @pytest.mark.parametrize(("text", "message", "key"), [
     ("services:\n  a: {image: x, networks: [front]}\n", "undeclared network `front`", "services.a.networks.front"),
     ("networks: {Front: {}}\nservices:\n  a: {image: x}\n", "invalid name", "networks"),
@@ -109,6 +144,10 @@ def test_unique_addresses_and_macs(tmp_path: Path) -> None:
      "claimed twice", "services"),
     ("machines:\n  w: {networks: [default]}\nnetworks: {front: {}}\nservices:\n  a: {image: x, machine: w, "
      "networks: [front]}\n", "not on network `front`", "services.a.networks.front"),
+    ("machines:\n  w: {}\nservices:\n  a: {image: x, machine: w, mac_address: '02:00:00:00:00:01'}\n",
+     "whose NICs its services share", "services.a.mac_address"),
+    ("services:\n  a: {image: x, networks: {default: {mac_address: '02:00:00:00:00:01'}}, "
+     "mac_address: '02:00:00:00:00:02'}\n", "has a `mac_address` of its own already", "services.a.mac_address"),
 ])
 def test_bad_networks_name_file_line_and_key(tmp_path: Path, text: str, message: str, key: str) -> None:
     with pytest.raises(SpecError) as err:

@@ -2,8 +2,9 @@
 
 Each compose network is a segment: a /24 out of `POOL` with the resolver at `.1`. Each member (a
 machine, or a host container service) gets one NIC per segment it joins: an address (kept from the
-previous `up` when it still fits, so running members keep theirs), a MAC derived from its name, and
-the names it answers to there (service names, hostnames and aliases of everything it runs).
+previous `up` when it still fits, so running members keep theirs), a MAC (the service's `mac_address`,
+else derived from the names), and the names it answers to there (service names, hostnames and aliases
+of everything it runs).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from vmctl.compose_values import USER_NET_MAC
 from vmctl.spec import Environment, Isolation
 
 # Segments live only inside the environment's network namespace and its members: nothing on the host
@@ -22,7 +24,6 @@ from vmctl.spec import Environment, Isolation
 POOL = ipaddress.IPv4Network("10.77.0.0/16")
 PREFIX = 24
 USER_NET_DNS = "10.0.2.3"  # user-mode networking's DNS forwarder (QEMU's and slirp4netns's)
-USER_NET_MAC = "52:54:00:12:34:56"  # QEMU's default for the user-mode NIC (the only one without a MAC)
 
 
 class Kind(StrEnum):
@@ -153,10 +154,12 @@ def plan(env: Environment, previous: Mapping[str, Any] | None = None) -> Network
                 chosen[(member, net)] = old
                 taken[net].add(old)
     members = []
-    macs: set[str] = set()
+    own_macs = _chosen_macs(env)
+    macs = set(own_macs.values())  # a derived MAC never takes one a service chose
     for member, nets in wanted.items():
         nics = tuple(Nic(net, chosen.get((member, net)) or _next_free(by_name[net], taken[net]), PREFIX,
-                         _unique_mac(env.name, member, net, macs), names) for net, names in nets.items())
+                         own_macs.get((member, net)) or _unique_mac(env.name, member, net, macs), names)
+                     for net, names in nets.items())
         kind = Kind.MACHINE if env.machine(member) else Kind.CONTAINER
         members.append(Member(member, kind, nics, all(by_name[n].internal for n in nets)))
     resolvers = _resolvers(by_name, members, taken, prev.get("resolvers") or {})
@@ -210,6 +213,13 @@ def _wanted(env: Environment) -> dict[str, dict[str, tuple[str, ...]]]:
         if s.isolation is Isolation.CONTAINER:
             out[s.name] = {a.network: s.names_on(a.network) for a in s.networks}
     return out
+
+
+def _chosen_macs(env: Environment) -> dict[tuple[str, str], str]:
+    """(member, network) -> the `mac_address` its service chose (the spec allows it only where the service
+    is the member: its own microVM, or its host container)."""
+    return {(s.machine or s.name, a.network): a.mac_address for s in env.services for a in s.networks
+            if a.mac_address is not None}
 
 
 def _fits(address: str, subnet: str) -> bool:
