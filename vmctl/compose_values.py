@@ -1,7 +1,7 @@
 """The compose service keys vmctl honours beyond its own: their typed values and their value parsers
 (`environment`, `user`, `restart`, `container_name`, `labels`, `tmpfs`, capabilities, `security_opt`,
 signals, `ulimits`, `sysctls`, memory/CPU/pids limits, `cpuset`, `cpu_shares`, `deploy.resources`,
-`logging`, `profiles`, `platform`, `pull_policy`, `mac_address`).
+`logging` (rotation), `profiles`, `platform`, `pull_policy`, `mac_address`).
 
 The rows that use them are in `spec.SERVICE_SETTINGS`; the keys vmctl does not honour are in
 `compose_keys`.
@@ -387,10 +387,21 @@ RESOURCES_SETTINGS = (
 )
 
 # -- logging: vmctl keeps each container's output in one log file of its own (`vmctl logs`), which is what
-# compose's default `json-file` driver (and `local`) does; drivers that ship the output elsewhere are refused.
+# compose's default `json-file` driver (and `local`) does, rotated as theirs are; drivers that ship the
+# output elsewhere are refused.
 
 KEPT_LOG_DRIVERS = ("json-file", "local")
-_WHOLE_LOG = "vmctl keeps the container's whole output in its own log file (`down` removes it); there is no rotation"
+MAX_LOG_FILES = 20
+LOCAL_DRIVER_ROTATION = (20 << 20, 5)  # docker's `local` driver rotates by default: 20m per file, 5 files
+
+
+@dataclass(frozen=True)
+class LogRotation:
+    """json-file's `max-size` and `max-file`: once the log would pass `max_bytes`, it becomes LOG.1 (LOG.1
+    becomes LOG.2, ...) and a new one starts; `keep` files in all (1: the log starts again, empty)."""
+
+    max_bytes: int
+    keep: int = 1
 
 
 def p_log_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
@@ -403,23 +414,57 @@ def p_log_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
     return str(value)
 
 
-LOG_OPTION_SETTINGS = tuple(
-    Setting(key, lambda v, p, c: None, None, kind, _WHOLE_LOG, support=Support.IGNORED)
-    for key, kind in (("max-size", "size"), ("max-file", "int"), ("compress", "bool"), ("mode", "string"),
-                      ("max-buffer-size", "size"), ("tag", "string"), ("labels", "string"),
-                      ("labels-regex", "string"), ("env", "string"), ("env-regex", "string")))
+def p_log_size(value: Any, path: KeyPath, ctx: Ctx) -> int:
+    """docker's `max-size`: `10m`, `512k`, `1g`, or bytes; at least 1k (a line longer than it is kept whole)."""
+    m = _BYTES.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    size = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) if m else 0
+    if size < 1024:
+        ctx.fail(path, f"invalid log size {value!r}", "write e.g. `10m` or `512k`, at least `1k`")
+    return size
+
+
+def p_log_files(value: Any, path: KeyPath, ctx: Ctx) -> int:
+    """docker's `max-file`, a string in most compose files (`"3"`)."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LOG_FILES:
+        ctx.fail(path, f"invalid max-file {value!r}", f'write a number of files from 1 to {MAX_LOG_FILES}, e.g. "3"')
+    return int(text)
+
+
+_NOT_SHIPPED = "vmctl's log files carry the output only (no metadata, no shipping, no compression)"
+
+LOG_OPTION_SETTINGS = (
+    Setting("max-size", p_log_size, None, "size", "rotate the log once it would pass this size (about: lines are "
+            "kept whole and counted in characters); without it the log grows as long as the container runs"),
+    Setting("max-file", p_log_files, None, "int", "how many log files are kept, the current one included (default "
+            "1: the log starts again, empty); needs `max-size`"),
+    *(Setting(key, lambda v, p, c: None, None, kind, _NOT_SHIPPED, support=Support.IGNORED)
+      for key, kind in (("compress", "bool"), ("mode", "string"), ("max-buffer-size", "size"), ("tag", "string"),
+                        ("labels", "string"), ("labels-regex", "string"), ("env", "string"),
+                        ("env-regex", "string"))),
+)
 
 LOGGING_SETTINGS = (
     Setting("driver", p_log_driver, "json-file", "string", "`json-file` or `local`: the output goes to the "
-            "container's log file (`vmctl logs`), as theirs do; `none`: ignored with a warning (the log is kept); "
-            "any other driver is refused"),
+            "container's log file (`vmctl logs`), as theirs do (`local`: rotated at 20m, 5 files, unless its options "
+            "say otherwise); `none`: ignored with a warning (the log is kept); any other driver is refused"),
     Setting("options", lambda v, p, c: parse_table(LOG_OPTION_SETTINGS, v, p, c), None, "mapping",
-            "the `json-file` options; each is ignored with a warning naming it (no rotation: one whole log)"),
+            "`max-size` and `max-file` rotate the log; the other `json-file` options are ignored with a warning"),
 )
 
 
-def p_logging(value: Any, path: KeyPath, ctx: Ctx) -> None:
-    parse_table(LOGGING_SETTINGS, value, path, ctx)
+def p_logging(value: Any, path: KeyPath, ctx: Ctx) -> LogRotation | None:
+    """The log's rotation, where `max-size` (or the `local` driver) asks for one; None: one whole log."""
+    v = parse_table(LOGGING_SETTINGS, value, path, ctx)
+    options = v["options"] or {}
+    size, files = options.get("max-size"), options.get("max-file")
+    if v["driver"] == "local":  # each option it is not given takes the driver's default
+        size, files = size or LOCAL_DRIVER_ROTATION[0], files or LOCAL_DRIVER_ROTATION[1]
+    if size is None:
+        if files is not None:
+            ctx.warn((*path, "options", "max-file"), "`max-file` is ignored without `max-size`: the log is not rotated")
+        return None
+    return LogRotation(size, files or 1)
 
 
 MAX_REPLICAS = 32

@@ -50,6 +50,7 @@ STOP_GRACE_SECONDS = 5
 INIT_FILE = "init"  # the static init in the bundle, bound at /sbin/docker-init
 STDIN_OPEN_FILE = "stdin_open"
 TTY_FILE = "tty"  # a marker: supervise.sh runs crun on a terminal of its own (util-linux's script)
+LOG_ROTATION_FILE = "log_rotation"  # "MAX_BYTES KEEP": supervise.sh has stamp.awk rotate the log
 TINI = Path("/usr/bin/tini-static")  # Debian's `tini` package: static, so it runs in any image
 _SERIAL = re.compile(rf"{SERIAL_PREFIX}[0-9a-f]{{{SERIAL_HEX}}}")
 VOLUME_ROOT = "/run/vmctl/volumes"
@@ -120,6 +121,8 @@ def bundle_tar(req: ContainerRequest) -> bytes:
         files[STDIN_OPEN_FILE] = b""
     if req.terminal:
         files[TTY_FILE] = b""
+    if req.log_rotation is not None:
+        files[LOG_ROTATION_FILE] = "{} {}\n".format(*req.log_rotation).encode()
     owned = {f"etc/{file_name(i)}": f for i, f in enumerate(req.files)}  # secrets and configs
     files |= {path: f.data for path, f in owned.items()}
     # busybox tar, run by root, keeps the owner and the mode
@@ -175,17 +178,21 @@ class GuestRuntime:
     def volume_source(self, source: Path) -> str:
         return volume_path(volume_tag(source))
 
+    def _upload(self) -> None:
+        """supervise.sh and stamp.awk into the guest's /run/vmctl, once per process (they are small)."""
+        if not self._uploaded:
+            helpers = tar_of({name: (source.read_bytes(), mode, 0, 0) for name, (source, mode) in HELPERS.items()})
+            self.guest.run(["sh", "-c", "mkdir -p /run/vmctl && tar -x -f - -C /run/vmctl"], stdin=helpers,
+                           timeout=30, check=True)
+            self._uploaded = True
+
     def _helper(self, *args: str, stdin: bytes | None = None, timeout: float = 60.0) -> str:
         return self._helpers([args], stdin=stdin, timeout=timeout)
 
     def _helpers(self, calls: Sequence[Sequence[str]], *, stdin: bytes | None = None, timeout: float = 60.0) -> str:
         """supervise.sh once per call, in one SSH command (each costs a round trip and, under TCG, a
         fresh shell in the guest); the first failure ends the chain. Only the first reads `stdin`."""
-        if not self._uploaded:
-            helpers = tar_of({name: (source.read_bytes(), mode, 0, 0) for name, (source, mode) in HELPERS.items()})
-            self.guest.run(["sh", "-c", "mkdir -p /run/vmctl && tar -x -f - -C /run/vmctl"], stdin=helpers,
-                           timeout=30, check=True)
-            self._uploaded = True
+        self._upload()
         argv = ["sh", SCRIPT, *calls[0]] if len(calls) == 1 else \
             ["sh", "-c", " && ".join(shlex.join(["sh", SCRIPT, *c]) for c in calls)]
         _, out, _ = self.guest.run(argv, stdin=stdin, timeout=timeout, check=True)
@@ -283,14 +290,13 @@ class GuestRuntime:
                                    timeout=30, check=True)
         return [str(e) for e in json.loads(out)["process"]["env"]]
 
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
-             timestamps: bool = False) -> None:
-        """The container's log: its last `tail` lines, or what follows byte `since` (busybox tail -c +N);
-        with `timestamps`, the stamped copy (each line after its UTC time: templates/logs/stamp.awk)."""
-        argv = ["tail", "-n", str(tail)] if tail is not None else ["tail", "-c", f"+{since + 1}"]
-        argv += ["-f"] if follow else []
-        log = f"{service_dir(self.container_name(name))}/container.log{'.t' if timestamps else ''}"
-        code = self.guest.stream([*argv, log], out, out)
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, timestamps: bool = False) -> None:
+        """The container's log, its rotated files first (supervise.sh `logs`): all of it or its last `tail`
+        lines; with `timestamps`, the stamped copy (each line after its UTC time: templates/logs/stamp.awk)."""
+        self._upload()
+        argv = ["sh", SCRIPT, "logs", self.container_name(name), "t" if timestamps else "raw",
+                "all" if tail is None else str(tail), "f" if follow else "-"]
+        code = self.guest.stream(argv, out, out)
         if code != 0:
             raise GuestError(f"cannot read the log of `{name}` in machine `{self.guest.name}` "
                              f"(`{shlex.join(argv)}` exited {code})")

@@ -141,8 +141,8 @@ class HostRuntime:
         private_dir(self.runc_root)
         try:
             own_network = network and not req.share_host_network and req.netns_path is None
-            return self._start(req, cdir, tuple(ports), own_network, ready_timeout,
-                               ContainerOutput(log or cdir / "container.log", stamped, attached), on_created)
+            output = ContainerOutput(log or cdir / "container.log", stamped, attached, req.log_rotation)
+            return self._start(req, cdir, tuple(ports), own_network, ready_timeout, output, on_created)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop(req.name, cdir, grace=0)
@@ -225,9 +225,11 @@ class HostRuntime:
                 output.stamped.touch(mode=0o600)  # both logs exist from the start, as the raw one always did
                 out_r, out_w = os.pipe()
                 try:
+                    max_bytes, files = output.rotation or (0, 1)
                     carriers.append(_spawn([which("busybox", package="busybox-static"), "awk", "-v",
-                                            f"raw={output.log}", "-v", f"stamped={output.stamped}", "-f",
-                                            str(STAMP_AWK)], out=Path(os.devnull), keep={0: out_r}))
+                                            f"raw={output.log}", "-v", f"stamped={output.stamped}", "-v",
+                                            f"max={max_bytes}", "-v", f"keep={files}", "-f", str(STAMP_AWK)],
+                                           out=Path(os.devnull), keep={0: out_r}))
                 finally:
                     os.close(out_r)
             into = {1: out_w, 2: out_w} if out_w >= 0 else {}
@@ -427,6 +429,7 @@ class ContainerOutput:
     log: Path  # the container's stdout and stderr, as written
     stamped: Path | None = None  # the same lines after their UTC time (templates/logs/stamp.awk), or none
     attached: bool = False  # instead: the caller's own stdin, stdout and stderr (`vmctl run` in the foreground)
+    rotation: tuple[int, int] | None = None  # (max bytes, files kept): the stamper rotates both logs
 
 
 def reap(pid: int, *, wait: float = 0.0) -> bool:

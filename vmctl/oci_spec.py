@@ -126,6 +126,7 @@ class ContainerRequest:
     shm_bytes: int = 64 << 20  # the /dev/shm tmpfs
     stdin_open: bool = False  # the runtime's caller gives the process a pipe kept open as stdin (not config.json)
     files: tuple[FileData, ...] = ()  # written into `etc_dir` by the runtime (`file_name(i)`), bound at their targets
+    log_rotation: tuple[int, int] | None = None  # (max bytes, files kept) of its log: the stamper's (not config.json)
 
 
 def merge_command(

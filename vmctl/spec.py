@@ -25,6 +25,7 @@ from vmctl.compose_values import (
     MAX_REPLICAS,
     Deploy,
     Limits,
+    LogRotation,
     Restart,
     TmpfsSpec,
     Ulimit,
@@ -249,6 +250,7 @@ class ServiceSpec:
     stdin_open: bool = False  # its stdin is a pipe kept open (docker's -i), not /dev/null
     tty: bool = False  # its process has a terminal (docker's -t)
     oom_score_adj: int | None = None
+    log_rotation: LogRotation | None = None  # `logging`'s max-size/max-file (or the `local` driver's)
     post_start: tuple[Hook, ...] = ()  # run in the container once it has started (vmctl/hooks.py)
     pre_stop: tuple[Hook, ...] = ()  # run in it before its stop signal
     replica_of: str | None = None  # `NAME-i` of a service with several instances: NAME (vmctl/replicas.py)
@@ -789,7 +791,8 @@ SERVICE_SETTINGS = (
     Setting("pre_stop", p_hooks, (), "list", "commands run in the container before its `stop_signal` (`stop`, "
             "`down`, `up --force-recreate`); one that fails is a warning and the stop goes on"),
     Setting("logging", p_logging, None, "mapping", "`driver: json-file` (compose's default) or `local`: the "
-            "container's output goes to its own log file, read by `vmctl logs`; see `logging:` below"),
+            "container's output goes to its own log file, read by `vmctl logs`, rotated by `max-size` and "
+            "`max-file`; see `logging:` below"),
     Setting("ipc", p_only(("private", "shareable"), "ipc mode", "each container has an IPC namespace of its own, "
             "which no other joins"), None, "private|shareable", "what vmctl always does: an IPC namespace of "
             "its own (`host` and `service:NAME` are refused)"),
@@ -990,6 +993,7 @@ def _service(name: str, raw: Any, ctx: Ctx, defaults: Mapping[str, Any], counts:
                        dns_search=v["dns_search"], dns_options=v["dns_opt"], domainname=v["domainname"],
                        group_add=v["group_add"], shm_mib=v["shm_size"], files=(*v["secrets"], *v["configs"]),
                        stdin_open=v["stdin_open"], tty=v["tty"], oom_score_adj=v["oom_score_adj"],
+                       log_rotation=v["logging"],
                        post_start=v["post_start"], pre_stop=v["pre_stop"], volumes_from=v["volumes_from"],
                        healthcheck_from_image=not (isinstance(raw, Mapping) and "healthcheck" in raw))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import shlex
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from vmctl import build, host_supervisor, remote
 from vmctl import ports as host_ports
-from vmctl.compose_values import Restart
+from vmctl.compose_values import MAX_LOG_FILES, Restart
 from vmctl.container_image import PreparedImage, PullPolicy, cached_image, prepare_image
 from vmctl.errors import CommandFailed, GuestError, UsageError, VmctlError, Where
 from vmctl.guest_container import ExecOptions, GuestRuntime, Live, host_init, image_serial, volume_tag
@@ -89,8 +90,7 @@ class Runtime(Protocol):
     def live(self, name: str) -> Live: ...
     def exec(self, name: str, argv: Sequence[str], *, capture: bool = True, timeout: float | None = None,
              options: ExecOptions | None = None) -> tuple[int, bytes]: ...
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
-             timestamps: bool = False) -> None: ...
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, timestamps: bool = False) -> None: ...
     def stop(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
     def halt(self, name: str, grace: float = ..., signal: str = ...) -> int | None: ...
 
@@ -219,18 +219,19 @@ class HostServiceRuntime:
             return 124, e.message.encode()
         return proc.returncode, (proc.stdout or b"") + (proc.stderr or b"")
 
-    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
-             timestamps: bool = False) -> None:
+    def logs(self, name: str, out: BinaryIO, *, tail: int | None, follow: bool, timestamps: bool = False) -> None:
         log = host_supervisor.files(self.cdir(name))["log.t" if timestamps else "log"]
         if timestamps and not log.exists():
             raise VmctlError(f"service `{name}` has no timestamped log", hint=f"`vmctl restart {name}` starts one")
-        copy_file(log, out, tail=tail, follow=follow, since=since)
+        copy_file(log, out, tail=tail, follow=follow)
 
     def stop(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
         host_supervisor.end(self.cdir(name))  # first, so that it does not restart what is being stopped
         self.host.stop(self.container_name(name), self.cdir(name), grace=grace, signal=signal)
-        for log in ("log", "log.t"):
-            host_supervisor.files(self.cdir(name))[log].unlink(missing_ok=True)
+        for key in ("log", "log.t"):
+            log = host_supervisor.files(self.cdir(name))[key]
+            for path in (*rotated(log), log):
+                path.unlink(missing_ok=True)
         return None
 
     def halt(self, name: str, grace: float = 5.0, signal: str = "SIGTERM") -> int | None:
@@ -297,6 +298,7 @@ def container_request(svc: ServiceSpec, image: PreparedImage, runtime: Runtime,
         cpu_shares=svc.limits.cpu_shares,
         cpuset=svc.limits.cpuset_text,
         oom_score_adj=svc.oom_score_adj,
+        log_rotation=(svc.log_rotation.max_bytes, svc.log_rotation.keep) if svc.log_rotation else None,
         annotations=(*svc.labels, *svc.annotations),
         init_path=runtime.init_path(svc.name) if svc.init else None,
         files=_files(svc),
@@ -1102,24 +1104,42 @@ class PrefixWriter:
         self.out.flush()
 
 
-def copy_file(path: Path, out: BinaryIO, *, tail: int | None, follow: bool, since: int = 0,
+def copy_file(path: Path, out: BinaryIO, *, tail: int | None, follow: bool,
               sleep: Callable[[float], Any] = time.sleep) -> None:
-    """Print a log file (its last `tail` lines, or what follows byte `since`), then, with `follow`, what is
-    appended (until Ctrl-C)."""
-    with path.open("rb") as f:
-        f.seek(since)
-        data = f.read()
+    """Print a log file, the files it was rotated into first (templates/logs/stamp.awk's FILE.N .. FILE.1),
+    all of it or its last `tail` lines; then, with `follow`, what is appended (until Ctrl-C), from the new
+    FILE whenever it has been rotated (once the old one is read to its end)."""
+    older = b"".join(p.read_bytes() for p in rotated(path))
+    f = path.open("rb")
+    try:
+        data = older + f.read()
         if tail is not None:
             data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
         out.write(data)
         out.flush()
         while follow:
-            chunk = f.read()
-            if chunk:
+            if chunk := f.read():
                 out.write(chunk)
                 out.flush()
+            elif _replaced(f, path):
+                f.close()
+                f = path.open("rb")
             else:
                 sleep(0.1)
+    finally:
+        f.close()
+
+
+def rotated(log: Path) -> list[Path]:
+    """The files a log was rotated into, oldest first."""
+    return [p for i in range(MAX_LOG_FILES, 0, -1) if (p := log.with_name(f"{log.name}.{i}")).exists()]
+
+
+def _replaced(f: BinaryIO, path: Path) -> bool:
+    try:
+        return path.stat().st_ino != os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:  # between the rotation's move and the new file: look again
+        return False
 
 
 def iter_rows_json(rows_: Sequence[ServiceRow]) -> Iterator[dict[str, Any]]:

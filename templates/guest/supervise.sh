@@ -25,13 +25,15 @@
 #   wait-output NAME SECONDS  return once the container has written to its log (exit 1 after SECONDS):
 #                         compare's "first output", one call instead of a poll per SSH round trip
 #   status NAME           key=value lines: state, exit_code, restarts, started (guest uptime)
+#   logs NAME raw|t LINES|all f|-  the container's log (`t`: with times), rotated files included; `f`: follow
 #   halt NAME GRACE [SIGNAL]  SIGNAL (TERM), SIGKILL after GRACE seconds, the supervisor ended without a
 #                         restart; the folder stays (state `exited`), so `start` runs it again (`vmctl stop`);
 #                         prints exit_code=N when the container had ended with one
 #   stop NAME GRACE [SIGNAL]  halt, then delete, unmount and remove the folder (`vmctl down`)
 #
 # Per service, /run/vmctl/svc/NAME/ holds: bundle/ (config.json, etc/, a `stdin_open` marker), rootfs/
-# (the overlay), rw/ (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log(.t), state
+# (the overlay), rw/ (tmpfs: upper, work), stdin (a FIFO, for `stdin_open`), container.log(.t) (and
+# .1, .2... rotated, with `log_rotation` in bundle/: "MAX_BYTES KEEP"), state
 # (starting|running|restarting|exited), exit_code, restarts, started, supervisor.pid, and `stopping`
 # while a stop is in progress.
 
@@ -41,6 +43,7 @@ SVC_ROOT=/run/vmctl/svc
 IMG_ROOT=/run/vmctl/images
 VOL_ROOT=/run/vmctl/volumes
 TTY_ROOT=/run/vmctl/tty  # TOKEN.pid: the process on a terminal of crun's, for `resize`
+MAX_LOG_FILES=20  # vmctl/compose_values.py's: the most rotated log files there can be
 
 TICK=/run/vmctl/tick  # a FIFO no one writes: `pause` reads it with a timeout
 
@@ -195,9 +198,12 @@ resize() {
 }
 
 supervise() {
-    local dir restarts code up _rest stdin
+    local dir restarts code up _rest stdin max keep
     dir="$SVC_ROOT/$1"
     echo $$ > "$dir/supervisor.pid"
+    max=0 keep=1
+    [ ! -e "$dir/bundle/log_rotation" ] || read -r max keep < "$dir/bundle/log_rotation"
+    case "$max$keep" in ''|*[!0-9]*) die "invalid log rotation of $1: $max $keep" ;; esac
     restarts=0
     echo 0 > "$dir/restarts"
     # `stopping` is checked before each run too: a halt during the restart delay must not be outrun
@@ -212,10 +218,12 @@ supervise() {
             [ -p "$dir/stdin" ] || mkfifo -m 600 "$dir/stdin" || die "cannot create the stdin of $1"
             stdin="$dir/stdin"
         fi
-        # the output through stamp.awk (container.log as written, container.log.t with times: `logs -t`);
-        # the group records crun's exit code, which the pipeline's own status would hide
+        # the output through stamp.awk (container.log as written, container.log.t with times: `logs -t`;
+        # rotated as bundle/log_rotation says); the group records crun's exit code, which the pipeline's
+        # own status would hide
         { run_container "$1" "$dir" 0<> "$stdin" 2>&1; echo $? > "$dir/exit_code"; } \
-            | awk -v raw="$dir/container.log" -v stamped="$dir/container.log.t" -f "$STAMP"
+            | awk -v raw="$dir/container.log" -v stamped="$dir/container.log.t" -v max="$max" -v keep="$keep" \
+                -f "$STAMP"
         read -r code < "$dir/exit_code" || code=255
         crun delete -f "$1" > /dev/null 2>&1
         [ ! -e "$dir/stopping" ] || break
@@ -258,6 +266,32 @@ wait_output() {
         [ "$ticks" -le $(($2 * 200)) ] || die "service $1 wrote nothing within $2 s"
         pause 0.005
     done
+}
+
+# show_log NAME raw|t LINES|all f|-: the container's log (`t`: the stamped one), its rotated files
+# first, oldest first; only the last LINES lines; `f`: then what is written, across rotations (busybox
+# tail -F reopens a replaced file; one rotated twice within its 1 s poll loses the lines between)
+show_log() {
+    local log lines follow have i
+    log="$SVC_ROOT/$1/container.log"
+    [ "$2" != t ] || log="$log.t"
+    [ -e "$log" ] || die "service $1 is not prepared"
+    lines=$3 follow=$4
+    set --
+    i=$MAX_LOG_FILES
+    while [ "$i" -ge 1 ]; do
+        [ ! -e "$log.$i" ] || set -- "$@" "$log.$i"
+        i=$((i - 1))
+    done
+    if [ "$lines" = all ]; then
+        [ $# -eq 0 ] || cat "$@"
+        [ "$follow" != f ] || exec tail -F -n +1 "$log" 2> /dev/null
+        exec cat "$log"
+    fi
+    have=$(wc -l < "$log")
+    [ $# -eq 0 ] || [ "$have" -ge "$lines" ] || cat "$@" | tail -n $((lines - have))
+    [ "$follow" != f ] || exec tail -F -n "$lines" "$log" 2> /dev/null
+    exec tail -n "$lines" "$log"
 }
 
 status() {
@@ -328,6 +362,9 @@ case "$1" in
         resize "$2" "$3" "$4" ;;
     supervise) supervise "$2" "$3" ;;
     status) [ $# -eq 2 ] || die "usage: status NAME"; status "$2" ;;
+    logs) [ $# -eq 5 ] || die "usage: logs NAME raw|t LINES|all f|-"
+        case "$4" in all) ;; ''|*[!0-9]*) die "invalid line count $4" ;; esac
+        show_log "$2" "$3" "$4" "$5" ;;
     wait-output) [ $# -eq 3 ] || die "usage: wait-output NAME SECONDS"
         case "$3" in ''|*[!0-9]*) die "invalid seconds $3" ;; esac
         wait_output "$2" "$3" ;;

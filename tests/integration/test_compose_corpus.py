@@ -301,14 +301,28 @@ def test_anchors_and_merge_keys_share_settings(tmp_path: Path, images: Path) -> 
         assert ok(p, "exec", "jobs", "--", "cat", "/proc/1/cmdline").startswith("/sbin/docker-init\0")
 
 
-def test_json_file_logging_is_the_log_vmctl_keeps_and_its_options_are_named(tmp_path: Path, images: Path) -> None:
+def test_json_file_logging_rotates_by_max_size_and_max_file(tmp_path: Path, images: Path) -> None:
+    """`max-size: 2k` and `max-file: "3"` bound a host container's log and a microVM's: the first lines are
+    rotated out, the rest is whole and in order across the files, and `logs -n` / `-t` read across them."""
     p = checkout("logging-json-file", tmp_path, images)
     config = vmctl(p, "config")
     assert config.returncode == 0, config.stderr
-    for option in ("max-size", "max-file"):
-        assert f"`services.web.logging.options.{option}`: `{option}` is ignored" in config.stderr, config.stderr
+    assert "`services.web.logging.options.compress`: `compress` is ignored" in config.stderr, config.stderr
+    assert "max-size" not in config.stderr and "max-file" not in config.stderr, config.stderr
+
+    def lines(*args: str) -> list[str]:
+        return [line.split(" | ", 1)[1] for line in ok(p, "logs", *args).splitlines()]
+
     with up(p):
-        wait_for("the log line", lambda: "started-and-logged" in ok(p, "logs", "web"))
+        for service in ("web", "vm"):
+            wait_for(f"{service}'s last line", lambda s=service: "line-1000" in lines(s))  # type: ignore[misc]
+            kept = lines(service)
+            numbers = [int(line.removeprefix("line-")) for line in kept]
+            assert numbers[0] > 1 and numbers == list(range(numbers[0], 1001)), (service, kept[:3])
+            assert 2 * 2000 < sum(len(line) + 1 for line in kept) <= 3 * 2048, service  # three files of at most 2k
+            assert lines("-n", "250", service) == kept[-250:]  # more lines than the current file holds
+            stamped = lines("-t", service)
+            assert [line.split(" ", 1)[1] for line in stamped] == kept and stamped[0][:2] == "20", stamped[:2]
 
 
 def test_post_start_and_pre_stop_hooks_run_in_the_container(tmp_path: Path, images: Path) -> None:

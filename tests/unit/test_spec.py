@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from vmctl import spec
-from vmctl.compose_values import GUEST_OVERHEAD_MIB, Limits, Restart, TmpfsSpec, Ulimit
+from vmctl.compose_values import GUEST_OVERHEAD_MIB, Limits, LogRotation, Restart, TmpfsSpec, Ulimit
 from vmctl.errors import SpecError, UsageError
 from vmctl.hooks import Hook
 from vmctl.settings import NAME_RE, Setting, Support
@@ -277,6 +277,10 @@ SERVICE_BAD: list[tuple[str, Any, str]] = [
     ("pre_stop", [{"command": "true", "privileged": True}], "a privileged hook is not supported"),
     ("pre_stop", [{"command": "true", "environment": {"1A": "x"}}], "invalid variable name"),
     ("logging", {"options": {"max-sise": "1m"}}, "did you mean `max-size`"),
+    ("logging", {"options": {"max-size": "tiny"}}, "invalid log size"),
+    ("logging", {"options": {"max-size": "100"}}, "at least `1k`"),
+    ("logging", {"options": {"max-size": "1m", "max-file": "0"}}, "invalid max-file"),
+    ("logging", {"options": {"max-size": "1m", "max-file": 21}}, "from 1 to 20"),
     ("deploy", {"replicas": 0}, "must be a whole number from 1 to 32"),
     ("deploy", {"mode": "global"}, "is not supported"),
     ("scale", 33, "must be a whole number from 1 to 32"),
@@ -412,7 +416,12 @@ COMPOSE_GOOD = [
      (Hook(("chown", "-R", "1000", "/data"), user="root"),)),
     ("pre_stop", [{"command": ["sh", "-c", "x"], "working_dir": "/tmp", "environment": ["A=1"]}], "pre_stop",
      (Hook(("sh", "-c", "x"), working_dir="/tmp", environment=(("A", "1"),)),)),
-    ("logging", {"driver": "local", "options": {"max-size": "1m"}}, "name", "s1"),  # accepted (with a warning)
+    ("logging", {"driver": "local", "options": {"max-size": "1m"}}, "log_rotation", LogRotation(1 << 20, 5)),
+    ("logging", {"driver": "local"}, "log_rotation", LogRotation(20 << 20, 5)),  # docker's `local` rotates
+    ("logging", {"options": {"max-size": "10m", "max-file": "3"}}, "log_rotation", LogRotation(10 << 20, 3)),
+    ("logging", {"options": {"max-size": 4096}}, "log_rotation", LogRotation(4096, 1)),
+    ("logging", {"options": {"max-file": 3}}, "log_rotation", None),  # no max-size: ignored, with a warning
+    ("logging", {"driver": "json-file"}, "log_rotation", None),
     ("ipc", "shareable", "name", "s1"),  # what vmctl always does: accepted
     ("cgroup", "private", "name", "s1"),
     ("userns_mode", "host", "name", "s1"),

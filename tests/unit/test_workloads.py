@@ -22,6 +22,7 @@ from vmctl.guest_container import GuestRuntime, bundle_tar, image_serial, parse_
 from vmctl.host_container import PortForward
 from vmctl.host_supervisor import Plan
 from vmctl.oci_spec import BindMount, ContainerRequest, make_config
+from vmctl.paths import STAMP_AWK
 from vmctl.progress import Progress, quiet_renderer
 from vmctl.spec import load_environment
 from vmctl.ssh import Guest
@@ -207,6 +208,59 @@ def test_prefix_writer_and_copy_file(tmp_path: Path) -> None:
     tail = io.BytesIO()
     copy_file(log, tail, tail=2, follow=False)  # type: ignore[arg-type]
     assert tail.getvalue() == b"b\nc\n"
+
+
+def test_copy_file_reads_the_rotated_files_first_and_follows_across_a_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    (tmp_path / "log.2").write_bytes(b"1\n2\n")
+    (tmp_path / "log.1").write_bytes(b"3\n")
+    log.write_bytes(b"4\n")
+    out = io.BytesIO()
+    copy_file(log, out, tail=None, follow=False)  # type: ignore[arg-type]
+    assert out.getvalue() == b"1\n2\n3\n4\n"
+    out = io.BytesIO()
+    copy_file(log, out, tail=3, follow=False)  # type: ignore[arg-type]
+    assert out.getvalue() == b"2\n3\n4\n"
+
+    def rotate() -> None:  # what stamp.awk does: a last line, the moves, a new file
+        with log.open("ab") as f:
+            f.write(b"5\n")
+        (tmp_path / "log.1").rename(tmp_path / "log.2")
+        log.rename(tmp_path / "log.1")
+        log.write_bytes(b"6\n")
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    steps = iter([rotate, interrupt])
+    out = io.BytesIO()
+    with pytest.raises(KeyboardInterrupt):
+        copy_file(log, out, tail=1, follow=True, sleep=lambda _s: next(steps)())  # type: ignore[arg-type]
+    assert out.getvalue() == b"4\n5\n6\n"  # the old file to its end, then the new one from its start
+
+
+def test_stamp_awk_rotates_both_logs_by_size_and_keeps_the_newest_files(tmp_path: Path) -> None:
+    """templates/logs/stamp.awk under the busybox awk that runs it, in a folder whose name needs quoting."""
+    folder = tmp_path / "it's here"
+    folder.mkdir()
+    raw, stamped = folder / "log", folder / "log.t"
+
+    def stamp(lines: range, keep: int) -> None:
+        subprocess.run(["busybox", "awk", "-v", f"raw={raw}", "-v", f"stamped={stamped}", "-v", "max=100", "-v",
+                        f"keep={keep}", "-f", str(STAMP_AWK)], input="".join(f"{i:03}\n" for i in lines).encode(),
+                       check=True, timeout=30)
+
+    stamp(range(1, 101), keep=3)  # 400 bytes: 25 lines a file
+    assert sorted(p.name for p in folder.iterdir()) == ["log", "log.1", "log.2", "log.t", "log.t.1", "log.t.2"]
+    assert [p.stat().st_size for p in (raw.with_name("log.2"), raw.with_name("log.1"), raw)] == [100, 100, 100]
+    assert raw.with_name("log.2").read_text().split() == [f"{i:03}" for i in range(26, 51)]
+    assert [line.split()[1] for line in raw.with_name("log.t.1").read_text().splitlines()] == [
+        f"{i:03}" for i in range(51, 76)]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (raw, stamped))  # private, as the first ones
+    stamp(range(101, 111), keep=3)  # a restart appends: the new stamper counts what the log holds
+    assert raw.read_text().split()[-1] == "110" and raw.with_name("log.1").read_text().split()[0] == "076"
+    stamp(range(111, 200), keep=1)  # one file: it starts again, empty
+    assert len(raw.read_text().split()) <= 25 and raw.read_text().split()[-1] == "199"
 
 
 def test_net_sysctls_of_a_microvm_service_go_to_the_guest_not_the_oci_config(tmp_path: Path) -> None:
