@@ -58,7 +58,6 @@ SERVICE = (
 
 # a service's settings on one of its networks (`networks: {NAME: {...}}`), beside `aliases` and `mac_address`
 ATTACHMENT = (
-    Unsupported("ipv4_address", "string", "addresses are assigned by vmctl", "remove it and reach the service by name"),
     Unsupported("ipv6_address", "string", "environment networks are IPv4 only", "remove it"),
     Unsupported("link_local_ips", "list", "members get no link-local addresses", "remove it"),
     Unsupported("interface_name", "string", "NIC names are not configurable (ethN, in the order of the service's "

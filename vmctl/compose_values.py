@@ -1,7 +1,7 @@
 """The compose service keys vmctl honours beyond its own: their typed values and their value parsers
 (`environment`, `user`, `restart`, `container_name`, `labels`, `tmpfs`, capabilities, `security_opt`,
 signals, `ulimits`, `sysctls`, memory/CPU/pids limits, `cpuset`, `cpu_shares`, `deploy.resources`,
-`logging` (rotation), `profiles`, `platform`, `pull_policy`, `mac_address`).
+`logging` (rotation), `profiles`, `platform`, `pull_policy`).
 
 The rows that use them are in `spec.SERVICE_SETTINGS`; the keys vmctl does not honour are in
 `compose_keys`.
@@ -474,27 +474,6 @@ DEPLOY_SETTINGS = (
     Setting("replicas", p_int(1, MAX_REPLICAS), None, "int", "as the service's `scale`"),
     *unsupported(compose_keys.DEPLOY),
 )
-
-
-# -- a member's MAC address on an environment network (`mac_address`, per service or per network)
-
-USER_NET_MAC = "52:54:00:12:34:56"  # QEMU's default for the user-mode NIC (the only one without a MAC)
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-def p_mac(value: Any, path: KeyPath, ctx: Ctx) -> str:
-    """A unicast Ethernet address, `02:42:ac:11:00:02` (compose's colon form), kept lower-case."""
-    if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 12:34:56:12:34:56 in base 60
-        ctx.fail(path, f"the MAC address was read as the number {value}", 'quote it: `"12:34:56:12:34:56"`')
-    text = value.lower() if isinstance(value, str) else ""
-    if not _MAC.match(text):
-        ctx.fail(path, f"invalid MAC address {value!r}", "write six hex octets with colons, e.g. `02:42:ac:11:00:02`")
-    if int(text[:2], 16) & 1 or text == "00:00:00:00:00:00":
-        ctx.fail(path, f"`{text}` is not a unicast address (a NIC cannot have it)",
-                 "clear the lowest bit of the first octet, e.g. `02:...` (locally administered)")
-    if text == USER_NET_MAC:
-        ctx.fail(path, f"`{text}` is the MAC of every member's user-mode NIC (QEMU's default)", "choose another one")
-    return text
 
 
 # -- names and resolution in the container (/etc/resolv.conf, /etc/hosts, the UTS domain name)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 
-from vmctl import build, compose_values, file_mounts, hooks, hostspec, settings, spec, volumes
+from vmctl import build, compose_values, file_mounts, fixed_nics, hooks, hostspec, settings, spec, volumes
 
 SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("top level", spec.ENV_SETTINGS),
@@ -21,6 +21,8 @@ SECTIONS: tuple[tuple[str, Sequence[settings.Setting]], ...] = (
     ("`services.NAME.healthcheck:`", spec.HEALTHCHECK_SETTINGS),
     ("`services.NAME.depends_on.NAME:`", spec.DEPENDENCY_SETTINGS),
     ("`networks.NAME:`", spec.NETWORK_SETTINGS),
+    ("`networks.NAME.ipam:`", fixed_nics.IPAM_SETTINGS),
+    ("`networks.NAME.ipam.config[]`", fixed_nics.IPAM_CONFIG_SETTINGS),
     ("`services.NAME.networks.NAME:`", spec.ATTACHMENT_SETTINGS),
     ("`volumes.NAME:`", volumes.VOLUME_SETTINGS),
     ("`secrets.NAME:`", file_mounts.SECRET_SETTINGS),

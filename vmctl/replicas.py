@@ -7,8 +7,9 @@ with compose's DNS round robin). A service that depends on NAME waits for all of
 `exec NAME` / `logs NAME` address the first, as compose's `--index 1` does.
 
 What cannot be told apart between instances is refused before anything runs: a fixed host port (all
-would bind it), `container_name`, `hostname` (one name, N members), `mac_address` (one NIC's), and a
-declared `machine` (its services share one network stack, so the instances' ports and names would clash).
+would bind it), `container_name`, `hostname` (one name, N members), `mac_address` and `ipv4_address`
+(one NIC's), and a declared `machine` (its services share one network stack, so the instances' ports and
+names would clash).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from vmctl.fixed_nics import FIXED
 from vmctl.settings import NAME_RE, Ctx
 
 if TYPE_CHECKING:
@@ -67,11 +69,10 @@ def _check(svc: ServiceSpec, ctx: Ctx) -> None:
         ctx.fail((*path, "ports"), f"every instance would bind host port {fixed[0].host_port}",
                  f'publish the container port only (`"{fixed[0].target}"`: each instance gets a free host port), '
                  "or run one instance")
-    macs = [a for a in svc.networks if a.mac_address is not None]
-    if macs:
-        ctx.fail((*path, "mac_address"), f"every instance would have MAC address {macs[0].mac_address} on network "
-                 f"`{macs[0].network}`", "remove `mac_address` (each instance gets a MAC of its own), or run one "
-                 "instance")
+    for key, what in FIXED.items():
+        if nic := next((a for a in svc.networks if getattr(a, key) is not None), None):
+            ctx.fail((*path, key), f"every instance would have {what} {getattr(nic, key)} on network "
+                     f"`{nic.network}`", f"remove `{key}` (each instance gets one of its own), or run one instance")
     for key, value in (("container_name", svc.container_name), ("hostname", svc.hostname), ("machine", svc.machine)):
         if value is not None:
             why = ("its services share one network stack: the instances' ports and names would clash"

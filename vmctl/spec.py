@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmctl import compose_keys, file_mounts, replicas, volumes
+from vmctl import compose_keys, file_mounts, fixed_nics, replicas, volumes
 from vmctl.build import BuildSpec, p_build
 from vmctl.compose_values import (
     GUEST_OVERHEAD_MIB,
@@ -45,7 +45,6 @@ from vmctl.compose_values import (
     p_labels,
     p_links,
     p_logging,
-    p_mac,
     p_pids_limit,
     p_platform,
     p_profiles,
@@ -170,6 +169,7 @@ class NetworkSpec:
 
     name: str
     internal: bool = False  # no way out of the host from it
+    subnet: str | None = None  # its own (`ipam`), or None: a /24 of the network plan's pool
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,7 @@ class Attachment:
     network: str
     aliases: tuple[str, ...] = ()
     mac_address: str | None = None
+    ipv4_address: str | None = None  # fixed, in the network's own subnet (vmctl/fixed_nics.py)
 
 
 @dataclass(frozen=True)
@@ -510,6 +511,16 @@ def p_dns_label(value: Any, path: KeyPath, ctx: Ctx) -> str:
 p_network_driver = p_only("bridge", "network driver", "vmctl makes every network itself as a private bridge")
 
 
+def p_true_only(reason: str) -> Parser:
+    """A compose switch vmctl always has on (`enable_ipv4`)."""
+    def parse(value: Any, path: KeyPath, ctx: Ctx) -> bool:
+        if not p_bool(value, path, ctx):
+            ctx.fail(path, f"`{path[-1]}: false` is not supported: {reason}", f"remove `{path[-1]}`")
+        return True
+
+    return parse
+
+
 def p_false_only(reason: str) -> Parser:
     """A compose switch vmctl can only honour when off (`external`, `enable_ipv6`)."""
     def parse(value: Any, path: KeyPath, ctx: Ctx) -> bool:
@@ -536,7 +547,8 @@ def p_service_networks(value: Any, path: KeyPath, ctx: Ctx) -> tuple[Attachment,
     for name, raw in value.items():
         p_dns_label(name, (*path, name), ctx)
         v = parse_table(ATTACHMENT_SETTINGS, raw, (*path, name), ctx)
-        out.append((-v["priority"], Attachment(network=name, aliases=v["aliases"], mac_address=v["mac_address"])))
+        out.append((-v["priority"], Attachment(network=name, aliases=v["aliases"], mac_address=v["mac_address"],
+                                               ipv4_address=v["ipv4_address"])))
     return tuple(a for _, a in sorted(out, key=lambda pair: pair[0]))  # stable: equal priorities keep their order
 
 
@@ -649,12 +661,23 @@ NETWORK_SETTINGS = (
     Setting("enable_ipv6", p_false_only("environment networks are IPv4 only"), False, "false",
             "IPv6 is not supported"),
     Setting("labels", p_labels, (), "mapping|list", "metadata, kept in the resolved model"),
+    Setting("ipam", fixed_nics.p_ipam, None, "mapping", "`config: [{subnet: CIDR}]`: the network's own private IPv4 "
+            "subnet (/16 to /28), where services may fix their `ipv4_address`; default: a /24 of 10.77.0.0/16"),
+    Setting("enable_ipv4", p_true_only("environment networks are IPv4"), True, "true", "IPv4 is always on"),
+    Setting("name", lambda v, p, c: None, None, "string", "the bridge lives in the environment's own network "
+            "namespace, where nothing else looks it up by name", support=Support.IGNORED),
+    Setting("attachable", lambda v, p, c: None, None, "bool", "Swarm-only: members are the environment's services",
+            support=Support.IGNORED),
+    Setting("driver_opts", lambda v, p, c: None, None, "mapping", "the bridge of an environment network takes no "
+            "options", support=Support.REFUSED, hint="remove it"),
 )
 
 ATTACHMENT_SETTINGS = (
     Setting("aliases", p_aliases, (), "list", "more names this service is found by on this network"),
-    Setting("mac_address", p_mac, None, "string", "its NIC's MAC address on this network (default: one derived "
-            "from the environment, member and network names)"),
+    Setting("mac_address", fixed_nics.p_mac, None, "string", "its NIC's MAC address on this network (default: one "
+            "derived from the environment, member and network names)"),
+    Setting("ipv4_address", fixed_nics.p_ipv4_address, None, "string", "its fixed address on this network, which "
+            "must have a subnet of its own (`ipam`); default: the next free one"),
     Setting("priority", p_int(-(2**31), 2**31 - 1), 0, "int", "networks of higher priority come first: "
             "its NICs are in that order (a host container's eth0, eth1...) and so is the search for a name"),
     *unsupported(compose_keys.ATTACHMENT),
@@ -716,7 +739,7 @@ SERVICE_SETTINGS = (
     Setting("hostname", p_dns_label, None, "name", "the container's hostname, and one more name on its networks"),
     Setting("networks", p_service_networks, None, "list|mapping",
             "networks it joins, with `aliases`, `mac_address` and `priority` per network (default: `default`)"),
-    Setting("mac_address", p_mac, None, "string", "its MAC address on its first network (the one of highest "
+    Setting("mac_address", fixed_nics.p_mac, None, "string", "its MAC address on its first network (the one of highest "
             "`priority`), as `networks: {NAME: {mac_address: ...}}` says it there; its own microVM's NIC or its "
             "host container's veth gets it"),
     Setting("expose", p_expose, (), "list", "ports reachable on its networks (documentation: all are)"),
@@ -926,7 +949,7 @@ def environment_from(model: Model) -> Environment:
     _check_hosts(env, ctx)
     _check_port_conflicts(env, ctx)
     _check_names(env, ctx)
-    _check_macs(env, ctx)
+    fixed_nics.check(env, ctx)
     _check_cpusets(env, ctx)
     return env
 
@@ -1106,31 +1129,8 @@ def _used_networks(declared: Mapping[str, Any], machines: Sequence[MachineSpec],
                 ctx.fail(("services", s.name, "networks", a.network), f"undeclared network `{a.network}`",
                          did_you_mean(a.network, declared, "networks") + " (declare it under top-level `networks:`)")
     names = [n for n in (DEFAULT_NETWORK, *declared) if n in used]
-    return tuple(NetworkSpec(name=n, internal=bool(declared.get(n, {}).get("internal"))) for n in names)
-
-
-def _check_macs(env: Environment, ctx: Ctx) -> None:
-    """A chosen MAC is one NIC's: a service's own microVM or host container (the services of a declared
-    machine share its NICs), and no other NIC of that network has it."""
-    owner: dict[tuple[str, str], str] = {}
-    for s in env.services:
-        for a in s.networks:
-            if a.mac_address is None:
-                continue
-            path = _mac_path(s.replica_of or s.name, a.network, ctx)
-            machine = env.machine(s.machine) if s.machine else None
-            if machine is not None and machine.dedicated_to != s.name:
-                ctx.fail(path, f"`{s.name}` runs in machine `{machine.name}`, whose NICs its services share",
-                         "give the service its own microVM (remove `machine`), or remove `mac_address`")
-            if (other := owner.setdefault((a.network, a.mac_address), s.name)) != s.name:
-                ctx.fail(path, f"`{a.mac_address}` is `{other}`'s MAC address on network `{a.network}` already",
-                         "give each service a MAC address of its own")
-
-
-def _mac_path(service: str, network: str, ctx: Ctx) -> KeyPath:
-    """Where the file says a service's MAC on `network`: in that network's settings, or the service's own key."""
-    there: KeyPath = ("services", service, "networks", network, "mac_address")
-    return there if there in ctx.doc.origins else ("services", service, "mac_address")
+    return tuple(NetworkSpec(name=n, internal=bool(declared.get(n, {}).get("internal")),
+                             subnet=declared.get(n, {}).get("ipam")) for n in names)
 
 
 def _check_names(env: Environment, ctx: Ctx) -> None:

@@ -43,7 +43,7 @@ configure_nic() {
     case "$cidr" in *@*) from="${cidr#*@}"; cidr="${cidr%%@*}" ;; esac
     is_mac "$mac" || fail "invalid MAC address"
     is_ipv4 "${cidr%/*}" || fail "invalid address"
-    case "${cidr#*/}" in 8|16|24) ;; *) fail "invalid prefix" ;; esac
+    case "${cidr#*/}" in 1[6-9]|2[0-8]) ;; *) fail "invalid prefix" ;; esac  # vmctl/fixed_nics.py: /16 to /28
     if [ -n "$from" ] && ! device_with_mac "$mac" > /dev/null; then
         is_mac "$from" || fail "invalid MAC address"
         dev="$(device_with_mac "$from")" || fail "no interface with MAC $from"

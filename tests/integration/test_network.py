@@ -7,6 +7,7 @@ tests; a second environment beside it proves that two environments cannot reach 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -29,20 +30,21 @@ if missing:  # a missing tool is a failed set-up, not a reason to skip: `./boots
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="bridges and taps need root")]
 
 WEB_MAC, EDGE_MAC = "02:42:AC:11:00:02", "02:00:00:00:0e:d9"
+BACK, CACHE_IP = "172.29.7.0/26", "172.29.7.10"
 REDIS = '["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", ""]'
 APP = f"""\
 name: netapp
 networks:
   front: {{}}
-  back: {{internal: true}}
+  back: {{internal: true, ipam: {{config: [{{subnet: {BACK}}}]}}}}   # a subnet of its own, not a /24
 machines:
   worker: {{networks: [default, front]}}
 services:
-  cache:                      # a microVM on the internal network only, also found as `redis`
+  cache:                      # a microVM on the internal network only, also found as `redis`, at a fixed address
     image: ./tools.tar
     command: {REDIS}
     networks:
-      back: {{aliases: [redis]}}
+      back: {{aliases: [redis], ipv4_address: {CACHE_IP}}}
   web:                        # a microVM on both networks, with a MAC of its choosing on the first
     image: ./tools.tar
     command: {REDIS}
@@ -138,6 +140,14 @@ def test_chosen_macs_are_on_the_wire(app: Path) -> None:
     assert arp("web").get(address("web", "edge")) == EDGE_MAC
     _, own = sh(app, "web", "cat /sys/class/net/*/address")
     assert WEB_MAC.lower() in own.split(), own
+
+
+def test_a_network_with_its_own_subnet_and_a_fixed_address(app: Path) -> None:
+    """`back` is the /26 its `ipam` gives, and the cache is at its `ipv4_address` there: by name, and at it."""
+    assert sh(app, "web", "getent hosts cache")[1].split()[0] == CACHE_IP
+    assert redis_ping(app, "web", CACHE_IP) == "PONG"
+    web = sh(app, "cache", "getent hosts web")[1].split()[0]
+    assert ipaddress.IPv4Address(web) in ipaddress.IPv4Network(BACK), web  # web's other NIC, on `back`
 
 
 def test_declared_machine_is_found_by_its_name(app: Path) -> None:

@@ -341,7 +341,14 @@ CASES = [
     Case("net-driver", "name: corpus\nnetworks:\n  front: {driver: overlay}\nservices:\n  s: {image: x}\n",
          "driver 'overlay' is not supported", at=(3, "networks.front.driver")),
     Case("net-ipv4-address", "name: corpus\nservices:\n  s:\n    image: x\n    networks:\n      default:\n"
-         "        ipv4_address: 10.1.1.1\n", "assigned by vmctl", at=(7, "services.s.networks.default.ipv4_address")),
+         "        ipv4_address: 10.1.1.1\n", "has no subnet of its own",
+         at=(7, "services.s.networks.default.ipv4_address")),
+    Case("net-ipam-public", "name: corpus\nnetworks:\n  front:\n    ipam: {config: [{subnet: 8.8.8.0/24}]}\n"
+         "services:\n  s: {image: x, networks: [front]}\n", "cannot be an environment network's",
+         at=(4, "networks.front.ipam.config[0].subnet")),
+    Case("net-ipv4-outside", "name: corpus\nnetworks:\n  front:\n    ipam: {config: [{subnet: 172.28.5.0/24}]}\n"
+         "services:\n  s:\n    image: x\n    networks:\n      front: {ipv4_address: 172.28.6.9}\n",
+         "is not a member's address in 172.28.5.0/24", at=(9, "services.s.networks.front.ipv4_address")),
     Case("net-network-mode", "name: corpus\nservices:\n  s:\n    image: x\n    network_mode: host\n",
          "`network_mode` is not supported", at=(5, "services.s.network_mode")),
     Case("net-machine-not-on-it", "name: corpus\nnetworks: {back: {}}\nmachines:\n  w: {networks: [default]}\n"

@@ -134,6 +134,74 @@ services:
     assert [a.network for a in bed.service("web").networks] == ["front", "back"]
 
 
+OWN_SUBNETS = """
+networks:
+  front: {ipam: {config: [{subnet: 172.28.5.0/24, gateway: 172.28.5.1}]}}
+  back: {ipam: {driver: default, config: [{subnet: 10.77.0.0/20}]}}  # in the pool: the others step around it
+services:
+  web:
+    image: x
+    networks:
+      front: {ipv4_address: 172.28.5.2}
+      back: {}
+  db:
+    image: x
+    isolation: container
+    networks:
+      front: {ipv4_address: 172.28.5.200}
+  b: {image: x, networks: [front]}
+  a: {image: x}
+"""
+
+
+def test_own_subnets_and_fixed_addresses(tmp_path: Path) -> None:
+    """`ipam`'s subnet is the segment's (its prefix the NICs'), `ipv4_address` the NIC's, before any address
+    the previous `up` handed out; automatic /24s keep clear of the networks' own subnets."""
+    env = load(tmp_path, OWN_SUBNETS)
+    p = plan(env, {"addresses": {"b": {"front": "172.28.5.2"}}})  # b had web's address before web fixed it
+    assert {s.name: s.subnet for s in p.segments} == {
+        "default": "10.77.16.0/24", "front": "172.28.5.0/24", "back": "10.77.0.0/20"}
+    web, db, b = p.member("web"), p.member("db"), p.member("b")
+    assert web is not None and db is not None and b is not None
+    assert [(n.network, n.cidr) for n in web.nics] == [("front", "172.28.5.2/24"), ("back", "10.77.0.2/20")]
+    assert db.nics[0].cidr == "172.28.5.200/24" and db.kind is Kind.CONTAINER
+    assert b.nics[0].address == "172.28.5.3"  # the fixed .2 is web's; .1 is the resolver
+    assert p.resolver_of(web).address == "172.28.5.254" and p.segment("front").resolver == "172.28.5.1"
+    again = plan(env, p.remembered())
+    assert again == p
+
+
+@pytest.mark.parametrize(("text", "message", "key"), [
+    (OWN_SUBNETS.replace("10.77.0.0/20", "172.28.0.0/16"), "overlaps network `front`", "networks.back.ipam"),
+    (OWN_SUBNETS.replace("ipv4_address: 172.28.5.2", "ipv4_address: 172.28.5.1"), "is not a member's address",
+     "services.web.networks.front.ipv4_address"),
+    (OWN_SUBNETS.replace("172.28.5.200", "172.28.5.2"), "is `web`'s address on network `front` already",
+     "services.db.networks.front.ipv4_address"),
+    (OWN_SUBNETS.replace("gateway: 172.28.5.1", "gateway: 172.28.5.9"), "is not `172.28.5.1`",
+     "networks.front.ipam.config[0].gateway"),
+    (OWN_SUBNETS.replace("[{subnet: 10.77.0.0/20}]", "[{subnet: 10.77.0.0/20}, {subnet: 10.78.0.0/20}]"),
+     "list of one address pool", "networks.back.ipam.config"),
+    (OWN_SUBNETS.replace("172.28.5.0/24, gateway", "172.28.5.0/30, gateway"), "cannot be an environment network's",
+     "networks.front.ipam.config[0].subnet"),
+    (OWN_SUBNETS.replace("10.77.0.0/20", "10.0.0.0/16"), "cannot be an environment network's",
+     "networks.back.ipam.config[0].subnet"),
+    ("networks: {front: {enable_ipv4: false}}\nservices:\n  a: {image: x, networks: [front]}\n",
+     "`enable_ipv4: false` is not supported", "networks.front.enable_ipv4"),
+    ("machines:\n  w: {}\nnetworks: {front: {ipam: {config: [{subnet: 172.28.0.0/24}]}}}\nservices:\n"
+     "  a: {image: x, machine: w, networks: {front: {ipv4_address: 172.28.0.5}}}\n", "whose NICs its services share",
+     "services.a.networks.front.ipv4_address"),
+    ("networks: {front: {ipam: {config: [{subnet: 172.28.0.0/24}]}}}\nservices:\n"
+     "  a: {image: x, scale: 2, networks: {front: {ipv4_address: 172.28.0.5}}}\n", "every instance would have",
+     "services.a.ipv4_address"),
+])
+def test_bad_own_subnets_and_addresses(tmp_path: Path, text: str, message: str, key: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load(tmp_path, text)
+    assert message in err.value.render()
+    assert err.value.where is not None and err.value.where.line is not None
+    assert (err.value.where.key or "").startswith(key), err.value.where.key
+
+
 @pytest.mark.parametrize(("text", "message", "key"), [
     ("services:\n  a: {image: x, networks: [front]}\n", "undeclared network `front`", "services.a.networks.front"),
     ("networks: {Front: {}}\nservices:\n  a: {image: x}\n", "invalid name", "networks"),

@@ -1,10 +1,10 @@
 """From the environment spec to the network as it will be built: pure, so it is unit-tested alone.
 
-Each compose network is a segment: a /24 out of `POOL` with the resolver at `.1`. Each member (a
-machine, or a host container service) gets one NIC per segment it joins: an address (kept from the
-previous `up` when it still fits, so running members keep theirs), a MAC (the service's `mac_address`,
-else derived from the names), and the names it answers to there (service names, hostnames and aliases
-of everything it runs).
+Each compose network is a segment: its own subnet (`ipam`), else a /24 out of `POOL`, with the resolver
+at its first address. Each member (a machine, or a host container service) gets one NIC per segment it
+joins: an address (the service's `ipv4_address`, else kept from the previous `up` when it still fits, so
+running members keep theirs), a MAC (the service's `mac_address`, else derived from the names), and the
+names it answers to there (service names, hostnames and aliases of everything it runs).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from vmctl.compose_values import USER_NET_MAC
+from vmctl.fixed_nics import USER_NET_MAC
 from vmctl.spec import Environment, Isolation
 
 # Segments live only inside the environment's network namespace and its members: nothing on the host
@@ -35,8 +35,12 @@ class Kind(StrEnum):
 class Segment:
     name: str
     index: int
-    subnet: str  # "10.77.K.0/24"
+    subnet: str  # "10.77.K.0/24", or the network's own
     internal: bool
+
+    @property
+    def prefix(self) -> int:
+        return ipaddress.IPv4Network(self.subnet).prefixlen
 
     @property
     def resolver(self) -> str:
@@ -146,18 +150,19 @@ def plan(env: Environment, previous: Mapping[str, Any] | None = None) -> Network
     wanted = _wanted(env)
     taken: dict[str, set[str]] = {s.name: {s.resolver} for s in segments}
     addresses: Mapping[str, Mapping[str, str]] = prev.get("addresses") or {}
-    chosen: dict[tuple[str, str], str] = {}
-    for member, nets in wanted.items():  # first keep what is still valid, so no one else takes it
+    own_macs, chosen = _fixed(env, "mac_address"), _fixed(env, "ipv4_address")
+    for (_member, net), address in chosen.items():
+        taken[net].add(address)
+    for member, nets in wanted.items():  # then keep what is still valid, so no one else takes it
         for net in nets:
             old = addresses.get(member, {}).get(net)
-            if old and _fits(old, by_name[net].subnet) and old not in taken[net]:
+            if (member, net) not in chosen and old and _fits(old, by_name[net].subnet) and old not in taken[net]:
                 chosen[(member, net)] = old
                 taken[net].add(old)
     members = []
-    own_macs = _chosen_macs(env)
     macs = set(own_macs.values())  # a derived MAC never takes one a service chose
     for member, nets in wanted.items():
-        nics = tuple(Nic(net, chosen.get((member, net)) or _next_free(by_name[net], taken[net]), PREFIX,
+        nics = tuple(Nic(net, chosen.get((member, net)) or _next_free(by_name[net], taken[net]), by_name[net].prefix,
                          own_macs.get((member, net)) or _unique_mac(env.name, member, net, macs), names)
                      for net, names in nets.items())
         kind = Kind.MACHINE if env.machine(member) else Kind.CONTAINER
@@ -187,16 +192,19 @@ def _resolvers(segments: Mapping[str, Segment], members: list[Member], taken: di
 
 
 def _segments(env: Environment, previous: Mapping[str, str]) -> tuple[Segment, ...]:
-    all_subnets = list(POOL.subnets(new_prefix=PREFIX))
-    used = {previous[n.name] for n in env.networks if previous.get(n.name) in {str(s) for s in all_subnets}}
-    free = [str(s) for s in all_subnets if str(s) not in used]
+    """A network's own subnet, else the one of the previous `up`, else the first free /24 of `POOL` that
+    overlaps none of the others."""
+    own = [ipaddress.IPv4Network(n.subnet) for n in env.networks if n.subnet]
+    pool = [str(s) for s in POOL.subnets(new_prefix=PREFIX) if not any(s.overlaps(o) for o in own)]
+    used = {previous[n.name] for n in env.networks if not n.subnet and previous.get(n.name) in pool}
+    free = [s for s in pool if s not in used]
     out = []
     for i, net in enumerate(env.networks):
-        subnet = previous.get(net.name)
-        if subnet not in used:
+        subnet = net.subnet or previous.get(net.name)
+        if not net.subnet and subnet not in used:
             subnet = free.pop(0)
             used.add(subnet)
-        out.append(Segment(net.name, i, subnet, net.internal))
+        out.append(Segment(net.name, i, str(subnet), net.internal))
     return tuple(out)
 
 
@@ -215,11 +223,11 @@ def _wanted(env: Environment) -> dict[str, dict[str, tuple[str, ...]]]:
     return out
 
 
-def _chosen_macs(env: Environment) -> dict[tuple[str, str], str]:
-    """(member, network) -> the `mac_address` its service chose (the spec allows it only where the service
-    is the member: its own microVM, or its host container)."""
-    return {(s.machine or s.name, a.network): a.mac_address for s in env.services for a in s.networks
-            if a.mac_address is not None}
+def _fixed(env: Environment, key: str) -> dict[tuple[str, str], str]:
+    """(member, network) -> the `mac_address` or `ipv4_address` its service fixed (vmctl/fixed_nics.py allows
+    it only where the service is the member: its own microVM, or its host container)."""
+    return {(s.machine or s.name, a.network): value for s in env.services for a in s.networks
+            if (value := getattr(a, key)) is not None}
 
 
 def _fits(address: str, subnet: str) -> bool:
