@@ -93,6 +93,17 @@ def test_without_out_no_extra_is_needed(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "nonesuch" in proc.stderr and "matplotlib" not in proc.stderr
 
 
+def test_both_microvm_sandboxes_in_one_run_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    """libvirt 9.0's embedded driver cannot serve both in one process: a usage error up front, not
+    libvirt's "Too many drivers" after the first one's runs (with nothing of them kept)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(_compare("--sandboxes", "runc,microvm,microvm-template", "--out", str(out)), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "`microvm` and `microvm-template` cannot run in one compare" in proc.stderr, proc.stderr
+    assert "one after the other" in proc.stderr and not list(out.glob("*"))
+
+
 def _data(out: Path) -> tuple[dict[str, Any], list[list[str]]]:
     data = json.loads((out / "compare.json").read_text())
     rows = list(csv.reader((out / "compare.csv").read_text().splitlines()))

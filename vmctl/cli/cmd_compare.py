@@ -33,7 +33,7 @@ Examples:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Write index.html, JSON and CSV here.")
 @click.option("--sandboxes", metavar="LIST", help=f"Comma-separated, from {','.join(SANDBOXES)} "
               f"(default: every one this host has) and {','.join(EXTRA_SANDBOXES)} (the microVM restored from "
-              "its template; run on its own).")
+              "its template; not in one run with microvm).")
 @click.option("--only", metavar="LIST", help=f"Comma-separated, from {','.join(MEASUREMENTS)} (default: all).")
 @click.option("--density", type=click.IntRange(0, 64), default=0,
               help="Also start N idle instances of each sandbox side by side: memory and start time as N grows.")

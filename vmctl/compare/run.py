@@ -81,6 +81,11 @@ def select(env: Environment, wanted: Sequence[str]) -> tuple[list[Sandbox], dict
     if unknown:
         raise UsageError(f"unknown sandbox `{unknown[0]}`",
                          hint=f"choose from {', '.join((*SANDBOXES, *EXTRA_SANDBOXES))}")
+    if {"microvm", "microvm-template"} <= set(wanted):  # found after the first one's runs otherwise
+        raise UsageError("`microvm` and `microvm-template` cannot run in one compare: libvirt 9.0's embedded "
+                         "QEMU driver stops registering after ~20 opens in one process",
+                         hint="run them one after the other: `--sandboxes runc,microvm`, then "
+                         "`--sandboxes runc,microvm-template`")
     chosen, skipped = [], {}
     for name in wanted or SANDBOXES:
         why = known[name].unavailable()
