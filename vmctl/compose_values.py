@@ -220,10 +220,15 @@ _BYTES = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)(?:i?b)?$", re.IGNORECASE)
 _BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def p_bytes_mib(value: Any, path: KeyPath, ctx: Ctx) -> int:
-    """compose sizes: a number of bytes, or `512m`, `1g`, `1024k`, `100b`; in MiB (at least 4)."""
+def _bytes(value: Any) -> int:
+    """compose sizes: a number of bytes, or `512m`, `1g`, `1024k`, `100b`; 0 for anything else."""
     m = _BYTES.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
-    mib = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) >> 20 if m else 0
+    return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) if m else 0
+
+
+def p_bytes_mib(value: Any, path: KeyPath, ctx: Ctx) -> int:
+    """A compose size in MiB (at least 4)."""
+    mib = _bytes(value) >> 20
     if not 4 <= mib <= 1024 * 1024:
         ctx.fail(path, f"invalid memory size {value!r}", "write e.g. `512m` or `1g` (a bare number is bytes), "
                  "at least 4m")
@@ -416,8 +421,7 @@ def p_log_driver(value: Any, path: KeyPath, ctx: Ctx) -> str:
 
 def p_log_size(value: Any, path: KeyPath, ctx: Ctx) -> int:
     """docker's `max-size`: `10m`, `512k`, `1g`, or bytes; at least 1k (a line longer than it is kept whole)."""
-    m = _BYTES.match(str(value).strip()) if isinstance(value, str | int) and not isinstance(value, bool) else None
-    size = int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()]) if m else 0
+    size = _bytes(value)
     if size < 1024:
         ctx.fail(path, f"invalid log size {value!r}", "write e.g. `10m` or `512k`, at least `1k`")
     return size

@@ -142,10 +142,10 @@ def _inside(address: str, network: str, env: Environment, path: KeyPath, ctx: Ct
                  f"give it one (`networks: {{{network}: {{ipam: {{config: [{{subnet: 172.28.0.0/24}}]}}}}}}`), "
                  "or remove `ipv4_address`")
     net = ipaddress.IPv4Network(subnet)
-    hosts = list(net.hosts())
-    if ipaddress.IPv4Address(address) not in hosts[1:]:
+    resolver, last = net.network_address + 1, net.broadcast_address - 1  # hosts() would list a /16's 65,534
+    if not resolver < ipaddress.IPv4Address(address) <= last:
         ctx.fail(path, f"`{address}` is not a member's address in {subnet}",
-                 f"choose one from {hosts[1]} to {hosts[-1]} (the first, {hosts[0]}, is the network's resolver)")
+                 f"choose one from {resolver + 1} to {last} (the first, {resolver}, is the network's resolver)")
 
 
 def _path(service: str, network: str, key: str, ctx: Ctx) -> KeyPath:

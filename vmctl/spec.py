@@ -174,7 +174,7 @@ class NetworkSpec:
 
 @dataclass(frozen=True)
 class Attachment:
-    """A service on one network, with the extra names it answers to there (and its MAC, when chosen)."""
+    """A service on one network, with the extra names it answers to there (and its MAC and address, when fixed)."""
 
     network: str
     aliases: tuple[str, ...] = ()
@@ -511,22 +511,13 @@ def p_dns_label(value: Any, path: KeyPath, ctx: Ctx) -> str:
 p_network_driver = p_only("bridge", "network driver", "vmctl makes every network itself as a private bridge")
 
 
-def p_true_only(reason: str) -> Parser:
-    """A compose switch vmctl always has on (`enable_ipv4`)."""
+def p_switch_only(honoured: bool, reason: str) -> Parser:
+    """A compose switch vmctl can only honour one way: off (`external`, `enable_ipv6`) or on (`enable_ipv4`)."""
     def parse(value: Any, path: KeyPath, ctx: Ctx) -> bool:
-        if not p_bool(value, path, ctx):
-            ctx.fail(path, f"`{path[-1]}: false` is not supported: {reason}", f"remove `{path[-1]}`")
-        return True
-
-    return parse
-
-
-def p_false_only(reason: str) -> Parser:
-    """A compose switch vmctl can only honour when off (`external`, `enable_ipv6`)."""
-    def parse(value: Any, path: KeyPath, ctx: Ctx) -> bool:
-        if p_bool(value, path, ctx):
-            ctx.fail(path, f"`{path[-1]}: true` is not supported: {reason}", f"remove `{path[-1]}`")
-        return False
+        if p_bool(value, path, ctx) is not honoured:
+            ctx.fail(path, f"`{path[-1]}: {str(not honoured).lower()}` is not supported: {reason}",
+                     f"remove `{path[-1]}`")
+        return honoured
 
     return parse
 
@@ -656,14 +647,14 @@ MACHINE_SETTINGS = (
 NETWORK_SETTINGS = (
     Setting("internal", p_bool, False, "bool", "no way out of the host: members reach only each other"),
     Setting("driver", p_network_driver, "bridge", "bridge", "a private bridge per network (the only driver)"),
-    Setting("external", p_false_only("vmctl creates and removes every network of an environment itself"),
+    Setting("external", p_switch_only(False, "vmctl creates and removes every network of an environment itself"),
             False, "false", "networks made by another program are not supported"),
-    Setting("enable_ipv6", p_false_only("environment networks are IPv4 only"), False, "false",
+    Setting("enable_ipv6", p_switch_only(False, "environment networks are IPv4 only"), False, "false",
             "IPv6 is not supported"),
     Setting("labels", p_labels, (), "mapping|list", "metadata, kept in the resolved model"),
     Setting("ipam", fixed_nics.p_ipam, None, "mapping", "`config: [{subnet: CIDR}]`: the network's own private IPv4 "
             "subnet (/16 to /28), where services may fix their `ipv4_address`; default: a /24 of 10.77.0.0/16"),
-    Setting("enable_ipv4", p_true_only("environment networks are IPv4"), True, "true", "IPv4 is always on"),
+    Setting("enable_ipv4", p_switch_only(True, "environment networks are IPv4"), True, "true", "IPv4 is always on"),
     Setting("name", lambda v, p, c: None, None, "string", "the bridge lives in the environment's own network "
             "namespace, where nothing else looks it up by name", support=Support.IGNORED),
     Setting("attachable", lambda v, p, c: None, None, "bool", "Swarm-only: members are the environment's services",
